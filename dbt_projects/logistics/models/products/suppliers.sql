@@ -1,0 +1,2 @@
+select supplier_key, supplier_name, nation_key, account_balance
+from {{ ref('stg_suppliers') }}

@@ -1,0 +1,10 @@
+select
+    customer_key,
+    customer_name,
+    full_name,
+    email,
+    phone,
+    nation_key,
+    market_segment,
+    account_balance
+from {{ ref('stg_customers') }}

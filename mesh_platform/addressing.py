@@ -1,0 +1,119 @@
+"""The one module that owns naming and addressing in the mesh.
+
+A product is addressed as ``<domain>.<product>`` (``sales.orders``). From that address, and only
+here, the platform derives the Dagster asset key, the Iceberg table identifier and the SQL
+identifiers. Private (non-product) dbt models and raw landing tables get keys under the domain
+too, so every asset of a domain sorts under its name in the Dagster UI.
+
+    product  sales.orders       -> AssetKey(["sales", "orders"])        Iceberg: sales.orders
+    private  sales/stg_orders   -> AssetKey(["sales", "internal", "stg_orders"])
+    raw      sales/orders       -> AssetKey(["sales", "raw", "orders"])
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import dagster as dg
+
+from mesh_platform.errors import InvalidNameError
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_NAME_LENGTH = 63
+RAW_PREFIX = "raw"
+INTERNAL_PREFIX = "internal"
+# Names a domain or product may not take: they would collide with key prefixes above, or with
+# schemas every DuckDB / Iceberg deployment already has.
+RESERVED_NAMES = frozenset(
+    {RAW_PREFIX, INTERNAL_PREFIX, "main", "information_schema", "pg_catalog", "system", "temp"}
+)
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` breaks the naming rule, or None when it is fine."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+    if not NAME_PATTERN.match(name):
+        return "must be snake_case: start with a-z, then only a-z, 0-9 and _"
+    if "__" in name or name.endswith("_"):
+        return "must not contain '__' or end with '_'"
+    if name in RESERVED_NAMES:
+        return f"is reserved (reserved names: {', '.join(sorted(RESERVED_NAMES))})"
+    return None
+
+
+def validate_name(kind: str, name: object, *, where: str | None = None) -> str:
+    """Return ``name`` if it follows the rule, else raise naming the value, place and fix."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidNameError(
+            f"{kind} name {name!r} {problem}",
+            fix=f"rename the {kind} to snake_case, e.g. {suggest_name(name)!r}",
+            path=where,
+        )
+    return name  # type: ignore[return-value]
+
+
+def suggest_name(name: object) -> str:
+    text = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+    text = re.sub(r"_+", "_", text)
+    if not text or not text[0].isalpha():
+        text = f"x_{text}".rstrip("_")
+    if text in RESERVED_NAMES:
+        text = f"{text}_data"
+    return text[:MAX_NAME_LENGTH].rstrip("_")
+
+
+def quote_ident(name: str) -> str:
+    """Quote a validated identifier for DuckDB SQL. Values are bound, never formatted."""
+    validate_name("identifier", name)
+    return f'"{name}"'
+
+
+@dataclass(frozen=True, order=True)
+class ProductAddress:
+    """The unique, stable address of a data product: ``<domain>.<product>``."""
+
+    domain: str
+    product: str
+
+    def __post_init__(self) -> None:
+        validate_name("domain", self.domain)
+        validate_name("product", self.product)
+
+    @classmethod
+    def parse(cls, address: str) -> ProductAddress:
+        parts = address.split(".")
+        if len(parts) != 2:
+            raise InvalidNameError(
+                f"product address {address!r} must have the form <domain>.<product>",
+                fix="address products like 'sales.orders'",
+            )
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.domain}.{self.product}"
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        return dg.AssetKey([self.domain, self.product])
+
+    @property
+    def iceberg_identifier(self) -> tuple[str, str]:
+        """(namespace, table) in the Iceberg catalog: one namespace per domain."""
+        return (self.domain, self.product)
+
+    def table_name(self, catalog: str) -> str:
+        """Fully qualified name shown to users, e.g. ``mesh.sales.orders``."""
+        return f"{catalog}.{self.domain}.{self.product}"
+
+
+def raw_asset_key(domain: str, table: str) -> dg.AssetKey:
+    return dg.AssetKey([domain, RAW_PREFIX, table])
+
+
+def internal_asset_key(domain: str, model: str) -> dg.AssetKey:
+    return dg.AssetKey([domain, INTERNAL_PREFIX, model])
