@@ -68,8 +68,15 @@ def suggest_name(name: object) -> str:
 
 
 def quote_ident(name: str) -> str:
-    """Quote a validated identifier for DuckDB SQL. Values are bound, never formatted."""
-    validate_name("identifier", name)
+    """Quote an identifier for DuckDB SQL after checking it against the naming pattern.
+
+    Reserved words are fine here (``main`` is a schema); values are bound, never formatted.
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(
+            f"SQL identifier {name!r} is not a plain snake_case name",
+            fix=f"use a snake_case name such as {suggest_name(name)!r}",
+        )
     return f'"{name}"'
 
 

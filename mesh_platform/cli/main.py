@@ -1,0 +1,244 @@
+"""The ``mesh`` command line: the platform's push-button entry points.
+
+Every command loads the mesh from the nearest mesh.yaml (or $MESH_ROOT) and reports problems as
+one clear message with the fix, never a traceback, unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mesh_platform.config import Mesh, load_mesh
+from mesh_platform.errors import MeshError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise SystemExit(1)
+
+
+def mesh_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn MeshError into a clear message and exit code 1 (--debug shows the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except MeshError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            _fail(str(exc))
+
+    return wrapper
+
+
+def _mesh(ctx: click.Context, **overrides: Any) -> Mesh:
+    root = ctx.find_root().params.get("root")
+    return load_mesh(Path(root) if root else None, **overrides)
+
+
+def _selected_domains(mesh: Mesh, domains: tuple[str, ...]) -> list[str]:
+    from mesh_platform.workspace import check_workspace
+
+    names = [loc.name for loc in check_workspace(mesh)]
+    unknown = [d for d in domains if d not in names]
+    if unknown:
+        raise MeshError(
+            f"unknown domain(s): {', '.join(unknown)} (domains: {', '.join(names)})",
+            fix="pass a domain listed in workspace.yaml",
+            path=mesh.workspace_file,
+        )
+    return list(domains) or names
+
+
+def _prepare(mesh: Mesh, domains: list[str], *, force: bool = False) -> None:
+    from mesh_platform.dbt.project import prepare
+    from mesh_platform.domain import load_domain
+
+    for name in domains:
+        start = time.perf_counter()
+        changed = prepare(mesh, load_domain(mesh, name), force=force)
+        verb = "prepared" if changed else "up to date"
+        console.print(f"  dbt manifest {name}: {verb} ({time.perf_counter() - start:.1f}s)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Mesh root (directory with mesh.yaml). Default: nearest one upwards, or $MESH_ROOT.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of short error messages.")
+def cli(root: Path | None, debug: bool) -> None:
+    """mesh: build, run and inspect a data mesh of domains on Dagster, dbt, DuckDB and Iceberg."""
+
+
+@cli.command()
+@click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
+@click.option("--force", is_flag=True, help="Re-parse even when nothing changed.")
+@click.pass_context
+@mesh_command
+def prepare(ctx: click.Context, domains: tuple[str, ...], force: bool) -> None:
+    """Prepare the domains' dbt manifests (dbt deps + dbt parse), skipping unchanged projects."""
+    mesh = _mesh(ctx)
+    mesh.ensure_state_dir()
+    _prepare(mesh, _selected_domains(mesh, domains), force=force)
+
+
+@cli.command()
+@click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    help="TPC-H scale factor of the sources (default: scale_factor in mesh.yaml, 0.1).",
+)
+@click.pass_context
+@mesh_command
+def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None) -> None:
+    """Land sources, build and publish every domain's products through Dagster.
+
+    Domains run in dependency order (producers before consumers), one recorded Dagster run
+    each, so the UI (`mesh ui`) shows them. A failing domain does not stop the others.
+    """
+    from mesh_platform.build import build_domain, build_order, domain_dependencies
+    from mesh_platform.instance import get_instance
+    from mesh_platform.workspace import check_workspace, load_location
+
+    overrides = {"scale_factor": scale} if scale else {}
+    mesh = _mesh(ctx, **overrides)
+    mesh.ensure_state_dir()
+    selected = _selected_domains(mesh, domains)
+    console.print(
+        f"[bold]mesh build[/] {', '.join(selected)} · TPC-H SF {mesh.settings.scale_factor} · "
+        f"state {mesh.state_dir}"
+    )
+    total_start = time.perf_counter()
+    _prepare(mesh, selected)
+    locations = {loc.name: loc for loc in check_workspace(mesh)}
+    defs = {}
+    for name in selected:
+        start = time.perf_counter()
+        defs[name] = load_location(mesh, locations[name])
+        console.print(f"  loaded code location {name} ({time.perf_counter() - start:.1f}s)")
+    order = build_order(domain_dependencies(defs))
+    instance = get_instance(mesh)
+
+    def progress(domain: str, message: str) -> None:
+        console.print(f"    [dim]{domain}[/] {message}", highlight=False)
+
+    outcomes = []
+    for i, name in enumerate(order, 1):
+        console.print(f"[bold]\\[{i}/{len(order)}] {name}[/]")
+        outcome = build_domain(
+            name, defs[name], instance, scale_factor=mesh.settings.scale_factor,
+            progress=progress,
+        )
+        mark = "[green]ok[/]" if outcome.success else "[red]FAILED[/]"
+        console.print(f"  {name}: {mark} in {outcome.seconds:.1f}s (run {outcome.run_id})")
+        if outcome.error:
+            console.print(f"  [red]{outcome.error}[/]", highlight=False)
+        outcomes.append(outcome)
+
+    table = Table(title=f"mesh build summary ({time.perf_counter() - total_start:.0f}s)")
+    for col in ("domain", "asset", "status", "rows"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for outcome in outcomes:
+        for asset in outcome.assets:
+            style = {"materialized": "green", "failed": "red"}.get(asset.status, "yellow")
+            table.add_row(
+                outcome.domain,
+                asset.key,
+                f"[{style}]{asset.status}[/]",
+                f"{asset.rows:,}" if asset.rows is not None else "",
+            )
+    out.print(table)
+    failed = [o.domain for o in outcomes if not o.success]
+    if failed:
+        _fail(
+            f"{len(failed)} domain(s) failed: {', '.join(failed)}; the other domains' products "
+            "were published. Details above and in the Dagster UI (`mesh ui`)."
+        )
+
+
+@cli.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.pass_context
+@mesh_command
+def ui(ctx: click.Context, port: int, host: str) -> None:
+    """Start the Dagster UI on workspace.yaml with the mesh's instance. Ctrl-C stops it."""
+    from mesh_platform.instance import prepare_dagster_home
+    from mesh_platform.workspace import check_workspace
+
+    mesh = _mesh(ctx)
+    mesh.ensure_state_dir()
+    names = [loc.name for loc in check_workspace(mesh)]
+    _prepare(mesh, names)
+    home = prepare_dagster_home(mesh)
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    cmd = [dagster, "dev", "-w", str(mesh.workspace_file), "-h", host, "-p", str(port)]
+    env = {**os.environ, **mesh.dbt_env(), "DAGSTER_HOME": home, "MESH_ROOT": str(mesh.root)}
+    console.print(f"Dagster UI on http://{host}:{port} (DAGSTER_HOME={home}); Ctrl-C stops it.")
+    # Own process group, default signal handling: the whole tree stops on Ctrl-C / SIGTERM.
+    proc = subprocess.Popen(cmd, cwd=mesh.root, env=env, start_new_session=True)
+
+    def _stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        console.print("stopping the Dagster UI ...")
+        code = _terminate_group(proc)
+    raise SystemExit(code)
+
+
+def _terminate_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout if sig != signal.SIGKILL else None)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    return 0
+
+
+@cli.command()
+@click.option("--write", is_flag=True, help="Rewrite workspace.yaml from domains/.")
+@click.pass_context
+@mesh_command
+def workspace(ctx: click.Context, write: bool) -> None:
+    """Check that workspace.yaml lists exactly the domains in domains/ (or --write it)."""
+    from mesh_platform.workspace import check_workspace, render_workspace
+
+    mesh = _mesh(ctx)
+    if write:
+        mesh.workspace_file.write_text(render_workspace(mesh))
+        out.print(f"wrote {mesh.workspace_file}")
+    names = [loc.name for loc in check_workspace(mesh)]
+    out.print(f"workspace.yaml lists {len(names)} domain(s): {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    cli()

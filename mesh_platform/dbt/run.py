@@ -1,0 +1,156 @@
+"""What happens when a domain's dbt assets materialise.
+
+    stage inputs -> dbt build (domain DuckDB) -> publish products to Iceberg -> report
+
+1. Products the domain consumes (mesh-input sources) are copied from their producers' current
+   Iceberg snapshots into the domain's DuckDB, pinning one snapshot for the whole run.
+2. ``dbt build`` runs models and tests in the domain's own DuckDB.
+3. Each product dbt built is published to its Iceberg table. DuckDB allows one writer process, so
+   publication waits until dbt has exited; materialisations are reported after publication, so
+   "materialised" in Dagster means "readable in Iceberg".
+4. If any model failed, the run fails naming every failed product; the others stay published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from mesh_platform.addressing import ProductAddress
+from mesh_platform.config import Mesh
+from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products, is_product
+from mesh_platform.domain import Domain
+from mesh_platform.duckdb_ext import connect
+from mesh_platform.storage.iceberg import StagedInput, open_catalog, publish_from_duckdb, stage_input
+
+
+def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> list[StagedInput]:
+    inputs = consumed_products(manifest)
+    if not inputs:
+        return []
+    catalog = open_catalog(mesh)
+    mesh.duckdb_path(domain.name).parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
+    try:
+        return [
+            stage_input(catalog, conn, address, schema=node["schema"], consumer=domain.name)
+            for address, node in inputs
+        ]
+    finally:
+        conn.close()
+
+
+def _failed_nodes(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, str]:
+    """unique_id -> status of every model that did not succeed."""
+    failed = {}
+    for result in run_results.get("results", []):
+        uid = result.get("unique_id", "")
+        if uid.startswith("model.") and result.get("status") not in ("success", "pass"):
+            failed[uid] = result.get("status", "unknown")
+    return failed
+
+
+def run_domain_dbt(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    mesh: Mesh,
+    domain: Domain,
+    manifest: Mapping[str, Any],
+    translator: MeshDbtTranslator,
+) -> Iterator[Any]:
+    os.environ.update(mesh.dbt_env())  # read by the domain's profiles.yml and sources
+    staged = stage_inputs(mesh, domain, manifest)
+    for item in staged:
+        context.log.info(
+            f"staged {item.address} snapshot {item.snapshot_id} ({item.row_count} rows) "
+            f"as {item.relation}"
+        )
+    inputs_metadata = {str(s.address): s.snapshot_id for s in staged}
+
+    invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+    events = list(invocation.stream())
+
+    nodes = manifest["nodes"]
+    products_by_key = {
+        translator.get_asset_key(node): node for node in nodes.values() if is_product(node)
+    }
+    catalog = None
+    conn = None
+    published: dict[dg.AssetKey, dict[str, Any]] = {}
+    publish_errors: dict[str, str] = {}
+    try:
+        for event in events:
+            if not isinstance(event, dg.Output):
+                continue
+            key = context.asset_key_for_output(event.output_name)
+            node = products_by_key.get(key)
+            if node is None:
+                continue
+            address = ProductAddress(domain.name, node["name"])
+            if catalog is None:
+                catalog = open_catalog(mesh)
+                conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
+            try:
+                result = publish_from_duckdb(
+                    catalog,
+                    address,
+                    conn,
+                    f"{node['schema']}.{node['alias']}",
+                    properties={
+                        "mesh.run_id": context.run_id,
+                        "mesh.domain": domain.name,
+                        "mesh.inputs": json.dumps(inputs_metadata),
+                    },
+                )
+            except Exception as exc:  # report every product, then fail the step below
+                publish_errors[str(address)] = f"publication to Iceberg failed: {exc}"
+                context.log.error(f"{address}: {publish_errors[str(address)]}")
+                continue
+            context.log.info(
+                f"published {address}: snapshot {result.snapshot_id}, {result.row_count} rows "
+                f"in {result.seconds:.2f}s"
+            )
+            published[key] = {
+                "dagster/row_count": result.row_count,
+                "mesh/address": str(address),
+                "mesh/iceberg_snapshot_id": str(result.snapshot_id),
+                "mesh/iceberg_metadata": result.metadata_location,
+                "mesh/publish_seconds": round(result.seconds, 3),
+                **({"mesh/inputs": inputs_metadata} if inputs_metadata else {}),
+            }
+    finally:
+        if conn is not None:
+            conn.close()
+
+    for event in events:
+        if isinstance(event, dg.Output):
+            key = context.asset_key_for_output(event.output_name)
+            if key in products_by_key and key not in published:
+                continue  # built by dbt but not published: not a materialisation
+            if key in published:
+                event = event.with_metadata({**event.metadata, **published[key]})
+        yield event
+
+    failed = {
+        nodes[uid]["name"]: status
+        for uid, status in _failed_nodes(invocation.get_artifact("run_results.json"), manifest)
+        .items()
+        if uid in nodes
+    }
+    problems = {name: f"dbt status {status}" for name, status in failed.items()}
+    problems.update(publish_errors)
+    if problems or not invocation.is_successful():
+        listing = "\n".join(f"  - {name}: {why}" for name, why in sorted(problems.items()))
+        raise dg.Failure(
+            description=(
+                f"domain '{domain.name}': {len(problems)} model(s) or product(s) failed; the "
+                f"others were built and published.\n{listing or '  (see the dbt log above)'}"
+            ),
+            metadata={"failed": sorted(problems)},
+        )
+

@@ -1,0 +1,165 @@
+"""The platform entry point: turn a domain folder into a Dagster code location.
+
+A domain's ``definitions.py`` is three lines::
+
+    import dagster as dg
+    from mesh_platform import domain_definitions
+
+    @dg.definitions
+    def defs() -> dg.Definitions:
+        return domain_definitions(__file__)
+
+The platform reads ``domain.yaml``, the prepared dbt manifest, and the mesh settings, and
+returns the domain's assets (raw landing + dbt models and products + dbt tests as checks)
+with the resources they need. Nothing runs at import; ``@dg.definitions`` defers the work until
+Dagster loads the code location.
+"""
+
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DbtCliResource, dbt_assets
+from pydantic import Field
+
+from mesh_platform.addressing import name_problem, raw_asset_key
+from mesh_platform.config import load_mesh
+from mesh_platform.dbt.project import dbt_project, load_manifest, resolve_dbt_executable
+from mesh_platform.dbt.run import run_domain_dbt
+from mesh_platform.dbt.translator import (
+    MeshDbtTranslator,
+    consumed_products,
+    input_domain,
+    product_names,
+)
+from mesh_platform.domain import Domain, load_domain
+from mesh_platform.errors import DomainError
+from mesh_platform.resources import MeshResource
+from mesh_platform.sources.tpch import land_tpch
+
+
+def _check_names(domain: Domain, manifest: Mapping[str, Any]) -> None:
+    """Every product and consumed product name follows the naming rule; lists all offenders."""
+    problems = []
+    for name in product_names(manifest):
+        if problem := name_problem(name):
+            problems.append(f"product {name!r} {problem}")
+    for node in manifest.get("sources", {}).values():
+        producer = input_domain(node)
+        if producer is not None and (problem := name_problem(producer)):
+            problems.append(f"source {node['source_name']!r}: mesh_domain {producer!r} {problem}")
+    if problems:
+        raise DomainError(
+            domain.name,
+            f"{len(problems)} naming problem(s):\n" + "\n".join(f"  - {p}" for p in problems),
+            fix="rename the models/sources to snake_case (see mesh_platform/addressing.py)",
+            path=domain.dbt_project_dir,
+        )
+
+
+class RawLandingConfig(dg.Config):
+    scale_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="TPC-H scale factor to land. Default: scale_factor in mesh.yaml.",
+    )
+
+
+def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
+    """The domain's raw landing: its declared TPC-H tables as Parquet in its own raw area."""
+    assert domain.spec.raw is not None
+    tables = list(domain.spec.raw.tables)
+    specs = [
+        dg.AssetSpec(
+            raw_asset_key(domain.name, table),
+            description=f"Raw {table} landed by the {domain.name} domain (TPC-H dbgen"
+            + (", synthetic personal data" if table == "customer_contact" else "")
+            + ").",
+            group_name=domain.name,
+            owners=domain.spec.owners,
+            kinds={"parquet", "tpch"},
+            tags={"mesh/domain": domain.name, "mesh/layer": "raw", "mesh/access": "private"},
+        )
+        for table in tables
+    ]
+
+    @dg.multi_asset(specs=specs, name=f"{domain.name}_raw_landing", pool=domain_pool(domain))
+    def _raw_landing(
+        context: dg.AssetExecutionContext, config: RawLandingConfig, mesh: MeshResource
+    ):
+        loaded = mesh.load()
+        scale = config.scale_factor or loaded.settings.scale_factor
+        landing = land_tpch(loaded.raw_dir(domain.name), tables, scale)
+        context.log.info(
+            f"{'generated' if landing.generated else 'kept existing'} TPC-H SF {scale} landing "
+            f"in {landing.raw_dir} ({landing.seconds:.1f}s)"
+        )
+        for table in tables:
+            yield dg.MaterializeResult(
+                asset_key=raw_asset_key(domain.name, table),
+                metadata={
+                    "dagster/row_count": landing.row_counts[table],
+                    "dagster/uri": landing.path(table).as_uri(),
+                    "scale_factor": scale,
+                    "regenerated": landing.generated,
+                },
+            )
+
+    return _raw_landing
+
+
+def domain_pool(domain: Domain) -> str:
+    """Concurrency pool guarding the domain's DuckDB file (one writer process at a time)."""
+    return f"mesh_domain_{domain.name}"
+
+
+def build_dbt_assets(
+    domain: Domain, manifest: Mapping[str, Any], translator: MeshDbtTranslator
+) -> dg.AssetsDefinition:
+    @dbt_assets(
+        manifest=manifest,
+        dagster_dbt_translator=translator,
+        project=dbt_project(domain),
+        name=f"{domain.name}_dbt",
+        pool=domain_pool(domain),
+    )
+    def _dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, mesh: MeshResource):
+        yield from run_domain_dbt(context, dbt, mesh.load(), domain, manifest, translator)
+
+    return _dbt_models
+
+
+def domain_definitions(location_file: str | Path) -> dg.Definitions:
+    """Definitions of the domain whose code location file is ``location_file``.
+
+    The domain is the folder holding the file (``domains/<domain>/definitions.py``); the mesh root
+    is two levels up.
+    """
+    code_dir = Path(location_file).resolve().parent
+    mesh = load_mesh(code_dir.parent.parent)
+    domain = load_domain(mesh, code_dir.name)
+    manifest = load_manifest(domain)
+    _check_names(domain, manifest)
+    translator = MeshDbtTranslator(domain, catalog_name=mesh.settings.catalog.name)
+    assets: list[dg.AssetsDefinition] = []
+    if domain.spec.raw is not None:
+        assets.append(build_raw_assets(domain))
+    assets.append(build_dbt_assets(domain, manifest, translator))
+    return dg.Definitions(
+        assets=assets,
+        resources={
+            "dbt": DbtCliResource(
+                project_dir=str(domain.dbt_project_dir),
+                profiles_dir=str(domain.dbt_project_dir),
+                dbt_executable=resolve_dbt_executable(mesh),
+            ),
+            "mesh": MeshResource(root=str(mesh.root)),
+        },
+        metadata={
+            "mesh/domain": domain.name,
+            "mesh/kind": domain.spec.kind,
+            "mesh/consumes": sorted({str(a) for a, _ in consumed_products(manifest)}),
+        },
+    )

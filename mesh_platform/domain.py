@@ -1,0 +1,183 @@
+"""A domain's descriptor (``domains/<domain>/domain.yaml``): who owns it and what it lands.
+
+Products are declared in the domain's dbt project; this file holds what is true of the domain as
+a whole. Every field has a type, a description and an example, so validation errors read well.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mesh_platform.addressing import name_problem
+from mesh_platform.config import Mesh
+from mesh_platform.errors import DomainError
+from mesh_platform.sources.tpch import AVAILABLE_TABLES
+
+DOMAIN_FILE = "domain.yaml"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_TEAM = re.compile(r"^team:[A-Za-z0-9_.-]+$")
+
+
+class RawSources(BaseModel):
+    """Source data the domain lands in its own raw area before dbt runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator: Literal["tpch"] = Field(
+        default="tpch",
+        description="Generator of the sample sources: TPC-H dbgen plus synthetic contacts.",
+        examples=["tpch"],
+    )
+    tables: list[str] = Field(
+        min_length=1,
+        description=f"Tables to land, among: {', '.join(AVAILABLE_TABLES)}.",
+        examples=[["orders", "lineitem", "customer", "customer_contact"]],
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, tables: list[str]) -> list[str]:
+        unknown = [t for t in tables if t not in AVAILABLE_TABLES]
+        if unknown:
+            raise ValueError(
+                f"unknown table(s) {', '.join(unknown)}; choose among {', '.join(AVAILABLE_TABLES)}"
+            )
+        if "customer_contact" in tables and "customer" not in tables:
+            raise ValueError("'customer_contact' is derived from 'customer': land both")
+        return tables
+
+
+class DomainSpec(BaseModel):
+    """The validated content of ``domains/<domain>/domain.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="Domain name: snake_case, equal to its folder under domains/.",
+        examples=["sales"],
+    )
+    description: str = Field(
+        min_length=10,
+        description="What the domain owns and why, for people browsing the mesh.",
+        examples=["Source-aligned domain for customer orders."],
+    )
+    kind: Literal["source-aligned", "consumer-aligned", "aggregate"] = Field(
+        description="Source-aligned domains own operational data; consumer-aligned domains "
+        "build on other domains' products.",
+        examples=["source-aligned"],
+    )
+    owners: list[str] = Field(
+        min_length=1,
+        description="Owning teams ('team:<name>') and contact emails, as Dagster shows them.",
+        examples=[["team:sales", "sales-data@example.com"]],
+    )
+    raw: RawSources | None = Field(
+        default=None, description="Sample source data to land (source-aligned domains)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _snake_case(cls, name: str) -> str:
+        if problem := name_problem(name):
+            raise ValueError(f"domain name {name!r} {problem}")
+        return name
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_format(cls, owners: list[str]) -> list[str]:
+        bad = [o for o in owners if not (_EMAIL.match(o) or _TEAM.match(o))]
+        if bad:
+            raise ValueError(
+                f"owner(s) {', '.join(map(repr, bad))} must be an email or 'team:<name>'"
+            )
+        return owners
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A domain as the platform sees it: its descriptor and where its parts live."""
+
+    spec: DomainSpec
+    code_dir: Path
+    dbt_project_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def descriptor_file(self) -> Path:
+        return self.code_dir / DOMAIN_FILE
+
+
+def _validation_problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+def load_domain(mesh: Mesh, name: str) -> Domain:
+    """Load and validate one domain. Raises :class:`DomainError` naming the file and the fix."""
+    code_dir = mesh.domains_dir / name
+    descriptor = code_dir / DOMAIN_FILE
+    if not code_dir.is_dir():
+        known = ", ".join(list_domain_names(mesh)) or "none"
+        raise DomainError(
+            name,
+            f"no folder domains/{name} (known domains: {known})",
+            fix=f"create it with `mesh new domain {name}` (or fix the name in workspace.yaml)",
+            path=code_dir,
+        )
+    if not descriptor.is_file():
+        raise DomainError(
+            name,
+            f"missing {DOMAIN_FILE}",
+            fix=f"add domains/{name}/{DOMAIN_FILE} with name, description, kind and owners",
+            path=descriptor,
+        )
+    try:
+        data = yaml.safe_load(descriptor.read_text())
+    except yaml.YAMLError as exc:
+        raise DomainError(
+            name, f"{DOMAIN_FILE} is not valid YAML: {exc}", fix="fix the YAML", path=descriptor
+        ) from exc
+    try:
+        spec = DomainSpec.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise DomainError(
+            name,
+            f"invalid {DOMAIN_FILE}: {_validation_problems(exc)}",
+            fix="correct the fields listed (documented in mesh_platform/domain.py, DomainSpec)",
+            path=descriptor,
+        ) from exc
+    if spec.name != name:
+        raise DomainError(
+            name,
+            f"{DOMAIN_FILE} says name: {spec.name!r} but the folder is domains/{name}",
+            fix="make the folder name and the 'name' field agree",
+            path=descriptor,
+        )
+    dbt_dir = mesh.dbt_projects_dir / name
+    if not (dbt_dir / "dbt_project.yml").is_file():
+        raise DomainError(
+            name,
+            f"no dbt project at dbt_projects/{name} (dbt_project.yml is missing)",
+            fix=f"create dbt_projects/{name}/dbt_project.yml and profiles.yml "
+            f"(`mesh new domain` scaffolds them)",
+            path=dbt_dir / "dbt_project.yml",
+        )
+    return Domain(spec=spec, code_dir=code_dir, dbt_project_dir=dbt_dir)
+
+
+def list_domain_names(mesh: Mesh) -> list[str]:
+    """Folders under domains/ that hold a domain descriptor, sorted."""
+    if not mesh.domains_dir.is_dir():
+        return []
+    return sorted(p.parent.name for p in mesh.domains_dir.glob(f"*/{DOMAIN_FILE}"))
