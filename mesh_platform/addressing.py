@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:
+    import dagster as dg
 
 from mesh_platform.errors import InvalidNameError
 
@@ -106,7 +108,7 @@ class ProductAddress:
 
     @property
     def asset_key(self) -> dg.AssetKey:
-        return dg.AssetKey([self.domain, self.product])
+        return _asset_key(self.domain, self.product)
 
     @property
     def iceberg_identifier(self) -> tuple[str, str]:
@@ -119,8 +121,15 @@ class ProductAddress:
 
 
 def raw_asset_key(domain: str, table: str) -> dg.AssetKey:
-    return dg.AssetKey([domain, RAW_PREFIX, table])
+    return _asset_key(domain, RAW_PREFIX, table)
 
 
 def internal_asset_key(domain: str, model: str) -> dg.AssetKey:
-    return dg.AssetKey([domain, INTERNAL_PREFIX, model])
+    return _asset_key(domain, INTERNAL_PREFIX, model)
+
+
+def _asset_key(*path: str) -> dg.AssetKey:
+    # Imported here: the CLI's light commands should not pay dagster's import time.
+    from dagster import AssetKey
+
+    return AssetKey(list(path))

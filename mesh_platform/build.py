@@ -74,14 +74,17 @@ def build_domain(
     *,
     scale_factor: float | None = None,
     progress: ProgressFn | None = None,
+    log_level: str = "WARNING",
 ) -> DomainOutcome:
     """One Dagster run materialising every asset of ``domain``, recorded in ``instance``."""
-    job = defs.resolve_implicit_global_asset_job_def()
+    from mesh_platform.definitions import build_job_name
+
+    job = defs.resolve_job_def(build_job_name(domain))
     run_id = make_new_run_id()
-    run_config: dict = {}
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     raw_ops = [n for n in job.graph.node_dict if n.endswith("_raw_landing")]
     if scale_factor is not None and raw_ops:
-        run_config = {"ops": {op: {"config": {"scale_factor": scale_factor}} for op in raw_ops}}
+        run_config["ops"] = {op: {"config": {"scale_factor": scale_factor}} for op in raw_ops}
 
     def _listen(record) -> None:
         event = record.dagster_event

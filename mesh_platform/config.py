@@ -45,9 +45,7 @@ class CatalogSettings(BaseModel):
 class MeshSettings(BaseSettings):
     """Typed view of mesh.yaml. Environment variables (MESH_*) win over the file."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MESH_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="MESH_", env_nested_delimiter="__", extra="forbid")
 
     state_dir: Path = Field(
         default=Path("state"),

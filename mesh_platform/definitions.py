@@ -15,7 +15,6 @@ with the resources they need. Nothing runs at import; ``@dg.definitions`` defers
 Dagster loads the code location.
 """
 
-
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,6 +109,11 @@ def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
     return _raw_landing
 
 
+def build_job_name(domain: str) -> str:
+    """The job that materialises a whole domain (what `mesh build` runs)."""
+    return f"{domain}_build"
+
+
 def domain_pool(domain: Domain) -> str:
     """Concurrency pool guarding the domain's DuckDB file (one writer process at a time)."""
     return f"mesh_domain_{domain.name}"
@@ -149,6 +153,14 @@ def domain_definitions(location_file: str | Path) -> dg.Definitions:
     assets.append(build_dbt_assets(domain, manifest, translator))
     return dg.Definitions(
         assets=assets,
+        jobs=[
+            dg.define_asset_job(
+                build_job_name(domain.name),
+                selection=dg.AssetSelection.all(),
+                description=f"Land, build and publish every asset of the {domain.name} domain.",
+                tags={"mesh/domain": domain.name},
+            )
+        ],
         resources={
             "dbt": DbtCliResource(
                 project_dir=str(domain.dbt_project_dir),

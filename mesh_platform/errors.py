@@ -33,9 +33,7 @@ class StateDirError(MeshError):
 class DomainError(MeshError):
     """A domain is missing, misdeclared, or its dbt project is broken."""
 
-    def __init__(
-        self, domain: str, what: str, *, fix: str, path: Path | str | None = None
-    ) -> None:
+    def __init__(self, domain: str, what: str, *, fix: str, path: Path | str | None = None) -> None:
         self.domain = domain
         super().__init__(f"domain '{domain}': {what}", fix=fix, path=path)
 

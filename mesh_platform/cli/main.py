@@ -108,9 +108,10 @@ def prepare(ctx: click.Context, domains: tuple[str, ...], force: bool) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="TPC-H scale factor of the sources (default: scale_factor in mesh.yaml, 0.1).",
 )
+@click.option("--verbose", "-v", is_flag=True, help="Show Dagster's run log (INFO) on the console.")
 @click.pass_context
 @mesh_command
-def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None) -> None:
+def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, verbose: bool) -> None:
     """Land sources, build and publish every domain's products through Dagster.
 
     Domains run in dependency order (producers before consumers), one recorded Dagster run
@@ -146,8 +147,12 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None) -> 
     for i, name in enumerate(order, 1):
         console.print(f"[bold]\\[{i}/{len(order)}] {name}[/]")
         outcome = build_domain(
-            name, defs[name], instance, scale_factor=mesh.settings.scale_factor,
+            name,
+            defs[name],
+            instance,
+            scale_factor=mesh.settings.scale_factor,
             progress=progress,
+            log_level="INFO" if verbose else "WARNING",
         )
         mark = "[green]ok[/]" if outcome.success else "[red]FAILED[/]"
         console.print(f"  {name}: {mark} in {outcome.seconds:.1f}s (run {outcome.run_id})")

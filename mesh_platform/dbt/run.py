@@ -26,7 +26,12 @@ from mesh_platform.config import Mesh
 from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products, is_product
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.storage.iceberg import StagedInput, open_catalog, publish_from_duckdb, stage_input
+from mesh_platform.storage.iceberg import (
+    StagedInput,
+    open_catalog,
+    publish_from_duckdb,
+    stage_input,
+)
 
 
 def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> list[StagedInput]:
@@ -138,8 +143,9 @@ def run_domain_dbt(
 
     failed = {
         nodes[uid]["name"]: status
-        for uid, status in _failed_nodes(invocation.get_artifact("run_results.json"), manifest)
-        .items()
+        for uid, status in _failed_nodes(
+            invocation.get_artifact("run_results.json"), manifest
+        ).items()
         if uid in nodes
     }
     problems = {name: f"dbt status {status}" for name, status in failed.items()}
@@ -153,4 +159,3 @@ def run_domain_dbt(
             ),
             metadata={"failed": sorted(problems)},
         )
-

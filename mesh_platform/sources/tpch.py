@@ -143,9 +143,7 @@ def land_tpch(raw_dir: Path, tables: Iterable[str], scale_factor: float) -> Land
             for table in tables:
                 target = staging / f"{table}.parquet"
                 # Table names come from the fixed list above; the path is bound as a parameter.
-                conn.execute(
-                    f"COPY {table} TO '{target}' (FORMAT parquet, COMPRESSION zstd)"
-                )
+                conn.execute(f"COPY {table} TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
                 counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         finally:
             conn.close()

@@ -9,6 +9,7 @@ builds on it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,10 +51,8 @@ def open_catalog(mesh: Mesh) -> SqlCatalog:
 
 
 def ensure_namespace(catalog: SqlCatalog, domain: str) -> None:
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(domain, properties={"mesh.domain": domain})
-    except NamespaceAlreadyExistsError:
-        pass
 
 
 def _local_path(location: str) -> Path:

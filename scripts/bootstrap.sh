@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything the mesh needs from the project's own files, idempotently:
+#   1. uv (pinned) in a project-local tool venv (.tools/), so nothing is installed globally;
+#   2. the locked environment (.venv/) from uv.lock, dev tools included;
+#   3. the domains' dbt manifests (mesh prepare), so code locations load without parsing dbt.
+# Needs python3.11 (or PYTHON=...) and access to the package registry. Nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION="0.13.8"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+TOOLS=".tools"
+
+if [ ! -x "$TOOLS/bin/uv" ] || [ "$("$TOOLS/bin/uv" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  echo "bootstrap: installing uv $UV_VERSION into $TOOLS/" >&2
+  "$PYTHON" -m venv "$TOOLS"
+  "$TOOLS/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+
+# Never download a Python interpreter: use the one on this machine.
+export UV_PYTHON_DOWNLOADS=never
+echo "bootstrap: syncing .venv from uv.lock" >&2
+"$TOOLS/bin/uv" sync --frozen --python "$PYTHON" --quiet
+
+echo "bootstrap: preparing dbt manifests" >&2
+.venv/bin/mesh prepare
