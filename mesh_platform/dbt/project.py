@@ -7,11 +7,13 @@ code location loads. Preparation is skipped when the project's files have not ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +91,21 @@ def _link_platform_package(domain: Domain) -> None:
     link.symlink_to(os.path.relpath(PLATFORM_DBT_PACKAGE, packages_dir), target_is_directory=True)
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set env vars for an in-process dbt call, then restore them (dbt reads os.environ)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _parse(mesh: Mesh, domain: Domain) -> None:
     """``dbt parse`` in this process (dbtRunner): dbt is imported once for all domains."""
     from dbt.cli.main import dbtRunner
@@ -99,20 +116,20 @@ def _parse(mesh: Mesh, domain: Domain) -> None:
         if event.info.level in ("error", "warn") and event.info.msg:
             errors.append(str(event.info.msg))
 
-    os.environ.update(mesh.dbt_env())
-    os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    env = {**mesh.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     try:
-        result = dbtRunner(callbacks=[_collect]).invoke(
-            [
-                "parse",
-                "--project-dir",
-                str(domain.dbt_project_dir),
-                "--profiles-dir",
-                str(domain.dbt_project_dir),
-                "--quiet",
-                "--no-use-colors",
-            ]
-        )
+        with _environment(env):
+            result = dbtRunner(callbacks=[_collect]).invoke(
+                [
+                    "parse",
+                    "--project-dir",
+                    str(domain.dbt_project_dir),
+                    "--profiles-dir",
+                    str(domain.dbt_project_dir),
+                    "--quiet",
+                    "--no-use-colors",
+                ]
+            )
     except Exception as exc:  # dbt raises for some project errors instead of returning them
         result = None
         errors.append(str(exc))
