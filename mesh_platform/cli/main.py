@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mesh_platform.config import Mesh, load_mesh
@@ -28,7 +29,7 @@ out = Console()
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise SystemExit(1)
 
 
@@ -141,7 +142,7 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     instance = get_instance(mesh)
 
     def progress(domain: str, message: str) -> None:
-        console.print(f"    [dim]{domain}[/] {message}", highlight=False)
+        console.print(f"    [dim]{domain}[/] {escape(message)}", highlight=False)
 
     outcomes = []
     for i, name in enumerate(order, 1):
@@ -157,7 +158,7 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
         mark = "[green]ok[/]" if outcome.success else "[red]FAILED[/]"
         console.print(f"  {name}: {mark} in {outcome.seconds:.1f}s (run {outcome.run_id})")
         if outcome.error:
-            console.print(f"  [red]{outcome.error}[/]", highlight=False)
+            console.print(f"  [red]{escape(outcome.error)}[/]", highlight=False)
         outcomes.append(outcome)
 
     table = Table(title=f"mesh build summary ({time.perf_counter() - total_start:.0f}s)")

@@ -1,0 +1,186 @@
+"""One real end-to-end build of the sample mesh at a tiny scale, through the `mesh` command.
+
+Row counts and totals are checked against TPC-H tables generated independently in this process,
+read back from Iceberg with DuckDB's own iceberg reader (any engine can read the products).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mesh_platform.config import load_mesh
+from mesh_platform.duckdb_ext import connect
+from mesh_platform.storage.iceberg import open_catalog
+from tests.conftest import copy_mesh
+
+pytestmark = pytest.mark.e2e
+
+SF = 0.01
+MESH = str(Path(sys.executable).with_name("mesh"))
+
+
+def run_mesh(root: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
+    return subprocess.run(
+        [MESH, "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=root,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = copy_mesh(tmp_path_factory.mktemp("e2e") / "mesh")
+    result = run_mesh(root, "build", "--scale", str(SF))
+    return load_mesh(root), result
+
+
+@pytest.fixture(scope="module")
+def tpch():
+    conn = connect(extensions=("tpch",))
+    conn.execute("CALL dbgen(sf = ?)", [SF])
+    yield conn
+    conn.close()
+
+
+def _scan(mesh, address: str):
+    """A DuckDB connection and the FROM clause reading the product's current Iceberg snapshot."""
+    catalog = open_catalog(mesh)
+    table = catalog.load_table(tuple(address.split(".")))
+    conn = connect(extensions=("iceberg",))
+    return conn, f"iceberg_scan('{table.metadata_location}')"
+
+
+def _count(mesh, address: str) -> int:
+    conn, source = _scan(mesh, address)
+    return conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+
+
+def _snapshot(mesh, address: str) -> int:
+    return open_catalog(mesh).load_table(tuple(address.split("."))).current_snapshot().snapshot_id
+
+
+def test_build_succeeds_and_prints_a_summary(built):
+    mesh, result = built
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "mesh build summary" in result.stdout
+    for product in ("sales/orders", "logistics/shipments", "marketing/late_delivery_impact"):
+        assert product in result.stdout
+    # producers were built before their consumer
+    err = result.stderr
+    assert err.index("] sales") < err.index("] marketing")
+    assert err.index("] logistics") < err.index("] marketing")
+
+
+@pytest.mark.parametrize(
+    ("address", "tpch_table"),
+    [
+        ("sales.orders", "orders"),
+        ("sales.order_lines", "lineitem"),
+        ("sales.customers", "customer"),
+        ("logistics.shipments", "lineitem"),
+        ("logistics.suppliers", "supplier"),
+        ("logistics.parts", "part"),
+        ("logistics.nations", "nation"),
+        ("marketing.customer_segments", "customer"),
+    ],
+)
+def test_product_row_counts_match_tpch(built, tpch, address, tpch_table):
+    mesh, result = built
+    assert result.returncode == 0
+    expected = tpch.execute(f"SELECT count(*) FROM {tpch_table}").fetchone()[0]
+    assert _count(mesh, address) == expected
+
+
+def test_cross_domain_totals_match_tpch(built, tpch):
+    mesh, _ = built
+    revenue = tpch.execute(
+        "SELECT sum(cast(l_extendedprice * (1 - l_discount) AS decimal(18, 2))) FROM lineitem"
+    ).fetchone()[0]
+    late = tpch.execute("SELECT count(*) FROM lineitem WHERE l_receiptdate > l_commitdate").fetchone()[0]
+    conn, source = _scan(mesh, "marketing.revenue_by_nation_segment")
+    assert conn.execute(f"SELECT sum(net_revenue) FROM {source}").fetchone()[0] == revenue
+    conn, source = _scan(mesh, "marketing.late_delivery_impact")
+    lines, late_lines, total = conn.execute(
+        f"SELECT sum(line_count), sum(late_line_count), sum(net_revenue) FROM {source}"
+    ).fetchone()
+    assert lines == tpch.execute("SELECT count(*) FROM lineitem").fetchone()[0]
+    assert late_lines == late
+    assert total == revenue
+
+
+def test_personal_data_reaches_the_sales_product(built, tpch):
+    mesh, _ = built
+    conn, source = _scan(mesh, "sales.customers")
+    distinct, missing = conn.execute(
+        f"SELECT count(DISTINCT email), count(*) FILTER (WHERE email IS NULL) FROM {source}"
+    ).fetchone()
+    assert distinct == tpch.execute("SELECT count(*) FROM customer").fetchone()[0]
+    assert missing == 0
+
+
+def test_each_domain_has_its_own_state(built):
+    mesh, _ = built
+    for domain in ("sales", "logistics", "marketing"):
+        assert mesh.duckdb_path(domain).is_file()
+        assert (mesh.state_dir / "warehouse" / domain).is_dir()
+    assert sorted(p.name for p in mesh.raw_dir("sales").glob("*.parquet")) == [
+        "customer.parquet",
+        "customer_contact.parquet",
+        "lineitem.parquet",
+        "orders.parquet",
+    ]
+    assert not mesh.raw_dir("marketing").exists()
+
+
+def test_runs_are_recorded_in_the_persistent_instance(built):
+    mesh, _ = built
+    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
+    runs = instance.get_runs()
+    assert sorted(r.tags.get("mesh/domain") for r in runs) == ["logistics", "marketing", "sales"]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    event = instance.get_latest_materialization_event(dg.AssetKey(["sales", "orders"]))
+    metadata = event.asset_materialization.metadata
+    assert int(metadata["mesh/iceberg_snapshot_id"].value) == _snapshot(mesh, "sales.orders")
+    marketing = instance.get_latest_materialization_event(
+        dg.AssetKey(["marketing", "customer_segments"])
+    ).asset_materialization.metadata
+    assert marketing["mesh/inputs"].value["sales.orders"] == _snapshot(mesh, "sales.orders")
+
+
+def test_a_failing_product_is_reported_and_the_rest_kept(built):
+    mesh, _ = built
+    model = mesh.root / "dbt_projects/marketing/models/products/late_delivery_impact.sql"
+    before = {a: _snapshot(mesh, a) for a in ("marketing.late_delivery_impact", "sales.orders")}
+    before_segments = _snapshot(mesh, "marketing.customer_segments")
+    original = model.read_text()
+    model.write_text(original.replace("ship.is_late,", "ship.no_such_column,"))
+    try:
+        result = run_mesh(mesh.root, "build", "--domain", "marketing")
+    finally:
+        model.write_text(original)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "late_delivery_impact" in output
+    assert "1 domain(s) failed: marketing" in output
+    # consumers keep the previous good snapshot of the failed product ...
+    assert _snapshot(mesh, "marketing.late_delivery_impact") == before["marketing.late_delivery_impact"]
+    # ... the domain's other products were rebuilt and published, other domains untouched
+    assert _snapshot(mesh, "marketing.customer_segments") != before_segments
+    assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
+
+
+def test_unknown_domain_is_a_clear_error(built):
+    mesh, _ = built
+    result = run_mesh(mesh.root, "build", "--domain", "finance")
+    assert result.returncode == 1
+    assert "unknown domain(s): finance" in result.stderr
+    assert "Traceback" not in result.stderr
