@@ -105,7 +105,9 @@ def test_cross_domain_totals_match_tpch(built, tpch):
     revenue = tpch.execute(
         "SELECT sum(cast(l_extendedprice * (1 - l_discount) AS decimal(18, 2))) FROM lineitem"
     ).fetchone()[0]
-    late = tpch.execute("SELECT count(*) FROM lineitem WHERE l_receiptdate > l_commitdate").fetchone()[0]
+    late = tpch.execute(
+        "SELECT count(*) FROM lineitem WHERE l_receiptdate > l_commitdate"
+    ).fetchone()[0]
     conn, source = _scan(mesh, "marketing.revenue_by_nation_segment")
     assert conn.execute(f"SELECT sum(net_revenue) FROM {source}").fetchone()[0] == revenue
     conn, source = _scan(mesh, "marketing.late_delivery_impact")
@@ -172,15 +174,17 @@ def test_a_failing_product_is_reported_and_the_rest_kept(built):
     assert "late_delivery_impact" in output
     assert "1 domain(s) failed: marketing" in output
     # consumers keep the previous good snapshot of the failed product ...
-    assert _snapshot(mesh, "marketing.late_delivery_impact") == before["marketing.late_delivery_impact"]
+    assert (
+        _snapshot(mesh, "marketing.late_delivery_impact")
+        == before["marketing.late_delivery_impact"]
+    )
     # ... the domain's other products were rebuilt and published, other domains untouched
     assert _snapshot(mesh, "marketing.customer_segments") != before_segments
     assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
 
 
-def test_unknown_domain_is_a_clear_error(built):
-    mesh, _ = built
-    result = run_mesh(mesh.root, "build", "--domain", "finance")
+def test_unknown_domain_is_a_clear_error(mesh_copy):
+    result = run_mesh(mesh_copy.root, "build", "--domain", "finance")
     assert result.returncode == 1
     assert "unknown domain(s): finance" in result.stderr
     assert "Traceback" not in result.stderr

@@ -24,7 +24,7 @@ from rich.table import Table
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.errors import MeshError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # long paths in errors stay on one line
 out = Console()
 
 

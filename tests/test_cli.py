@@ -1,0 +1,56 @@
+import pytest
+from click.testing import CliRunner
+
+from mesh_platform.cli.main import cli
+
+COMMANDS = [[], ["build"], ["prepare"], ["ui"], ["workspace"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mesh")
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+    assert "--help" in result.output
+
+
+def test_broken_dbt_project_names_domain_file_and_fix(mesh_copy):
+    model = mesh_copy.root / "dbt_projects/sales/models/products/products.yml"
+    model.write_text(model.read_text().replace("models:", "models:\n  - name: [broken", 1))
+    result = CliRunner().invoke(
+        cli, ["--root", str(mesh_copy.root), "prepare", "--domain", "sales"]
+    )
+    assert result.exit_code == 1
+    assert "domain 'sales'" in result.output
+    assert "dbt parse" in result.output
+    assert "products.yml" in result.output
+    assert "mesh prepare --domain sales" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_workspace_pointing_at_a_missing_domain(mesh_copy):
+    workspace = mesh_copy.workspace_file
+    workspace.write_text(
+        workspace.read_text().replace("location_name: sales", "location_name: finance")
+    )
+    result = CliRunner().invoke(cli, ["--root", str(mesh_copy.root), "workspace"])
+    assert result.exit_code == 1
+    assert "finance" in result.output
+    assert "workspace.yaml" in result.output
+
+
+def test_workspace_write_regenerates_from_domains(mesh_copy):
+    mesh_copy.workspace_file.write_text("load_from: []\n")
+    result = CliRunner().invoke(cli, ["--root", str(mesh_copy.root), "workspace", "--write"])
+    assert result.exit_code == 0, result.output
+    assert "3 domain(s): logistics, marketing, sales" in result.output
+
+
+def test_unwritable_state_dir(mesh_copy, monkeypatch):
+    blocker = mesh_copy.root / "blocker"
+    blocker.write_text("a file, not a directory")
+    monkeypatch.setenv("MESH_STATE_DIR", str(blocker / "state"))
+    result = CliRunner().invoke(cli, ["--root", str(mesh_copy.root), "prepare"])
+    assert result.exit_code == 1
+    assert "not writable" in result.output
+    assert str(blocker) in result.output
