@@ -69,7 +69,7 @@ def _snapshot(mesh, address: str) -> int:
 
 
 def test_build_succeeds_and_prints_a_summary(built):
-    mesh, result = built
+    _, result = built
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "mesh build summary" in result.stdout
     for product in ("sales/orders", "logistics/shipments", "marketing/late_delivery_impact"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
@@ -26,18 +26,20 @@ from mesh_platform.config import Mesh
 from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products, is_product
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.storage.iceberg import (
-    StagedInput,
-    open_catalog,
-    publish_from_duckdb,
-    stage_input,
-)
+
+if TYPE_CHECKING:
+    from mesh_platform.storage.iceberg import StagedInput
+
+# mesh_platform.storage.iceberg (pyiceberg, pyarrow, sqlalchemy: ~3 s) is imported inside the
+# functions below: code locations load without it; only runs pay for it.
 
 
 def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> list[StagedInput]:
     inputs = consumed_products(manifest)
     if not inputs:
         return []
+    from mesh_platform.storage.iceberg import open_catalog, stage_input
+
     catalog = open_catalog(mesh)
     mesh.duckdb_path(domain.name).parent.mkdir(parents=True, exist_ok=True)
     conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
@@ -68,6 +70,8 @@ def run_domain_dbt(
     manifest: Mapping[str, Any],
     translator: MeshDbtTranslator,
 ) -> Iterator[Any]:
+    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+
     os.environ.update(mesh.dbt_env())  # read by the domain's profiles.yml and sources
     staged = stage_inputs(mesh, domain, manifest)
     for item in staged:
