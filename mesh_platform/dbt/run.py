@@ -52,14 +52,19 @@ def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> lis
         conn.close()
 
 
-def _failed_nodes(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, str]:
-    """unique_id -> status of every model that did not succeed."""
-    failed = {}
-    for result in run_results.get("results", []):
-        uid = result.get("unique_id", "")
-        if uid.startswith("model.") and result.get("status") not in ("success", "pass"):
-            failed[uid] = result.get("status", "unknown")
-    return failed
+def _failed_models(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
+    """model name -> dbt status of every model that did not succeed (error, skipped, ...)."""
+    try:
+        run_results = invocation.get_artifact("run_results.json")
+    except FileNotFoundError:  # dbt stopped before running anything; the step fails anyway
+        return {}
+    return {
+        nodes[r["unique_id"]]["name"]: r.get("status", "unknown")
+        for r in run_results.get("results", [])
+        if r.get("unique_id", "").startswith("model.")
+        and r["unique_id"] in nodes
+        and r.get("status") not in ("success", "pass")
+    }
 
 
 def run_domain_dbt(
@@ -145,14 +150,9 @@ def run_domain_dbt(
                 event = event.with_metadata({**event.metadata, **published[key]})
         yield event
 
-    failed = {
-        nodes[uid]["name"]: status
-        for uid, status in _failed_nodes(
-            invocation.get_artifact("run_results.json"), manifest
-        ).items()
-        if uid in nodes
+    problems = {
+        name: f"dbt status {status}" for name, status in _failed_models(invocation, nodes).items()
     }
-    problems = {name: f"dbt status {status}" for name, status in failed.items()}
     problems.update(publish_errors)
     if problems or not invocation.is_successful():
         listing = "\n".join(f"  - {name}: {why}" for name, why in sorted(problems.items()))
