@@ -52,19 +52,24 @@ def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> lis
         conn.close()
 
 
-def _failed_models(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
-    """model name -> dbt status of every model that did not succeed (error, skipped, ...)."""
+def _failed_nodes(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
+    """'model x' / 'test y' -> dbt status, for every model that did not build and every test
+    that failed or errored."""
     try:
         run_results = invocation.get_artifact("run_results.json")
     except FileNotFoundError:  # dbt stopped before running anything; the step fails anyway
         return {}
-    return {
-        nodes[r["unique_id"]]["name"]: r.get("status", "unknown")
-        for r in run_results.get("results", [])
-        if r.get("unique_id", "").startswith("model.")
-        and r["unique_id"] in nodes
-        and r.get("status") not in ("success", "pass")
-    }
+    failed = {}
+    for result in run_results.get("results", []):
+        node = nodes.get(result.get("unique_id", ""))
+        status = result.get("status", "unknown")
+        if node is None:
+            continue
+        if node["resource_type"] == "model" and status != "success":
+            failed[f"model {node['name']}"] = status
+        elif node["resource_type"] == "test" and status in ("fail", "error"):
+            failed[f"test {node['name']}"] = status
+    return failed
 
 
 def run_domain_dbt(
@@ -151,15 +156,16 @@ def run_domain_dbt(
         yield event
 
     problems = {
-        name: f"dbt status {status}" for name, status in _failed_models(invocation, nodes).items()
+        name: f"dbt status {status}" for name, status in _failed_nodes(invocation, nodes).items()
     }
-    problems.update(publish_errors)
+    problems.update({f"product {address}": why for address, why in publish_errors.items()})
     if problems or not invocation.is_successful():
         listing = "\n".join(f"  - {name}: {why}" for name, why in sorted(problems.items()))
         raise dg.Failure(
             description=(
-                f"domain '{domain.name}': {len(problems)} model(s) or product(s) failed; the "
-                f"others were built and published.\n{listing or '  (see the dbt log above)'}"
+                f"domain '{domain.name}': {len(problems)} model(s), test(s) or product(s) "
+                "failed; the other products were built and published.\n"
+                f"{listing or '  (see the dbt log above)'}"
             ),
             metadata={"failed": sorted(problems)},
         )
