@@ -72,48 +72,29 @@ def _failed_nodes(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
     return failed
 
 
-def run_domain_dbt(
+def publish_products(
     context: dg.AssetExecutionContext,
-    dbt: DbtCliResource,
     mesh: Mesh,
     domain: Domain,
-    manifest: Mapping[str, Any],
-    translator: MeshDbtTranslator,
-) -> Iterator[Any]:
+    built: Mapping[dg.AssetKey, Mapping[str, Any]],
+    inputs: Mapping[str, int],
+) -> tuple[dict[dg.AssetKey, dict[str, Any]], dict[str, str]]:
+    """Publish each product dbt built (key -> manifest node) to Iceberg.
+
+    Returns the materialisation metadata of every published product, and an error per product
+    that could not be published (every product is tried; one failure does not stop the others).
+    """
+    if not built:
+        return {}, {}
     from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
 
-    os.environ.update(mesh.dbt_env())  # read by the domain's profiles.yml and sources
-    staged = stage_inputs(mesh, domain, manifest)
-    for item in staged:
-        context.log.info(
-            f"staged {item.address} snapshot {item.snapshot_id} ({item.row_count} rows) "
-            f"as {item.relation}"
-        )
-    inputs_metadata = {str(s.address): s.snapshot_id for s in staged}
-
-    invocation = dbt.cli(["build"], context=context, raise_on_error=False)
-    events = list(invocation.stream())
-
-    nodes = manifest["nodes"]
-    products_by_key = {
-        translator.get_asset_key(node): node for node in nodes.values() if is_product(node)
-    }
-    catalog = None
-    conn = None
+    catalog = open_catalog(mesh)
     published: dict[dg.AssetKey, dict[str, Any]] = {}
-    publish_errors: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
     try:
-        for event in events:
-            if not isinstance(event, dg.Output):
-                continue
-            key = context.asset_key_for_output(event.output_name)
-            node = products_by_key.get(key)
-            if node is None:
-                continue
+        for key, node in built.items():
             address = ProductAddress(domain.name, node["name"])
-            if catalog is None:
-                catalog = open_catalog(mesh)
-                conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
             try:
                 result = publish_from_duckdb(
                     catalog,
@@ -123,12 +104,12 @@ def run_domain_dbt(
                     properties={
                         "mesh.run_id": context.run_id,
                         "mesh.domain": domain.name,
-                        "mesh.inputs": json.dumps(inputs_metadata),
+                        "mesh.inputs": json.dumps(inputs),
                     },
                 )
-            except Exception as exc:  # report every product, then fail the step below
-                publish_errors[str(address)] = f"publication to Iceberg failed: {exc}"
-                context.log.error(f"{address}: {publish_errors[str(address)]}")
+            except Exception as exc:
+                errors[str(address)] = f"publication to Iceberg failed: {exc}"
+                context.log.error(f"{address}: {errors[str(address)]}")
                 continue
             context.log.info(
                 f"published {address}: snapshot {result.snapshot_id}, {result.row_count} rows "
@@ -140,16 +121,46 @@ def run_domain_dbt(
                 "mesh/iceberg_snapshot_id": str(result.snapshot_id),
                 "mesh/iceberg_metadata": result.metadata_location,
                 "mesh/publish_seconds": round(result.seconds, 3),
-                **({"mesh/inputs": inputs_metadata} if inputs_metadata else {}),
+                **({"mesh/inputs": dict(inputs)} if inputs else {}),
             }
     finally:
-        if conn is not None:
-            conn.close()
+        conn.close()
+    return published, errors
+
+
+def run_domain_dbt(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    mesh: Mesh,
+    domain: Domain,
+    manifest: Mapping[str, Any],
+    translator: MeshDbtTranslator,
+) -> Iterator[Any]:
+    os.environ.update(mesh.dbt_env())  # read by the domain's profiles.yml and sources
+    staged = stage_inputs(mesh, domain, manifest)
+    for item in staged:
+        context.log.info(
+            f"staged {item.address} snapshot {item.snapshot_id} ({item.row_count} rows) "
+            f"as {item.relation}"
+        )
+    inputs = {str(s.address): s.snapshot_id for s in staged}
+
+    # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
+    invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+    events = list(invocation.stream())
+
+    nodes = manifest["nodes"]
+    products = {translator.get_asset_key(n): n for n in nodes.values() if is_product(n)}
+    output_keys = [
+        context.asset_key_for_output(e.output_name) for e in events if isinstance(e, dg.Output)
+    ]
+    built = {key: products[key] for key in output_keys if key in products}
+    published, publish_errors = publish_products(context, mesh, domain, built, inputs)
 
     for event in events:
         if isinstance(event, dg.Output):
             key = context.asset_key_for_output(event.output_name)
-            if key in products_by_key and key not in published:
+            if key in products and key not in published:
                 continue  # built by dbt but not published: not a materialisation
             if key in published:
                 event = event.with_metadata({**event.metadata, **published[key]})
