@@ -82,6 +82,12 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+def quote_literal(value: str) -> str:
+    """A SQL string literal, for the few places DuckDB takes no bound parameter (COPY ... TO,
+    LOAD): single quotes are doubled, so a path with a quote cannot end the literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 @dataclass(frozen=True, order=True)
 class ProductAddress:
     """The unique, stable address of a data product: ``<domain>.<product>``."""

@@ -77,14 +77,14 @@ def build_domain(
     log_level: str = "WARNING",
 ) -> DomainOutcome:
     """One Dagster run materialising every asset of ``domain``, recorded in ``instance``."""
-    from mesh_platform.definitions import build_job_name
+    from mesh_platform.definitions import build_job_name, raw_landing_op_name
 
     job = defs.resolve_job_def(build_job_name(domain))
     run_id = make_new_run_id()
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    raw_ops = [n for n in job.graph.node_dict if n.endswith("_raw_landing")]
-    if scale_factor is not None and raw_ops:
-        run_config["ops"] = {op: {"config": {"scale_factor": scale_factor}} for op in raw_ops}
+    raw_op = raw_landing_op_name(domain)
+    if scale_factor is not None and raw_op in job.graph.node_dict:
+        run_config["ops"] = {raw_op: {"config": {"scale_factor": scale_factor}}}
 
     def _listen(record) -> None:
         event = record.dagster_event

@@ -7,7 +7,9 @@ import time: call :func:`load_mesh` where the settings are needed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mesh_platform.errors import MeshConfigError, StateDirError
+from mesh_platform.errors import MeshConfigError, StateDirError, format_validation_error
 
 MESH_FILE = "mesh.yaml"
 ROOT_ENV = "MESH_ROOT"
@@ -66,17 +68,37 @@ class MeshSettings(BaseSettings):
     )
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's content arrives as init kwargs; env must win over it.
-        return (env_settings, init_settings)
+
+class _FileSource(PydanticBaseSettingsSource):
+    """mesh.yaml's content as a settings source, ranked below the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def _settings(data: dict[str, Any], overrides: dict[str, Any]) -> MeshSettings:
+    """Layered settings: code overrides > MESH_* environment > mesh.yaml > defaults."""
+
+    class _LayeredSettings(MeshSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, data))
+
+    return _LayeredSettings(**overrides)
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -146,7 +168,9 @@ class Mesh:
 
     @property
     def warehouse(self) -> str:
-        return self.settings.catalog.warehouse or (self.state_dir / "warehouse").as_uri()
+        # Not Path.as_uri(): it percent-encodes (a space becomes %20) and pyiceberg would then
+        # write to a directory literally named with "%20".
+        return self.settings.catalog.warehouse or f"file://{self.state_dir / 'warehouse'}"
 
     def domain_state_dir(self, domain: str) -> Path:
         return self.state_dir / "domains" / domain
@@ -179,6 +203,26 @@ class Mesh:
         return self.state_dir
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set env vars for a dbt call, then restore them.
+
+    dbt reads ``env_var()`` from the process environment (in-process dbtRunner) or inherits it
+    (dagster-dbt copies ``os.environ`` when it starts dbt), so the mesh's values must be there
+    for the call, and only for the call: ``MESH_STATE_DIR`` is also a settings override.
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _read_mesh_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -199,17 +243,18 @@ def load_mesh(root: Path | None = None, **overrides: Any) -> Mesh:
     """Load mesh.yaml at ``root`` (default: :func:`find_root`), apply env, then ``overrides``."""
     root = (root or find_root()).resolve()
     path = root / MESH_FILE
-    data = _read_mesh_file(path) if path.is_file() else {}
-    try:
-        settings = MeshSettings(**data)
-        if overrides:
-            settings = settings.model_copy(update=overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+    if not path.is_file():
         raise MeshConfigError(
-            f"invalid mesh settings: {problems}",
+            f"{root} is not a mesh: it has no {MESH_FILE}",
+            fix=f"pass the directory that holds {MESH_FILE} (--root / {ROOT_ENV})",
+            path=path,
+        )
+    data = _read_mesh_file(path)
+    try:
+        settings = _settings(data, overrides)
+    except ValidationError as exc:
+        raise MeshConfigError(
+            f"invalid mesh settings: {format_validation_error(exc)}",
             fix=f"correct the key in {MESH_FILE} or the matching MESH_* environment variable",
             path=path,
         ) from exc

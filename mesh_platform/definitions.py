@@ -23,39 +23,16 @@ import dagster as dg
 from dagster_dbt import DbtCliResource, dbt_assets
 from pydantic import Field
 
-from mesh_platform.addressing import name_problem, raw_asset_key
+from mesh_platform.addressing import raw_asset_key
 from mesh_platform.config import load_mesh
+from mesh_platform.dbt.checks import manifest_problems
 from mesh_platform.dbt.project import dbt_project, load_manifest, resolve_dbt_executable
 from mesh_platform.dbt.run import run_domain_dbt
-from mesh_platform.dbt.translator import (
-    MeshDbtTranslator,
-    consumed_products,
-    input_domain,
-    product_names,
-)
-from mesh_platform.domain import Domain, load_domain
+from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
+from mesh_platform.domain import Domain, list_domain_names, load_domain
 from mesh_platform.errors import DomainError
 from mesh_platform.resources import MeshResource
 from mesh_platform.sources.tpch import land_tpch
-
-
-def _check_names(domain: Domain, manifest: Mapping[str, Any]) -> None:
-    """Every product and consumed product name follows the naming rule; lists all offenders."""
-    problems = []
-    for name in product_names(manifest):
-        if problem := name_problem(name):
-            problems.append(f"product {name!r} {problem}")
-    for node in manifest.get("sources", {}).values():
-        producer = input_domain(node)
-        if producer is not None and (problem := name_problem(producer)):
-            problems.append(f"source {node['source_name']!r}: mesh_domain {producer!r} {problem}")
-    if problems:
-        raise DomainError(
-            domain.name,
-            f"{len(problems)} naming problem(s):\n" + "\n".join(f"  - {p}" for p in problems),
-            fix="rename the models/sources to snake_case (see mesh_platform/addressing.py)",
-            path=domain.dbt_project_dir,
-        )
 
 
 class RawLandingConfig(dg.Config):
@@ -84,7 +61,7 @@ def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
         for table in tables
     ]
 
-    @dg.multi_asset(specs=specs, name=f"{domain.name}_raw_landing", pool=domain_pool(domain))
+    @dg.multi_asset(specs=specs, name=raw_landing_op_name(domain.name), pool=domain_pool(domain))
     def _raw_landing(
         context: dg.AssetExecutionContext, config: RawLandingConfig, mesh: MeshResource
     ):
@@ -107,6 +84,10 @@ def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
             )
 
     return _raw_landing
+
+
+def raw_landing_op_name(domain: str) -> str:
+    return f"{domain}_raw_landing"
 
 
 def build_job_name(domain: str) -> str:
@@ -145,7 +126,15 @@ def domain_definitions(location_file: str | Path) -> dg.Definitions:
     mesh = load_mesh(code_dir.parent.parent)
     domain = load_domain(mesh, code_dir.name)
     manifest = load_manifest(domain)
-    _check_names(domain, manifest)
+    if problems := manifest_problems(domain, manifest, list_domain_names(mesh)):
+        raise DomainError(
+            domain.name,
+            f"{len(problems)} problem(s) in its dbt project:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            fix="correct each item above in dbt_projects/"
+            f"{domain.name}, then `mesh prepare --domain {domain.name}`",
+            path=domain.dbt_project_dir,
+        )
     translator = MeshDbtTranslator(domain, catalog_name=mesh.settings.catalog.name)
     assets: list[dg.AssetsDefinition] = []
     if domain.spec.raw is not None:

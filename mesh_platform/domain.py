@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mesh_platform.addressing import name_problem
 from mesh_platform.config import Mesh
-from mesh_platform.errors import DomainError
-from mesh_platform.sources.tpch import AVAILABLE_TABLES
+from mesh_platform.errors import DomainError, format_validation_error
+from mesh_platform.sources.tpch import AVAILABLE_TABLES, table_problems
 
 DOMAIN_FILE = "domain.yaml"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -42,14 +42,9 @@ class RawSources(BaseModel):
 
     @field_validator("tables")
     @classmethod
-    def _known_tables(cls, tables: list[str]) -> list[str]:
-        unknown = [t for t in tables if t not in AVAILABLE_TABLES]
-        if unknown:
-            raise ValueError(
-                f"unknown table(s) {', '.join(unknown)}; choose among {', '.join(AVAILABLE_TABLES)}"
-            )
-        if "customer_contact" in tables and "customer" not in tables:
-            raise ValueError("'customer_contact' is derived from 'customer': land both")
+    def _landable(cls, tables: list[str]) -> list[str]:
+        if problems := table_problems(tables):
+            raise ValueError("; ".join(problems))
         return tables
 
 
@@ -116,12 +111,6 @@ class Domain:
         return self.code_dir / DOMAIN_FILE
 
 
-def _validation_problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-    )
-
-
 def load_domain(mesh: Mesh, name: str) -> Domain:
     """Load and validate one domain. Raises :class:`DomainError` naming the file and the fix."""
     code_dir = mesh.domains_dir / name
@@ -131,7 +120,8 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
         raise DomainError(
             name,
             f"no folder domains/{name} (known domains: {known})",
-            fix=f"create it with `mesh new domain {name}` (or fix the name in workspace.yaml)",
+            fix=f"create domains/{name}/ with domain.yaml and definitions.py (copy "
+            "domains/sales as a template), or fix the name in workspace.yaml",
             path=code_dir,
         )
     if not descriptor.is_file():
@@ -152,7 +142,7 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
     except ValidationError as exc:
         raise DomainError(
             name,
-            f"invalid {DOMAIN_FILE}: {_validation_problems(exc)}",
+            f"invalid {DOMAIN_FILE}: {format_validation_error(exc)}",
             fix="correct the fields listed (documented in mesh_platform/domain.py, DomainSpec)",
             path=descriptor,
         ) from exc
@@ -168,8 +158,8 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
         raise DomainError(
             name,
             f"no dbt project at dbt_projects/{name} (dbt_project.yml is missing)",
-            fix=f"create dbt_projects/{name}/dbt_project.yml and profiles.yml "
-            f"(`mesh new domain` scaffolds them)",
+            fix=f"create dbt_projects/{name}/ with dbt_project.yml and profiles.yml "
+            "(copy dbt_projects/sales as a template)",
             path=dbt_dir / "dbt_project.yml",
         )
     return Domain(spec=spec, code_dir=code_dir, dbt_project_dir=dbt_dir)

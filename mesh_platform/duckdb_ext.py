@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from mesh_platform.addressing import quote_literal
 from mesh_platform.errors import MeshError
 
 # Load order matters: iceberg depends on avro.
@@ -51,8 +52,7 @@ def load_extensions(conn: duckdb.DuckDBPyConnection, *names: str) -> None:
         wanted.add("avro")
     for name in KNOWN_EXTENSIONS:
         if name in wanted:
-            # A path cannot be a bound parameter in LOAD; it comes from the installed wheel.
-            conn.execute(f"LOAD '{extension_path(name)}'")
+            conn.execute(f"LOAD {quote_literal(str(extension_path(name)))}")
 
 
 def connect(

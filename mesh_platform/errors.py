@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per pydantic problem, as ``field.path: message``, joined by '; '."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
 
 
 class MeshError(Exception):

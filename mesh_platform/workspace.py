@@ -16,7 +16,7 @@ import yaml
 
 from mesh_platform.config import Mesh
 from mesh_platform.domain import list_domain_names
-from mesh_platform.errors import DomainError, WorkspaceError
+from mesh_platform.errors import DomainError, MeshError, WorkspaceError
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -64,6 +64,8 @@ def read_locations(mesh: Mesh) -> list[CodeLocation]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise WorkspaceError([f"not valid YAML: {exc}"], path=path) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("load_from") or [], list):
+        raise WorkspaceError(["must be a mapping with a `load_from:` list"], path=path)
     locations, problems = [], []
     for i, entry in enumerate(data.get("load_from") or []):
         target = (entry or {}).get("python_module") if isinstance(entry, dict) else None
@@ -115,15 +117,16 @@ def load_location(mesh: Mesh, location: CodeLocation) -> dg.Definitions:
     root = str(mesh.root)
     if root not in sys.path[:1]:
         sys.path.insert(0, root)
+    location_file = mesh.domains_dir / location.name / "definitions.py"
     try:
         module = importlib.import_module(location.module)
-    except ImportError as exc:
+    except Exception as exc:  # SyntaxError, ImportError, ... in the domain's own code
         raise DomainError(
             location.name,
-            f"cannot import {location.module}: {exc}",
-            fix="check domains/<domain>/definitions.py and that the project is installed "
-            "(scripts/bootstrap.sh)",
-            path=mesh.domains_dir / location.name / "definitions.py",
+            f"cannot import {location.module}: {type(exc).__name__}: {exc}",
+            fix=f"fix domains/{location.name}/definitions.py (and check the project is "
+            "installed: scripts/bootstrap.sh)",
+            path=location_file,
         ) from exc
     module_file = Path(module.__file__ or "").resolve()
     if not module_file.is_relative_to(mesh.root):
@@ -135,12 +138,23 @@ def load_location(mesh: Mesh, location: CodeLocation) -> dg.Definitions:
         )
     defs = getattr(module, "defs", None)
     if callable(defs) and not isinstance(defs, dg.Definitions):
-        defs = defs()
+        try:
+            defs = defs()
+        except MeshError:
+            raise
+        except Exception as exc:  # a Dagster definition error, a bug in the domain's code
+            raise DomainError(
+                location.name,
+                f"its definitions failed to load: {type(exc).__name__}: {exc}",
+                fix=f"fix domains/{location.name}/definitions.py or what it loads; "
+                "`mesh --debug ...` shows the traceback",
+                path=location_file,
+            ) from exc
     if not isinstance(defs, dg.Definitions):
         raise DomainError(
             location.name,
             f"{location.module} has no `defs` (a Definitions or @dg.definitions function)",
             fix="end definitions.py with `defs = ...` returning domain_definitions(__file__)",
-            path=mesh.domains_dir / location.name / "definitions.py",
+            path=location_file,
         )
     return defs

@@ -17,7 +17,7 @@ def test_paths_derive_from_state_dir(tmp_path):
     assert mesh.duckdb_path("sales") == mesh.state_dir / "domains/sales/sales.duckdb"
     assert mesh.raw_dir("sales") == mesh.state_dir / "domains/sales/raw"
     assert mesh.catalog_uri == f"sqlite:///{mesh.state_dir}/catalog/catalog.db"
-    assert mesh.warehouse == (mesh.state_dir / "warehouse").as_uri()
+    assert mesh.warehouse == f"file://{mesh.state_dir}/warehouse"
     assert mesh.dagster_home == mesh.state_dir / "dagster"
 
 
@@ -72,3 +72,14 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path):
         mesh.ensure_state_dir()
     assert str(blocker) in str(err.value)
     assert "MESH_STATE_DIR" in str(err.value)
+
+
+def test_code_overrides_are_validated(tmp_path):
+    with pytest.raises(MeshConfigError, match="scale_factor"):
+        load_mesh(_mesh_dir(tmp_path, ""), scale_factor=-1)
+
+
+def test_a_root_without_mesh_yaml_is_refused(tmp_path):
+    with pytest.raises(MeshConfigError, match="is not a mesh"):
+        load_mesh(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()  # nothing created on the way

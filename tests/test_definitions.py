@@ -70,8 +70,8 @@ def test_groups_owners_tags_and_kinds(prepared_mesh, loaded, domain):
         assert list(node.owners) == spec_file["owners"]
         assert node.tags["mesh/domain"] == domain
         is_product = len(key.path) == 2
-        assert node.tags["mesh/layer"] == ("product" if is_product else node.tags["mesh/layer"])
         if is_product:
+            assert node.tags["mesh/layer"] == "product"
             assert {"dbt", "duckdb", "iceberg"} <= set(node.kinds)
             assert node.tags["mesh/access"] == "public"
             assert node.metadata["mesh/address"] == f"{domain}.{key.path[1]}"
@@ -81,6 +81,8 @@ def test_groups_owners_tags_and_kinds(prepared_mesh, loaded, domain):
         elif key.path[1] == "raw":
             assert node.tags["mesh/layer"] == "raw"
         else:
+            assert key.path[1] == "internal"
+            assert node.tags["mesh/layer"] == "internal"
             assert node.tags["mesh/access"] == "private"
 
 
@@ -160,4 +162,5 @@ def test_missing_dbt_executable_is_named(prepared_mesh, monkeypatch):
     with pytest.raises(DbtExecutableNotFoundError) as err:
         _load(prepared_mesh, "sales")
     assert "/nonexistent/dbt" in str(err.value)
+    assert "scripts/bootstrap.sh" in str(err.value)
     assert "MESH_DBT_EXECUTABLE" in str(err.value)

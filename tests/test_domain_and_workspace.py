@@ -49,7 +49,7 @@ def test_missing_domain_folder(mesh_copy):
     with pytest.raises(DomainError) as err:
         load_domain(mesh_copy, "finance")
     assert "domains/finance" in str(err.value)
-    assert "mesh new domain finance" in str(err.value)
+    assert "domains/finance/ with domain.yaml" in str(err.value)
 
 
 def test_missing_dbt_project(mesh_copy):

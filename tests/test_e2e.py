@@ -158,29 +158,47 @@ def test_runs_are_recorded_in_the_persistent_instance(built):
     assert marketing["mesh/inputs"].value["sales.orders"] == _snapshot(mesh, "sales.orders")
 
 
-def test_a_failing_product_is_reported_and_the_rest_kept(built):
+def test_failures_are_reported_and_everything_else_is_kept(built):
+    """One build, two kinds of failure: logistics' dbt project is broken (the domain cannot
+    load) and one marketing model fails at run time. Sales is still rebuilt, marketing's other
+    products are published, the failed products keep their previous good snapshots."""
     mesh, _ = built
     model = mesh.root / "dbt_projects/marketing/models/products/late_delivery_impact.sql"
-    before = {a: _snapshot(mesh, a) for a in ("marketing.late_delivery_impact", "sales.orders")}
-    before_segments = _snapshot(mesh, "marketing.customer_segments")
-    original = model.read_text()
-    model.write_text(original.replace("ship.is_late,", "ship.no_such_column,"))
+    schema = mesh.root / "dbt_projects/logistics/models/products/products.yml"
+    addresses = (
+        "marketing.late_delivery_impact",
+        "marketing.customer_segments",
+        "sales.orders",
+        "logistics.shipments",
+    )
+    before = {a: _snapshot(mesh, a) for a in addresses}
+    originals = {path: path.read_text() for path in (model, schema)}
+    model.write_text(originals[model].replace("ship.is_late,", "ship.no_such_column,"))
+    schema.write_text(originals[schema].replace("models:", "models:\n  - name: [broken", 1))
     try:
-        result = run_mesh(mesh.root, "build", "--domain", "marketing")
+        result = run_mesh(mesh.root, "build")
     finally:
-        model.write_text(original)
-    assert result.returncode == 1
+        for path, text in originals.items():
+            path.write_text(text)
     output = result.stdout + result.stderr
-    assert "late_delivery_impact" in output
-    assert "1 domain(s) failed: marketing" in output
-    # consumers keep the previous good snapshot of the failed product ...
+    assert result.returncode == 1
+    assert "2 domain(s) failed: logistics, marketing" in output
+    assert "model late_delivery_impact: dbt status error" in output
+    assert "products.yml" in output  # where logistics is broken
+    summary = result.stdout[result.stdout.index("mesh build summary") :]
+    assert [
+        line for line in summary.splitlines() if "late_delivery_impact" in line and "failed" in line
+    ]
+    assert [line for line in summary.splitlines() if "logistics" in line and "not loaded" in line]
+    # the failed product and the unloadable domain keep their last good snapshots ...
     assert (
         _snapshot(mesh, "marketing.late_delivery_impact")
         == before["marketing.late_delivery_impact"]
     )
-    # ... the domain's other products were rebuilt and published, other domains untouched
-    assert _snapshot(mesh, "marketing.customer_segments") != before_segments
-    assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
+    assert _snapshot(mesh, "logistics.shipments") == before["logistics.shipments"]
+    # ... everything else was rebuilt and published
+    assert _snapshot(mesh, "marketing.customer_segments") != before["marketing.customer_segments"]
+    assert _snapshot(mesh, "sales.orders") != before["sales.orders"]
 
 
 def test_unknown_domain_is_a_clear_error(mesh_copy):

@@ -3,7 +3,7 @@ import pytest
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.errors import ProductNotPublishedError
+from mesh_platform.errors import MeshError, ProductNotPublishedError
 from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb, stage_input
 
 ORDERS = ProductAddress("sales", "orders")
@@ -60,7 +60,52 @@ def test_stage_input_pins_the_current_snapshot(mesh, conn):
     consumer = connect(extensions=("iceberg",))
     staged = stage_input(catalog, consumer, ORDERS, schema="sales", consumer="marketing")
     assert staged.snapshot_id == published.snapshot_id
+    # the producer publishes again: the consumer's run keeps reading the pinned snapshot
+    conn.execute("DELETE FROM orders WHERE order_key >= 10")
+    newer = publish_from_duckdb(catalog, ORDERS, conn, "main.orders", properties={})
+    assert newer.snapshot_id != staged.snapshot_id
     assert consumer.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 100
+    restaged = stage_input(catalog, consumer, ORDERS, schema="sales", consumer="marketing")
+    assert restaged.snapshot_id == newer.snapshot_id
+    assert consumer.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 10
+
+
+def test_widening_a_column_evolves_the_table(mesh, conn):
+    catalog = open_catalog(mesh)
+    conn.execute("CREATE TABLE narrow AS SELECT range::INTEGER AS order_key FROM range(5)")
+    conn.execute(
+        "CREATE TABLE wide AS SELECT range::BIGINT AS order_key, 'n' AS note FROM range(7)"
+    )
+    publish_from_duckdb(catalog, ORDERS, conn, "main.narrow", properties={})
+    publish_from_duckdb(catalog, ORDERS, conn, "main.wide", properties={})
+    table = catalog.load_table(("sales", "orders"))
+    assert str(table.schema().find_field("order_key").field_type) == "long"
+    assert table.schema().column_names == ["order_key", "note"]
+    assert table.scan().to_arrow().num_rows == 7
+
+
+def test_incompatible_type_change_is_refused_and_keeps_the_table(mesh, conn):
+    catalog = open_catalog(mesh)
+    first = publish_from_duckdb(catalog, ORDERS, conn, "main.orders", properties={})
+    conn.execute("CREATE TABLE broken AS SELECT 'k' || range AS order_key FROM range(3)")
+    with pytest.raises(MeshError) as err:
+        publish_from_duckdb(catalog, ORDERS, conn, "main.broken", properties={})
+    assert "sales.orders" in str(err.value)
+    assert "major version" in str(err.value)
+    table = catalog.load_table(("sales", "orders"))
+    assert table.current_snapshot().snapshot_id == first.snapshot_id
+    assert table.scan().to_arrow().num_rows == 100
+
+
+def test_paths_with_spaces_and_quotes_stay_in_the_state_dir(tmp_path, conn):
+    root = tmp_path / "it's a mesh"
+    root.mkdir()
+    (root / "mesh.yaml").write_text("state_dir: state\n")
+    mesh = load_mesh(root)
+    mesh.ensure_state_dir()
+    result = publish_from_duckdb(open_catalog(mesh), ORDERS, conn, "main.orders", properties={})
+    assert result.data_file.startswith(str(mesh.state_dir / "warehouse"))
+    assert [p.name for p in tmp_path.iterdir()] == ["it's a mesh"]
 
 
 def test_stage_input_of_unpublished_product_says_what_to_build(mesh):

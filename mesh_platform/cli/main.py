@@ -118,7 +118,9 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     Domains run in dependency order (producers before consumers), one recorded Dagster run
     each, so the UI (`mesh ui`) shows them. A failing domain does not stop the others.
     """
-    from mesh_platform.build import build_domain, build_order, domain_dependencies
+    from mesh_platform.build import DomainOutcome, build_domain, build_order, domain_dependencies
+    from mesh_platform.dbt.project import prepare
+    from mesh_platform.domain import load_domain
     from mesh_platform.instance import get_instance
     from mesh_platform.workspace import check_workspace, load_location
 
@@ -131,12 +133,19 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
         f"state {mesh.state_dir}"
     )
     total_start = time.perf_counter()
-    _prepare(mesh, selected)
     locations = {loc.name: loc for loc in check_workspace(mesh)}
     defs = {}
+    outcomes = []
+    # A domain that cannot be prepared or loaded is reported; the others are still built.
     for name in selected:
         start = time.perf_counter()
-        defs[name] = load_location(mesh, locations[name])
+        try:
+            prepare(mesh, load_domain(mesh, name))
+            defs[name] = load_location(mesh, locations[name])
+        except MeshError as exc:
+            console.print(f"  {name}: [red]cannot load[/]\n  {escape(str(exc))}", highlight=False)
+            outcomes.append(DomainOutcome(name, False, 0.0, "-", error=str(exc)))
+            continue
         console.print(f"  loaded code location {name} ({time.perf_counter() - start:.1f}s)")
     order = build_order(domain_dependencies(defs))
     instance = get_instance(mesh)
@@ -144,7 +153,6 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     def progress(domain: str, message: str) -> None:
         console.print(f"    [dim]{domain}[/] {escape(message)}", highlight=False)
 
-    outcomes = []
     for i, name in enumerate(order, 1):
         console.print(f"[bold]\\[{i}/{len(order)}] {name}[/]")
         outcome = build_domain(
@@ -165,6 +173,8 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     for col in ("domain", "asset", "status", "rows"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for outcome in outcomes:
+        if not outcome.assets:
+            table.add_row(outcome.domain, "(code location)", "[red]not loaded[/]", "")
         for asset in outcome.assets:
             style = {"materialized": "green", "failed": "red"}.get(asset.status, "yellow")
             table.add_row(
@@ -207,7 +217,9 @@ def ui(ctx: click.Context, port: int, host: str) -> None:
     def _stop(*_: Any) -> None:
         raise KeyboardInterrupt
 
+    # SIGHUP too: closing the terminal must not leave the webserver and daemon running.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     try:
         code = proc.wait()
     except KeyboardInterrupt:

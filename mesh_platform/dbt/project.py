@@ -7,18 +7,16 @@ code location loads. Preparation is skipped when the project's files have not ch
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mesh_platform.config import Mesh
+from mesh_platform.config import Mesh, environment
 from mesh_platform.domain import Domain
 from mesh_platform.errors import DbtExecutableNotFoundError, DomainError
 
@@ -91,21 +89,6 @@ def _link_platform_package(domain: Domain) -> None:
     link.symlink_to(os.path.relpath(PLATFORM_DBT_PACKAGE, packages_dir), target_is_directory=True)
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set env vars for an in-process dbt call, then restore them (dbt reads os.environ)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _parse(mesh: Mesh, domain: Domain) -> None:
     """``dbt parse`` in this process (dbtRunner): dbt is imported once for all domains."""
     from dbt.cli.main import dbtRunner
@@ -118,7 +101,7 @@ def _parse(mesh: Mesh, domain: Domain) -> None:
 
     env = {**mesh.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     try:
-        with _environment(env):
+        with environment(env):
             result = dbtRunner(callbacks=[_collect]).invoke(
                 [
                     "parse",

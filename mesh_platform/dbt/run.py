@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from mesh_platform.addressing import ProductAddress
-from mesh_platform.config import Mesh
+from mesh_platform.config import Mesh, environment
 from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products, is_product
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
@@ -136,7 +135,6 @@ def run_domain_dbt(
     manifest: Mapping[str, Any],
     translator: MeshDbtTranslator,
 ) -> Iterator[Any]:
-    os.environ.update(mesh.dbt_env())  # read by the domain's profiles.yml and sources
     staged = stage_inputs(mesh, domain, manifest)
     for item in staged:
         context.log.info(
@@ -146,7 +144,8 @@ def run_domain_dbt(
     inputs = {str(s.address): s.snapshot_id for s in staged}
 
     # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
-    invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+    with environment(mesh.dbt_env()):  # read by the domain's profiles.yml and sources
+        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
     events = list(invocation.stream())
 
     nodes = manifest["nodes"]
@@ -170,13 +169,17 @@ def run_domain_dbt(
         name: f"dbt status {status}" for name, status in _failed_nodes(invocation, nodes).items()
     }
     problems.update({f"product {address}": why for address, why in publish_errors.items()})
-    if problems or not invocation.is_successful():
+    if problems:
         listing = "\n".join(f"  - {name}: {why}" for name, why in sorted(problems.items()))
         raise dg.Failure(
             description=(
                 f"domain '{domain.name}': {len(problems)} model(s), test(s) or product(s) "
-                "failed; the other products were built and published.\n"
-                f"{listing or '  (see the dbt log above)'}"
+                f"failed; the other products were built and published.\n{listing}"
             ),
             metadata={"failed": sorted(problems)},
+        )
+    if not invocation.is_successful():  # dbt failed before running any node
+        raise dg.Failure(
+            description=f"domain '{domain.name}': dbt build failed before building anything; "
+            f"nothing was published.\n  {invocation.get_error()}",
         )

@@ -96,11 +96,6 @@ class MeshDbtTranslator(DagsterDbtTranslator):
         return spec
 
 
-def product_names(manifest: Mapping[str, Any]) -> list[str]:
-    """Public models of a domain's manifest (its data products), sorted."""
-    return sorted(n["name"] for n in manifest.get("nodes", {}).values() if is_product(n))
-
-
 def consumed_products(manifest: Mapping[str, Any]) -> list[tuple[ProductAddress, dict]]:
     """(address, source node) for every mesh-input source of a domain's manifest."""
     found = []

@@ -6,7 +6,8 @@ of personal data per customer (name, email, phone) from ``c_custkey`` with plain
 the same key always gets the same contact and later governance has real PII to guard.
 
 Each domain lands only the tables it declares, in its own raw area, as Parquet. Landing is
-idempotent (a ``_landing.json`` records what is there) and atomic (written aside, then renamed).
+idempotent (a ``_landing.json`` records what is there) and all-or-nothing (written aside,
+then swapped in; the old landing is restored if the swap fails).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh_platform.addressing import quote_literal
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError
 
@@ -92,19 +94,27 @@ class Landing:
         return self.raw_dir / f"{table}.parquet"
 
 
-def check_tables(tables: Iterable[str], *, where: str | None = None) -> tuple[str, ...]:
-    tables = tuple(dict.fromkeys(tables))
-    unknown = [t for t in tables if t not in AVAILABLE_TABLES]
-    if unknown:
-        raise MeshError(
-            f"unknown TPC-H source table(s): {', '.join(unknown)}",
-            fix=f"choose raw tables among: {', '.join(AVAILABLE_TABLES)}",
-            path=where,
+def table_problems(tables: Iterable[str]) -> list[str]:
+    """Why a list of raw tables cannot be landed (empty when it can)."""
+    tables = list(tables)
+    problems = []
+    if unknown := [t for t in tables if t not in AVAILABLE_TABLES]:
+        problems.append(
+            f"unknown table(s) {', '.join(unknown)}; choose among {', '.join(AVAILABLE_TABLES)}"
         )
+    if repeated := sorted({t for t in tables if tables.count(t) > 1}):
+        problems.append(f"table(s) listed twice: {', '.join(repeated)}")
     if "customer_contact" in tables and "customer" not in tables:
+        problems.append("'customer_contact' is derived from 'customer': land both")
+    return problems
+
+
+def check_tables(tables: Iterable[str], *, where: str | None = None) -> tuple[str, ...]:
+    tables = tuple(tables)
+    if problems := table_problems(tables):
         raise MeshError(
-            "raw table 'customer_contact' is derived from 'customer', which is not landed",
-            fix="add 'customer' to the domain's raw tables",
+            f"cannot land raw tables: {'; '.join(problems)}",
+            fix="fix the raw tables list (raw.tables in the domain's domain.yaml)",
             path=where,
         )
     return tables
@@ -115,6 +125,25 @@ def read_landing(raw_dir: Path) -> dict | None:
         return json.loads((raw_dir / LANDING_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _swap_in(staging: Path, raw_dir: Path) -> None:
+    """Replace ``raw_dir`` by ``staging``: the new landing complete, or the old one restored.
+
+    Two renames, not one (a directory cannot atomically replace a non-empty one): for the
+    instant between them the raw area is absent; runs of a domain are serialised (its pool).
+    """
+    old = raw_dir.with_name(f".raw-old-{os.getpid()}") if raw_dir.exists() else None
+    if old is not None:
+        os.replace(raw_dir, old)
+    try:
+        os.replace(staging, raw_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, raw_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def land_tpch(raw_dir: Path, tables: Iterable[str], scale_factor: float) -> Landing:
@@ -132,6 +161,8 @@ def land_tpch(raw_dir: Path, tables: Iterable[str], scale_factor: float) -> Land
         return Landing(raw_dir, scale_factor, current["row_counts"], False, 0.0)
 
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in raw_dir.parent.glob(".raw-*"):  # left by a landing that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw_dir.parent))
     try:
         conn = connect(extensions=("tpch",))
@@ -142,8 +173,10 @@ def land_tpch(raw_dir: Path, tables: Iterable[str], scale_factor: float) -> Land
             counts: dict[str, int] = {}
             for table in tables:
                 target = staging / f"{table}.parquet"
-                # Table names come from the fixed list above; the path is bound as a parameter.
-                conn.execute(f"COPY {table} TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+                # Table names come from the fixed list (check_tables). COPY takes no bound
+                # parameter for its target, so the path is quoted as a literal.
+                target_sql = quote_literal(str(target))
+                conn.execute(f"COPY {table} TO {target_sql} (FORMAT parquet, COMPRESSION zstd)")
                 counts[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         finally:
             conn.close()
@@ -158,14 +191,7 @@ def land_tpch(raw_dir: Path, tables: Iterable[str], scale_factor: float) -> Land
                 indent=2,
             )
         )
-        # Swap in atomically: readers see the old landing or the new one, never half of one.
-        old = None
-        if raw_dir.exists():
-            old = raw_dir.with_name(f".raw-old-{os.getpid()}")
-            os.replace(raw_dir, old)
-        os.replace(staging, raw_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(staging, raw_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

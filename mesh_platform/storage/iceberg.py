@@ -14,17 +14,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 from sqlalchemy import event
 
-from mesh_platform.addressing import ProductAddress, quote_ident
+from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError, ProductNotPublishedError
 
@@ -55,6 +56,26 @@ def ensure_namespace(catalog: SqlCatalog, domain: str) -> None:
         catalog.create_namespace(domain, properties={"mesh.domain": domain})
 
 
+def _evolve_schema(
+    catalog: SqlCatalog, table: Table, address: ProductAddress, arrow_schema: pa.Schema
+) -> Table:
+    """Add new columns and widen types by name (a no-op when nothing changed).
+
+    Iceberg refuses incompatible changes (long -> string); that is a breaking change of the
+    product, reported with the fix instead of pyiceberg's message alone.
+    """
+    try:
+        with table.update_schema() as update:
+            update.union_by_name(arrow_schema)
+    except IcebergValidationError as exc:
+        raise MeshError(
+            f"product {address}: its new schema is incompatible with the published table ({exc})",
+            fix="keep the column's type (or widen it: int -> bigint, float -> double), or "
+            "publish the change as a new major version of the product",
+        ) from exc
+    return catalog.load_table(address.iceberg_identifier)
+
+
 def _local_path(location: str) -> Path:
     parsed = urlparse(location)
     if parsed.scheme not in ("", "file"):
@@ -63,7 +84,7 @@ def _local_path(location: str) -> Path:
             fix="the embedded default writes to a local warehouse; set catalog.warehouse to a "
             "file:// URI",
         )
-    return Path(parsed.path)
+    return Path(unquote(parsed.path))
 
 
 @dataclass(frozen=True)
@@ -109,17 +130,15 @@ def publish_from_duckdb(
             schema=arrow_schema,
             properties={"mesh.address": str(address), "format-version": "2"},
         )
-    elif arrow_schema.names != table.schema().column_names:
-        # New or reordered columns: evolve by name (type changes are promoted or refused).
-        with table.update_schema() as update:
-            update.union_by_name(arrow_schema)
-        table = catalog.load_table(address.iceberg_identifier)
+    else:
+        table = _evolve_schema(catalog, table, address, arrow_schema)
 
     data_dir = _local_path(table.location()) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     data_file = data_dir / f"{uuid.uuid4()}.parquet"
-    # The path is generated here (uuid under the table location), not user input.
-    conn.execute(f"COPY (SELECT * FROM {source}) TO '{data_file}' (FORMAT parquet)")
+    conn.execute(
+        f"COPY (SELECT * FROM {source}) TO {quote_literal(str(data_file))} (FORMAT parquet)"
+    )
     row_count = conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
     summary = {**properties, "mesh.rows": str(row_count)}
     try:

@@ -1,0 +1,60 @@
+"""Load-time checks of a domain's dbt manifest against the mesh's rules.
+
+Pure functions over the manifest: every problem is collected (not just the first), each naming
+the node and the file that declares it, so a domain team fixes them all in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mesh_platform.addressing import name_problem
+from mesh_platform.dbt.translator import input_domain, is_product
+from mesh_platform.domain import Domain
+
+
+def _where(node: Mapping[str, Any]) -> str:
+    return node.get("original_file_path") or node.get("path") or "?"
+
+
+def manifest_problems(
+    domain: Domain, manifest: Mapping[str, Any], known_domains: Iterable[str]
+) -> list[str]:
+    """Every way the domain's dbt project breaks the mesh's rules (empty when compliant)."""
+    known = set(known_domains)
+    raw_tables = set(domain.spec.raw.tables) if domain.spec.raw else set()
+    problems = []
+    for node in manifest.get("nodes", {}).values():
+        if not is_product(node):
+            continue
+        if problem := name_problem(node["name"]):
+            problems.append(f"product {node['name']!r} {problem} ({_where(node)})")
+        if not (node.get("config", {}).get("contract") or {}).get("enforced"):
+            problems.append(
+                f"product {node['name']!r} is public without an enforced contract "
+                f"({_where(node)}): add `contract: {{enforced: true}}` and a data_type per column"
+            )
+    for node in manifest.get("sources", {}).values():
+        where = f"source {node['source_name']}.{node['name']} ({_where(node)})"
+        producer = input_domain(node)
+        if producer is None:
+            if node["name"] not in raw_tables:
+                problems.append(
+                    f"{where} is neither a raw table of domains/{domain.name}/domain.yaml "
+                    f"(raw.tables: {sorted(raw_tables) or 'none'}) nor a mesh input "
+                    "(meta: {mesh_domain: <producer>})"
+                )
+            continue
+        if problem := name_problem(producer):
+            problems.append(f"{where}: mesh_domain {producer!r} {problem}")
+        elif producer == domain.name:
+            problems.append(f"{where}: a domain reads its own products with ref(), not as input")
+        elif producer not in known:
+            problems.append(
+                f"{where}: mesh_domain {producer!r} is not a domain of this mesh "
+                f"(domains: {', '.join(sorted(known))})"
+            )
+        if problem := name_problem(node["name"]):
+            problems.append(f"{where}: product name {node['name']!r} {problem}")
+    return problems
