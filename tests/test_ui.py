@@ -99,6 +99,7 @@ def test_ui_shows_domains_and_cross_domain_lineage_and_stops_on_ctrl_c(prepared_
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("mesh ui did not stop within 90 s of Ctrl-C")
+    assert proc.returncode == 0, proc.stdout.read()[-3000:]
     deadline = time.monotonic() + 30
     while _port_open(port) and time.monotonic() < deadline:
         time.sleep(1)

@@ -229,6 +229,7 @@ def ui(ctx: click.Context, port: int, host: str) -> None:
 
 
 def _terminate_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """Stop the UI's whole process group: SIGINT, then SIGTERM, then SIGKILL."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -238,8 +239,9 @@ def _terminate_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
             proc.wait(timeout=timeout if sig != signal.SIGKILL else None)
             break
         except subprocess.TimeoutExpired:
-            continue
-    return 0
+            console.print(f"the Dagster UI did not stop on {sig.name}; escalating")
+    # Stopped by our own Ctrl-C / SIGTERM is a clean exit; a forced kill is not.
+    return 0 if proc.returncode in (0, -signal.SIGINT, -signal.SIGTERM, 130) else 1
 
 
 @cli.command()

@@ -49,6 +49,7 @@ def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> lis
         ]
     finally:
         conn.close()
+        catalog.engine.dispose()
 
 
 def _failed_nodes(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
@@ -124,6 +125,7 @@ def publish_products(
             }
     finally:
         conn.close()
+        catalog.engine.dispose()
     return published, errors
 
 
