@@ -61,6 +61,10 @@ class ProductNotPublishedError(MeshError):
     """A consumed product has no published snapshot yet."""
 
 
+class ConcurrentPublishError(MeshError):
+    """Main moved after a batch was staged; publishing it would drop the newer commits."""
+
+
 class WorkspaceError(MeshError):
     """workspace.yaml and domains/ disagree. Lists every problem at once."""
 

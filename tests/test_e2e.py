@@ -158,6 +158,51 @@ def test_runs_are_recorded_in_the_persistent_instance(built):
     assert marketing["mesh/inputs"].value["sales.orders"] == _snapshot(mesh, "sales.orders")
 
 
+def test_a_failed_check_keeps_the_published_snapshot(built):
+    """Corrupt sales' raw orders (one order duplicated). The enforced contract of sales.orders
+    (primary key) stops that model before it is built; the duplicate reaches sales.order_lines,
+    whose blocking uniqueness check fails, so its new data stays on an audit branch. Consumers
+    keep the last good snapshots; sales.customers still publishes; Dagster records the check."""
+    mesh, _ = built
+    raw = mesh.raw_dir("sales") / "orders.parquet"
+    original = raw.read_bytes()
+    addresses = ("sales.orders", "sales.order_lines", "sales.customers")
+    before = {a: _snapshot(mesh, a) for a in addresses}
+    conn = connect()
+    conn.execute(
+        f"COPY (SELECT * FROM '{raw}' UNION ALL (SELECT * FROM '{raw}' LIMIT 1)) "
+        f"TO '{raw}.tmp' (FORMAT parquet)"
+    )
+    conn.close()
+    Path(f"{raw}.tmp").replace(raw)
+    try:
+        result = run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
+    finally:
+        raw.write_bytes(original)
+    output = result.stdout + result.stderr
+    check = "mesh_unique_combination_order_lines_order_key__line_number"
+    assert result.returncode == 1
+    assert "model orders: dbt status error" in output
+    assert f"sales.order_lines: not published: blocking check(s) failed: {check}" in output
+    assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
+    assert _snapshot(mesh, "sales.order_lines") == before["sales.order_lines"]
+    assert _snapshot(mesh, "sales.customers") != before["sales.customers"]
+    table = open_catalog(mesh).load_table(("sales", "order_lines"))
+    audit = [ref for ref in table.metadata.refs if ref.startswith("audit-")]
+    assert len(audit) == 1  # the rejected data, kept for inspection
+    assert table.scan().use_ref(audit[0]).to_arrow().num_rows > table.scan().to_arrow().num_rows
+
+    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": "sales"}), limit=1)[0]
+    evaluations = [
+        e.dagster_event.event_specific_data
+        for e in instance.all_logs(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    failed = {(ev.asset_key.to_user_string(), ev.check_name) for ev in evaluations if not ev.passed}
+    assert failed == {("sales/order_lines", check)}
+
+
 def test_failures_are_reported_and_everything_else_is_kept(built):
     """One build, two kinds of failure: logistics' dbt project is broken (the domain cannot
     load) and one marketing model fails at run time. Sales is still rebuilt, marketing's other
@@ -176,7 +221,7 @@ def test_failures_are_reported_and_everything_else_is_kept(built):
     model.write_text(originals[model].replace("ship.is_late,", "ship.no_such_column,"))
     schema.write_text(originals[schema].replace("models:", "models:\n  - name: [broken", 1))
     try:
-        result = run_mesh(mesh.root, "build")
+        result = run_mesh(mesh.root, "build", "--scale", str(SF))
     finally:
         for path, text in originals.items():
             path.write_text(text)

@@ -9,6 +9,10 @@ from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb, sta
 ORDERS = ProductAddress("sales", "orders")
 
 
+def _data_files(table) -> list[str]:
+    return [task.file.file_path.removeprefix("file://") for task in table.scan().plan_files()]
+
+
 @pytest.fixture
 def mesh(tmp_path):
     (tmp_path / "mesh.yaml").write_text("state_dir: state\n")
@@ -44,7 +48,9 @@ def test_publish_replaces_content_and_records_the_run(mesh, conn):
     assert summary["mesh.run_id"] == "r2"
     assert summary["mesh.rows"] == "40"
     # the data lives under the warehouse, in the domain's namespace
-    assert second.data_file.startswith(str(mesh.state_dir / "warehouse" / "sales"))
+    assert _data_files(table)
+    for path in _data_files(table):
+        assert path.startswith(f"{mesh.state_dir}/warehouse/sales/")
 
 
 def test_catalog_uses_wal_on_sqlite(mesh):
@@ -103,8 +109,10 @@ def test_paths_with_spaces_and_quotes_stay_in_the_state_dir(tmp_path, conn):
     (root / "mesh.yaml").write_text("state_dir: state\n")
     mesh = load_mesh(root)
     mesh.ensure_state_dir()
-    result = publish_from_duckdb(open_catalog(mesh), ORDERS, conn, "main.orders", properties={})
-    assert result.data_file.startswith(str(mesh.state_dir / "warehouse"))
+    catalog = open_catalog(mesh)
+    publish_from_duckdb(catalog, ORDERS, conn, "main.orders", properties={})
+    for path in _data_files(catalog.load_table(("sales", "orders"))):
+        assert path.startswith(f"{mesh.state_dir}/warehouse/")
     assert [p.name for p in tmp_path.iterdir()] == ["it's a mesh"]
 
 

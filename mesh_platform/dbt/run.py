@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +53,16 @@ def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> lis
         catalog.engine.dispose()
 
 
-def _failed_nodes(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
-    """'model x' / 'test y' -> dbt status, for every model that did not build and every test
-    that failed or errored."""
+def _run_results(invocation: Any) -> dict[str, Any]:
     try:
-        run_results = invocation.get_artifact("run_results.json")
+        return invocation.get_artifact("run_results.json")
     except FileNotFoundError:  # dbt stopped before running anything; the step fails anyway
         return {}
+
+
+def _failed_nodes(run_results: Mapping[str, Any], nodes: Mapping[str, Any]) -> dict[str, str]:
+    """'model x' / 'test y' -> dbt status, for every model that did not build and every test
+    that failed or errored."""
     failed = {}
     for result in run_results.get("results", []):
         node = nodes.get(result.get("unique_id", ""))
@@ -72,21 +76,47 @@ def _failed_nodes(invocation: Any, nodes: Mapping[str, Any]) -> dict[str, str]:
     return failed
 
 
+def blocking_failures(
+    run_results: Mapping[str, Any], nodes: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """model unique_id -> names of its failed blocking checks (dbt tests of severity error).
+
+    A test failing at severity warn reports status ``warn``, never ``fail``: only errors block
+    publication. A relationships test without an attached node blocks every model it reads.
+    """
+    blocking: dict[str, list[str]] = {}
+    for result in run_results.get("results", []):
+        node = nodes.get(result.get("unique_id", ""))
+        if node is None or node["resource_type"] != "test":
+            continue
+        if result.get("status") not in ("fail", "error"):
+            continue
+        attached = node.get("attached_node")
+        models = [attached] if attached else node.get("depends_on", {}).get("nodes", [])
+        for model in models:
+            blocking.setdefault(model, []).append(node["name"])
+    return blocking
+
+
 def publish_products(
     context: dg.AssetExecutionContext,
     mesh: Mesh,
     domain: Domain,
     built: Mapping[dg.AssetKey, Mapping[str, Any]],
     inputs: Mapping[str, int],
+    blocking: Mapping[str, list[str]],
 ) -> tuple[dict[dg.AssetKey, dict[str, Any]], dict[str, str]]:
-    """Publish each product dbt built (key -> manifest node) to Iceberg.
+    """Write-audit-publish each product dbt built (key -> manifest node).
 
-    Returns the materialisation metadata of every published product, and an error per product
-    that could not be published (every product is tried; one failure does not stop the others).
+    Each product's new data is staged on an audit branch; main is fast-forwarded to it only when
+    none of the product's blocking checks failed. Otherwise main is untouched (consumers keep the
+    previous good snapshot) and the branch is kept for inspection. Returns the materialisation
+    metadata of every published product and an error per product not published; every product
+    is tried.
     """
     if not built:
         return {}, {}
-    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+    from mesh_platform.storage.iceberg import open_catalog, publish_audited, stage_to_audit
 
     catalog = open_catalog(mesh)
     published: dict[dg.AssetKey, dict[str, Any]] = {}
@@ -95,32 +125,46 @@ def publish_products(
     try:
         for key, node in built.items():
             address = ProductAddress(domain.name, node["name"])
+            start = time.perf_counter()
             try:
-                result = publish_from_duckdb(
+                stage = stage_to_audit(
                     catalog,
                     address,
                     conn,
                     f"{node['schema']}.{node['alias']}",
+                    batch_id=context.run_id,
                     properties={
                         "mesh.run_id": context.run_id,
                         "mesh.domain": domain.name,
                         "mesh.inputs": json.dumps(inputs),
                     },
                 )
+                if failed := blocking.get(node["unique_id"]):
+                    errors[str(address)] = (
+                        f"not published: blocking check(s) failed: {', '.join(sorted(failed))}. "
+                        f"Main stays at snapshot {stage.base_snapshot_id}; the rejected data is "
+                        f"on branch {stage.branch}"
+                    )
+                    context.log.error(f"{address}: {errors[str(address)]}")
+                    continue
+                snapshot_id = publish_audited(catalog, stage)
             except Exception as exc:
                 errors[str(address)] = f"publication to Iceberg failed: {exc}"
                 context.log.error(f"{address}: {errors[str(address)]}")
                 continue
+            seconds = time.perf_counter() - start
+            note = " (batch was already published)" if stage.already_published else ""
             context.log.info(
-                f"published {address}: snapshot {result.snapshot_id}, {result.row_count} rows "
-                f"in {result.seconds:.2f}s"
+                f"published {address}: snapshot {snapshot_id}, {stage.row_count} rows "
+                f"in {seconds:.2f}s{note}"
             )
+            metadata_location = catalog.load_table(address.iceberg_identifier).metadata_location
             published[key] = {
-                "dagster/row_count": result.row_count,
+                "dagster/row_count": stage.row_count,
                 "mesh/address": str(address),
-                "mesh/iceberg_snapshot_id": str(result.snapshot_id),
-                "mesh/iceberg_metadata": result.metadata_location,
-                "mesh/publish_seconds": round(result.seconds, 3),
+                "mesh/iceberg_snapshot_id": str(snapshot_id),
+                "mesh/iceberg_metadata": metadata_location,
+                "mesh/publish_seconds": round(seconds, 3),
                 **({"mesh/inputs": dict(inputs)} if inputs else {}),
             }
     finally:
@@ -156,7 +200,10 @@ def run_domain_dbt(
         context.asset_key_for_output(e.output_name) for e in events if isinstance(e, dg.Output)
     ]
     built = {key: products[key] for key in output_keys if key in products}
-    published, publish_errors = publish_products(context, mesh, domain, built, inputs)
+    run_results = _run_results(invocation)
+    published, publish_errors = publish_products(
+        context, mesh, domain, built, inputs, blocking_failures(run_results, nodes)
+    )
 
     for event in events:
         if isinstance(event, dg.Output):
@@ -168,7 +215,7 @@ def run_domain_dbt(
         yield event
 
     problems = {
-        name: f"dbt status {status}" for name, status in _failed_nodes(invocation, nodes).items()
+        name: f"dbt status {status}" for name, status in _failed_nodes(run_results, nodes).items()
     }
     problems.update({f"product {address}": why for address, why in publish_errors.items()})
     if problems:

@@ -10,6 +10,7 @@ builds on it.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,15 +20,20 @@ from urllib.parse import unquote, urlparse
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+)
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from sqlalchemy import event
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
-from mesh_platform.errors import MeshError, ProductNotPublishedError
+from mesh_platform.errors import ConcurrentPublishError, MeshError, ProductNotPublishedError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -88,13 +94,36 @@ def _local_path(location: str) -> Path:
 
 
 @dataclass(frozen=True)
+class AuditStage:
+    """New data of a product, committed to an audit branch and not yet visible on main."""
+
+    address: ProductAddress
+    batch_id: str
+    branch: str
+    snapshot_id: int  # head of the audit branch: exactly the data the gate checks
+    base_snapshot_id: int | None  # main's head when staging started
+    row_count: int
+    metadata_location: str
+    already_published: bool = False  # the batch is already on main: nothing to do
+
+
+@dataclass(frozen=True)
 class PublishResult:
     address: ProductAddress
     snapshot_id: int
     row_count: int
-    data_file: str
     metadata_location: str
     seconds: float
+    already_published: bool = False
+
+
+BATCH_PROPERTY = "mesh.batch_id"
+INITIAL_PROPERTY = "mesh.initial"
+
+
+def is_published(snapshot: Snapshot | None) -> bool:
+    """Whether a main snapshot holds published data (not the empty initial one)."""
+    return snapshot is not None and (snapshot.summary or {}).get(INITIAL_PROPERTY) != "true"
 
 
 def load_product_table(catalog: SqlCatalog, address: ProductAddress) -> Table | None:
@@ -104,24 +133,34 @@ def load_product_table(catalog: SqlCatalog, address: ProductAddress) -> Table | 
         return None
 
 
-def publish_from_duckdb(
-    catalog: SqlCatalog,
-    address: ProductAddress,
-    conn: duckdb.DuckDBPyConnection,
-    relation: str,
-    *,
-    properties: dict[str, str],
-) -> PublishResult:
-    """Replace the content of ``address``'s Iceberg table with DuckDB relation ``relation``.
+def audit_branch(batch_id: str) -> str:
+    """Branch name of a batch: ``audit-<batch id>`` with the batch id reduced to [a-z0-9-]."""
+    return "audit-" + re.sub(r"[^a-z0-9-]+", "-", batch_id.lower()).strip("-")
 
-    ``relation`` is a validated ``schema.table`` name in ``conn``. The Parquet file is written
-    into the table's own data folder, then registered in one Iceberg transaction (delete old
-    files + add new), so readers see the old snapshot or the new one, never a mix.
-    """
-    start = time.perf_counter()
-    schema_name, table_name = relation.split(".")
-    source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
-    arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
+
+def _main_snapshot_with_batch(table: Table, batch_id: str) -> Snapshot | None:
+    """The snapshot of main's history that committed ``batch_id``, if any."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        if (snapshot.summary or {}).get(BATCH_PROPERTY) == batch_id:
+            return snapshot
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    return None
+
+
+def is_ancestor(table: Table, ancestor_id: int, snapshot_id: int) -> bool:
+    """Whether ``ancestor_id`` is ``snapshot_id`` or one of its parents."""
+    current: int | None = snapshot_id
+    while current is not None:
+        if current == ancestor_id:
+            return True
+        snapshot = table.snapshot_by_id(current)
+        current = snapshot.parent_snapshot_id if snapshot is not None else None
+    return False
+
+
+def _prepare_table(catalog: SqlCatalog, address: ProductAddress, arrow_schema: pa.Schema) -> Table:
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
     if table is None:
@@ -130,8 +169,64 @@ def publish_from_duckdb(
             schema=arrow_schema,
             properties={"mesh.address": str(address), "format-version": "2"},
         )
+        # Branches need a snapshot to start from: an empty one, which readers treat as
+        # "not published yet" (is_published).
+        table.append(arrow_schema.empty_table(), snapshot_properties={INITIAL_PROPERTY: "true"})
+        table = catalog.load_table(address.iceberg_identifier)
     else:
         table = _evolve_schema(catalog, table, address, arrow_schema)
+    _check_location(catalog, table, address)
+    return table
+
+
+def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
+    """Refuse a table whose files would live outside the warehouse (the catalog accepts that)."""
+    warehouse = _local_path(catalog.properties["warehouse"]).resolve()
+    location = _local_path(table.location()).resolve()
+    if not location.is_relative_to(warehouse):
+        raise MeshError(
+            f"product {address}: its table location {location} is outside the warehouse "
+            f"{warehouse}",
+            fix="drop the table from the catalog and publish again (its location is derived "
+            "from the address)",
+        )
+
+
+def stage_to_audit(
+    catalog: SqlCatalog,
+    address: ProductAddress,
+    conn: duckdb.DuckDBPyConnection,
+    relation: str,
+    *,
+    batch_id: str,
+    properties: dict[str, str],
+) -> AuditStage:
+    """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch.
+
+    Write: DuckDB writes one Parquet file into the table's data folder (the fast path) and
+    pyiceberg registers it on branch ``audit-<batch>``, created at main's head, replacing the
+    content there. Main does not move: readers keep the published snapshot. A batch already on
+    main (a retried run) is reported, not written twice.
+    """
+    schema_name, table_name = relation.split(".")
+    source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
+    arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
+    table = _prepare_table(catalog, address, arrow_schema)
+    branch = audit_branch(batch_id)
+    if done := _main_snapshot_with_batch(table, batch_id):
+        return AuditStage(
+            address, batch_id, branch, done.snapshot_id, done.parent_snapshot_id,
+            int((done.summary or {}).get("mesh.rows", -1)), table.metadata_location, True,
+        )  # fmt: skip
+
+    main = table.current_snapshot()
+    assert main is not None  # _prepare_table gives every table an initial snapshot
+    if branch in table.metadata.refs:  # left by an earlier attempt of this batch
+        with table.manage_snapshots() as refs:
+            refs.remove_branch(branch)
+    with table.manage_snapshots() as refs:
+        refs.create_branch(main.snapshot_id, branch)
+    table = catalog.load_table(address.iceberg_identifier)
 
     data_dir = _local_path(table.location()) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -140,25 +235,82 @@ def publish_from_duckdb(
         f"COPY (SELECT * FROM {source}) TO {quote_literal(str(data_file))} (FORMAT parquet)"
     )
     row_count = conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
-    summary = {**properties, "mesh.rows": str(row_count)}
+    summary = {**properties, BATCH_PROPERTY: batch_id, "mesh.rows": str(row_count)}
     try:
         with table.transaction() as tx:
-            if table.current_snapshot() is not None:
-                tx.delete(AlwaysTrue(), snapshot_properties=summary)
-            tx.add_files([str(data_file)], snapshot_properties=summary)
+            if is_published(main):
+                tx.delete(AlwaysTrue(), snapshot_properties=summary, branch=branch)
+            tx.add_files([str(data_file)], snapshot_properties=summary, branch=branch)
     except Exception:
         data_file.unlink(missing_ok=True)  # nothing references it: do not leave an orphan
         raise
     table = catalog.load_table(address.iceberg_identifier)
-    snapshot = table.current_snapshot()
-    assert snapshot is not None
+    return AuditStage(
+        address=address,
+        batch_id=batch_id,
+        branch=branch,
+        snapshot_id=table.metadata.refs[branch].snapshot_id,
+        base_snapshot_id=main.snapshot_id,
+        row_count=row_count,
+        metadata_location=table.metadata_location,
+    )
+
+
+def publish_audited(catalog: SqlCatalog, stage: AuditStage) -> int:
+    """Fast-forward main to the audited snapshot; returns main's new head.
+
+    pyiceberg's ``set_current_snapshot`` does not check ancestry: publishing a branch that does
+    not descend from main's head would silently drop main's newer commits. We check it, and the
+    commit itself asserts main is still at the head we checked, so a concurrent publisher makes
+    this fail instead of losing data.
+    """
+    if stage.already_published:
+        return stage.snapshot_id
+    table = catalog.load_table(stage.address.iceberg_identifier)
+    main = table.current_snapshot()
+    if main is not None and not is_ancestor(table, main.snapshot_id, stage.snapshot_id):
+        raise ConcurrentPublishError(
+            f"product {stage.address}: main moved to snapshot {main.snapshot_id} since batch "
+            f"{stage.batch_id} was staged on {stage.branch}; publishing would drop those rows",
+            fix="run the product again: it restages from the new main and publishes",
+        )
+    try:
+        with table.manage_snapshots() as refs:
+            refs.set_current_snapshot(snapshot_id=stage.snapshot_id)
+            refs.remove_branch(stage.branch)
+    except CommitFailedException as exc:
+        raise ConcurrentPublishError(
+            f"product {stage.address}: main changed while batch {stage.batch_id} was being "
+            f"published ({exc})",
+            fix="run the product again: it restages from the new main and publishes",
+        ) from exc
+    return stage.snapshot_id
+
+
+def publish_from_duckdb(
+    catalog: SqlCatalog,
+    address: ProductAddress,
+    conn: duckdb.DuckDBPyConnection,
+    relation: str,
+    *,
+    properties: dict[str, str],
+    batch_id: str | None = None,
+) -> PublishResult:
+    """Stage and publish at once, with no gate in between (tools and tests; runs use the gate)."""
+    start = time.perf_counter()
+    stage = stage_to_audit(
+        catalog, address, conn, relation,
+        batch_id=batch_id or str(uuid.uuid4()), properties=properties,
+    )  # fmt: skip
+    snapshot_id = publish_audited(catalog, stage)
+    table = catalog.load_table(address.iceberg_identifier)
     return PublishResult(
         address=address,
-        snapshot_id=snapshot.snapshot_id,
-        row_count=row_count,
-        data_file=str(data_file),
+        snapshot_id=snapshot_id,
+        row_count=stage.row_count,
         metadata_location=table.metadata_location,
         seconds=time.perf_counter() - start,
+        already_published=stage.already_published,
     )
 
 
@@ -185,7 +337,7 @@ def stage_input(
     """
     table = load_product_table(catalog, address)
     snapshot = table.current_snapshot() if table is not None else None
-    if table is None or snapshot is None:
+    if table is None or not is_published(snapshot):
         raise ProductNotPublishedError(
             f"domain '{consumer}' consumes {address}, which has no published snapshot yet",
             fix=f"build the producing domain first: `mesh build --domain {address.domain}` "
