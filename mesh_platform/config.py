@@ -239,9 +239,9 @@ def _read_mesh_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_mesh(root: Path | None = None, **overrides: Any) -> Mesh:
+def load_mesh(root: Path | str | None = None, **overrides: Any) -> Mesh:
     """Load mesh.yaml at ``root`` (default: :func:`find_root`), apply env, then ``overrides``."""
-    root = (root or find_root()).resolve()
+    root = Path(root).resolve() if root is not None else find_root()
     path = root / MESH_FILE
     if not path.is_file():
         raise MeshConfigError(

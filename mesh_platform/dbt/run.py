@@ -116,7 +116,7 @@ def publish_products(
     """
     if not built:
         return {}, {}
-    from mesh_platform.storage.iceberg import open_catalog, publish_audited, stage_to_audit
+    from mesh_platform.storage.iceberg import open_catalog, write_audit_publish
 
     catalog = open_catalog(mesh)
     published: dict[dg.AssetKey, dict[str, Any]] = {}
@@ -126,8 +126,9 @@ def publish_products(
         for key, node in built.items():
             address = ProductAddress(domain.name, node["name"])
             start = time.perf_counter()
+            failed_checks = sorted(blocking.get(node["unique_id"], []))
             try:
-                stage = stage_to_audit(
+                result = write_audit_publish(
                     catalog,
                     address,
                     conn,
@@ -138,18 +139,19 @@ def publish_products(
                         "mesh.domain": domain.name,
                         "mesh.inputs": json.dumps(inputs),
                     },
+                    gate=lambda _stage, failed=failed_checks: failed,
                 )
-                if failed := blocking.get(node["unique_id"]):
-                    errors[str(address)] = (
-                        f"not published: blocking check(s) failed: {', '.join(sorted(failed))}. "
-                        f"Main stays at snapshot {stage.base_snapshot_id}; the rejected data is "
-                        f"on branch {stage.branch}"
-                    )
-                    context.log.error(f"{address}: {errors[str(address)]}")
-                    continue
-                snapshot_id = publish_audited(catalog, stage)
             except Exception as exc:
                 errors[str(address)] = f"publication to Iceberg failed: {exc}"
+                context.log.error(f"{address}: {errors[str(address)]}")
+                continue
+            stage, snapshot_id = result.stage, result.published_snapshot_id
+            if snapshot_id is None:
+                errors[str(address)] = (
+                    f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
+                    f"Main stays at snapshot {stage.base_snapshot_id}; the rejected data is "
+                    f"on branch {stage.branch}"
+                )
                 context.log.error(f"{address}: {errors[str(address)]}")
                 continue
             seconds = time.perf_counter() - start

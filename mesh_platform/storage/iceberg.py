@@ -10,9 +10,11 @@ builds on it.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -24,12 +26,14 @@ from pyiceberg.exceptions import (
     CommitFailedException,
     NamespaceAlreadyExistsError,
     NoSuchTableError,
+    TableAlreadyExistsError,
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
@@ -43,7 +47,7 @@ def open_catalog(mesh: Mesh) -> SqlCatalog:
     uri = mesh.catalog_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    catalog = SqlCatalog(mesh.settings.catalog.name, uri=uri, warehouse=mesh.warehouse)
+    catalog = _sql_catalog(mesh.settings.catalog.name, uri, mesh.warehouse)
     if catalog.engine.dialect.name == "sqlite":
 
         @event.listens_for(catalog.engine, "connect")
@@ -57,8 +61,22 @@ def open_catalog(mesh: Mesh) -> SqlCatalog:
     return catalog
 
 
+def _sql_catalog(name: str, uri: str, warehouse: str, attempts: int = 5) -> SqlCatalog:
+    """SqlCatalog, tolerating another process creating the catalog tables at the same moment
+    (pyiceberg's CREATE TABLE of its own tables is not idempotent under a race)."""
+    for attempt in range(attempts):
+        try:
+            return SqlCatalog(name, uri=uri, warehouse=warehouse)
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def ensure_namespace(catalog: SqlCatalog, domain: str) -> None:
-    with contextlib.suppress(NamespaceAlreadyExistsError):
+    # Two first publishers can race: the loser sees either error.
+    with contextlib.suppress(NamespaceAlreadyExistsError, IntegrityError):
         catalog.create_namespace(domain, properties={"mesh.domain": domain})
 
 
@@ -118,6 +136,9 @@ class PublishResult:
 
 
 BATCH_PROPERTY = "mesh.batch_id"
+# pyiceberg's own commit retry replays a branch write on stale metadata; we retry ourselves
+# instead, restaging from the current main (write_audit_publish).
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
 INITIAL_PROPERTY = "mesh.initial"
 
 
@@ -164,14 +185,27 @@ def _prepare_table(catalog: SqlCatalog, address: ProductAddress, arrow_schema: p
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
     if table is None:
-        table = catalog.create_table(
-            address.iceberg_identifier,
-            schema=arrow_schema,
-            properties={"mesh.address": str(address), "format-version": "2"},
-        )
+        try:
+            table = catalog.create_table(
+                address.iceberg_identifier,
+                schema=arrow_schema,
+                properties={
+                    "mesh.address": str(address),
+                    "format-version": "2",
+                    **TABLE_PROPERTIES,
+                },
+            )
+        except TableAlreadyExistsError:  # a concurrent first publisher won the race
+            table = catalog.load_table(address.iceberg_identifier)
+    if any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items()):
+        with contextlib.suppress(CommitFailedException), table.transaction() as tx:
+            tx.set_properties(TABLE_PROPERTIES)
+        table = catalog.load_table(address.iceberg_identifier)
+    if table.current_snapshot() is None:
         # Branches need a snapshot to start from: an empty one, which readers treat as
-        # "not published yet" (is_published).
-        table.append(arrow_schema.empty_table(), snapshot_properties={INITIAL_PROPERTY: "true"})
+        # "not published yet" (is_published). Losing this race is harmless.
+        with contextlib.suppress(CommitFailedException):
+            table.append(arrow_schema.empty_table(), snapshot_properties={INITIAL_PROPERTY: "true"})
         table = catalog.load_table(address.iceberg_identifier)
     else:
         table = _evolve_schema(catalog, table, address, arrow_schema)
@@ -221,11 +255,15 @@ def stage_to_audit(
 
     main = table.current_snapshot()
     assert main is not None  # _prepare_table gives every table an initial snapshot
-    if branch in table.metadata.refs:  # left by an earlier attempt of this batch
+    try:
+        if branch in table.metadata.refs:  # left by an earlier attempt of this batch
+            with table.manage_snapshots() as refs:
+                refs.remove_branch(branch)
+            table = catalog.load_table(address.iceberg_identifier)
         with table.manage_snapshots() as refs:
-            refs.remove_branch(branch)
-    with table.manage_snapshots() as refs:
-        refs.create_branch(main.snapshot_id, branch)
+            refs.create_branch(main.snapshot_id, branch)
+    except CommitFailedException as exc:
+        raise _concurrent(address, batch_id, exc) from exc
     table = catalog.load_table(address.iceberg_identifier)
 
     data_dir = _local_path(table.location()) / "data"
@@ -241,8 +279,10 @@ def stage_to_audit(
             if is_published(main):
                 tx.delete(AlwaysTrue(), snapshot_properties=summary, branch=branch)
             tx.add_files([str(data_file)], snapshot_properties=summary, branch=branch)
-    except Exception:
+    except Exception as exc:
         data_file.unlink(missing_ok=True)  # nothing references it: do not leave an orphan
+        if _is_concurrent_commit(exc):
+            raise _concurrent(address, batch_id, exc) from exc
         raise
     table = catalog.load_table(address.iceberg_identifier)
     return AuditStage(
@@ -279,12 +319,72 @@ def publish_audited(catalog: SqlCatalog, stage: AuditStage) -> int:
             refs.set_current_snapshot(snapshot_id=stage.snapshot_id)
             refs.remove_branch(stage.branch)
     except CommitFailedException as exc:
-        raise ConcurrentPublishError(
-            f"product {stage.address}: main changed while batch {stage.batch_id} was being "
-            f"published ({exc})",
-            fix="run the product again: it restages from the new main and publishes",
-        ) from exc
+        raise _concurrent(stage.address, stage.batch_id, exc) from exc
     return stage.snapshot_id
+
+
+def _is_concurrent_commit(exc: Exception) -> bool:
+    """A commit lost to a concurrent writer. pyiceberg 0.12 reports a branch write that lost
+    the race as a ValueError about sequence numbers (its requirements only guard the branch,
+    which is ours alone), not as CommitFailedException (measured with 4 writers)."""
+    return isinstance(exc, CommitFailedException) or (
+        isinstance(exc, ValueError) and "older than last sequence number" in str(exc)
+    )
+
+
+def _concurrent(address: ProductAddress, batch_id: str, exc: Exception) -> ConcurrentPublishError:
+    return ConcurrentPublishError(
+        f"product {address}: the table changed while batch {batch_id} was being written or "
+        f"published ({exc})",
+        fix="run the product again: it restages from the new main and publishes",
+    )
+
+
+Gate = Callable[[AuditStage], list[str]]
+PUBLISH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class WapResult:
+    stage: AuditStage
+    published_snapshot_id: int | None  # None: the gate failed, main is untouched
+    failures: list[str]
+    attempts: int
+
+
+def write_audit_publish(
+    catalog: SqlCatalog,
+    address: ProductAddress,
+    conn: duckdb.DuckDBPyConnection,
+    relation: str,
+    *,
+    batch_id: str,
+    properties: dict[str, str],
+    gate: Gate | None = None,
+    attempts: int = PUBLISH_ATTEMPTS,
+) -> WapResult:
+    """Stage ``relation`` on an audit branch, run ``gate`` on the stage, publish if it passes.
+
+    ``gate`` returns the names of the blocking checks that failed (empty: publish). When
+    another publisher moves main in between, the batch is restaged from the new main and the
+    gate runs again, up to ``attempts`` times; then ConcurrentPublishError propagates.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            stage = stage_to_audit(
+                catalog, address, conn, relation, batch_id=batch_id, properties=properties
+            )
+            if stage.already_published:
+                return WapResult(stage, stage.snapshot_id, [], attempt)
+            failures = gate(stage) if gate is not None else []
+            if failures:
+                return WapResult(stage, None, failures, attempt)
+            return WapResult(stage, publish_audited(catalog, stage), [], attempt)
+        except ConcurrentPublishError:
+            if attempt == attempts:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * attempt)  # de-synchronise the writers
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def publish_from_duckdb(
@@ -296,21 +396,21 @@ def publish_from_duckdb(
     properties: dict[str, str],
     batch_id: str | None = None,
 ) -> PublishResult:
-    """Stage and publish at once, with no gate in between (tools and tests; runs use the gate)."""
+    """Write-audit-publish with no gate (tools and tests; domain runs gate on their checks)."""
     start = time.perf_counter()
-    stage = stage_to_audit(
+    result = write_audit_publish(
         catalog, address, conn, relation,
         batch_id=batch_id or str(uuid.uuid4()), properties=properties,
     )  # fmt: skip
-    snapshot_id = publish_audited(catalog, stage)
+    assert result.published_snapshot_id is not None
     table = catalog.load_table(address.iceberg_identifier)
     return PublishResult(
         address=address,
-        snapshot_id=snapshot_id,
-        row_count=stage.row_count,
+        snapshot_id=result.published_snapshot_id,
+        row_count=result.stage.row_count,
         metadata_location=table.metadata_location,
         seconds=time.perf_counter() - start,
-        already_published=stage.already_published,
+        already_published=result.stage.already_published,
     )
 
 
