@@ -3,7 +3,7 @@ from click.testing import CliRunner
 
 from mesh_platform.cli.main import cli
 
-COMMANDS = [[], ["build"], ["prepare"], ["ui"], ["workspace"]]
+COMMANDS = [[], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mesh")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,68 @@ def _terminate_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
             console.print(f"the Dagster UI did not stop on {sig.name}; escalating")
     # Stopped by our own Ctrl-C / SIGTERM is a clean exit; a forced kill is not.
     return 0 if proc.returncode in (0, -signal.SIGINT, -signal.SIGTERM, 130) else 1
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    try:
+        return timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError):
+        raise click.BadParameter(
+            f"{text!r}: use a number and a unit s, m, h or d (e.g. 7d)"
+        ) from None
+
+
+@cli.command()
+@click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
+@click.option("--retain", default="7d", show_default=True, help="Keep snapshots this recent.")
+@click.option("--keep-last", default=5, show_default=True, help="Always keep main's last N.")
+@click.option(
+    "--orphan-margin", default="1h", show_default=True,
+    help="Remove unreferenced files only when older than this (in-flight writes are younger).",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
+@click.pass_context
+@mesh_command
+def maintain(
+    ctx: click.Context,
+    domains: tuple[str, ...],
+    retain: str,
+    keep_last: int,
+    orphan_margin: str,
+    dry_run: bool,
+) -> None:
+    """Expire old snapshots, drop stale audit branches and remove orphan files of products."""
+    from mesh_platform.addressing import ProductAddress
+    from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.maintenance import maintain as maintain_table
+
+    retain_for, margin = _duration(retain), _duration(orphan_margin)
+    mesh = _mesh(ctx)
+    selected = _selected_domains(mesh, domains)
+    catalog = open_catalog(mesh)
+    table = Table(title="mesh maintain" + (" (dry run)" if dry_run else ""))
+    for col in ("product", "expired snapshots", "removed branches", "orphan files"):
+        table.add_column(col)
+    for domain in selected:
+        if (domain,) not in catalog.list_namespaces():
+            continue
+        for _, name in catalog.list_tables(domain):
+            report = maintain_table(
+                catalog,
+                ProductAddress(domain, name),
+                retain=retain_for,
+                keep_last=keep_last,
+                orphan_margin=margin,
+                dry_run=dry_run,
+            )
+            table.add_row(
+                str(report.address),
+                str(len(report.expired_snapshots)),
+                ", ".join(report.removed_branches) or "-",
+                str(len(report.orphan_files)),
+            )
+    out.print(table)
 
 
 @cli.command()

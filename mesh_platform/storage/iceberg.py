@@ -100,7 +100,7 @@ def _evolve_schema(
     return catalog.load_table(address.iceberg_identifier)
 
 
-def _local_path(location: str) -> Path:
+def local_path(location: str) -> Path:
     parsed = urlparse(location)
     if parsed.scheme not in ("", "file"):
         raise MeshError(
@@ -215,8 +215,8 @@ def _prepare_table(catalog: SqlCatalog, address: ProductAddress, arrow_schema: p
 
 def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
     """Refuse a table whose files would live outside the warehouse (the catalog accepts that)."""
-    warehouse = _local_path(catalog.properties["warehouse"]).resolve()
-    location = _local_path(table.location()).resolve()
+    warehouse = local_path(catalog.properties["warehouse"]).resolve()
+    location = local_path(table.location()).resolve()
     if not location.is_relative_to(warehouse):
         raise MeshError(
             f"product {address}: its table location {location} is outside the warehouse "
@@ -266,7 +266,7 @@ def stage_to_audit(
         raise _concurrent(address, batch_id, exc) from exc
     table = catalog.load_table(address.iceberg_identifier)
 
-    data_dir = _local_path(table.location()) / "data"
+    data_dir = local_path(table.location()) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     data_file = data_dir / f"{uuid.uuid4()}.parquet"
     conn.execute(
