@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,18 +10,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-_IGNORE = shutil.ignore_patterns("target", "dbt_packages", "logs", "__pycache__")
+sys.path.insert(0, str(REPO))
 
+from tests.conftest import copy_mesh  # noqa: E402  (one definition of "a copy of the mesh")
 
-def copy_mesh(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("mesh.yaml", "workspace.yaml", "domains", "dbt_projects"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=_IGNORE)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+__all__ = ["BIN", "REPO", "clean_env", "copy_mesh", "timed_run"]
 
 
 def clean_env() -> dict[str, str]:

@@ -45,6 +45,15 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture
+def mesh(tmp_path: Path) -> Mesh:
+    """An empty mesh (no domains) with its state dir: for storage tests on a tmp catalog."""
+    (tmp_path / "mesh.yaml").write_text("state_dir: state\n")
+    mesh = load_mesh(tmp_path)
+    mesh.ensure_state_dir()
+    return mesh
+
+
+@pytest.fixture
 def mesh_copy(tmp_path: Path) -> Mesh:
     """A fresh, unprepared copy of the sample mesh."""
     return load_mesh(copy_mesh(tmp_path / "mesh"))

@@ -14,14 +14,6 @@ def _data_files(table) -> list[str]:
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    (tmp_path / "mesh.yaml").write_text("state_dir: state\n")
-    mesh = load_mesh(tmp_path)
-    mesh.ensure_state_dir()
-    return mesh
-
-
-@pytest.fixture
 def conn():
     conn = connect(extensions=("iceberg",))
     conn.execute(

@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mesh_platform.addressing import ProductAddress
-from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError, ProductNotPublishedError
 from mesh_platform.read import read_product
@@ -18,14 +17,6 @@ from mesh_platform.storage.iceberg import (
 from mesh_platform.storage.maintenance import maintain
 
 ORDERS = ProductAddress("sales", "orders")
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    (tmp_path / "mesh.yaml").write_text("state_dir: state\n")
-    mesh = load_mesh(tmp_path)
-    mesh.ensure_state_dir()
-    return mesh
 
 
 @pytest.fixture

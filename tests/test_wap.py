@@ -21,10 +21,7 @@ ORDERS = ProductAddress("sales", "orders")
 
 
 @pytest.fixture
-def catalog(tmp_path):
-    (tmp_path / "mesh.yaml").write_text("state_dir: state\n")
-    mesh = load_mesh(tmp_path)
-    mesh.ensure_state_dir()
+def catalog(mesh):
     return open_catalog(mesh)
 
 
