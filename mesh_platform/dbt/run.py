@@ -1,14 +1,17 @@
 """What happens when a domain's dbt assets materialise.
 
-    stage inputs -> dbt build (domain DuckDB) -> publish products to Iceberg -> report
+    stage inputs -> dbt build (domain DuckDB) -> write-audit-publish products -> report
 
 1. Products the domain consumes (mesh-input sources) are copied from their producers' current
    Iceberg snapshots into the domain's DuckDB, pinning one snapshot for the whole run.
-2. ``dbt build`` runs models and tests in the domain's own DuckDB.
-3. Each product dbt built is published to its Iceberg table. DuckDB allows one writer process, so
-   publication waits until dbt has exited; materialisations are reported after publication, so
-   "materialised" in Dagster means "readable in Iceberg".
-4. If any model failed, the run fails naming every failed product; the others stay published.
+2. ``dbt build`` runs models and tests in the domain's own DuckDB (contracts stop a model before
+   it is built; tests run after).
+3. Each product dbt built is written to an audit branch of its Iceberg table, and main is
+   fast-forwarded to it only if none of the product's blocking checks failed. DuckDB allows one
+   writer process, so this waits until dbt has exited; materialisations are reported after
+   publication, so "materialised" in Dagster means "published in Iceberg".
+4. If any model, check or publication failed, the run fails naming each one; the products that
+   passed stay published, the others keep their previous snapshot.
 """
 
 from __future__ import annotations
