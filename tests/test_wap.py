@@ -192,9 +192,11 @@ for i in range(10_000):
         proc = subprocess.Popen(
             [sys.executable, "-c", child, f"k{round_}"], stdout=subprocess.PIPE, text=True
         )
-        time.sleep(8 + rng.random() * 4)  # imports take seconds; then it publishes in a loop
+        first = proc.stdout.readline()  # publishing is under way once the first batch is acked
+        time.sleep(rng.random() * 1.5)  # then kill it at a random moment of the loop
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
+        rest, _ = proc.communicate()
+        out = first + rest
         acknowledged += out.split()
         catalog = open_catalog(load_mesh(tmp_path))
         try:
