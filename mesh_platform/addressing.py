@@ -1,11 +1,15 @@
 """The one module that owns naming and addressing in the mesh.
 
-A product is addressed as ``<domain>.<product>`` (``sales.orders``). From that address, and only
+A product is addressed as ``<domain>.<product>`` (``sales.orders``); major version N > 1 of a
+product is ``<domain>.<product>_vN``, so two majors can be live side by side. The URN
+``urn:mesh:<domain>:<product>:v<major>`` always names the major. From that address, and only
 here, the platform derives the Dagster asset key, the Iceberg table identifier and the SQL
 identifiers. Private (non-product) dbt models and raw landing tables get keys under the domain
 too, so every asset of a domain sorts under its name in the Dagster UI.
 
     product  sales.orders       -> AssetKey(["sales", "orders"])        Iceberg: sales.orders
+    major 2  sales.orders_v2    -> AssetKey(["sales", "orders_v2"])     Iceberg: sales.orders_v2
+             URN                   urn:mesh:sales:orders:v2
     private  sales/stg_orders   -> AssetKey(["sales", "internal", "stg_orders"])
     raw      sales/orders       -> AssetKey(["sales", "raw", "orders"])
 """
@@ -23,6 +27,7 @@ from mesh_platform.errors import InvalidNameError
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_NAME_LENGTH = 63
+VERSION_SUFFIX = re.compile(r"_v(\d+)$")
 RAW_PREFIX = "raw"
 INTERNAL_PREFIX = "internal"
 # Names a domain or product may not take: they would collide with key prefixes above, or with
@@ -42,6 +47,8 @@ def name_problem(name: object) -> str | None:
         return "must be snake_case: start with a-z, then only a-z, 0-9 and _"
     if "__" in name or name.endswith("_"):
         return "must not contain '__' or end with '_'"
+    if VERSION_SUFFIX.search(name):
+        return "must not end with '_v<number>' (the platform adds it for major versions > 1)"
     if name in RESERVED_NAMES:
         return f"is reserved (reserved names: {', '.join(sorted(RESERVED_NAMES))})"
     return None
@@ -90,40 +97,68 @@ def quote_literal(value: str) -> str:
 
 @dataclass(frozen=True, order=True)
 class ProductAddress:
-    """The unique, stable address of a data product: ``<domain>.<product>``."""
+    """The unique, stable address of a data product: ``<domain>.<product>[_v<major>]``."""
 
     domain: str
     product: str
+    major: int = 1
 
     def __post_init__(self) -> None:
         validate_name("domain", self.domain)
         validate_name("product", self.product)
+        if not isinstance(self.major, int) or self.major < 1:
+            raise InvalidNameError(
+                f"product {self.domain}.{self.product}: major version {self.major!r} must be "
+                "an integer of at least 1",
+                fix="give the product a semantic version such as '1.0.0'",
+            )
 
     @classmethod
     def parse(cls, address: str) -> ProductAddress:
+        """``sales.orders``, ``sales.orders_v2`` or ``urn:mesh:sales:orders:v2``."""
+        if address.startswith("urn:mesh:"):
+            parts = address.split(":")
+            if len(parts) == 5 and re.fullmatch(r"v[1-9]\d*", parts[4]):
+                return cls(parts[2], parts[3], int(parts[4][1:]))
+            raise InvalidNameError(
+                f"product URN {address!r} must have the form urn:mesh:<domain>:<product>:v<major>",
+                fix="address products like 'urn:mesh:sales:orders:v1'",
+            )
         parts = address.split(".")
         if len(parts) != 2:
             raise InvalidNameError(
                 f"product address {address!r} must have the form <domain>.<product>",
-                fix="address products like 'sales.orders'",
+                fix="address products like 'sales.orders' (or 'sales.orders_v2' for major 2)",
             )
-        return cls(*parts)
+        domain, product = parts
+        if (match := VERSION_SUFFIX.search(product)) and int(match.group(1)) > 1:
+            return cls(domain, product[: match.start()], int(match.group(1)))
+        return cls(domain, product)
+
+    @property
+    def table(self) -> str:
+        """Table (and asset) name: the product name, plus ``_v<major>`` from major 2 on."""
+        return self.product if self.major == 1 else f"{self.product}_v{self.major}"
 
     def __str__(self) -> str:
-        return f"{self.domain}.{self.product}"
+        return f"{self.domain}.{self.table}"
+
+    @property
+    def urn(self) -> str:
+        return f"urn:mesh:{self.domain}:{self.product}:v{self.major}"
 
     @property
     def asset_key(self) -> dg.AssetKey:
-        return _asset_key(self.domain, self.product)
+        return _asset_key(self.domain, self.table)
 
     @property
     def iceberg_identifier(self) -> tuple[str, str]:
         """(namespace, table) in the Iceberg catalog: one namespace per domain."""
-        return (self.domain, self.product)
+        return (self.domain, self.table)
 
     def table_name(self, catalog: str) -> str:
         """Fully qualified name shown to users, e.g. ``mesh.sales.orders``."""
-        return f"{catalog}.{self.domain}.{self.product}"
+        return f"{catalog}.{self.domain}.{self.table}"
 
 
 def raw_asset_key(domain: str, table: str) -> dg.AssetKey:

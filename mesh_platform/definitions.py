@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DbtCliResource, dbt_assets
+from dagster_dbt import DbtCliResource
+from dagster_dbt.asset_utils import DAGSTER_DBT_SELECT_METADATA_KEY, build_dbt_specs
 from pydantic import Field
 
 from mesh_platform.addressing import raw_asset_key
@@ -28,9 +29,14 @@ from mesh_platform.config import load_mesh
 from mesh_platform.dbt.checks import manifest_problems
 from mesh_platform.dbt.project import dbt_project, load_manifest, resolve_dbt_executable
 from mesh_platform.dbt.run import run_domain_dbt
-from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
+from mesh_platform.dbt.translator import (
+    MeshDbtTranslator,
+    consumed_products,
+    product_descriptors,
+)
 from mesh_platform.domain import Domain, list_domain_names, load_domain
 from mesh_platform.errors import DomainError
+from mesh_platform.products.gate import check_specs
 from mesh_platform.resources import MeshResource
 from mesh_platform.sources.tpch import land_tpch
 
@@ -103,12 +109,33 @@ def domain_pool(domain: Domain) -> str:
 def build_dbt_assets(
     domain: Domain, manifest: Mapping[str, Any], translator: MeshDbtTranslator
 ) -> dg.AssetsDefinition:
-    @dbt_assets(
+    """The domain's dbt models as one multi-asset, with each product's gate as asset checks.
+
+    This is what ``@dbt_assets`` builds, plus the platform's checks (schema, contract,
+    expectations, volume, and any registered by governance) declared on every product.
+    """
+    project = dbt_project(domain)
+    specs, dbt_checks = build_dbt_specs(
+        translator=translator,
         manifest=manifest,
-        dagster_dbt_translator=translator,
-        project=dbt_project(domain),
+        select="fqn:*",
+        exclude="",
+        selector="",
+        io_manager_key=None,
+        project=project,
+    )
+    mesh_checks = [
+        spec for d in translator.descriptors.values() for spec in check_specs(d, dbt=True)
+    ]
+
+    @dg.multi_asset(
         name=f"{domain.name}_dbt",
+        specs=specs,
+        check_specs=[*dbt_checks, *mesh_checks],
+        can_subset=True,
+        op_tags={DAGSTER_DBT_SELECT_METADATA_KEY: "fqn:*"},
         pool=domain_pool(domain),
+        allow_arbitrary_check_specs=True,
     )
     def _dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, mesh: MeshResource):
         yield from run_domain_dbt(context, dbt, mesh.load(), domain, manifest, translator)
@@ -135,7 +162,12 @@ def domain_definitions(location_file: str | Path) -> dg.Definitions:
             f"{domain.name}, then `mesh prepare --domain {domain.name}`",
             path=domain.dbt_project_dir,
         )
-    translator = MeshDbtTranslator(domain, catalog_name=mesh.settings.catalog.name)
+    translator = MeshDbtTranslator(
+        domain,
+        catalog_name=mesh.settings.catalog.name,
+        descriptors=product_descriptors(domain.name, manifest),
+        warehouse=mesh.warehouse,
+    )
     assets: list[dg.AssetsDefinition] = []
     if domain.spec.raw is not None:
         assets.append(build_raw_assets(domain))

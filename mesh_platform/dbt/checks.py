@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mesh_platform.addressing import name_problem
+from mesh_platform.addressing import ProductAddress, name_problem
 from mesh_platform.dbt.translator import input_domain, is_product
 from mesh_platform.domain import Domain
+from mesh_platform.errors import MeshError
+from mesh_platform.products.descriptor import descriptor_from_node
 
 
 def _where(node: Mapping[str, Any]) -> str:
@@ -25,11 +27,24 @@ def manifest_problems(
     known = set(known_domains)
     raw_tables = set(domain.spec.raw.tables) if domain.spec.raw else set()
     problems = []
+    addresses: dict[str, str] = {}
     for node in manifest.get("nodes", {}).values():
         if not is_product(node):
             continue
         if problem := name_problem(node["name"]):
             problems.append(f"product {node['name']!r} {problem} ({_where(node)})")
+        else:
+            try:
+                address = str(descriptor_from_node(domain.name, node).address)
+            except MeshError as exc:
+                problems.append(f"{exc.what} (fix: {exc.fix})")
+            else:
+                if address in addresses:
+                    problems.append(
+                        f"product {address} is declared twice ({addresses[address]} and "
+                        f"{node['unique_id']}): give each major version its own dbt model version"
+                    )
+                addresses[address] = node["unique_id"]
         if not (node.get("config", {}).get("contract") or {}).get("enforced"):
             problems.append(
                 f"product {node['name']!r} is public without an enforced contract "
@@ -55,6 +70,9 @@ def manifest_problems(
                 f"{where}: mesh_domain {producer!r} is not a domain of this mesh "
                 f"(domains: {', '.join(sorted(known))})"
             )
-        if problem := name_problem(node["name"]):
-            problems.append(f"{where}: product name {node['name']!r} {problem}")
+        else:
+            try:
+                ProductAddress.parse(f"{producer}.{node['name']}")
+            except MeshError as exc:
+                problems.append(f"{where}: {exc.what}")
     return problems

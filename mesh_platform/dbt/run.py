@@ -17,18 +17,19 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh, environment
-from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products, is_product
+from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
+from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result
+from mesh_platform.products.publish import Publication, publish_product
 
 if TYPE_CHECKING:
     from mesh_platform.storage.iceberg import StagedInput
@@ -101,81 +102,96 @@ def blocking_failures(
     return blocking
 
 
+def _model_errors(run_results: Mapping[str, Any]) -> dict[str, str]:
+    """model unique_id -> dbt's message, for every model that did not build."""
+    return {
+        r["unique_id"]: (r.get("message") or r.get("status") or "error").strip()
+        for r in run_results.get("results", [])
+        if r.get("unique_id", "").startswith("model.") and r.get("status") != "success"
+    }
+
+
 def publish_products(
     context: dg.AssetExecutionContext,
     mesh: Mesh,
     domain: Domain,
-    built: Mapping[dg.AssetKey, Mapping[str, Any]],
+    built: Mapping[str, tuple[ProductDescriptor, str]],
     inputs: Mapping[str, int],
     blocking: Mapping[str, list[str]],
-) -> tuple[dict[dg.AssetKey, dict[str, Any]], dict[str, str]]:
-    """Write-audit-publish each product dbt built (key -> manifest node).
+) -> dict[str, Publication]:
+    """Write-audit-publish each product dbt built (unique_id -> descriptor and DuckDB relation)
+    through the gate.
 
     Each product's new data is staged on an audit branch; main is fast-forwarded to it only when
-    none of the product's blocking checks failed. Otherwise main is untouched (consumers keep the
-    previous good snapshot) and the branch is kept for inspection. Returns the materialisation
-    metadata of every published product and an error per product not published; every product
-    is tried.
+    every blocking check passed (its dbt tests, and the gate: schema, expectations, volume, and
+    registered checks). Otherwise main is untouched (consumers keep the previous good snapshot)
+    and the branch is kept for inspection. Every product is tried.
     """
     if not built:
-        return {}, {}
-    from mesh_platform.storage.iceberg import open_catalog, write_audit_publish
+        return {}
+    from mesh_platform.storage.iceberg import open_catalog
 
     catalog = open_catalog(mesh)
-    published: dict[dg.AssetKey, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
+    publications: dict[str, Publication] = {}
     conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
     try:
-        for key, node in built.items():
-            address = ProductAddress(domain.name, node["name"])
-            start = time.perf_counter()
-            failed_checks = sorted(blocking.get(node["unique_id"], []))
+        for unique_id, (descriptor, relation) in built.items():
+            failed_tests = sorted(blocking.get(unique_id, []))
             try:
-                result = write_audit_publish(
+                publication = publish_product(
                     catalog,
-                    address,
+                    descriptor,
                     conn,
-                    f"{node['schema']}.{node['alias']}",
+                    relation,
                     batch_id=context.run_id,
-                    properties={
-                        "mesh.run_id": context.run_id,
-                        "mesh.domain": domain.name,
-                        "mesh.inputs": json.dumps(inputs),
-                    },
-                    gate=lambda _stage, failed=failed_checks: failed,
+                    run_id=context.run_id,
+                    properties={"mesh.inputs": json.dumps(dict(inputs))},
+                    failed_elsewhere=[f"dbt test {t}" for t in failed_tests],
                 )
             except Exception as exc:
-                errors[str(address)] = f"publication to Iceberg failed: {exc}"
-                context.log.error(f"{address}: {errors[str(address)]}")
-                continue
-            stage, snapshot_id = result.stage, result.published_snapshot_id
-            if snapshot_id is None:
-                errors[str(address)] = (
-                    f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
-                    f"Main stays at snapshot {stage.base_snapshot_id}; the rejected data is "
-                    f"on branch {stage.branch}"
+                publication = Publication(descriptor, error=f"publication to Iceberg failed: {exc}")
+            publications[unique_id] = publication
+            address = descriptor.address
+            if publication.published:
+                stage = publication.stage
+                note = " (batch was already published)" if stage.already_published else ""
+                context.log.info(
+                    f"published {address} v{descriptor.body.version}: snapshot "
+                    f"{publication.snapshot_id}, {stage.row_count} rows in "
+                    f"{publication.seconds:.2f}s{note}"
                 )
-                context.log.error(f"{address}: {errors[str(address)]}")
-                continue
-            seconds = time.perf_counter() - start
-            note = " (batch was already published)" if stage.already_published else ""
-            context.log.info(
-                f"published {address}: snapshot {snapshot_id}, {stage.row_count} rows "
-                f"in {seconds:.2f}s{note}"
-            )
-            metadata_location = catalog.load_table(address.iceberg_identifier).metadata_location
-            published[key] = {
-                "dagster/row_count": stage.row_count,
-                "mesh/address": str(address),
-                "mesh/iceberg_snapshot_id": str(snapshot_id),
-                "mesh/iceberg_metadata": metadata_location,
-                "mesh/publish_seconds": round(seconds, 3),
-                **({"mesh/inputs": dict(inputs)} if inputs else {}),
-            }
+            else:
+                context.log.error(f"{address}: {publication.error}")
     finally:
         conn.close()
         catalog.engine.dispose()
-    return published, errors
+    return publications
+
+
+def materialization_metadata(publication: Publication, inputs: Mapping[str, int]) -> dict[str, Any]:
+    stage = publication.stage
+    assert stage is not None and publication.snapshot_id is not None
+    return {
+        "dagster/row_count": stage.total_rows,
+        "mesh/address": str(publication.descriptor.address),
+        "mesh/version": publication.descriptor.body.version,
+        "mesh/iceberg_snapshot_id": str(publication.snapshot_id),
+        "mesh/iceberg_metadata": stage.metadata_location,
+        "mesh/batch_id": stage.batch_id,
+        "mesh/publish_seconds": round(publication.seconds, 3),
+        **({"mesh/inputs": dict(inputs)} if inputs else {}),
+    }
+
+
+def check_results(
+    context: dg.AssetExecutionContext, publication: Publication
+) -> Iterator[dg.AssetCheckResult]:
+    """One result per gate check evaluated, only for checks selected in this run."""
+    selected = context.selected_asset_check_keys
+    for name, outcome in publication.outcomes.items():
+        result = check_result(publication.descriptor, name, outcome)
+        if dg.AssetCheckKey(result.asset_key, name) in selected:
+            yield result
 
 
 def run_domain_dbt(
@@ -200,29 +216,62 @@ def run_domain_dbt(
     events = list(invocation.stream())
 
     nodes = manifest["nodes"]
-    products = {translator.get_asset_key(n): n for n in nodes.values() if is_product(n)}
+    product_ids = {d.address.asset_key: uid for uid, d in translator.descriptors.items()}
     output_keys = [
         context.asset_key_for_output(e.output_name) for e in events if isinstance(e, dg.Output)
     ]
-    built = {key: products[key] for key in output_keys if key in products}
+    built = {
+        uid: (translator.descriptors[uid], f"{nodes[uid]['schema']}.{nodes[uid]['alias']}")
+        for key in output_keys
+        if (uid := product_ids.get(key))
+    }
     run_results = _run_results(invocation)
-    published, publish_errors = publish_products(
+    publications = publish_products(
         context, mesh, domain, built, inputs, blocking_failures(run_results, nodes)
     )
-
+    published_keys = {
+        p.descriptor.address.asset_key: p for p in publications.values() if p.published
+    }
     for event in events:
         if isinstance(event, dg.Output):
             key = context.asset_key_for_output(event.output_name)
-            if key in products and key not in published:
+            if key in product_ids and key not in published_keys:
                 continue  # built by dbt but not published: not a materialisation
-            if key in published:
-                event = event.with_metadata({**event.metadata, **published[key]})
+            if key in published_keys:
+                event = event.with_metadata(
+                    {**event.metadata, **materialization_metadata(published_keys[key], inputs)}
+                )
         yield event
+
+    # The contract check: the model built under its enforced contract (or why not).
+    model_errors = _model_errors(run_results)
+    selected = context.selected_asset_check_keys
+    for uid, descriptor in translator.descriptors.items():
+        key = dg.AssetCheckKey(descriptor.address.asset_key, CONTRACT_CHECK)
+        if key not in selected or (uid not in model_errors and uid not in built):
+            continue
+        error = model_errors.get(uid)
+        yield check_result(
+            descriptor,
+            CONTRACT_CHECK,
+            CheckOutcome(
+                error is None,
+                "built under the enforced contract" if error is None else error[:2000],
+            ),
+        )
+    for publication in publications.values():
+        yield from check_results(context, publication)
 
     problems = {
         name: f"dbt status {status}" for name, status in _failed_nodes(run_results, nodes).items()
     }
-    problems.update({f"product {address}": why for address, why in publish_errors.items()})
+    problems.update(
+        {
+            f"product {p.descriptor.address}": p.error
+            for p in publications.values()
+            if not p.published and p.error
+        }
+    )
     if problems:
         listing = "\n".join(f"  - {name}: {why}" for name, why in sorted(problems.items()))
         raise dg.Failure(

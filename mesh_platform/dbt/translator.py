@@ -1,8 +1,10 @@
 """The one seam where dbt manifest nodes become the mesh's Dagster assets.
 
 Rules (no per-model special cases):
-- a model with ``access: public`` is a data product: key ``[domain, model]``, kinds dbt, duckdb
-  and iceberg, table name ``<catalog>.<domain>.<model>``;
+- a model with ``access: public`` is a data product: its validated descriptor
+  (:mod:`mesh_platform.products.descriptor`) gives the key ``[domain, model(_vN)]``, owners,
+  tags, description, column schema with classification, freshness policy; kinds dbt, duckdb and
+  iceberg; table name ``<catalog>.<domain>.<model(_vN)>``;
 - any other model is internal to the domain: key ``[domain, "internal", model]``;
 - a source whose meta names ``mesh_domain`` is another domain's product (an input port): key
   ``[mesh_domain, table]``, the producer's own key, so lineage crosses code locations;
@@ -20,6 +22,8 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings
 
 from mesh_platform.addressing import ProductAddress, internal_asset_key, raw_asset_key
 from mesh_platform.domain import Domain
+from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
+from mesh_platform.products.specs import product_metadata, product_tags
 
 MESH_INPUT_META = "mesh_domain"
 
@@ -40,26 +44,45 @@ def input_domain(props: Mapping[str, Any]) -> str | None:
     return node_meta(props).get(MESH_INPUT_META)
 
 
-def product_address(domain: str, props: Mapping[str, Any]) -> ProductAddress | None:
-    if is_product(props):
-        return ProductAddress(domain, props["name"])
-    if producer := input_domain(props):
-        return ProductAddress(producer, props["name"])
-    return None
+def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, ProductDescriptor]:
+    """unique_id -> validated descriptor, for every product of a domain's manifest.
+
+    Raises DescriptorError for the first invalid one; load-time checks (dbt/checks.py) report
+    all of them first.
+    """
+    return {
+        uid: descriptor_from_node(domain, node)
+        for uid, node in manifest.get("nodes", {}).items()
+        if is_product(node)
+    }
 
 
 class MeshDbtTranslator(DagsterDbtTranslator):
     """Maps a domain's dbt nodes to asset specs following the rules in the module docstring."""
 
-    def __init__(self, domain: Domain, *, catalog_name: str) -> None:
+    def __init__(
+        self,
+        domain: Domain,
+        *,
+        catalog_name: str,
+        descriptors: Mapping[str, ProductDescriptor],
+        warehouse: str = "",
+    ) -> None:
         super().__init__(settings=DagsterDbtTranslatorSettings(enable_code_references=False))
         self.domain = domain
         self.catalog_name = catalog_name
+        self.descriptors = dict(descriptors)
+        self.warehouse = warehouse
+
+    def descriptor(self, props: Mapping[str, Any]) -> ProductDescriptor | None:
+        return self.descriptors.get(props.get("unique_id", "")) if is_product(props) else None
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         name = dbt_resource_props["name"]
-        if address := product_address(self.domain.name, dbt_resource_props):
-            return address.asset_key
+        if descriptor := self.descriptor(dbt_resource_props):
+            return descriptor.address.asset_key
+        if producer := input_domain(dbt_resource_props):
+            return ProductAddress.parse(f"{producer}.{name}").asset_key
         if dbt_resource_props.get("resource_type") == "source":
             return raw_asset_key(self.domain.name, name)
         return internal_asset_key(self.domain.name, name)
@@ -67,32 +90,42 @@ class MeshDbtTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return self.domain.name
 
+    def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
+        if descriptor := self.descriptor(dbt_resource_props):
+            return f"{descriptor.description.strip()}\n\nPurpose: {descriptor.body.purpose}"
+        return super().get_description(dbt_resource_props)
+
     def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str] | None:
+        if descriptor := self.descriptor(dbt_resource_props):
+            return descriptor.body.owner.dagster_owners
         return list(self.domain.spec.owners)
 
     def get_tags(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, str]:
-        product = is_product(dbt_resource_props)
+        if descriptor := self.descriptor(dbt_resource_props):
+            return {**super().get_tags(dbt_resource_props), **product_tags(descriptor)}
         return {
             **super().get_tags(dbt_resource_props),
             "mesh/domain": self.domain.name,
-            "mesh/layer": "product" if product else "internal",
-            "mesh/access": "public" if product else "private",
+            "mesh/layer": "internal",
+            "mesh/access": "private",
         }
 
     def get_metadata(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, Any]:
         metadata = dict(super().get_metadata(dbt_resource_props))
-        if is_product(dbt_resource_props):
-            address = ProductAddress(self.domain.name, dbt_resource_props["name"])
-            metadata["mesh/address"] = str(address)
-            metadata["dagster/table_name"] = address.table_name(self.catalog_name)
+        if descriptor := self.descriptor(dbt_resource_props):
+            metadata.update(product_metadata(descriptor, self.catalog_name, self.warehouse))
         return metadata
 
     def get_asset_spec(
         self, manifest: Mapping[str, Any], unique_id: str, project: Any
     ) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
-        if is_product(self.get_resource_props(manifest, unique_id)):
+        if descriptor := self.descriptor(self.get_resource_props(manifest, unique_id)):
             spec = spec.merge_attributes(kinds={"iceberg"})
+            if freshness := descriptor.body.sla.freshness:
+                spec = spec.replace_attributes(
+                    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=freshness.timedelta)
+                )
         return spec
 
 
@@ -101,5 +134,5 @@ def consumed_products(manifest: Mapping[str, Any]) -> list[tuple[ProductAddress,
     found = []
     for node in manifest.get("sources", {}).values():
         if producer := input_domain(node):
-            found.append((ProductAddress(producer, node["name"]), node))
+            found.append((ProductAddress.parse(f"{producer}.{node['name']}"), node))
     return sorted(found, key=lambda item: item[0])

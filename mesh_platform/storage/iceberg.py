@@ -14,7 +14,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -123,6 +123,8 @@ class AuditStage:
     row_count: int
     metadata_location: str
     already_published: bool = False  # the batch is already on main: nothing to do
+    data_files: tuple[str, ...] = ()  # the files this batch wrote (what the gate reads)
+    total_rows: int = -1  # rows of the product at the staged snapshot (row_count: written)
 
 
 @dataclass(frozen=True)
@@ -181,25 +183,28 @@ def is_ancestor(table: Table, ancestor_id: int, snapshot_id: int) -> bool:
     return False
 
 
-def _prepare_table(catalog: SqlCatalog, address: ProductAddress, arrow_schema: pa.Schema) -> Table:
+def _prepare_table(
+    catalog: SqlCatalog,
+    address: ProductAddress,
+    arrow_schema: pa.Schema,
+    table_properties: Mapping[str, str] | None = None,
+) -> Table:
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
+    wanted = {"mesh.address": str(address), **(table_properties or {}), **TABLE_PROPERTIES}
     if table is None:
         try:
             table = catalog.create_table(
                 address.iceberg_identifier,
                 schema=arrow_schema,
-                properties={
-                    "mesh.address": str(address),
-                    "format-version": "2",
-                    **TABLE_PROPERTIES,
-                },
+                properties={"format-version": "2", **wanted},
             )
         except TableAlreadyExistsError:  # a concurrent first publisher won the race
             table = catalog.load_table(address.iceberg_identifier)
-    if any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items()):
+    if any(table.properties.get(k) != v for k, v in wanted.items()):
+        # Descriptor changes (version, status, owner) reach the table; losing a race is fine.
         with contextlib.suppress(CommitFailedException), table.transaction() as tx:
-            tx.set_properties(TABLE_PROPERTIES)
+            tx.set_properties(wanted)
         table = catalog.load_table(address.iceberg_identifier)
     if table.current_snapshot() is None:
         # Branches need a snapshot to start from: an empty one, which readers treat as
@@ -234,6 +239,7 @@ def stage_to_audit(
     *,
     batch_id: str,
     properties: dict[str, str],
+    table_properties: Mapping[str, str] | None = None,
 ) -> AuditStage:
     """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch.
 
@@ -245,12 +251,14 @@ def stage_to_audit(
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
-    table = _prepare_table(catalog, address, arrow_schema)
+    table = _prepare_table(catalog, address, arrow_schema, table_properties)
     branch = audit_branch(batch_id)
     if done := _main_snapshot_with_batch(table, batch_id):
+        summary = done.summary or {}
         return AuditStage(
             address, batch_id, branch, done.snapshot_id, done.parent_snapshot_id,
-            int((done.summary or {}).get("mesh.rows", -1)), table.metadata_location, True,
+            int(summary.get("mesh.rows", -1)), table.metadata_location, True,
+            total_rows=int(summary.get("total-records", -1)),
         )  # fmt: skip
 
     main = table.current_snapshot()
@@ -285,14 +293,17 @@ def stage_to_audit(
             raise _concurrent(address, batch_id, exc) from exc
         raise
     table = catalog.load_table(address.iceberg_identifier)
+    staged = table.snapshot_by_id(table.metadata.refs[branch].snapshot_id)
     return AuditStage(
         address=address,
         batch_id=batch_id,
         branch=branch,
-        snapshot_id=table.metadata.refs[branch].snapshot_id,
+        snapshot_id=staged.snapshot_id,
         base_snapshot_id=main.snapshot_id,
         row_count=row_count,
         metadata_location=table.metadata_location,
+        data_files=(str(data_file),),
+        total_rows=int((staged.summary or {}).get("total-records", row_count)),
     )
 
 
@@ -360,6 +371,7 @@ def write_audit_publish(
     *,
     batch_id: str,
     properties: dict[str, str],
+    table_properties: Mapping[str, str] | None = None,
     gate: Gate | None = None,
     attempts: int = PUBLISH_ATTEMPTS,
 ) -> WapResult:
@@ -372,8 +384,9 @@ def write_audit_publish(
     for attempt in range(1, attempts + 1):
         try:
             stage = stage_to_audit(
-                catalog, address, conn, relation, batch_id=batch_id, properties=properties
-            )
+                catalog, address, conn, relation,
+                batch_id=batch_id, properties=properties, table_properties=table_properties,
+            )  # fmt: skip
             if stage.already_published:
                 return WapResult(stage, stage.snapshot_id, [], attempt)
             failures = gate(stage) if gate is not None else []
@@ -443,11 +456,11 @@ def stage_input(
             fix=f"build the producing domain first: `mesh build --domain {address.domain}` "
             "(`mesh build` orders domains for you)",
         )
-    target = f"{quote_ident(schema)}.{quote_ident(address.product)}"
+    target = f"{quote_ident(schema)}.{quote_ident(address.table)}"
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
     conn.execute(
         f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM iceberg_scan(?)",
         [table.metadata_location],
     )
     rows = conn.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
-    return StagedInput(address, snapshot.snapshot_id, rows, f"{schema}.{address.product}")
+    return StagedInput(address, snapshot.snapshot_id, rows, f"{schema}.{address.table}")

@@ -1,0 +1,243 @@
+"""The publication gate: every check a product's new data must pass before main moves to it.
+
+Each check is a Dagster asset check on the product (declared from its descriptor, so the UI
+lists it before the first run) and is evaluated against exactly the data staged on the product's
+audit branch. A failing blocking check keeps main where it was.
+
+Checks shipped with the platform:
+
+- ``schema_compatible``: the new schema against the published one. Adding a column evolves
+  the Iceberg schema; dropping a column or changing a type to one Iceberg cannot promote to
+  (narrowing, string -> int) is a breaking change, blocked unless the product is published as a
+  new major version (a new address). Evaluated before anything is staged.
+- ``expectations``: the descriptor's Great Expectations suite on the staged rows.
+- ``volume``: the staged row count against the published snapshot's.
+
+dbt's tests and contract are checks too (dagster-dbt declares the tests; ``contract`` is the
+mesh's name for "the model built under its enforced contract").
+
+Hook point: another module adds a check with :func:`register_gate_check`; it is declared on
+every product it :meth:`GateCheck.applies` to and evaluated in the same gate. The governance
+policies plug in here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mesh_platform.products.descriptor import ProductDescriptor
+
+if TYPE_CHECKING:
+    import dagster as dg
+    import pyarrow as pa
+    from pyiceberg.table import Table
+
+    from mesh_platform.storage.iceberg import AuditStage
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = True  # a failed non-blocking check is a warning
+
+    @property
+    def blocks(self) -> bool:
+        return self.blocking and not self.passed
+
+
+@dataclass
+class GateContext:
+    """What a check sees: the descriptor, the staged snapshot, and the published one."""
+
+    descriptor: ProductDescriptor
+    stage: AuditStage
+    table: Table  # loaded after staging: holds both main and the audit branch
+    _cache: dict[tuple[str, ...], pa.Table] = field(default_factory=dict)
+
+    @property
+    def staged_rows(self) -> int:
+        """Total rows of the product as it would be published."""
+        snap = self.table.snapshot_by_id(self.stage.snapshot_id)
+        return int((snap.summary or {}).get("total-records", self.stage.row_count))
+
+    @property
+    def published_rows(self) -> int | None:
+        """Rows of main's current snapshot, None when nothing was published yet."""
+        from mesh_platform.storage.iceberg import is_published
+
+        if self.stage.base_snapshot_id is None:
+            return None
+        snap = self.table.snapshot_by_id(self.stage.base_snapshot_id)
+        if not is_published(snap):
+            return None
+        return int((snap.summary or {}).get("total-records", 0))
+
+    def staged_data(self, columns: Iterable[str] | None = None) -> pa.Table:
+        """The rows this batch staged (its new data files), only ``columns`` if given."""
+        import pyarrow.parquet as pq
+
+        key = tuple(columns) if columns is not None else ("*",)
+        if key not in self._cache:
+            files = [str(f) for f in self.stage.data_files]
+            cols = list(columns) if columns is not None else None
+            self._cache[key] = pq.read_table(files, columns=cols) if files else self._empty(cols)
+        return self._cache[key]
+
+    def _empty(self, columns: list[str] | None) -> pa.Table:
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+        schema = schema_to_pyarrow(self.table.schema())
+        empty = schema.empty_table()
+        return empty.select(columns) if columns is not None else empty
+
+
+class GateCheck:
+    """A check of the gate. Subclass, set ``name``/``description``, implement ``evaluate``."""
+
+    name: str = ""
+    description: str = ""
+
+    def applies(self, descriptor: ProductDescriptor) -> bool:
+        return True
+
+    def blocking(self, descriptor: ProductDescriptor) -> bool:
+        return True
+
+    def evaluate(self, ctx: GateContext) -> CheckOutcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ExpectationsCheck(GateCheck):
+    name = "expectations"
+    description = "The descriptor's Great Expectations suite, run on the staged rows."
+
+    def applies(self, descriptor: ProductDescriptor) -> bool:
+        return bool(descriptor.body.sla.expectations)
+
+    def evaluate(self, ctx: GateContext) -> CheckOutcome:
+        from mesh_platform.products.expectations import run_suite
+
+        return run_suite(ctx.descriptor, ctx.staged_data)
+
+
+class VolumeCheck(GateCheck):
+    name = "volume"
+    description = "Row count of the new snapshot against the published one."
+
+    def blocking(self, descriptor: ProductDescriptor) -> bool:
+        volume = descriptor.body.sla.volume
+        return volume is not None and volume.blocking
+
+    def evaluate(self, ctx: GateContext) -> CheckOutcome:
+        from mesh_platform.products.descriptor import Volume
+
+        volume = ctx.descriptor.body.sla.volume or Volume(blocking=False)
+        new, old = ctx.staged_rows, ctx.published_rows
+        metadata: dict[str, Any] = {"rows": new, "published_rows": old}
+        if old is None:
+            return CheckOutcome(True, "first publication", metadata, volume.blocking)
+        ratio = new / old if old else (1.0 if new == 0 else float("inf"))
+        metadata["ratio"] = round(ratio, 4)
+        share = f"{new} rows is {ratio:.1%} of the published {old}"
+        if volume.min_ratio is not None and ratio < volume.min_ratio:
+            why = f"{share} (minimum {volume.min_ratio:.0%})"
+            return CheckOutcome(False, why, metadata, volume.blocking)
+        if volume.max_ratio is not None and ratio > volume.max_ratio:
+            why = f"{share} (maximum {volume.max_ratio:.0%})"
+            return CheckOutcome(False, why, metadata, volume.blocking)
+        return CheckOutcome(True, f"{new} rows, {ratio:.1%} of the published {old}", metadata,
+                            volume.blocking)  # fmt: skip
+
+
+SCHEMA_CHECK = "schema_compatible"
+CONTRACT_CHECK = "contract"
+
+_REGISTRY: list[GateCheck] = [ExpectationsCheck(), VolumeCheck()]
+
+
+def register_gate_check(check: GateCheck) -> GateCheck:
+    """Add a check to every product's gate (the hook for governance and custom checks)."""
+    if not check.name or check.name in {c.name for c in _REGISTRY} | {SCHEMA_CHECK,
+                                                                      CONTRACT_CHECK}:  # fmt: skip
+        raise ValueError(f"gate check name {check.name!r} is empty or already registered")
+    _REGISTRY.append(check)
+    return check
+
+
+def unregister_gate_check(name: str) -> None:
+    _REGISTRY[:] = [c for c in _REGISTRY if c.name != name]
+
+
+def gate_checks(descriptor: ProductDescriptor) -> list[GateCheck]:
+    return [c for c in _REGISTRY if c.applies(descriptor)]
+
+
+def check_specs(descriptor: ProductDescriptor, *, dbt: bool) -> list[dg.AssetCheckSpec]:
+    """The Dagster asset checks the gate evaluates for ``descriptor``'s product."""
+    import dagster as dg
+
+    key = descriptor.address.asset_key
+    specs = [
+        dg.AssetCheckSpec(
+            SCHEMA_CHECK,
+            asset=key,
+            description="New schema is compatible with the published one (added columns "
+            "evolve it; dropped, renamed or narrowed columns need a new major version).",
+            blocking=True,
+        )
+    ]
+    if dbt:
+        specs.append(
+            dg.AssetCheckSpec(
+                CONTRACT_CHECK,
+                asset=key,
+                description="dbt built the model under its enforced contract.",
+                blocking=True,
+            )
+        )
+    specs += [
+        dg.AssetCheckSpec(
+            c.name, asset=key, description=c.description, blocking=c.blocking(descriptor)
+        )
+        for c in gate_checks(descriptor)
+    ]
+    return specs
+
+
+def run_gate(ctx: GateContext) -> dict[str, CheckOutcome]:
+    """Evaluate every registered check that applies; an error in a check fails that check."""
+    outcomes: dict[str, CheckOutcome] = {}
+    for check in gate_checks(ctx.descriptor):
+        start = time.perf_counter()
+        try:
+            outcome = check.evaluate(ctx)
+        except Exception as exc:  # a broken check must block, not crash the publication
+            outcome = CheckOutcome(
+                False,
+                f"check raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                {},
+                check.blocking(ctx.descriptor),
+            )
+        outcome.metadata["seconds"] = round(time.perf_counter() - start, 3)
+        outcomes[check.name] = outcome
+    return outcomes
+
+
+def check_result(
+    descriptor: ProductDescriptor, name: str, outcome: CheckOutcome
+) -> dg.AssetCheckResult:
+    import dagster as dg
+
+    return dg.AssetCheckResult(
+        asset_key=descriptor.address.asset_key,
+        check_name=name,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+        description=outcome.description or None,
+        metadata=outcome.metadata,
+    )

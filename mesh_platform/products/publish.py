@@ -1,0 +1,160 @@
+"""Publish one product through the gate: the path shared by dbt-built and Python-built products.
+
+    schema check -> stage on audit branch -> gate checks on the staged data -> fast-forward main
+
+The caller hands over the rows as a DuckDB relation (dbt products: the model in the domain's
+DuckDB; Python products: the returned Arrow table, registered in an in-memory DuckDB) and the
+names of checks that already failed outside the gate (dbt tests). The result carries every
+check outcome, so the caller can report each one as a Dagster asset check result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mesh_platform.addressing import quote_ident
+from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.gate import (
+    SCHEMA_CHECK,
+    CheckOutcome,
+    GateContext,
+    run_gate,
+)
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import Table
+
+    from mesh_platform.storage.iceberg import AuditStage
+
+
+@dataclass
+class Publication:
+    descriptor: ProductDescriptor
+    outcomes: dict[str, CheckOutcome] = field(default_factory=dict)
+    snapshot_id: int | None = None  # main's new head; None: not published
+    stage: AuditStage | None = None
+    seconds: float = 0.0
+    error: str | None = None  # why it was not published
+
+    @property
+    def published(self) -> bool:
+        return self.snapshot_id is not None
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return sorted(name for name, o in self.outcomes.items() if o.blocks)
+
+
+def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
+    """Compare the new rows' schema with the published table's (Iceberg's promotion rules)."""
+    from pyiceberg.exceptions import ResolveError
+    from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
+    from pyiceberg.schema import promote
+
+    if table is None:
+        return CheckOutcome(True, "first publication: the table is created with this schema")
+    new = {f.name: f.field_type for f in _pyarrow_to_schema_without_ids(new_schema).fields}
+    old = {f.name: f.field_type for f in table.schema().fields}
+    dropped = sorted(set(old) - set(new))
+    added = sorted(set(new) - set(old))
+    changed, widened = [], []
+    for name in sorted(set(old) & set(new)):
+        if old[name] == new[name]:
+            continue
+        try:
+            promote(old[name], new[name])
+            widened.append(f"{name}: {old[name]} -> {new[name]}")
+        except ResolveError:
+            changed.append(f"{name}: {old[name]} -> {new[name]}")
+    metadata: dict[str, Any] = {
+        "added": added,
+        "dropped": dropped,
+        "type_changes": changed,
+        "widened": widened,
+    }
+    if dropped or changed:
+        parts = []
+        if dropped:
+            parts.append(f"dropped or renamed column(s) {', '.join(dropped)}")
+        if changed:
+            parts.append(f"incompatible type change(s) {'; '.join(changed)}")
+        return CheckOutcome(
+            False,
+            f"breaking change: {' and '.join(parts)}. Keep the columns, or publish the change as "
+            "a new major version (a new dbt model version / descriptor version N+1.0.0) while "
+            "this one is deprecated",
+            metadata,
+        )
+    what = []
+    if added:
+        what.append(f"adds {', '.join(added)}")
+    if widened:
+        what.append(f"widens {'; '.join(widened)}")
+    return CheckOutcome(True, "compatible" + (f": {', '.join(what)}" if what else ""), metadata)
+
+
+def publish_product(
+    catalog: SqlCatalog,
+    descriptor: ProductDescriptor,
+    conn: duckdb.DuckDBPyConnection,
+    relation: str,
+    *,
+    batch_id: str,
+    run_id: str,
+    properties: dict[str, str] | None = None,
+    failed_elsewhere: list[str] | tuple[str, ...] = (),
+) -> Publication:
+    """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
+    check (the Publication says what failed), raises only for storage errors."""
+    from mesh_platform.storage.iceberg import load_product_table, write_audit_publish
+
+    start = time.perf_counter()
+    address = descriptor.address
+    publication = Publication(descriptor)
+    schema_name, table_name = relation.split(".")
+    source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
+    new_schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
+    schema = schema_compatibility(load_product_table(catalog, address), new_schema)
+    publication.outcomes[SCHEMA_CHECK] = schema
+    if schema.blocks:
+        publication.error = f"not published: {SCHEMA_CHECK} failed: {schema.description}"
+        publication.seconds = time.perf_counter() - start
+        return publication
+
+    def gate(stage: AuditStage) -> list[str]:
+        table = catalog.load_table(address.iceberg_identifier)
+        publication.outcomes.update(run_gate(GateContext(descriptor, stage, table)))
+        return sorted(failed_elsewhere) + [
+            name for name, o in publication.outcomes.items() if o.blocks
+        ]
+
+    result = write_audit_publish(
+        catalog,
+        address,
+        conn,
+        relation,
+        batch_id=batch_id,
+        properties={
+            **(properties or {}),
+            "mesh.run_id": run_id,
+            "mesh.product_version": descriptor.body.version,
+            "mesh.domain": descriptor.domain,
+        },
+        table_properties=descriptor.iceberg_properties(),
+        gate=gate,
+    )
+    publication.stage = result.stage
+    publication.snapshot_id = result.published_snapshot_id
+    publication.seconds = time.perf_counter() - start
+    if not publication.published:
+        publication.error = (
+            f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
+            f"Main stays at snapshot {result.stage.base_snapshot_id}; the rejected data is on "
+            f"branch {result.stage.branch}"
+        )
+    return publication

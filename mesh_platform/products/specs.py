@@ -1,0 +1,85 @@
+"""What Dagster shows of a product, derived from its descriptor (dbt and Python products alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from mesh_platform.products.descriptor import ProductDescriptor
+
+
+def product_tags(descriptor: ProductDescriptor) -> dict[str, str]:
+    body = descriptor.body
+    return {
+        "mesh/domain": descriptor.domain,
+        "mesh/layer": "product",
+        "mesh/access": "public",
+        "mesh/version": body.version,
+        "mesh/major": str(body.major),
+        "mesh/status": body.status,
+        "mesh/built_with": descriptor.built_with,
+        "mesh/pii": "true" if descriptor.pii_columns else "false",
+        **({"mesh/incremental": "true"} if descriptor.incremental else {}),
+    }
+
+
+def _column_tags(classification: str | None) -> dict[str, str]:
+    if classification is None:
+        return {"classification": "unclassified"}
+    if classification.startswith("pii:"):
+        return {"classification": "pii", "pii": classification[4:]}
+    return {"classification": classification}
+
+
+def column_schema(descriptor: ProductDescriptor) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=col.name,
+                type=col.data_type or "unknown",
+                description=col.description or None,
+                tags=_column_tags(col.classification),
+            )
+            for col in descriptor.columns
+        ]
+    )
+
+
+def table_uri(descriptor: ProductDescriptor, warehouse: str) -> str:
+    """Where the Iceberg table lives (pyiceberg's SqlCatalog layout: <warehouse>/<ns>.db/<t>)."""
+    namespace, table = descriptor.address.iceberg_identifier
+    return f"{warehouse.rstrip('/')}/{namespace}.db/{table}"
+
+
+def product_metadata(
+    descriptor: ProductDescriptor, catalog_name: str, warehouse: str
+) -> dict[str, Any]:
+    body = descriptor.body
+    sla: dict[str, Any] = {}
+    if body.sla.freshness:
+        sla["freshness_max_age"] = body.sla.freshness.max_age
+    if body.sla.expectations:
+        sla["expectations"] = [e.label() for e in body.sla.expectations]
+    if body.sla.volume:
+        sla["volume"] = body.sla.volume.model_dump(exclude_none=True)
+    metadata: dict[str, Any] = {
+        "mesh/address": str(descriptor.address),
+        "mesh/urn": descriptor.address.urn,
+        "mesh/version": body.version,
+        "mesh/status": body.status,
+        "mesh/purpose": body.purpose,
+        "mesh/owner": f"{body.owner.team} <{body.owner.contact}>",
+        "mesh/readers": ", ".join(body.readers) or "(owner only)",
+        "mesh/sla": sla,
+        "mesh/descriptor": descriptor.source_file,
+        "dagster/table_name": descriptor.address.table_name(catalog_name),
+        "dagster/column_schema": column_schema(descriptor),
+    }
+    if pii := descriptor.pii_columns:
+        metadata["mesh/pii_columns"] = ", ".join(f"{c} ({k})" for c, k in sorted(pii.items()))
+    if body.deprecated_on:
+        metadata["mesh/deprecated_on"] = body.deprecated_on.isoformat()
+    if warehouse:
+        metadata["dagster/uri"] = table_uri(descriptor, warehouse)
+    return metadata
