@@ -15,7 +15,7 @@ with the resources they need. Nothing runs at import; ``@dg.definitions`` defers
 Dagster loads the code location.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from mesh_platform.dbt.translator import (
     product_descriptors,
 )
 from mesh_platform.domain import Domain, list_domain_names, load_domain
-from mesh_platform.errors import DomainError
+from mesh_platform.errors import DomainError, MeshError
+from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import check_specs
+from mesh_platform.products.python import PythonProduct, build_python_product_asset
 from mesh_platform.resources import MeshResource
 from mesh_platform.sources.tpch import land_tpch
 
@@ -143,35 +145,76 @@ def build_dbt_assets(
     return _dbt_models
 
 
-def domain_definitions(location_file: str | Path) -> dg.Definitions:
+def python_descriptors(
+    domain: Domain, products: Sequence[PythonProduct], taken: set[str]
+) -> tuple[list[tuple[PythonProduct, ProductDescriptor]], list[str]]:
+    """Validated descriptors of the domain's Python products, and every problem found."""
+    found, problems = [], []
+    for product in products:
+        try:
+            descriptor = product.descriptor(domain.code_dir.parent.parent)
+        except MeshError as exc:
+            problems.append(f"{exc.what} (fix: {exc.fix})")
+            continue
+        if descriptor.domain != domain.name:
+            problems.append(
+                f"Python product {descriptor.address} is defined in domains/{descriptor.domain}/ "
+                f"but passed to domain '{domain.name}': a domain publishes only its own products"
+            )
+        elif str(descriptor.address) in taken:
+            problems.append(
+                f"product {descriptor.address} ({descriptor.source_file}) is also a dbt product "
+                "of this domain: one address, one product"
+            )
+        else:
+            taken.add(str(descriptor.address))
+            found.append((product, descriptor))
+    return found, problems
+
+
+def domain_definitions(
+    location_file: str | Path, products: Sequence[PythonProduct] = ()
+) -> dg.Definitions:
     """Definitions of the domain whose code location file is ``location_file``.
 
     The domain is the folder holding the file (``domains/<domain>/definitions.py``); the mesh root
-    is two levels up.
+    is two levels up. ``products`` are the domain's Python-built products (@python_product).
     """
     code_dir = Path(location_file).resolve().parent
     mesh = load_mesh(code_dir.parent.parent)
     domain = load_domain(mesh, code_dir.name)
     manifest = load_manifest(domain)
-    if problems := manifest_problems(domain, manifest, list_domain_names(mesh)):
+    problems = manifest_problems(domain, manifest, list_domain_names(mesh))
+    dbt_descriptors = {} if problems else product_descriptors(domain.name, manifest)
+    python, python_problems = python_descriptors(
+        domain, products, {str(d.address) for d in dbt_descriptors.values()}
+    )
+    problems += python_problems
+    if problems:
         raise DomainError(
             domain.name,
-            f"{len(problems)} problem(s) in its dbt project:\n"
+            f"{len(problems)} problem(s) in its products (dbt project, descriptors):\n"
             + "\n".join(f"  - {p}" for p in problems),
-            fix="correct each item above in dbt_projects/"
-            f"{domain.name}, then `mesh prepare --domain {domain.name}`",
+            fix=f"correct each item above (dbt_projects/{domain.name}, domains/{domain.name}), "
+            f"then `mesh prepare --domain {domain.name}`",
             path=domain.dbt_project_dir,
         )
     translator = MeshDbtTranslator(
         domain,
         catalog_name=mesh.settings.catalog.name,
-        descriptors=product_descriptors(domain.name, manifest),
+        descriptors=dbt_descriptors,
         warehouse=mesh.warehouse,
     )
     assets: list[dg.AssetsDefinition] = []
     if domain.spec.raw is not None:
         assets.append(build_raw_assets(domain))
     assets.append(build_dbt_assets(domain, manifest, translator))
+    assets += [
+        build_python_product_asset(
+            product, descriptor, catalog_name=mesh.settings.catalog.name, warehouse=mesh.warehouse
+        )
+        for product, descriptor in python
+    ]
     return dg.Definitions(
         assets=assets,
         jobs=[

@@ -134,14 +134,16 @@ def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
     target = domain.dbt_project_dir / "target"
     stamp = target / FINGERPRINT_FILE
     current = fingerprint(domain)
+    if (domain.dbt_project_dir / "packages.yml").is_file():
+        # Even when the manifest is current: a copied checkout can lose the link, and dbt
+        # build (not parse) would then fail on "packages not installed".
+        _link_platform_package(domain)
     if not force and manifest_path(domain).is_file() and stamp.is_file():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == current:
                 return False
         except ValueError:
             pass
-    if (domain.dbt_project_dir / "packages.yml").is_file():
-        _link_platform_package(domain)
     _parse(mesh, domain)
     stamp.write_text(json.dumps({"fingerprint": current}))
     return True

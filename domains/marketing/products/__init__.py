@@ -1,0 +1,1 @@
+"""Marketing's Python-built products (the dbt-built ones live in dbt_projects/marketing)."""
