@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mesh_platform.addressing import ProductAddress
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.gate import (
@@ -19,14 +20,17 @@ from mesh_platform.products.gate import (
     unregister_gate_check,
 )
 from mesh_platform.products.publish import publish_product
-from mesh_platform.storage.iceberg import audit_branch, is_published, open_catalog
+from mesh_platform.storage.iceberg import audit_branch, is_published, open_catalog, stage_input
 
 SECRET = "leaked-secret-value"
 IDENT = ("sales", "orders")
 
 
 def descriptor(
-    *, expectations: list[dict] | None = None, volume: dict | None = None
+    *,
+    expectations: list[dict] | None = None,
+    volume: dict | None = None,
+    extra_columns: dict[str, dict] | None = None,
 ) -> ProductDescriptor:
     sla: dict[str, Any] = {}
     if expectations is not None:
@@ -53,6 +57,7 @@ def descriptor(
             "order_key": {"data_type": "bigint"},
             "email": {"data_type": "varchar", "config": {"meta": {"classification": "pii:email"}}},
             "amount": {"data_type": "double", "config": {"meta": {"classification": "internal"}}},
+            **(extra_columns or {}),
         },
     }
     return descriptor_from_node("sales", node)
@@ -73,7 +78,7 @@ def conn():
 def make(conn, name: str, rows: int, *, select: str | None = None) -> str:
     """main.<name> with ``rows`` good orders (or the given select over range(rows))."""
     select = select or (
-        "range AS order_key, 'c' || range || '@example.com' AS email, range * 1.5 AS amount"
+        "range AS order_key, 'c' || range || '@example.com' AS email, (range * 1.5)::DOUBLE AS amount"
     )
     conn.execute(f"CREATE OR REPLACE TABLE main.{name} AS SELECT {select} FROM range({rows})")
     return f"main.{name}"
@@ -147,7 +152,12 @@ def test_a_failing_expectation_on_pii_blocks_and_leaks_nothing(catalog, conn):
         *GOOD_SUITE,
         {"expect_column_values_to_not_be_in_set": {"column": "email", "value_set": ["x"]}},
         {"expect_column_values_to_be_in_set": {"column": "email", "value_set": ["a@b.co"]}},
-        {"expect_column_distinct_values_to_be_in_set": {"column": "email", "value_set": []}},
+        {
+            "expect_column_distinct_values_to_be_in_set": {
+                "column": "email",
+                "value_set": ["a@b.co"],
+            }
+        },
         {"expect_column_value_lengths_to_be_between": {"column": "email", "max_value": 5}},
         {"expect_column_values_to_be_unique": {"column": "email"}},
         {"expect_column_max_to_be_between": {"column": "amount", "max_value": 1}},
@@ -162,7 +172,7 @@ def test_a_failing_expectation_on_pii_blocks_and_leaks_nothing(catalog, conn):
         "v2",
         6,
         select="range AS order_key, CASE WHEN range < 2 THEN '" + SECRET + "' "
-        "ELSE 'c' || range || '@example.com' END AS email, range * 1.5 AS amount",
+        "ELSE 'c' || range || '@example.com' END AS email, (range * 1.5)::DOUBLE AS amount",
     )
     publication = publish(catalog, d, conn, bad, "bad")
 
@@ -204,20 +214,81 @@ def test_a_failing_expectation_on_pii_blocks_and_leaks_nothing(catalog, conn):
         assert "leaked" not in text
 
 
+def test_expectation_results_are_attributed_to_the_right_expectation(catalog, conn):
+    """Each result is reported under the expectation that produced it, whatever the order of
+    the suite (order_key is checked before and after email)."""
+    suite = [
+        {"expect_column_values_to_be_unique": {"column": "order_key"}},
+        {"expect_column_values_to_be_unique": {"column": "email"}},  # the only failure
+        {"expect_column_values_to_not_be_null": {"column": "order_key"}},
+        {"expect_table_row_count_to_be_between": {"min_value": 1, "max_value": 1000}},
+        {"expect_column_max_to_be_between": {"column": "amount", "max_value": 100}},
+    ]
+    dupes = "range AS order_key, 'same@example.com' AS email, (range * 1.5)::DOUBLE AS amount"
+    publication = publish(
+        catalog, descriptor(expectations=suite), conn, make(conn, "v1", 4, select=dupes), "b1"
+    )
+    assert not publication.published
+    outcome = publication.outcomes["expectations"]
+    results = outcome.metadata["results"]
+    success = {label: r["success"] for label, r in results.items()}
+    assert success == {
+        "expect_column_values_to_be_unique(order_key)": True,
+        "expect_column_values_to_be_unique(email)": False,
+        "expect_column_values_to_not_be_null(order_key)": True,
+        "expect_table_row_count_to_be_between(table)": True,
+        "expect_column_max_to_be_between(amount)": True,
+    }
+    assert outcome.description == "failed: expect_column_values_to_be_unique(email)"
+    assert results["expect_table_row_count_to_be_between(table)"]["observed_value"] == 4
+
+
+def test_observed_values_of_pii_columns_never_leak(catalog, conn):
+    """An aggregate of a personal-data column (max income) is dropped; the same aggregate of a
+    non-personal column is kept, whatever the order of the suite."""
+    suite = [
+        {"expect_column_max_to_be_between": {"column": "amount", "max_value": 1000}},
+        {"expect_column_max_to_be_between": {"column": "income", "max_value": 1e9}},
+        {"expect_column_min_to_be_between": {"column": "amount", "min_value": 0}},
+    ]
+    d = descriptor(
+        expectations=suite,
+        extra_columns={
+            "income": {"data_type": "double", "config": {"meta": {"classification": "pii:other"}}}
+        },
+    )
+    assert d.pii_columns == {"email": "email", "income": "other"}
+    select = (
+        "range AS order_key, 'c' || range || '@example.com' AS email, "
+        "(range * 1.5)::DOUBLE AS amount, (range + 987654.25)::DOUBLE AS income"
+    )
+    publication = publish(catalog, d, conn, make(conn, "v1", 3, select=select), "b1")
+    assert publication.published, publication.error
+    results = publication.outcomes["expectations"].metadata["results"]
+    assert results["expect_column_max_to_be_between(amount)"]["observed_value"] == 3.0
+    assert results["expect_column_min_to_be_between(amount)"]["observed_value"] == 0.0
+    assert "observed_value" not in results["expect_column_max_to_be_between(income)"]
+    for name, outcome in publication.outcomes.items():
+        assert "98765" not in repr(outcome)
+        assert "98765" not in repr(check_result(d, name, outcome))
+
+
 # --- schema compatibility -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("select", "what"),
     [
-        pytest.param("range AS order_key, range * 1.5 AS amount", "dropped", id="drop-column"),
         pytest.param(
-            "range::INTEGER AS order_key, 'e@x.io' AS email, range * 1.5 AS amount",
+            "range AS order_key, (range * 1.5)::DOUBLE AS amount", "dropped", id="drop-column"
+        ),
+        pytest.param(
+            "range::INTEGER AS order_key, 'e@x.io' AS email, (range * 1.5)::DOUBLE AS amount",
             "type_changes",
             id="bigint-to-integer",
         ),
         pytest.param(
-            "range::VARCHAR AS order_key, 'e@x.io' AS email, range * 1.5 AS amount",
+            "range::VARCHAR AS order_key, 'e@x.io' AS email, (range * 1.5)::DOUBLE AS amount",
             "type_changes",
             id="bigint-to-varchar",
         ),
@@ -227,7 +298,7 @@ def test_a_failing_expectation_on_pii_blocks_and_leaks_nothing(catalog, conn):
             id="double-to-float",
         ),
         pytest.param(
-            "range AS order_key, 'e@x.io' AS email, range * 1.5 AS amount_eur",
+            "range AS order_key, 'e@x.io' AS email, (range * 1.5)::DOUBLE AS amount_eur",
             "dropped",
             id="rename-column",
         ),
@@ -265,7 +336,7 @@ def test_adding_a_column_publishes_and_evolves_the_schema(catalog, conn):
         conn,
         "v2",
         4,
-        select="range AS order_key, 'e@x.io' AS email, range * 1.5 AS amount, 0.1 AS discount",
+        select="range AS order_key, 'e@x.io' AS email, (range * 1.5)::DOUBLE AS amount, 0.1::DOUBLE AS discount",
     )
     publication = publish(catalog, d, conn, wider, "b2")
 
@@ -281,7 +352,7 @@ def test_adding_a_column_publishes_and_evolves_the_schema(catalog, conn):
 
 def test_widening_a_type_publishes(catalog, conn):
     d = descriptor()
-    narrow = "range::INTEGER AS order_key, 'e@x.io' AS email, range * 1.5 AS amount"
+    narrow = "range::INTEGER AS order_key, 'e@x.io' AS email, (range * 1.5)::DOUBLE AS amount"
     assert publish(catalog, d, conn, make(conn, "v1", 4, select=narrow), "b1").published
     publication = publish(catalog, d, conn, make(conn, "v2", 4), "b2")
     assert publication.published, publication.error
@@ -301,11 +372,22 @@ def test_a_blocked_publication_leaves_main_readers_schema_alone(catalog, conn):
         conn,
         "v2",
         4,
-        select="range AS order_key, 'e@x.io' AS email, range * 1.5 AS amount, 0.1 AS discount",
+        select="range AS order_key, 'e@x.io' AS email, (range * 1.5)::DOUBLE AS amount, 0.1::DOUBLE AS discount",
     )
     publication = publish(catalog, d, conn, wider, "b2", failed_elsewhere=["dbt test x"])
     assert not publication.published
-    assert main_rows(catalog).schema.names == before
+    pyiceberg_sees = main_rows(catalog).schema.names
+    consumer = connect(extensions=("iceberg",))  # a consuming domain's DuckDB
+    try:
+        stage_input(catalog, consumer, ProductAddress("sales", "orders"), schema="sales",
+                    consumer="marketing")  # fmt: skip
+        seen = [c[0] for c in consumer.execute("SELECT * FROM sales.orders LIMIT 0").description]
+    finally:
+        consumer.close()
+    assert {"pyiceberg": pyiceberg_sees, "duckdb consumer": seen} == {
+        "pyiceberg": before,
+        "duckdb consumer": before,
+    }
 
 
 # --- volume ---------------------------------------------------------------------------------

@@ -154,10 +154,16 @@ def publish_products(
             address = descriptor.address
             if publication.published:
                 stage = publication.stage
-                note = " (batch was already published)" if stage.already_published else ""
+                if stage is None:
+                    note, rows = " (no partition changed)", 0
+                else:
+                    rows = stage.row_count
+                    note = " (batch was already published)" if stage.already_published else ""
+                if publication.partitions:
+                    note += f"; partitions: {publication.partitions}"
                 context.log.info(
                     f"published {address} v{descriptor.body.version}: snapshot "
-                    f"{publication.snapshot_id}, {stage.row_count} rows in "
+                    f"{publication.snapshot_id}, {rows} rows written in "
                     f"{publication.seconds:.2f}s{note}"
                 )
             else:
@@ -170,17 +176,25 @@ def publish_products(
 
 def materialization_metadata(publication: Publication, inputs: Mapping[str, int]) -> dict[str, Any]:
     stage = publication.stage
-    assert stage is not None and publication.snapshot_id is not None
-    return {
-        "dagster/row_count": stage.total_rows,
+    assert publication.snapshot_id is not None
+    metadata: dict[str, Any] = {
         "mesh/address": str(publication.descriptor.address),
         "mesh/version": publication.descriptor.body.version,
         "mesh/iceberg_snapshot_id": str(publication.snapshot_id),
-        "mesh/iceberg_metadata": stage.metadata_location,
-        "mesh/batch_id": stage.batch_id,
         "mesh/publish_seconds": round(publication.seconds, 3),
         **({"mesh/inputs": dict(inputs)} if inputs else {}),
+        **({"mesh/partitions": publication.partitions} if publication.partitions else {}),
     }
+    if stage is not None:  # None: a partitioned product with no changed partition
+        metadata.update(
+            {
+                "dagster/row_count": stage.total_rows,
+                "mesh/rows_written": stage.row_count,
+                "mesh/iceberg_metadata": stage.metadata_location,
+                "mesh/batch_id": stage.batch_id,
+            }
+        )
+    return metadata
 
 
 def check_results(

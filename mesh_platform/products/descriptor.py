@@ -202,6 +202,16 @@ class Sla(BaseModel):
     )
 
 
+class PartitionBy(BaseModel):
+    """Partition the Iceberg table by a date column: a run republishes only the partitions
+    whose rows changed (an incremental product)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: str = Field(description="A date or timestamp column.", examples=["order_date"])
+    granularity: Literal["day", "month", "year"] = "month"
+
+
 class DescriptorBody(BaseModel):
     """The ``meta.mesh`` block of a product (everything but name, description and columns)."""
 
@@ -223,6 +233,9 @@ class DescriptorBody(BaseModel):
         description="Domains, teams ('team:x') or users allowed to read it; empty: owner only.",
     )
     tags: list[str] = Field(default_factory=list, description="Free-form search tags.")
+    partition_by: PartitionBy | None = Field(
+        default=None, description="Date partitioning; runs publish only changed partitions."
+    )
 
     @field_validator("version")
     @classmethod
@@ -289,6 +302,20 @@ class ProductDescriptor(BaseModel):
     source_file: str = Field(description="File declaring the product, relative to the mesh root.")
     built_with: Literal["dbt", "python"] = "dbt"
     incremental: bool = False
+
+    @model_validator(mode="after")
+    def _partition_column(self) -> ProductDescriptor:
+        part = self.body.partition_by
+        if part is not None:
+            column = self.column(part.column)
+            if column is None:
+                raise ValueError(f"partition_by.column {part.column!r} is not a column")
+            if column.data_type and not re.search(r"date|timestamp", column.data_type, re.I):
+                raise ValueError(
+                    f"partition_by.column {part.column!r} is {column.data_type}; it must be a "
+                    "date or timestamp column"
+                )
+        return self
 
     @property
     def address(self) -> ProductAddress:

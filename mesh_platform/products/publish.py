@@ -40,6 +40,7 @@ class Publication:
     stage: AuditStage | None = None
     seconds: float = 0.0
     error: str | None = None  # why it was not published
+    partitions: str | None = None  # partitioned products: what this run replaced
 
     @property
     def published(self) -> bool:
@@ -111,7 +112,11 @@ def publish_product(
 ) -> Publication:
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
     check (the Publication says what failed), raises only for storage errors."""
-    from mesh_platform.storage.iceberg import load_product_table, write_audit_publish
+    from mesh_platform.storage.iceberg import (
+        Partitioning,
+        load_product_table,
+        write_audit_publish,
+    )
 
     start = time.perf_counter()
     address = descriptor.address
@@ -119,12 +124,26 @@ def publish_product(
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     new_schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
-    schema = schema_compatibility(load_product_table(catalog, address), new_schema)
+    table = load_product_table(catalog, address)
+    schema = schema_compatibility(table, new_schema)
     publication.outcomes[SCHEMA_CHECK] = schema
     if schema.blocks:
         publication.error = f"not published: {SCHEMA_CHECK} failed: {schema.description}"
         publication.seconds = time.perf_counter() - start
         return publication
+
+    partition_plan = None
+    if (part := descriptor.body.partition_by) is not None:
+        from mesh_platform.products import incremental
+
+        partition_plan = incremental.plan(
+            conn, str(address), relation, Partitioning(part.column, part.granularity), table
+        )
+        publication.partitions = partition_plan.reason
+        if partition_plan.unchanged:  # nothing to stage: main already holds these rows
+            publication.snapshot_id = table.current_snapshot().snapshot_id
+            publication.seconds = time.perf_counter() - start
+            return publication
 
     def gate(stage: AuditStage) -> list[str]:
         table = catalog.load_table(address.iceberg_identifier)
@@ -146,10 +165,13 @@ def publish_product(
             "mesh.domain": descriptor.domain,
         },
         table_properties=descriptor.iceberg_properties(),
+        partitioning=partition_plan.partitioning if partition_plan else None,
         gate=gate,
     )
     publication.stage = result.stage
     publication.snapshot_id = result.published_snapshot_id
+    if partition_plan is not None and publication.published:
+        incremental.record(conn, str(address), partition_plan.fingerprints, publication.snapshot_id)
     publication.seconds = time.perf_counter() - start
     if not publication.published:
         publication.error = (

@@ -10,6 +10,7 @@ builds on it.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import random
 import re
 import time
@@ -29,9 +30,17 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
-from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    GreaterThanOrEqual,
+    LessThan,
+    Or,
+)
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.transforms import DayTransform, MonthTransform, YearTransform
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -137,6 +146,43 @@ class PublishResult:
     already_published: bool = False
 
 
+@dataclass(frozen=True)
+class Partitioning:
+    """A product partitioned by a date column, and which partitions this batch replaces."""
+
+    column: str
+    granularity: str  # day | month | year
+    changed: tuple[dt.date, ...] | None = None  # None: every partition (a full rewrite)
+
+    @property
+    def sql_expr(self) -> str:
+        """DuckDB expression of a row's partition (the first day of its day/month/year)."""
+        return f"date_trunc('{self.granularity}', {quote_ident(self.column)})::DATE"
+
+    def end(self, start: dt.date) -> dt.date:
+        if self.granularity == "day":
+            return start + dt.timedelta(days=1)
+        if self.granularity == "month":
+            return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        return start.replace(year=start.year + 1)
+
+    def replaced_rows(self) -> BooleanExpression:
+        """Iceberg filter of the rows this batch replaces (whole partitions)."""
+        if self.changed is None:
+            return AlwaysTrue()
+        ranges = [
+            And(
+                GreaterThanOrEqual(self.column, start.isoformat()),
+                LessThan(self.column, self.end(start).isoformat()),
+            )
+            for start in self.changed
+        ]
+        return ranges[0] if len(ranges) == 1 else Or(*ranges)
+
+
+PARTITION_TRANSFORMS = {"day": DayTransform, "month": MonthTransform, "year": YearTransform}
+
+
 BATCH_PROPERTY = "mesh.batch_id"
 # pyiceberg's own commit retry replays a branch write on stale metadata; we retry ourselves
 # instead, restaging from the current main (write_audit_publish).
@@ -188,6 +234,7 @@ def _prepare_table(
     address: ProductAddress,
     arrow_schema: pa.Schema,
     table_properties: Mapping[str, str] | None = None,
+    partitioning: Partitioning | None = None,
 ) -> Table:
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
@@ -206,6 +253,8 @@ def _prepare_table(
         with contextlib.suppress(CommitFailedException), table.transaction() as tx:
             tx.set_properties(wanted)
         table = catalog.load_table(address.iceberg_identifier)
+    if partitioning is not None:
+        table = _ensure_partition_field(catalog, table, address, partitioning)
     if table.current_snapshot() is None:
         # Branches need a snapshot to start from: an empty one, which readers treat as
         # "not published yet" (is_published). Losing this race is harmless.
@@ -216,6 +265,22 @@ def _prepare_table(
         table = _evolve_schema(catalog, table, address, arrow_schema)
     _check_location(catalog, table, address)
     return table
+
+
+def _ensure_partition_field(
+    catalog: SqlCatalog, table: Table, address: ProductAddress, partitioning: Partitioning
+) -> Table:
+    """Partition the table by the descriptor's column and granularity (spec evolution: files
+    written before keep their old spec until rewritten)."""
+    transform = PARTITION_TRANSFORMS[partitioning.granularity]()
+    source_id = table.schema().find_field(partitioning.column).field_id
+    if any(f.source_id == source_id and f.transform == transform for f in table.spec().fields):
+        return table
+    with contextlib.suppress(CommitFailedException), table.update_spec() as update:
+        update.add_field(
+            partitioning.column, transform, f"{partitioning.column}_{partitioning.granularity}"
+        )
+    return catalog.load_table(address.iceberg_identifier)
 
 
 def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
@@ -240,6 +305,7 @@ def stage_to_audit(
     batch_id: str,
     properties: dict[str, str],
     table_properties: Mapping[str, str] | None = None,
+    partitioning: Partitioning | None = None,
 ) -> AuditStage:
     """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch.
 
@@ -251,7 +317,7 @@ def stage_to_audit(
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
-    table = _prepare_table(catalog, address, arrow_schema, table_properties)
+    table = _prepare_table(catalog, address, arrow_schema, table_properties, partitioning)
     branch = audit_branch(batch_id)
     if done := _main_snapshot_with_batch(table, batch_id):
         summary = done.summary or {}
@@ -276,19 +342,31 @@ def stage_to_audit(
 
     data_dir = local_path(table.location()) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    data_file = data_dir / f"{uuid.uuid4()}.parquet"
-    conn.execute(
-        f"COPY (SELECT * FROM {source}) TO {quote_literal(str(data_file))} (FORMAT parquet)"
-    )
-    row_count = conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+    if partitioning is None:
+        data_files = [data_dir / f"{uuid.uuid4()}.parquet"]
+        conn.execute(
+            f"COPY (SELECT * FROM {source}) TO {quote_literal(str(data_files[0]))} (FORMAT parquet)"
+        )
+        row_count = conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+        replaced: BooleanExpression = AlwaysTrue()
+    else:
+        data_files, row_count = _copy_partitions(conn, source, data_dir, partitioning)
+        replaced = partitioning.replaced_rows()
     summary = {**properties, BATCH_PROPERTY: batch_id, "mesh.rows": str(row_count)}
+    if partitioning is not None:
+        summary["mesh.partitions_replaced"] = (
+            "all" if partitioning.changed is None else str(len(partitioning.changed))
+        )
     try:
         with table.transaction() as tx:
             if is_published(main):
-                tx.delete(AlwaysTrue(), snapshot_properties=summary, branch=branch)
-            tx.add_files([str(data_file)], snapshot_properties=summary, branch=branch)
+                tx.delete(replaced, snapshot_properties=summary, branch=branch)
+            if data_files:
+                tx.add_files([str(f) for f in data_files], snapshot_properties=summary,
+                             branch=branch)  # fmt: skip
     except Exception as exc:
-        data_file.unlink(missing_ok=True)  # nothing references it: do not leave an orphan
+        for data_file in data_files:  # nothing references them: do not leave orphans
+            data_file.unlink(missing_ok=True)
         if _is_concurrent_commit(exc):
             raise _concurrent(address, batch_id, exc) from exc
         raise
@@ -302,9 +380,32 @@ def stage_to_audit(
         base_snapshot_id=main.snapshot_id,
         row_count=row_count,
         metadata_location=table.metadata_location,
-        data_files=(str(data_file),),
+        data_files=tuple(str(f) for f in data_files),
         total_rows=int((staged.summary or {}).get("total-records", row_count)),
     )
+
+
+def _copy_partitions(
+    conn: duckdb.DuckDBPyConnection, source: str, data_dir: Path, partitioning: Partitioning
+) -> tuple[list[Path], int]:
+    """DuckDB writes the rows of the changed partitions, one file per partition (add_files
+    derives each file's partition from its column statistics)."""
+    where = ""
+    if partitioning.changed is not None:
+        conn.execute("CREATE OR REPLACE TEMP TABLE _mesh_changed (p DATE)")
+        conn.executemany(
+            "INSERT INTO _mesh_changed VALUES (?)", [[d] for d in partitioning.changed]
+        )
+        where = f" WHERE {partitioning.sql_expr} IN (SELECT p FROM _mesh_changed)"
+    batch_dir = data_dir / f"batch-{uuid.uuid4()}"
+    row_count = conn.execute(f"SELECT count(*) FROM {source}{where}").fetchone()[0]
+    if row_count:
+        conn.execute(
+            f"COPY (SELECT *, strftime({partitioning.sql_expr}, '%Y-%m-%d') AS _mesh_partition "
+            f"FROM {source}{where}) TO {quote_literal(str(batch_dir))} "
+            "(FORMAT parquet, PARTITION_BY (_mesh_partition))"
+        )
+    return sorted(batch_dir.rglob("*.parquet")), row_count
 
 
 def publish_audited(catalog: SqlCatalog, stage: AuditStage) -> int:
@@ -372,6 +473,7 @@ def write_audit_publish(
     batch_id: str,
     properties: dict[str, str],
     table_properties: Mapping[str, str] | None = None,
+    partitioning: Partitioning | None = None,
     gate: Gate | None = None,
     attempts: int = PUBLISH_ATTEMPTS,
 ) -> WapResult:
@@ -386,6 +488,7 @@ def write_audit_publish(
             stage = stage_to_audit(
                 catalog, address, conn, relation,
                 batch_id=batch_id, properties=properties, table_properties=table_properties,
+                partitioning=partitioning,
             )  # fmt: skip
             if stage.already_published:
                 return WapResult(stage, stage.snapshot_id, [], attempt)
