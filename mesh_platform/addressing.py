@@ -69,6 +69,7 @@ def validate_name(kind: str, name: object, *, where: str | None = None) -> str:
 def suggest_name(name: object) -> str:
     text = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
     text = re.sub(r"_+", "_", text)
+    text = VERSION_SUFFIX.sub(r"_version_\1", text)  # '_v3' is the platform's major suffix
     if not text or not text[0].isalpha():
         text = f"x_{text}".rstrip("_")
     if text in RESERVED_NAMES:

@@ -28,7 +28,7 @@ from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result
+from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result, prewarm
 from mesh_platform.products.publish import Publication, publish_product
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ def run_domain_dbt(
     manifest: Mapping[str, Any],
     translator: MeshDbtTranslator,
 ) -> Iterator[Any]:
+    prewarm(translator.descriptors.values())  # imports overlap the dbt subprocess
     staged = stage_inputs(mesh, domain, manifest)
     for item in staged:
         context.log.info(

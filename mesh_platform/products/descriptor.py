@@ -396,6 +396,7 @@ def descriptor_from_node(domain: str, node: Mapping[str, Any]) -> ProductDescrip
             source_file=source_file,
             incremental=config.get("materialized") == "incremental",
         )
+        descriptor.address  # noqa: B018 - validates the domain and product names
     except ValidationError as exc:
         raise DescriptorError(
             f"{label}: invalid descriptor: {format_validation_error(exc)}",

@@ -31,6 +31,7 @@ _AGGREGATE_OBSERVED = frozenset(
         "expect_column_proportion_of_unique_values_to_be_between",
     }
 )
+_INDEX = "mesh_index"
 _TABLE_COLUMNS = frozenset({"expect_table_columns_to_match_set"})
 
 
@@ -88,8 +89,10 @@ def run_suite(
         suite = gx.ExpectationSuite(
             name=str(descriptor.address),
             expectations=[
-                ExpectationConfiguration(type=e.type, kwargs=e.kwargs).to_domain_obj()
-                for e in expectations
+                ExpectationConfiguration(
+                    type=e.type, kwargs=e.kwargs, meta={_INDEX: i}
+                ).to_domain_obj()
+                for i, e in enumerate(expectations)
             ],
         )
         validation = batch.validate(
@@ -98,8 +101,12 @@ def run_suite(
 
     results: dict[str, Any] = {}
     failed: list[str] = []
-    for expectation, result in zip(expectations, validation.results, strict=True):
-        label = expectation.label()
+    # GE groups results by column, not in suite order: match each by the index in its meta.
+    by_index = {r.expectation_config.meta[_INDEX]: r for r in validation.results}
+    labels = [e.label() for e in expectations]
+    for i, expectation in enumerate(expectations):
+        result = by_index[i]
+        label = labels[i] if labels.count(labels[i]) == 1 else f"{labels[i]}#{i + 1}"
         entry: dict[str, Any] = {"success": bool(result.success)}
         info = result.exception_info or {}
         if info.get("raised_exception"):

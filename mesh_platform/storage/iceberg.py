@@ -134,6 +134,7 @@ class AuditStage:
     already_published: bool = False  # the batch is already on main: nothing to do
     data_files: tuple[str, ...] = ()  # the files this batch wrote (what the gate reads)
     total_rows: int = -1  # rows of the product at the staged snapshot (row_count: written)
+    added_columns: tuple[str, ...] = ()  # schema evolution this batch made (reverted if blocked)
 
 
 @dataclass(frozen=True)
@@ -238,13 +239,15 @@ def _prepare_table(
 ) -> Table:
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
-    wanted = {"mesh.address": str(address), **(table_properties or {}), **TABLE_PROPERTIES}
+    # Descriptor properties (version, status...) are written at creation and after each
+    # publication (write_audit_publish): a blocked batch must not advertise its new version.
+    wanted = {"mesh.address": str(address), **TABLE_PROPERTIES}
     if table is None:
         try:
             table = catalog.create_table(
                 address.iceberg_identifier,
                 schema=arrow_schema,
-                properties={"format-version": "2", **wanted},
+                properties={"format-version": "2", **(table_properties or {}), **wanted},
             )
         except TableAlreadyExistsError:  # a concurrent first publisher won the race
             table = catalog.load_table(address.iceberg_identifier)
@@ -317,7 +320,10 @@ def stage_to_audit(
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
+    before = load_product_table(catalog, address)
+    known = {f.name for f in before.schema().fields} if before is not None else None
     table = _prepare_table(catalog, address, arrow_schema, table_properties, partitioning)
+    added = () if known is None else tuple(n for n in arrow_schema.names if n not in known)
     branch = audit_branch(batch_id)
     if done := _main_snapshot_with_batch(table, batch_id):
         summary = done.summary or {}
@@ -381,6 +387,7 @@ def stage_to_audit(
         row_count=row_count,
         metadata_location=table.metadata_location,
         data_files=tuple(str(f) for f in data_files),
+        added_columns=added,
         total_rows=int((staged.summary or {}).get("total-records", row_count)),
     )
 
@@ -494,13 +501,40 @@ def write_audit_publish(
                 return WapResult(stage, stage.snapshot_id, [], attempt)
             failures = gate(stage) if gate is not None else []
             if failures:
+                _revert_added_columns(catalog, stage)
                 return WapResult(stage, None, failures, attempt)
-            return WapResult(stage, publish_audited(catalog, stage), [], attempt)
+            published = publish_audited(catalog, stage)
+            _set_properties(catalog, address, table_properties)
+            return WapResult(stage, published, [], attempt)
         except ConcurrentPublishError:
             if attempt == attempts:
                 raise
             time.sleep(random.uniform(0.05, 0.2) * attempt)  # de-synchronise the writers
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _revert_added_columns(catalog: SqlCatalog, stage: AuditStage) -> None:
+    """Drop the columns a blocked batch added, so main's readers see main's schema.
+
+    (A widened type cannot be narrowed back in Iceberg; it reads the old data unchanged.)
+    """
+    if not stage.added_columns:
+        return
+    table = catalog.load_table(stage.address.iceberg_identifier)
+    with contextlib.suppress(CommitFailedException), table.update_schema() as update:
+        for name in stage.added_columns:
+            update.delete_column(name)
+
+
+def _set_properties(
+    catalog: SqlCatalog, address: ProductAddress, properties: Mapping[str, str] | None
+) -> None:
+    if not properties:
+        return
+    table = catalog.load_table(address.iceberg_identifier)
+    if any(table.properties.get(k) != v for k, v in properties.items()):
+        with contextlib.suppress(CommitFailedException), table.transaction() as tx:
+            tx.set_properties(dict(properties))
 
 
 def publish_from_duckdb(

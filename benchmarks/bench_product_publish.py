@@ -1,0 +1,243 @@
+"""A product end to end: dbt builds sales.order_lines (6M rows at SF 1), then it is published.
+
+One script, one copy of the sample mesh, the same landed data for every variant:
+
+  a  mesh      `dbt build --select order_lines` (model + its dbt tests), then the platform's
+               publish_product: schema check, stage on an audit branch (DuckDB COPY into the
+               table folder + add_files), gate (Great Expectations suite, volume), fast-forward.
+               Gate imports overlap the dbt subprocess as in a real run (gate.prewarm).
+  b  baseline  `dbt run --select order_lines` (no tests), then DuckDB -> Arrow -> pyiceberg
+               `table.append`: what a user would hand-wire, no gate at all.
+  c  floor     DuckDB `COPY` of the built model's rows to one Parquet file.
+
+Each variant runs in a fresh process against a fresh catalog (a first publication); medians
+over --repeat runs. Peak memory is the publishing process's own peak RSS (dbt's subprocess is
+reported separately).
+
+Then the incremental case: sales.orders (partitioned by month) is built in full and published,
+one day of orders is added to the raw landing, and the product is rebuilt and republished;
+the second run's cost is reported as a fraction of the first.
+
+    .venv/bin/python benchmarks/bench_product_publish.py --scale 1 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BIN, clean_env, copy_mesh
+
+DOMAIN = "sales"
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**clean_env(), "MESH_STATE_DIR": str(root / "state")}
+
+
+def _dbt(root: Path, *args: str) -> dict:
+    project = root / "dbt_projects" / DOMAIN
+    subprocess.run(
+        [str(BIN / "dbt"), *args, "--project-dir", str(project), "--profiles-dir", str(project),
+         "--quiet"],
+        check=True, env=_env(root), cwd=project, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return json.loads((project / "target" / "run_results.json").read_text())
+
+
+def _fresh_catalog(root: Path) -> None:
+    for name in ("catalog", "warehouse"):
+        shutil.rmtree(root / "state" / name, ignore_errors=True)
+
+
+def _descriptor(root: Path, product: str):
+    from mesh_platform.config import load_mesh
+    from mesh_platform.dbt.project import load_manifest
+    from mesh_platform.dbt.translator import product_descriptors
+    from mesh_platform.domain import load_domain
+
+    mesh = load_mesh(root)
+    domain = load_domain(mesh, DOMAIN)
+    manifest = load_manifest(domain)
+    descriptors = product_descriptors(DOMAIN, manifest)
+    uid = next(u for u, d in descriptors.items() if d.name == product)
+    node = manifest["nodes"][uid]
+    return mesh, descriptors[uid], f"{node['schema']}.{node['alias']}", uid, manifest
+
+
+def _publish(root: Path, product: str, run_results: dict) -> tuple[float, object]:
+    from mesh_platform.dbt.run import blocking_failures
+    from mesh_platform.duckdb_ext import connect
+    from mesh_platform.products.publish import publish_product
+    from mesh_platform.storage.iceberg import open_catalog
+
+    mesh, descriptor, relation, uid, manifest = _descriptor(root, product)
+    failed = blocking_failures(run_results, manifest["nodes"]).get(uid, [])
+    start = time.perf_counter()
+    catalog = open_catalog(mesh)
+    conn = connect(mesh.duckdb_path(DOMAIN), extensions=("iceberg",))
+    try:
+        publication = publish_product(
+            catalog, descriptor, conn, relation, batch_id=f"bench-{time.time_ns()}",
+            run_id="bench", failed_elsewhere=failed,
+        )  # fmt: skip
+    finally:
+        conn.close()
+    assert publication.published, publication.error
+    return time.perf_counter() - start, publication
+
+
+def _child(variant: str, root: Path) -> None:
+    from mesh_platform.products.gate import prewarm
+
+    out: dict[str, object] = {}
+    start = time.perf_counter()
+    if variant == "a":
+        _, descriptor, *_ = _descriptor(root, "order_lines")
+        warm = prewarm([descriptor])
+        results = _dbt(root, "build", "--select", "order_lines")
+        out["dbt_seconds"] = time.perf_counter() - start
+        warm.join()
+        out["publish_seconds"], publication = _publish(root, "order_lines", results)
+        out["gate_seconds"] = sum(
+            o.metadata.get("seconds", 0) for o in publication.outcomes.values()
+        )
+    elif variant == "b":
+        _dbt(root, "run", "--select", "order_lines")
+        out["dbt_seconds"] = time.perf_counter() - start
+        from mesh_platform.config import load_mesh
+        from mesh_platform.duckdb_ext import connect
+        from mesh_platform.storage.iceberg import open_catalog
+
+        t = time.perf_counter()
+        mesh = load_mesh(root)
+        catalog = open_catalog(mesh)
+        conn = connect(mesh.duckdb_path(DOMAIN), read_only=True)
+        arrow = conn.execute("SELECT * FROM main.order_lines").arrow()
+        catalog.create_namespace_if_not_exists("sales")
+        table = catalog.create_table_if_not_exists(("sales", "order_lines"), arrow.schema)
+        table.append(arrow)
+        out["publish_seconds"] = time.perf_counter() - t
+    else:
+        from mesh_platform.config import load_mesh
+        from mesh_platform.duckdb_ext import connect
+
+        mesh = load_mesh(root)
+        conn = connect(mesh.duckdb_path(DOMAIN), read_only=True)
+        target = root / "state" / "floor.parquet"
+        conn.execute(f"COPY main.order_lines TO '{target}' (FORMAT parquet)")
+        target.unlink()
+    out["seconds"] = time.perf_counter() - start
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["dbt_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def _add_one_day_of_orders(root: Path) -> int:
+    """Append one day (the day after the last) of orders to the raw landing, as a new extract."""
+    from mesh_platform.duckdb_ext import connect
+
+    raw = root / "state" / "domains" / DOMAIN / "raw" / "orders.parquet"
+    conn = connect(":memory:")
+    conn.execute(f"CREATE TABLE o AS SELECT * FROM read_parquet('{raw}')")
+    before = conn.execute("SELECT count(*) FROM o").fetchone()[0]
+    conn.execute(
+        "INSERT INTO o BY NAME SELECT o_orderkey + (SELECT max(o_orderkey) FROM o) AS o_orderkey, "
+        "* EXCLUDE (o_orderkey, o_orderdate), (SELECT max(o_orderdate) FROM o) + 1 AS o_orderdate "
+        "FROM o WHERE o_orderdate = (SELECT max(o_orderdate) FROM o)"
+    )
+    added = conn.execute("SELECT count(*) FROM o").fetchone()[0] - before
+    conn.execute(f"COPY o TO '{raw}' (FORMAT parquet)")
+    return added
+
+
+def _incremental(root: Path) -> dict[str, float]:
+    _fresh_catalog(root)
+    start = time.perf_counter()
+    results = _dbt(root, "build", "--select", "orders", "--full-refresh")
+    full_publish, full = _publish(root, "orders", results)
+    full_seconds = time.perf_counter() - start
+    added = _add_one_day_of_orders(root)
+    start = time.perf_counter()
+    results = _dbt(root, "build", "--select", "orders")
+    inc_publish, inc = _publish(root, "orders", results)
+    inc_seconds = time.perf_counter() - start
+    return {
+        "added_rows": added,
+        "full_seconds": full_seconds,
+        "full_publish_seconds": full_publish,
+        "full_rows_written": full.stage.row_count,
+        "incremental_seconds": inc_seconds,
+        "incremental_publish_seconds": inc_publish,
+        "incremental_rows_written": inc.stage.row_count,
+        "partitions": inc.partitions,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], Path(args.child[1]))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = copy_mesh(Path(tmp) / "mesh")
+        from mesh_platform.config import load_mesh
+        from mesh_platform.dbt.project import prepare
+        from mesh_platform.domain import load_domain
+        from mesh_platform.sources.tpch import land_tpch
+
+        mesh = load_mesh(root)
+        domain = load_domain(mesh, DOMAIN)
+        land_tpch(mesh.raw_dir(DOMAIN), domain.spec.raw.tables, args.scale)
+        prepare(mesh, domain)
+        _dbt(root, "run")  # staging views and upstream tables, once
+        runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+        for _ in range(args.repeat):
+            for variant in runs:
+                _fresh_catalog(root)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", variant, str(root)],
+                    capture_output=True, text=True, check=True, env=_env(root),
+                )  # fmt: skip
+                runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        inc = _incremental(root)
+
+    med = {v: statistics.median(r["seconds"] for r in rs) for v, rs in runs.items()}
+    pub_a = statistics.median(r["publish_seconds"] for r in runs["a"])
+    pub_b = statistics.median(r["publish_seconds"] for r in runs["b"])
+    gate_a = statistics.median(r["gate_seconds"] for r in runs["a"])
+    print(f"sales.order_lines at TPC-H SF {args.scale}, median of {args.repeat} (one process each)")
+    print(f"  a mesh (dbt build + gate + WAP)   {med['a']:7.2f} s  publication step {pub_a:.2f} s "
+          f"(gate {gate_a:.2f} s)  peak RSS {max(r['peak_mb'] for r in runs['a']):.0f} MB, "
+          f"dbt {max(r['dbt_peak_mb'] for r in runs['a']):.0f} MB")  # fmt: skip
+    print(f"  b baseline (dbt run + append)     {med['b']:7.2f} s  publication step {pub_b:.2f} s "
+          f"peak RSS {max(r['peak_mb'] for r in runs['b']):.0f} MB, "
+          f"dbt {max(r['dbt_peak_mb'] for r in runs['b']):.0f} MB")  # fmt: skip
+    print(f"  c floor (COPY to Parquet)         {med['c']:7.2f} s")
+    print(f"  a / b = {med['a'] / med['b']:.2f}  (target < 1.0)")
+    print(f"  publication step / c = {pub_a / med['c']:.2f}  (target <= 1.5)")
+    print(
+        f"incremental sales.orders: +{inc['added_rows']} orders (one day); "
+        f"full build+publish {inc['full_seconds']:.2f} s ({inc['full_rows_written']} rows "
+        f"written), incremental {inc['incremental_seconds']:.2f} s "
+        f"({inc['incremental_rows_written']} rows written, {inc['partitions']}): "
+        f"{inc['incremental_seconds'] / inc['full_seconds']:.2f} of the full run; publication "
+        f"{inc['incremental_publish_seconds']:.2f} s vs {inc['full_publish_seconds']:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
