@@ -107,9 +107,9 @@ def _child(variant: str, root: Path) -> None:
         out["dbt_seconds"] = time.perf_counter() - start
         warm.join()
         out["publish_seconds"], publication = _publish(root, "order_lines", results)
-        out["gate_seconds"] = sum(
-            o.metadata.get("seconds", 0) for o in publication.outcomes.values()
-        )
+        checks = {n: o.metadata.get("seconds", 0.0) for n, o in publication.outcomes.items()}
+        out["gate_seconds"] = sum(checks.values())
+        out["checks"] = checks
     elif variant == "b":
         _dbt(root, "run", "--select", "order_lines")
         out["dbt_seconds"] = time.perf_counter() - start

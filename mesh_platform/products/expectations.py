@@ -61,6 +61,18 @@ def _safe_result(descriptor: ProductDescriptor, kind: str, column: str | None, r
     return safe
 
 
+def _decimals_as_float(data: pa.Table) -> pa.Table:
+    """Decimal columns become float64 for the pandas path: as Python Decimal objects (pandas'
+    object dtype) every expectation runs row by row in Python, ~20x slower (measured: 3.8 s vs
+    0.2 s on 600k rows). Bounds in expectations are floats anyway."""
+    import pyarrow as pa
+
+    for i, f in enumerate(data.schema):
+        if pa.types.is_decimal(f.type):
+            data = data.set_column(i, f.name, data.column(i).cast(pa.float64()))
+    return data
+
+
 def run_suite(
     descriptor: ProductDescriptor, load: Callable[[Iterable[str] | None], pa.Table]
 ) -> CheckOutcome:
@@ -71,7 +83,7 @@ def run_suite(
     if not needs_all and not columns:  # table-level only: one column gives the row count
         columns = [descriptor.columns[0].name] if descriptor.columns else []
     data = load(None if needs_all or not columns else columns)
-    frame = data.to_pandas()
+    frame = _decimals_as_float(data).to_pandas()
 
     gx = _quiet_gx()
     from great_expectations.expectations.expectation_configuration import (
