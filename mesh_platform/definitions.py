@@ -127,7 +127,7 @@ def build_dbt_assets(
         project=project,
     )
     mesh_checks = [
-        spec for d in translator.descriptors.values() for spec in check_specs(d, dbt=True)
+        spec for d in translator.descriptors.values() for spec in check_specs(d, contract=True)
     ]
 
     @dg.multi_asset(

@@ -55,3 +55,28 @@ def test_a_source_must_be_declared_raw_or_a_mesh_input(prepared_mesh):
     assert len(problems) == 1
     assert "raw.crm_export" in problems[0]
     assert "domains/sales/domain.yaml" in problems[0]
+
+
+def test_descriptor_problems_are_listed_with_the_yaml_file(marketing):
+    domain, manifest, known = marketing
+    broken = copy.deepcopy(manifest)
+    segments = _model(broken, "customer_segments")
+    segments["meta"].pop("mesh", None)  # dbt keeps meta in two places
+    del segments["config"]["meta"]["mesh"]
+    _model(broken, "revenue_by_nation_segment")["config"]["meta"]["mesh"]["version"] = "2.0"
+    problems = manifest_problems(domain, broken, known)
+    assert len(problems) == 2, problems
+    joined = "\n".join(problems)
+    assert "product marketing.customer_segments has no descriptor" in joined
+    assert "product marketing.revenue_by_nation_segment: invalid descriptor: version" in joined
+    assert joined.count("dbt_projects/marketing/models/products/products.yml") >= 2
+
+
+def test_two_models_cannot_claim_one_address(marketing):
+    domain, manifest, known = marketing
+    broken = copy.deepcopy(manifest)
+    clone = copy.deepcopy(_model(broken, "customer_segments"))
+    clone["unique_id"] = "model.marketing.customer_segments_copy"
+    broken["nodes"][clone["unique_id"]] = clone
+    problems = manifest_problems(domain, broken, known)
+    assert any("marketing.customer_segments is declared twice" in p for p in problems), problems

@@ -4,6 +4,7 @@ Expectations are read from what the domains declare (domain.yaml, the dbt YAML),
 check the platform's translation rules, not a copy of today's asset list.
 """
 
+import importlib.util
 from pathlib import Path
 
 import dagster as dg
@@ -13,20 +14,42 @@ import yaml
 from mesh_platform.config import Mesh
 from mesh_platform.definitions import domain_definitions
 from mesh_platform.domain import list_domain_names
+from mesh_platform.products.python import PythonProduct
 
 DOMAINS = ["logistics", "marketing", "sales"]
 
 
 def _load(mesh: Mesh, domain: str) -> dg.Definitions:
-    return domain_definitions(mesh.root / "domains" / domain / "definitions.py")
+    """The platform's definitions of the domain, with its Python products imported by path
+    (the copy's `domains` package is not importable beside the repo's in this process)."""
+    products = []
+    for path in sorted((mesh.root / "domains" / domain / "products").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_test_{domain}_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        products += [v for v in vars(module).values() if isinstance(v, PythonProduct)]
+    return domain_definitions(mesh.root / "domains" / domain / "definitions.py", products)
 
 
 def _declared_models(mesh: Mesh, domain: str, folder: str) -> set[str]:
+    """Asset names of the models declared in the YAML: a dbt model version N >= 2 of a
+    product is its own product `<name>_vN` (major versions live side by side)."""
     names = set()
     for path in (mesh.root / "dbt_projects" / domain / "models" / folder).glob("*.yml"):
         for model in yaml.safe_load(path.read_text()).get("models", []):
-            names.add(model["name"])
+            versions = [v["v"] for v in model.get("versions", [])] or [1]
+            names |= {model["name"] if v == 1 else f"{model['name']}_v{v}" for v in versions}
     return names
+
+
+def _python_products(mesh: Mesh, domain: str) -> dict[str, dict]:
+    """name -> YAML descriptor of the domain's Python-built products."""
+    folder = mesh.root / "domains" / domain / "products"
+    return (
+        {p.stem: yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yml"))}
+        if folder.is_dir()
+        else {}
+    )
 
 
 def _spec(defs: dg.Definitions, key: dg.AssetKey) -> dg.AssetSpec:
@@ -48,6 +71,7 @@ def test_products_are_keyed_by_address(prepared_mesh, loaded, domain):
     graph = loaded[domain].resolve_asset_graph()
     keys = {k for k in graph.materializable_asset_keys}
     products = _declared_models(prepared_mesh, domain, "products")
+    products |= set(_python_products(prepared_mesh, domain))
     internal = _declared_models(prepared_mesh, domain, "staging")
     assert products, "every sample domain declares products"
     for product in products:
@@ -67,18 +91,26 @@ def test_groups_owners_tags_and_kinds(prepared_mesh, loaded, domain):
     for key in graph.materializable_asset_keys:
         node = graph.get(key)
         assert node.group_name == domain
-        assert list(node.owners) == spec_file["owners"]
         assert node.tags["mesh/domain"] == domain
         is_product = len(key.path) == 2
-        if is_product:
+        if is_product:  # owners from the product's descriptor: its team and contact
+            team, contact = node.owners
+            assert team.startswith("team:") and "@" in contact
             assert node.tags["mesh/layer"] == "product"
-            assert {"dbt", "duckdb", "iceberg"} <= set(node.kinds)
+            built_with = node.tags["mesh/built_with"]
+            kinds = {"dbt", "duckdb", "iceberg"} if built_with == "dbt" else {"python", "iceberg"}
+            assert kinds <= set(node.kinds)
             assert node.tags["mesh/access"] == "public"
             assert node.metadata["mesh/address"] == f"{domain}.{key.path[1]}"
             assert node.metadata["dagster/table_name"] == f"mesh.{domain}.{key.path[1]}"
             columns = node.metadata["dagster/column_schema"].columns
             assert columns and all(c.type for c in columns)
-        elif key.path[1] == "raw":
+            assert all(c.tags.get("classification") for c in columns)
+        else:
+            assert list(node.owners) == spec_file["owners"]
+        if is_product:
+            continue
+        if key.path[1] == "raw":
             assert node.tags["mesh/layer"] == "raw"
         else:
             assert key.path[1] == "internal"
@@ -124,11 +156,21 @@ def test_dbt_tests_become_asset_checks(loaded):
 
 
 def test_domain_jobs_and_pools(loaded):
+    """Every asset that writes the domain's DuckDB (raw landing, dbt) holds the domain's pool;
+    Python products write only an in-memory DuckDB and Iceberg."""
     for domain, defs in loaded.items():
         job = defs.resolve_job_def(f"{domain}_build")
         assert job is not None
-        pools = {a.op.pool for a in defs.resolve_asset_graph().assets_defs if a.is_executable}
-        assert pools == {f"mesh_domain_{domain}"}
+        for assets_def in defs.resolve_asset_graph().assets_defs:
+            if not assets_def.is_executable:
+                continue
+            tags = {
+                t
+                for k in assets_def.keys
+                for t in [assets_def.tags_by_key[k].get("mesh/built_with")]
+            }
+            expected = None if tags == {"python"} else f"mesh_domain_{domain}"
+            assert assets_def.op.pool == expected, assets_def.keys
 
 
 def test_code_location_import_does_no_work(prepared_mesh):
@@ -164,3 +206,73 @@ def test_missing_dbt_executable_is_named(prepared_mesh, monkeypatch):
     assert "/nonexistent/dbt" in str(err.value)
     assert "scripts/bootstrap.sh" in str(err.value)
     assert "MESH_DBT_EXECUTABLE" in str(err.value)
+
+
+def _descriptor_yaml(mesh: Mesh, domain: str, model: str) -> dict:
+    for path in (mesh.root / "dbt_projects" / domain / "models" / "products").glob("*.yml"):
+        for node in yaml.safe_load(path.read_text()).get("models", []):
+            if node["name"] == model:
+                return node
+    raise AssertionError(f"{domain}.{model} not declared")
+
+
+def test_product_specs_come_from_the_descriptor(prepared_mesh, loaded):
+    declared = _descriptor_yaml(prepared_mesh, "sales", "customers")
+    mesh_block = declared["config"]["meta"]["mesh"]
+    node = loaded["sales"].resolve_asset_graph().get(dg.AssetKey(["sales", "customers"]))
+    assert node.owners == [f"team:{mesh_block['owner']['team']}", mesh_block["owner"]["contact"]]
+    assert node.tags["mesh/version"] == mesh_block["version"]
+    assert node.tags["mesh/status"] == mesh_block["status"]
+    assert node.metadata["mesh/urn"] == f"urn:mesh:sales:customers:v{mesh_block['version'][0]}"
+    assert mesh_block["purpose"] in node.description
+    assert node.metadata["dagster/uri"].endswith("/sales.db/customers")
+    hours = int(mesh_block["sla"]["freshness"]["max_age"].rstrip("h"))
+    assert node.freshness_policy.fail_window.to_timedelta().total_seconds() == hours * 3600
+    columns = {c.name: c.tags for c in node.metadata["dagster/column_schema"].columns}
+    for column in declared["columns"]:
+        classification = column["config"]["meta"]["classification"]
+        if classification.startswith("pii:"):
+            assert columns[column["name"]] == {"classification": "pii", "pii": classification[4:]}
+        else:
+            assert columns[column["name"]] == {"classification": classification}
+    assert node.tags["mesh/pii"] == "true"
+
+
+def test_every_product_declares_the_gate_as_asset_checks(loaded):
+    for defs in loaded.values():
+        graph = defs.resolve_asset_graph()
+        checks = {}
+        for check in graph.asset_check_keys:
+            checks.setdefault(check.asset_key, set()).add(check.name)
+        for key in graph.materializable_asset_keys:
+            node = graph.get(key)
+            if node.tags.get("mesh/layer") != "product":
+                continue
+            assert {"schema_compatible", "contract", "volume"} <= checks[key], key
+            sla = node.metadata["mesh/sla"]
+            if getattr(sla, "value", sla).get("expectations"):
+                assert "expectations" in checks[key]
+
+
+def test_two_major_versions_live_side_by_side(prepared_mesh, loaded):
+    graph = loaded["logistics"].resolve_asset_graph()
+    v1 = graph.get(dg.AssetKey(["logistics", "nations"]))
+    v2 = graph.get(dg.AssetKey(["logistics", "nations_v2"]))
+    assert v1.metadata["mesh/urn"] == "urn:mesh:logistics:nations:v1"
+    assert v2.metadata["mesh/urn"] == "urn:mesh:logistics:nations:v2"
+    assert v1.tags["mesh/status"] == "deprecated" and v2.tags["mesh/status"] == "active"
+    assert v2.metadata["dagster/table_name"] == "mesh.logistics.nations_v2"
+    v1_columns = {c.name for c in v1.metadata["dagster/column_schema"].columns}
+    v2_columns = {c.name for c in v2.metadata["dagster/column_schema"].columns}
+    assert v1_columns != v2_columns  # the breaking change that needed a new major
+
+
+def test_python_product_is_declared_like_a_dbt_product(prepared_mesh, loaded):
+    for name, declared in _python_products(prepared_mesh, "marketing").items():
+        node = loaded["marketing"].resolve_asset_graph().get(dg.AssetKey(["marketing", name]))
+        assert node.tags["mesh/built_with"] == "python"
+        assert node.metadata["mesh/version"] == declared["mesh"]["version"]
+        assert [c.name for c in node.metadata["dagster/column_schema"].columns] == [
+            c["name"] for c in declared["columns"]
+        ]
+        assert dg.AssetKey(["marketing", "customer_segments"]) in node.parent_keys

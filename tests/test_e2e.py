@@ -159,10 +159,11 @@ def test_runs_are_recorded_in_the_persistent_instance(built):
 
 
 def test_a_failed_check_keeps_the_published_snapshot(built):
-    """Corrupt sales' raw orders (one order duplicated). The enforced contract of sales.orders
-    (primary key) stops that model before it is built; the duplicate reaches sales.order_lines,
-    whose blocking uniqueness check fails, so its new data stays on an audit branch. Consumers
-    keep the last good snapshots; sales.customers still publishes; Dagster records the check."""
+    """Corrupt sales' raw orders (one order duplicated). sales.orders is incremental: the old
+    order is outside its lookback window, so no partition of it changes and nothing is
+    republished; the duplicate reaches sales.order_lines, whose blocking uniqueness check fails,
+    so its new data stays on an audit branch. Consumers keep the last good snapshots;
+    sales.customers still publishes; Dagster records the failed check."""
     mesh, _ = built
     raw = mesh.raw_dir("sales") / "orders.parquet"
     original = raw.read_bytes()
@@ -182,8 +183,7 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
     output = result.stdout + result.stderr
     check = "mesh_unique_combination_order_lines_order_key__line_number"
     assert result.returncode == 1
-    assert "model orders: dbt status error" in output
-    assert f"sales.order_lines: not published: blocking check(s) failed: {check}" in output
+    assert f"sales.order_lines: not published: blocking check(s) failed: dbt test {check}" in output
     assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
     assert _snapshot(mesh, "sales.order_lines") == before["sales.order_lines"]
     assert _snapshot(mesh, "sales.customers") != before["sales.customers"]
@@ -214,6 +214,7 @@ def test_failures_are_reported_and_everything_else_is_kept(built):
         "marketing.late_delivery_impact",
         "marketing.customer_segments",
         "sales.orders",
+        "sales.customers",
         "logistics.shipments",
     )
     before = {a: _snapshot(mesh, a) for a in addresses}
@@ -241,9 +242,11 @@ def test_failures_are_reported_and_everything_else_is_kept(built):
         == before["marketing.late_delivery_impact"]
     )
     assert _snapshot(mesh, "logistics.shipments") == before["logistics.shipments"]
-    # ... everything else was rebuilt and published
+    # ... everything else was rebuilt and published (sales.orders is incremental: unchanged
+    # input, no changed partition, same snapshot; sales.customers is rewritten)
     assert _snapshot(mesh, "marketing.customer_segments") != before["marketing.customer_segments"]
-    assert _snapshot(mesh, "sales.orders") != before["sales.orders"]
+    assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
+    assert _snapshot(mesh, "sales.customers") != before["sales.customers"]
 
 
 def test_unknown_domain_is_a_clear_error(mesh_copy):
@@ -251,3 +254,126 @@ def test_unknown_domain_is_a_clear_error(mesh_copy):
     assert result.returncode == 1
     assert "unknown domain(s): finance" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _products(mesh) -> list[str]:
+    """Every product address published in the catalog (a table with mesh.address)."""
+    catalog = open_catalog(mesh)
+    found = []
+    for (namespace,) in catalog.list_namespaces():
+        for identifier in catalog.list_tables(namespace):
+            table = catalog.load_table(identifier)
+            if "mesh.address" in table.properties:
+                found.append(table.properties["mesh.address"])
+    return sorted(found)
+
+
+def test_every_sample_product_published_through_the_gate(built):
+    """dbt products, both majors of logistics.nations and the Python product: each has a
+    published snapshot recording its version and run, and table properties from its
+    descriptor."""
+    mesh, result = built
+    assert result.returncode == 0
+    products = _products(mesh)
+    assert {"logistics.nations", "logistics.nations_v2", "marketing.segment_summary"} <= set(
+        products
+    )
+    catalog = open_catalog(mesh)
+    for address in products:
+        table = catalog.load_table(tuple(address.split(".")))
+        summary = table.current_snapshot().summary
+        assert summary["mesh.run_id"] and summary["mesh.batch_id"] == summary["mesh.run_id"]
+        assert summary["mesh.product_version"] == table.properties["mesh.version"]
+        assert table.properties["mesh.urn"].startswith(f"urn:mesh:{address.split('.')[0]}:")
+    v1 = catalog.load_table(("logistics", "nations"))
+    v2 = catalog.load_table(("logistics", "nations_v2"))
+    assert v1.properties["mesh.status"] == "deprecated"
+    assert v2.properties["mesh.version"].startswith("2.")
+    assert {f.name for f in v2.schema().fields} == {"nation_key", "nation", "region"}
+
+
+def test_python_product_matches_its_input(built, tpch):
+    mesh, _ = built
+    conn, source = _scan(mesh, "marketing.segment_summary")
+    customers, share = conn.execute(
+        f"SELECT sum(customers), sum(revenue_share) FROM {source}"
+    ).fetchone()
+    assert customers == tpch.execute("SELECT count(*) FROM customer").fetchone()[0]
+    assert abs(share - 1.0) < 1e-9
+    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
+    event = instance.get_latest_materialization_event(dg.AssetKey(["marketing", "segment_summary"]))
+    inputs = event.asset_materialization.metadata["mesh/inputs"].value
+    segments = open_catalog(mesh).load_table(("marketing", "customer_segments"))
+    # the snapshot it read (earlier tests may have republished the input since)
+    assert segments.snapshot_by_id(inputs["marketing.customer_segments"]) is not None
+
+
+def test_a_failed_expectation_blocks_without_leaking_personal_data(built):
+    """One customer's email loses its '@': the descriptor's expectation (a regex on email, a
+    personal-data column) fails on the staged data, sales.customers keeps its snapshot, the
+    check shows as failed in Dagster, and the bad value appears nowhere in the run's events."""
+    mesh, _ = built
+    raw = mesh.raw_dir("sales") / "customer_contact.parquet"
+    original = raw.read_bytes()
+    before = _snapshot(mesh, "sales.customers")
+    secret = "leaked.secret.value-at-example.com"
+    conn = connect()
+    conn.execute(
+        f"COPY (SELECT c_custkey, full_name, CASE WHEN c_custkey = 1 THEN '{secret}' ELSE email "
+        f"END AS email, phone FROM '{raw}') TO '{raw}.tmp' (FORMAT parquet)"
+    )
+    conn.close()
+    Path(f"{raw}.tmp").replace(raw)
+    try:
+        result = run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
+    finally:
+        raw.write_bytes(original)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "sales.customers: not published: blocking check(s) failed: expectations" in output
+    assert _snapshot(mesh, "sales.customers") == before
+    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": "sales"}), limit=1)[0]
+    logs = instance.all_logs(run.run_id)
+    failed = {
+        (e.dagster_event.event_specific_data.asset_key.to_user_string(),
+         e.dagster_event.event_specific_data.check_name)
+        for e in logs
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and not e.dagster_event.event_specific_data.passed
+    }  # fmt: skip
+    assert failed == {("sales/customers", "expectations")}
+    assert secret not in output
+    assert not [e for e in logs if secret in str(e)]
+
+
+def test_an_incremental_run_publishes_only_the_changed_partition(built):
+    """Last in this module: it adds a day of orders to the raw landing. sales.orders (dbt
+    incremental, partitioned by month) republishes one partition: the month of the new day."""
+    mesh, _ = built
+    raw = mesh.raw_dir("sales") / "orders.parquet"
+    conn = connect()
+    rows_before, new_day = conn.execute(
+        f"SELECT count(*), max(o_orderdate) + 1 FROM '{raw}'"
+    ).fetchone()
+    conn.execute(
+        f"COPY (SELECT * FROM '{raw}' UNION ALL BY NAME SELECT o_orderkey + 10000000 AS o_orderkey, "
+        f"* EXCLUDE (o_orderkey, o_orderdate), DATE '{new_day}' AS o_orderdate FROM '{raw}' "
+        f"WHERE o_orderkey <= 40) TO '{raw}.tmp' (FORMAT parquet)"
+    )
+    added = conn.execute(f"SELECT count(*) FROM '{raw}' WHERE o_orderkey <= 40").fetchone()[0]
+    conn.close()
+    Path(f"{raw}.tmp").replace(raw)
+    result = run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = open_catalog(mesh).load_table(("sales", "orders"))
+    summary = table.current_snapshot().summary
+    assert summary["mesh.partitions_replaced"] == "1"
+    assert int(summary["total-records"]) == rows_before + added
+    conn, source = _scan(mesh, "sales.orders")
+    month = new_day.replace(day=1)
+    in_month = conn.execute(
+        f"SELECT count(*) FROM {source} WHERE date_trunc('month', order_date) = DATE '{month}'"
+    ).fetchone()[0]
+    assert int(summary["mesh.rows"]) == in_month  # only that month was written
+    assert in_month < rows_before

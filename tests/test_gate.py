@@ -535,7 +535,7 @@ def registered():
 def test_a_registered_check_that_fails_blocks(catalog, conn, registered):
     check = registered(Failing())
     d = descriptor()
-    assert "custom_policy" in {s.name for s in check_specs(d, dbt=True)}
+    assert "custom_policy" in {s.name for s in check_specs(d, contract=True)}
 
     publication = publish(catalog, d, conn, make(conn, "v1", 7), "b1")
 
@@ -549,7 +549,7 @@ def test_a_registered_check_that_fails_blocks(catalog, conn, registered):
 def test_a_non_blocking_registered_check_only_warns(catalog, conn, registered):
     registered(Failing(blocking=False))
     d = descriptor()
-    spec = next(s for s in check_specs(d, dbt=True) if s.name == "custom_policy")
+    spec = next(s for s in check_specs(d, contract=True) if s.name == "custom_policy")
     assert spec.blocking is False
     publication = publish(catalog, d, conn, make(conn, "v1", 7), "b1")
     assert publication.published, publication.error
@@ -583,22 +583,22 @@ def test_register_refuses_empty_duplicate_and_reserved_names(registered):
         check.name = name
         with pytest.raises(ValueError):
             register_gate_check(check)
-    assert [s.name for s in check_specs(descriptor(), dbt=True)].count("custom_policy") == 1
+    assert [s.name for s in check_specs(descriptor(), contract=True)].count("custom_policy") == 1
 
 
 def test_unregister_removes_the_check(registered):
     register_gate_check(Failing())
     try:
-        assert "custom_policy" in {s.name for s in check_specs(descriptor(), dbt=False)}
+        assert "custom_policy" in {s.name for s in check_specs(descriptor(), contract=False)}
     finally:
         unregister_gate_check("custom_policy")
-    assert "custom_policy" not in {s.name for s in check_specs(descriptor(), dbt=False)}
+    assert "custom_policy" not in {s.name for s in check_specs(descriptor(), contract=False)}
 
 
 def test_a_check_that_does_not_apply_is_neither_declared_nor_run(catalog, conn, registered):
     registered(OnlyForPii())
     d = descriptor()
-    assert "pii_only" not in {s.name for s in check_specs(d, dbt=True)}
+    assert "pii_only" not in {s.name for s in check_specs(d, contract=True)}
     publication = publish(catalog, d, conn, make(conn, "v1", 3), "b1")
     assert publication.published, publication.error
     assert "pii_only" not in publication.outcomes
@@ -609,7 +609,7 @@ def test_a_check_that_does_not_apply_is_neither_declared_nor_run(catalog, conn, 
 
 def test_check_specs_match_the_descriptor():
     with_all = descriptor(expectations=GOOD_SUITE, volume={"min_ratio": 0.5})
-    specs = {s.name: s for s in check_specs(with_all, dbt=True)}
+    specs = {s.name: s for s in check_specs(with_all, contract=True)}
     assert set(specs) == {"schema_compatible", "contract", "expectations", "volume"}
     assert {n: s.blocking for n, s in specs.items()} == {
         "schema_compatible": True,
@@ -620,15 +620,15 @@ def test_check_specs_match_the_descriptor():
     assert all(s.asset_key.path == ["sales", "orders"] for s in specs.values())
     assert all(s.description for s in specs.values())
 
-    bare = {s.name: s for s in check_specs(descriptor(), dbt=True)}
+    bare = {s.name: s for s in check_specs(descriptor(), contract=True)}
     assert set(bare) == {"schema_compatible", "contract", "volume"}  # no suite: no expectations
     assert bare["volume"].blocking is False  # no volume block: a warning only
 
-    python = {s.name for s in check_specs(descriptor(), dbt=False)}
+    python = {s.name for s in check_specs(descriptor(), contract=False)}
     assert python == {"schema_compatible", "volume"}
 
     lenient = descriptor(volume={"blocking": False})
-    assert {s.name: s.blocking for s in check_specs(lenient, dbt=True)}["volume"] is False
+    assert {s.name: s.blocking for s in check_specs(lenient, contract=True)}["volume"] is False
 
 
 def test_check_result_maps_blocking_to_severity():

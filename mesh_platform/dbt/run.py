@@ -103,11 +103,12 @@ def blocking_failures(
 
 
 def _model_errors(run_results: Mapping[str, Any]) -> dict[str, str]:
-    """model unique_id -> dbt's message, for every model that did not build."""
+    """model unique_id -> dbt's message, for every model that failed to build (a model skipped
+    because something upstream failed has no contract verdict)."""
     return {
-        r["unique_id"]: (r.get("message") or r.get("status") or "error").strip()
+        r["unique_id"]: "the model did not build: " + (r.get("message") or "error").strip()
         for r in run_results.get("results", [])
-        if r.get("unique_id", "").startswith("model.") and r.get("status") != "success"
+        if r.get("unique_id", "").startswith("model.") and r.get("status") == "error"
     }
 
 

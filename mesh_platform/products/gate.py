@@ -179,7 +179,7 @@ def gate_checks(descriptor: ProductDescriptor) -> list[GateCheck]:
     return [c for c in _REGISTRY if c.applies(descriptor)]
 
 
-def check_specs(descriptor: ProductDescriptor, *, dbt: bool) -> list[dg.AssetCheckSpec]:
+def check_specs(descriptor: ProductDescriptor, *, contract: bool = True) -> list[dg.AssetCheckSpec]:
     """The Dagster asset checks the gate evaluates for ``descriptor``'s product."""
     import dagster as dg
 
@@ -193,12 +193,13 @@ def check_specs(descriptor: ProductDescriptor, *, dbt: bool) -> list[dg.AssetChe
             blocking=True,
         )
     ]
-    if dbt:
+    if contract:  # dbt's enforced contract, or a Python product's declared columns
         specs.append(
             dg.AssetCheckSpec(
                 CONTRACT_CHECK,
                 asset=key,
-                description="dbt built the model under its enforced contract.",
+                description="The rows match the declared columns and types (dbt's enforced "
+                "contract; a Python product's declared columns).",
                 blocking=True,
             )
         )

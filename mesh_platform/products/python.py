@@ -272,7 +272,7 @@ def build_python_product_asset(
         kinds={"python", "iceberg"},
         metadata=product_metadata(descriptor, catalog_name, warehouse),
         group_name=descriptor.domain,
-        check_specs=check_specs(descriptor, dbt=True),
+        check_specs=check_specs(descriptor, contract=True),
         freshness_policy=(
             dg.FreshnessPolicy.time_window(fail_window=freshness.timedelta) if freshness else None
         ),
