@@ -41,6 +41,12 @@ def _quiet_gx() -> Any:
 
     for name in ("great_expectations", "great_expectations.core"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # GE fingerprints every in-memory DataFrame under 1 GB (an md5 of pandas' row hashes) just
+    # to label the batch; the staged snapshot is already identified by its Iceberg snapshot id.
+    # Measured on 6M rows x 3 columns: 1.0 s -> 0.25 s per suite.
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    pandas_execution_engine.HASH_THRESHOLD = 0
     return gx
 
 
