@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,9 @@ def _child(variant: str, db: str, root: str) -> None:
     else:
         publish_from_duckdb(catalog, address, conn, "main.lineitem", properties={})
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from _common import peak_rss_mb
+
+    peak_mb = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "import_seconds": import_seconds}))
 
 

@@ -170,7 +170,9 @@ def publish_product(
     )
     publication.stage = result.stage
     publication.snapshot_id = result.published_snapshot_id
-    if partition_plan is not None and publication.published:
+    if partition_plan is not None and publication.published and result.attempts == 1:
+        # After a lost race the other partitions hold another writer's rows: record nothing,
+        # so the next run republishes everything.
         incremental.record(conn, str(address), partition_plan.fingerprints, publication.snapshot_id)
     publication.seconds = time.perf_counter() - start
     if not publication.published:
