@@ -68,6 +68,35 @@ def _snapshot(mesh, address: str) -> int:
     return open_catalog(mesh).load_table(tuple(address.split("."))).current_snapshot().snapshot_id
 
 
+def _rebuild_sales_with(mesh, raw_table: str, select_sql: str) -> subprocess.CompletedProcess:
+    """Rebuild the sales domain with one raw table replaced by ``select_sql`` (``{raw}`` names
+    the original file), then restore the original landing."""
+    raw = mesh.raw_dir("sales") / f"{raw_table}.parquet"
+    original = raw.read_bytes()
+    conn = connect()
+    conn.execute(f"COPY ({select_sql.format(raw=raw)}) TO '{raw}.tmp' (FORMAT parquet)")
+    conn.close()
+    Path(f"{raw}.tmp").replace(raw)
+    try:
+        return run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
+    finally:
+        raw.write_bytes(original)
+
+
+def _failed_checks(mesh, domain: str) -> tuple[set[tuple[str, str]], list]:
+    """(asset, check) of every failed check of the domain's latest run, and the run's events."""
+    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
+    run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": domain}), limit=1)[0]
+    logs = instance.all_logs(run.run_id)
+    evaluations = [
+        e.dagster_event.event_specific_data
+        for e in logs
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    failed = {(ev.asset_key.to_user_string(), ev.check_name) for ev in evaluations if not ev.passed}
+    return failed, logs
+
+
 def test_build_succeeds_and_prints_a_summary(built):
     _, result = built
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -165,21 +194,11 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
     so its new data stays on an audit branch. Consumers keep the last good snapshots;
     sales.customers still publishes; Dagster records the failed check."""
     mesh, _ = built
-    raw = mesh.raw_dir("sales") / "orders.parquet"
-    original = raw.read_bytes()
     addresses = ("sales.orders", "sales.order_lines", "sales.customers")
     before = {a: _snapshot(mesh, a) for a in addresses}
-    conn = connect()
-    conn.execute(
-        f"COPY (SELECT * FROM '{raw}' UNION ALL (SELECT * FROM '{raw}' LIMIT 1)) "
-        f"TO '{raw}.tmp' (FORMAT parquet)"
+    result = _rebuild_sales_with(
+        mesh, "orders", "SELECT * FROM '{raw}' UNION ALL (SELECT * FROM '{raw}' LIMIT 1)"
     )
-    conn.close()
-    Path(f"{raw}.tmp").replace(raw)
-    try:
-        result = run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
-    finally:
-        raw.write_bytes(original)
     output = result.stdout + result.stderr
     check = "mesh_unique_combination_order_lines_order_key__line_number"
     assert result.returncode == 1
@@ -192,14 +211,7 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
     assert len(audit) == 1  # the rejected data, kept for inspection
     assert table.scan().use_ref(audit[0]).to_arrow().num_rows > table.scan().to_arrow().num_rows
 
-    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
-    run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": "sales"}), limit=1)[0]
-    evaluations = [
-        e.dagster_event.event_specific_data
-        for e in instance.all_logs(run.run_id)
-        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
-    ]
-    failed = {(ev.asset_key.to_user_string(), ev.check_name) for ev in evaluations if not ev.passed}
+    failed, _ = _failed_checks(mesh, "sales")
     assert failed == {("sales/order_lines", check)}
 
 
@@ -313,35 +325,19 @@ def test_a_failed_expectation_blocks_without_leaking_personal_data(built):
     personal-data column) fails on the staged data, sales.customers keeps its snapshot, the
     check shows as failed in Dagster, and the bad value appears nowhere in the run's events."""
     mesh, _ = built
-    raw = mesh.raw_dir("sales") / "customer_contact.parquet"
-    original = raw.read_bytes()
     before = _snapshot(mesh, "sales.customers")
     secret = "leaked.secret.value-at-example.com"
-    conn = connect()
-    conn.execute(
-        f"COPY (SELECT c_custkey, full_name, CASE WHEN c_custkey = 1 THEN '{secret}' ELSE email "
-        f"END AS email, phone FROM '{raw}') TO '{raw}.tmp' (FORMAT parquet)"
+    result = _rebuild_sales_with(
+        mesh,
+        "customer_contact",
+        f"SELECT c_custkey, full_name, CASE WHEN c_custkey = 1 THEN '{secret}' ELSE email END "
+        "AS email, phone FROM '{raw}'",
     )
-    conn.close()
-    Path(f"{raw}.tmp").replace(raw)
-    try:
-        result = run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
-    finally:
-        raw.write_bytes(original)
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert "sales.customers: not published: blocking check(s) failed: expectations" in output
     assert _snapshot(mesh, "sales.customers") == before
-    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
-    run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": "sales"}), limit=1)[0]
-    logs = instance.all_logs(run.run_id)
-    failed = {
-        (e.dagster_event.event_specific_data.asset_key.to_user_string(),
-         e.dagster_event.event_specific_data.check_name)
-        for e in logs
-        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
-        and not e.dagster_event.event_specific_data.passed
-    }  # fmt: skip
+    failed, logs = _failed_checks(mesh, "sales")
     assert failed == {("sales/customers", "expectations")}
     assert secret not in output
     assert not [e for e in logs if secret in str(e)]
