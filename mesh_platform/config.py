@@ -181,6 +181,25 @@ class Mesh:
     def duckdb_path(self, domain: str) -> Path:
         return self.domain_state_dir(domain) / f"{domain}.duckdb"
 
+    def pii_salt(self) -> str:
+        """Salt for hashing personal data: MESH_PII_SALT, else a random one kept in
+        <state>/secrets/pii_salt (created on first use, readable by the owner only). Never a
+        file in the repository."""
+        if salt := os.environ.get("MESH_PII_SALT"):
+            return salt
+        path = self.state_dir / "secrets" / "pii_salt"
+        if not path.is_file():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".pii_salt.{os.getpid()}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            with contextlib.suppress(FileExistsError):  # a concurrent first use won: keep it
+                os.link(tmp, path)
+            tmp.unlink()
+        return path.read_text().strip()
+
     def dbt_env(self) -> dict[str, str]:
         """Environment the domains' dbt profiles read (see dbt_projects/*/profiles.yml)."""
         return {"MESH_STATE_DIR": str(self.state_dir)}

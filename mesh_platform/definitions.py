@@ -36,6 +36,8 @@ from mesh_platform.dbt.translator import (
 )
 from mesh_platform.domain import Domain, list_domain_names, load_domain
 from mesh_platform.errors import DomainError, MeshError
+from mesh_platform.governance import data as _data_policies  # noqa: F401  (registers gate checks)
+from mesh_platform.governance.evaluate import evaluate_domain
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import check_specs
 from mesh_platform.products.python import PythonProduct, build_python_product_asset
@@ -197,6 +199,19 @@ def domain_definitions(
             + "\n".join(f"  - {p}" for p in problems),
             fix=f"correct each item above (dbt_projects/{domain.name}, domains/{domain.name}), "
             f"then `mesh prepare --domain {domain.name}`",
+            path=domain.dbt_project_dir,
+        )
+    nodes = {str(d.address): manifest["nodes"][uid] for uid, d in dbt_descriptors.items()}
+    violations = evaluate_domain(
+        mesh, domain.name, [*dbt_descriptors.values(), *(d for _, d in python)], nodes
+    )
+    if blocking := [v for v in violations if v.blocking]:
+        raise DomainError(
+            domain.name,
+            f"{len(blocking)} governance violation(s); the domain does not deploy until each is "
+            "fixed or waived in governance.yaml:\n"
+            + "\n".join(f"  - {v.line()}" for v in blocking),
+            fix=f"fix each item above, then `mesh check --domain {domain.name}`",
             path=domain.dbt_project_dir,
         )
     translator = MeshDbtTranslator(

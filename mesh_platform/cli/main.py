@@ -323,5 +323,74 @@ def workspace(ctx: click.Context, write: bool) -> None:
     out.print(f"workspace.yaml lists {len(names)} domain(s): {', '.join(names)}")
 
 
+@cli.command()
+@click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "junit"]), default="table",
+    show_default=True, help="Output format (junit: for CI test reports).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
+    """Evaluate every governance policy without building anything; exit 1 on a blocking one."""
+    import json
+
+    from mesh_platform.governance.evaluate import check_domain
+
+    mesh = _mesh(ctx)
+    results = {name: check_domain(mesh, name) for name in _selected_domains(mesh, domains)}
+    blocking = sum(v.blocking for vs in results.values() for v in vs)
+    if fmt == "json":
+        out.print_json(json.dumps({
+            "blocking": blocking,
+            "violations": [
+                {"domain": d, "policy": v.policy, "subject": v.subject, "column": v.column,
+                 "message": v.message, "fix": v.fix, "file": v.file, "severity": v.severity,
+                 "waived_by": v.waived_by, "blocking": v.blocking}
+                for d, vs in results.items() for v in vs
+            ],
+        }))  # fmt: skip
+    elif fmt == "junit":
+        click.echo(_junit(results))
+    else:
+        table = Table(title=f"mesh check: {blocking} blocking violation(s)")
+        for column in ("domain", "policy", "product / column", "problem and fix", "file"):
+            table.add_column(column)
+        for d, vs in results.items():
+            for v in vs:
+                state = "waived" if v.waived_by else v.severity
+                subject = v.subject + (f" / {v.column}" if v.column else "")
+                table.add_row(d, f"{v.policy} ({state})", subject, f"{v.message}\nfix: {v.fix}",
+                              v.file)  # fmt: skip
+        out.print(table)
+        if not any(results.values()):
+            out.print(f"{len(results)} domain(s) comply with every policy")
+    if blocking:
+        raise SystemExit(1)
+
+
+def _junit(results: dict) -> str:
+    from xml.etree import ElementTree as ET
+
+    suites = ET.Element("testsuites", name="mesh check")
+    for domain, violations in results.items():
+        suite = ET.SubElement(
+            suites, "testsuite", name=domain, tests=str(max(1, len(violations))),
+            failures=str(sum(v.blocking for v in violations)),
+        )  # fmt: skip
+        if not violations:
+            ET.SubElement(suite, "testcase", classname=domain, name="all policies")
+        for v in violations:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"{domain}.{v.policy}",
+                name=v.subject + (f".{v.column}" if v.column else ""), file=v.file,
+            )  # fmt: skip
+            if v.blocking:
+                ET.SubElement(case, "failure", message=v.message).text = f"fix: {v.fix}"
+            else:
+                ET.SubElement(case, "skipped", message=v.waived_by or f"{v.severity}: {v.message}")
+    return ET.tostring(suites, encoding="unicode")
+
+
 if __name__ == "__main__":
     cli()

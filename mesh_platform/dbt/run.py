@@ -148,6 +148,7 @@ def publish_products(
                     run_id=context.run_id,
                     properties={"mesh.inputs": json.dumps(dict(inputs))},
                     failed_elsewhere=[f"dbt test {t}" for t in failed_tests],
+                    salt=mesh.pii_salt(),
                 )
             except Exception as exc:
                 publication = Publication(descriptor, error=f"publication to Iceberg failed: {exc}")

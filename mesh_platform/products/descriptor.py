@@ -42,6 +42,7 @@ from mesh_platform.errors import MeshError, format_validation_error
 
 DESCRIPTOR_META_KEY = "mesh"
 CLASSIFICATION_META_KEY = "classification"
+MASKING_META_KEY = "masking"
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -269,6 +270,11 @@ class Column(BaseModel):
         f"(kinds: {', '.join(sorted(PII_KINDS))}).",
     )
 
+    masking: Literal["hash", "redact", "truncate", "tokenise"] | None = Field(
+        default=None,
+        description="How a personal-data column is masked on publication (pii_masking policy).",
+    )
+
     @field_validator("classification")
     @classmethod
     def _classification(cls, value: str | None) -> str | None:
@@ -344,6 +350,8 @@ class ProductDescriptor(BaseModel):
         for col in self.columns:
             if col.classification:
                 props[f"mesh.classification.{col.name}"] = col.classification
+            if col.masking:
+                props[f"mesh.masking.{col.name}"] = col.masking
         return props
 
 
@@ -383,6 +391,7 @@ def descriptor_from_node(domain: str, node: Mapping[str, Any]) -> ProductDescrip
                 "data_type": col.get("data_type"),
                 "description": col.get("description") or "",
                 "classification": col_meta.get(CLASSIFICATION_META_KEY),
+                "masking": col_meta.get(MASKING_META_KEY),
             }
         )
     config = node.get("config") or {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.addressing import quote_ident
+from mesh_platform.governance.data import masked_relation  # also registers the data policies
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import (
     SCHEMA_CHECK,
@@ -109,6 +110,7 @@ def publish_product(
     run_id: str,
     properties: dict[str, str] | None = None,
     failed_elsewhere: list[str] | tuple[str, ...] = (),
+    salt: str | None = None,
 ) -> Publication:
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
     check (the Publication says what failed), raises only for storage errors."""
@@ -121,6 +123,8 @@ def publish_product(
     start = time.perf_counter()
     address = descriptor.address
     publication = Publication(descriptor)
+    # Personal data is masked before anything is staged: the audit branch never holds it clear.
+    relation = masked_relation(conn, descriptor, relation, salt)
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     new_schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema

@@ -308,6 +308,7 @@ def build_python_product_asset(
                     batch_id=context.run_id,
                     run_id=context.run_id,
                     properties={"mesh.inputs": json.dumps(pctx.read_snapshots)},
+                    salt=loaded.pii_salt(),
                 )
             finally:
                 catalog.engine.dispose()

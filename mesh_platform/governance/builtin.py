@@ -1,0 +1,126 @@
+"""The policies shipped with the platform (static ones; data policies are in data.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+from mesh_platform.addressing import name_problem
+from mesh_platform.governance.policy import Policy, PolicyContext, Violation, register_policy
+
+
+@register_policy
+class Naming(Policy):
+    id = "naming"
+    description = "Domain, product and column names are snake_case, short, not reserved."
+    remedy = "rename it to snake_case (a-z, 0-9, _), at most 63 characters, not reserved"
+
+    def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        for d in ctx.descriptors:
+            for column in d.columns:
+                if problem := name_problem(column.name):
+                    yield self.violation(d, f"column name {column.name!r} {problem}",
+                                         column=column.name)  # fmt: skip
+
+
+@register_policy
+class RequiredMetadata(Policy):
+    id = "required_metadata"
+    description = (
+        "Every public product has an owner, a description, a version, a freshness SLA, and a "
+        "description and classification for every column."
+    )
+    remedy = "complete the product's descriptor (config.meta.mesh) and column meta"
+
+    def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        for d in ctx.descriptors:
+            if len(d.description.strip()) < 20:
+                yield self.violation(d, "description is missing or shorter than 20 characters")
+            if d.body.sla.freshness is None:
+                yield self.violation(
+                    d, "no freshness SLA", fix="add sla: {freshness: {max_age: 26h}}"
+                )
+            for column in d.columns:
+                if column.classification is None:
+                    yield self.violation(
+                        d,
+                        "column has no classification",
+                        column=column.name,
+                        fix="add `config: {meta: {classification: ...}}` to the column: public, "
+                        "internal, confidential or pii:<kind>",
+                    )
+                if not column.description.strip():
+                    yield self.violation(d, "column has no description", column=column.name)
+
+
+@register_policy
+class PiiMasking(Policy):
+    id = "pii_masking"
+    description = (
+        "A column classified as personal data is never published in clear: it carries a "
+        "masking rule (hash, redact, truncate, tokenise) applied on publication."
+    )
+    remedy = "add `masking: hash` (or redact, truncate, tokenise) to the column's meta"
+
+    def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        for d in ctx.descriptors:
+            for column in d.columns:
+                if column.pii_kind and column.masking is None:
+                    yield self.violation(
+                        d,
+                        f"personal data ({column.classification}) would be published in clear",
+                        column=column.name,
+                    )
+
+
+@register_policy
+class Access(Policy):
+    id = "access"
+    description = (
+        "Every public product declares who may read it; nobody else may (deny by default)."
+    )
+    remedy = "list the readers in the descriptor: `readers: [marketing, team:finance]`"
+
+    def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        for d in ctx.descriptors:
+            if not d.body.readers:
+                yield self.violation(
+                    d, "declares no readers: nobody outside its domain could use it"
+                )
+
+
+@register_policy
+class Contracts(Policy):
+    id = "contracts"
+    description = (
+        "Public products have an enforced contract with a type per column; a deprecated version "
+        "keeps serving for a minimum window (params: min_deprecation_days, default 90). Breaking "
+        "changes need a major version: the gate's schema check enforces it at publication."
+    )
+    remedy = "enforce the contract and type every column; give deprecations a sunset_on date"
+
+    def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        window = int(ctx.params.get("min_deprecation_days", 90))
+        for d in ctx.descriptors:
+            if d.built_with == "dbt":
+                node = ctx.nodes.get(str(d.address))
+                enforced = ((node or {}).get("config", {}).get("contract") or {}).get("enforced")
+                if node is not None and not enforced:
+                    yield self.violation(
+                        d, "public without an enforced contract",
+                        fix="add `contract: {enforced: true}` to the model's config",
+                    )  # fmt: skip
+            for column in d.columns:
+                if not column.data_type:
+                    yield self.violation(d, "column has no data_type", column=column.name)
+            body = d.body
+            if body.status == "deprecated" and body.deprecated_on is not None:
+                sunset = body.sunset_on
+                if sunset is None or sunset < body.deprecated_on + dt.timedelta(days=window):
+                    yield self.violation(
+                        d,
+                        f"deprecated on {body.deprecated_on} without a sunset_on at least "
+                        f"{window} days later: consumers need time to move",
+                        fix=f"set sunset_on to {body.deprecated_on + dt.timedelta(days=window)} "
+                        "or later",
+                    )

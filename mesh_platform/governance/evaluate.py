@@ -1,0 +1,102 @@
+"""One evaluation of the static policies, used at deploy time (code location load) and in CI
+(`mesh check`): the same violations, with the same files and fixes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mesh_platform.config import Mesh
+from mesh_platform.governance.policy import (
+    PolicyContext,
+    Violation,
+    evaluate_static,
+    load_policy_set,
+)
+from mesh_platform.products.descriptor import ProductDescriptor
+
+
+def all_product_addresses(mesh: Mesh) -> set[str]:
+    """Addresses declared anywhere in the mesh (prepared manifests), for waiver validation."""
+    from mesh_platform.dbt.project import load_manifest
+    from mesh_platform.dbt.translator import is_product
+    from mesh_platform.domain import list_domain_names, load_domain
+    from mesh_platform.errors import MeshError
+    from mesh_platform.products.descriptor import descriptor_from_node
+
+    found: set[str] = set()
+    for name in list_domain_names(mesh):
+        try:
+            manifest = load_manifest(load_domain(mesh, name))
+        except MeshError:
+            continue
+        for node in manifest.get("nodes", {}).values():
+            if is_product(node):
+                try:
+                    found.add(str(descriptor_from_node(name, node).address))
+                except MeshError:
+                    found.add(f"{name}.{node['name']}")
+        for yml in (mesh.domains_dir / name / "products").glob("*.yml"):
+            found.add(f"{name}.{yml.stem}")
+    return found
+
+
+def evaluate_domain(
+    mesh: Mesh,
+    domain: str,
+    descriptors: Sequence[ProductDescriptor],
+    nodes: Mapping[str, Mapping[str, Any]],
+    *,
+    today: dt.date | None = None,
+) -> list[Violation]:
+    policy_set = load_policy_set(mesh.root, known_products=all_product_addresses(mesh))
+    ctx = PolicyContext(domain, list(descriptors), nodes, today=today or dt.date.today())
+    return evaluate_static(policy_set, ctx)
+
+
+def python_products_of(mesh: Mesh, domain: str) -> list[Any]:
+    """The @python_product objects defined under domains/<domain>/products/ (imported by path,
+    so a mesh checked out anywhere is checked as it is on disk)."""
+    import importlib.util
+
+    from mesh_platform.products.python import PythonProduct
+
+    found = []
+    for path in sorted((mesh.domains_dir / domain / "products").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_mesh_check_{domain}_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found += [v for v in vars(module).values() if isinstance(v, PythonProduct)]
+    return found
+
+
+def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list[Violation]:
+    """Everything that would stop the domain from deploying, without building anything:
+    load-time problems of its dbt project and descriptors, then every static policy."""
+    from mesh_platform.dbt.checks import manifest_problems
+    from mesh_platform.dbt.project import load_manifest, prepare
+    from mesh_platform.dbt.translator import product_descriptors
+    from mesh_platform.definitions import python_descriptors
+    from mesh_platform.domain import list_domain_names, load_domain
+
+    domain = load_domain(mesh, name)
+    prepare(mesh, domain)
+    manifest = load_manifest(domain)
+    where = f"dbt_projects/{name}"
+    problems = manifest_problems(domain, manifest, list_domain_names(mesh))
+    descriptors = {} if problems else product_descriptors(name, manifest)
+    python, python_problems = python_descriptors(
+        domain, python_products_of(mesh, name), {str(d.address) for d in descriptors.values()}
+    )
+    problems += python_problems
+    found = [
+        Violation("descriptor", f"domain {name}", p, "see the message", where) for p in problems
+    ]
+    nodes = {str(d.address): manifest["nodes"][uid] for uid, d in descriptors.items()}
+    found += evaluate_domain(
+        mesh, name, [*descriptors.values(), *(d for _, d in python)], nodes, today=today
+    )
+    return found
