@@ -237,6 +237,14 @@ def main() -> None:
         f"  dbt step: a {dbt_a:.2f} s (its tests, part of the gate, ran {tests_a:.2f} s of "
         f"query time), b {dbt_b:.2f} s; publication step a / b = {pub_a / pub_b:.2f}"
     )
+    policies = statistics.median(
+        sum(r["checks"].get(c, 0.0) for c in ("pii_detection", "pii_masking_verified"))
+        for r in runs["a"]
+    )
+    print(
+        f"  governance data policies in the gate: {policies:.2f} s = "
+        f"{policies / med['a']:.1%} of the product's build (target < 15%)"
+    )
     print(f"  a / b = {med['a'] / med['b']:.2f}  (target < 1.0)")
     print(f"  publication step / c = {pub_a / med['c']:.2f}  (target <= 1.5)")
     print(

@@ -148,14 +148,20 @@ def test_cross_domain_totals_match_tpch(built, tpch):
     assert total == revenue
 
 
-def test_personal_data_reaches_the_sales_product(built, tpch):
+def test_personal_data_is_published_masked(built, tpch):
+    """sales.customers classifies full_name, email and phone as personal data with masking
+    rules: emails are salted hashes (still one per customer), phones truncated, names redacted."""
     mesh, _ = built
     conn, source = _scan(mesh, "sales.customers")
-    distinct, missing = conn.execute(
-        f"SELECT count(DISTINCT email), count(*) FILTER (WHERE email IS NULL) FROM {source}"
+    distinct, hashed, names, phones = conn.execute(
+        f"SELECT count(DISTINCT email), count(*) FILTER (WHERE regexp_matches(email, "
+        f"'^[0-9a-f]{{64}}$')), count(*) FILTER (WHERE full_name = '[redacted]'), "
+        f"count(*) FILTER (WHERE regexp_matches(phone, '^.{{0,2}}[*]{{3}}$')) FROM {source}"
     ).fetchone()
-    assert distinct == tpch.execute("SELECT count(*) FROM customer").fetchone()[0]
-    assert missing == 0
+    customers = tpch.execute("SELECT count(*) FROM customer").fetchone()[0]
+    assert distinct == hashed == names == phones == customers
+    salt = (mesh.state_dir / "secrets" / "pii_salt").stat()
+    assert oct(salt.st_mode & 0o777) == "0o600"
 
 
 def test_each_domain_has_its_own_state(built):
@@ -320,25 +326,33 @@ def test_python_product_matches_its_input(built, tpch):
     assert segments.snapshot_by_id(inputs["marketing.customer_segments"]) is not None
 
 
-def test_a_failed_expectation_blocks_without_leaking_personal_data(built):
-    """One customer's email loses its '@': the descriptor's expectation (a regex on email, a
-    personal-data column) fails on the staged data, sales.customers keeps its snapshot, the
-    check shows as failed in Dagster, and the bad value appears nowhere in the run's events."""
+def test_smuggled_personal_data_blocks_publication_without_leaking(built):
+    """Clear emails smuggled into an unclassified column (the customer account name): the
+    governance data policy in the gate blocks sales.customers, the previous snapshot keeps
+    serving, Dagster records the failed check, and no seeded value appears in anything the run
+    wrote (command output, event log)."""
     mesh, _ = built
     before = _snapshot(mesh, "sales.customers")
-    secret = "leaked.secret.value-at-example.com"
+    secret = "smuggled.person@example.org"
     result = _rebuild_sales_with(
         mesh,
-        "customer_contact",
-        f"SELECT c_custkey, full_name, CASE WHEN c_custkey = 1 THEN '{secret}' ELSE email END "
-        "AS email, phone FROM '{raw}'",
+        "customer",
+        f"SELECT * REPLACE (CASE WHEN c_custkey <= 3 THEN '{secret}' ELSE c_name END AS c_name) "
+        "FROM '{raw}'",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1
-    assert "sales.customers: not published: blocking check(s) failed: expectations" in output
+    assert "sales.customers: not published: blocking check(s) failed: pii_detection" in output
     assert _snapshot(mesh, "sales.customers") == before
     failed, logs = _failed_checks(mesh, "sales")
-    assert failed == {("sales/customers", "expectations")}
+    assert failed == {("sales/customers", "pii_detection")}
+    evaluation = next(
+        e.dagster_event.event_specific_data
+        for e in logs
+        if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.dagster_event.event_specific_data.check_name == "pii_detection"
+    )  # fmt: skip
+    assert "column customer_name: email in 3 row(s)" in evaluation.description
     assert secret not in output
     assert not [e for e in logs if secret in str(e)]
 
