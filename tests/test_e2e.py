@@ -355,6 +355,9 @@ def test_smuggled_personal_data_blocks_publication_without_leaking(built):
     assert "column customer_name: email in 3 row(s)" in evaluation.description
     assert secret not in output
     assert not [e for e in logs if secret in str(e)]
+    # ... nor in any file the run wrote under the Dagster instance (event log, compute logs)
+    written = [p for p in mesh.dagster_home.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if secret.encode() in p.read_bytes()]
 
 
 def test_an_incremental_run_publishes_only_the_changed_partition(built):

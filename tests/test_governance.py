@@ -521,3 +521,28 @@ def test_the_sample_mesh_passes_mesh_check(prepared_mesh):
     report = json.loads(result.stdout)
     assert report["blocking"] == 0
     assert not any(v["blocking"] for v in report["violations"])
+
+
+def test_a_waiver_or_warn_severity_turns_a_data_policy_into_a_warning(mesh, catalog, conn):
+    """The council's file applies to the gate's data policies too: a waiver for one product
+    lets it publish with the failure reported as a warning; other products stay blocked."""
+    from mesh_platform.governance.evaluate import gate_exemptions
+
+    (mesh.root / "governance.yaml").write_text(
+        "waivers:\n"
+        "  - {product: sales.notes, policy: pii_detection, reason: 'contact notes reviewed by "
+        "legal', expires: 2999-01-01}\n"
+    )
+    exemptions = gate_exemptions(mesh, "sales.notes")
+    assert set(exemptions) == {"pii_detection"}
+    assert gate_exemptions(mesh, "sales.orders") == {}
+    relation = notes(conn, "t", "mail anna@example.com")
+    waived = publish(catalog, NOTES, conn, relation, "b1", exemptions=exemptions)
+    assert waived.published, waived.error
+    outcome = waived.outcomes["pii_detection"]
+    assert not outcome.passed and not outcome.blocking
+    assert "contact notes reviewed by legal" in outcome.description
+
+    (mesh.root / "governance.yaml").write_text("policies:\n  pii_detection: {severity: warn}\n")
+    assert "severity warn" in gate_exemptions(mesh, "sales.orders")["pii_detection"]
+    assert publish(catalog, NOTES, conn, relation, "b2").failed_checks == ["pii_detection"]

@@ -27,6 +27,7 @@ from mesh_platform.config import Mesh, environment
 from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
+from mesh_platform.governance.evaluate import gate_exemptions
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result, prewarm
 from mesh_platform.products.publish import Publication, publish_product
@@ -149,6 +150,7 @@ def publish_products(
                     properties={"mesh.inputs": json.dumps(dict(inputs))},
                     failed_elsewhere=[f"dbt test {t}" for t in failed_tests],
                     salt=mesh.pii_salt(),
+                    exemptions=gate_exemptions(mesh, str(descriptor.address)),
                 )
             except Exception as exc:
                 publication = Publication(descriptor, error=f"publication to Iceberg failed: {exc}")

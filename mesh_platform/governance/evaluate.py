@@ -100,3 +100,19 @@ def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list
         mesh, name, [*descriptors.values(), *(d for _, d in python)], nodes, today=today
     )
     return found
+
+
+def gate_exemptions(mesh: Mesh, address: str, *, today: dt.date | None = None) -> dict[str, str]:
+    """Data policies (gate checks) that do not block ``address``: set to 'warn' by the council,
+    or waived for this product. check name -> why."""
+    from mesh_platform.governance.policy import DATA_POLICY_IDS
+
+    policy_set = load_policy_set(mesh.root)
+    today = today or dt.date.today()
+    exempt = {}
+    for policy in sorted(DATA_POLICY_IDS):
+        if waiver := policy_set.waiver_for(address, policy, today):
+            exempt[policy] = f"waived until {waiver.expires}: {waiver.reason}"
+        elif policy_set.severity(policy) == "warn":
+            exempt[policy] = f"severity warn in {policy_set.path}"
+    return exempt

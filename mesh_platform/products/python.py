@@ -282,6 +282,7 @@ def build_python_product_asset(
         import duckdb
 
         from mesh_platform.dbt.run import check_results, materialization_metadata
+        from mesh_platform.governance.evaluate import gate_exemptions
         from mesh_platform.products.publish import publish_product
         from mesh_platform.storage.iceberg import open_catalog
 
@@ -309,6 +310,7 @@ def build_python_product_asset(
                     run_id=context.run_id,
                     properties={"mesh.inputs": json.dumps(pctx.read_snapshots)},
                     salt=loaded.pii_salt(),
+                    exemptions=gate_exemptions(loaded, str(descriptor.address)),
                 )
             finally:
                 catalog.engine.dispose()
