@@ -128,30 +128,31 @@ class PiiDetection(GateCheck):
         if not columns or not ctx.stage.data_files:
             return CheckOutcome(True, "no unclassified string column to scan", {"columns": 0})
         conn, source = _staged_view(ctx)
+        hits: dict[str, dict[str, int]] = {}
         try:
-            counts = [
-                f"count(*) FILTER (WHERE regexp_matches({quote_ident(c)}, {quote_literal(p)}))"
-                for c in columns
-                for p in RECOGNISERS.values()
-            ]
-            row = conn.execute(f"SELECT {', '.join(counts)} FROM {source}").fetchone()
-            hits: dict[str, dict[str, int]] = {}
-            kinds = list(RECOGNISERS)
-            for i, count in enumerate(row):
-                column, kind = columns[i // len(kinds)], kinds[i % len(kinds)]
-                if not count:
-                    continue
-                if kind in _VALIDATORS:  # confirm candidates by checksum, in memory only
-                    pattern = RECOGNISERS[kind]
-                    values = conn.execute(
-                        f"SELECT regexp_extract({quote_ident(column)}, {quote_literal(pattern)}) "
-                        f"FROM {source} WHERE regexp_matches({quote_ident(column)}, "
-                        f"{quote_literal(pattern)}) LIMIT {_CANDIDATES}"
-                    ).fetchall()
-                    count = sum(1 for (v,) in values if _VALIDATORS[kind](v))
-                    del values
-                if count:
-                    hits.setdefault(column, {})[kind] = int(count)
+            for column in columns:
+                # Each distinct value is matched once (most columns repeat values: a status,
+                # a code), weighted by its row count.
+                values = (
+                    f"(SELECT {quote_ident(column)} AS v, count(*) AS n FROM {source} "
+                    f"WHERE {quote_ident(column)} IS NOT NULL GROUP BY 1)"
+                )
+                counts = ", ".join(
+                    f"coalesce(sum(n) FILTER (WHERE regexp_matches(v, {quote_literal(p)})), 0)"
+                    for p in RECOGNISERS.values()
+                )
+                row = conn.execute(f"SELECT {counts} FROM {values}").fetchone()
+                for kind, count in zip(RECOGNISERS, row, strict=True):
+                    if count and kind in _VALIDATORS:  # confirm by checksum, in memory only
+                        pattern = quote_literal(RECOGNISERS[kind])
+                        candidates = conn.execute(
+                            f"SELECT regexp_extract(v, {pattern}), n FROM {values} "
+                            f"WHERE regexp_matches(v, {pattern}) LIMIT {_CANDIDATES}"
+                        ).fetchall()
+                        count = sum(n for v, n in candidates if _VALIDATORS[kind](v))
+                        del candidates
+                    if count:
+                        hits.setdefault(column, {})[kind] = int(count)
         finally:
             conn.close()
         metadata: dict[str, Any] = {"columns_scanned": columns, "hits": hits}
