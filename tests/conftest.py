@@ -70,3 +70,21 @@ def prepared_mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
     for name in list_domain_names(mesh):
         prepare(mesh, load_domain(mesh, name))
     return mesh
+
+
+@pytest.fixture
+def catalog(mesh: Mesh):
+    """The tmp mesh's Iceberg catalog (sqlite, local warehouse)."""
+    from mesh_platform.storage.iceberg import open_catalog
+
+    return open_catalog(mesh)
+
+
+@pytest.fixture
+def duck():
+    """An empty in-memory DuckDB connection."""
+    from mesh_platform.duckdb_ext import connect
+
+    conn = connect()
+    yield conn
+    conn.close()

@@ -20,7 +20,7 @@ from mesh_platform.products.gate import (
     unregister_gate_check,
 )
 from mesh_platform.products.publish import publish_product
-from mesh_platform.storage.iceberg import audit_branch, is_published, open_catalog, stage_input
+from mesh_platform.storage.iceberg import audit_branch, is_published, stage_input
 
 SECRET = "leaked-secret-value"
 IDENT = ("sales", "orders")
@@ -77,15 +77,8 @@ def _gate_without_governance():
 
 
 @pytest.fixture
-def catalog(mesh):
-    return open_catalog(mesh)
-
-
-@pytest.fixture
-def conn():
-    conn = connect()
-    yield conn
-    conn.close()
+def conn(duck):
+    return duck
 
 
 def make(conn, name: str, rows: int, *, select: str | None = None) -> str:

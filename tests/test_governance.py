@@ -18,7 +18,6 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.governance.data import iban_valid, luhn_valid
 from mesh_platform.governance.policy import (
@@ -31,7 +30,6 @@ from mesh_platform.governance.policy import (
 )
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.publish import publish_product
-from mesh_platform.storage.iceberg import open_catalog
 
 MESH = Path(sys.executable).parent / "mesh"
 TODAY = dt.date(2025, 6, 1)
@@ -310,15 +308,8 @@ def test_a_missing_governance_file_applies_every_policy_at_its_default(tmp_path)
 
 
 @pytest.fixture
-def catalog(mesh):
-    return open_catalog(mesh)
-
-
-@pytest.fixture
-def conn():
-    conn = connect()
-    yield conn
-    conn.close()
+def conn(duck):
+    return duck
 
 
 def product(name: str, columns: dict[str, dict]) -> ProductDescriptor:

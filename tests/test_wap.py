@@ -21,11 +21,6 @@ ORDERS = ProductAddress("sales", "orders")
 
 
 @pytest.fixture
-def catalog(mesh):
-    return open_catalog(mesh)
-
-
-@pytest.fixture
 def conn():
     conn = connect(extensions=("iceberg",))
     conn.execute("CREATE TABLE v1 AS SELECT range AS order_key FROM range(10)")

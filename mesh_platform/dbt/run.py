@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +26,9 @@ from mesh_platform.config import Mesh, environment
 from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.governance.evaluate import gate_exemptions
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result, prewarm
-from mesh_platform.products.publish import Publication, publish_product
+from mesh_platform.products.publish import Publication, publish_in_run
 
 if TYPE_CHECKING:
     from mesh_platform.storage.iceberg import StagedInput
@@ -140,17 +138,15 @@ def publish_products(
         for unique_id, (descriptor, relation) in built.items():
             failed_tests = sorted(blocking.get(unique_id, []))
             try:
-                publication = publish_product(
+                publication = publish_in_run(
+                    mesh,
                     catalog,
                     descriptor,
                     conn,
                     relation,
-                    batch_id=context.run_id,
                     run_id=context.run_id,
-                    properties={"mesh.inputs": json.dumps(dict(inputs))},
+                    inputs=inputs,
                     failed_elsewhere=[f"dbt test {t}" for t in failed_tests],
-                    salt=mesh.pii_salt(),
-                    exemptions=gate_exemptions(mesh, str(descriptor.address)),
                 )
             except Exception as exc:
                 publication = Publication(descriptor, error=f"publication to Iceberg failed: {exc}")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import Table
 
+    from mesh_platform.config import Mesh
     from mesh_platform.storage.iceberg import AuditStage
 
 
@@ -192,3 +193,35 @@ def publish_product(
             f"branch {result.stage.branch}"
         )
     return publication
+
+
+def publish_in_run(
+    mesh: Mesh,
+    catalog: SqlCatalog,
+    descriptor: ProductDescriptor,
+    conn: duckdb.DuckDBPyConnection,
+    relation: str,
+    *,
+    run_id: str,
+    inputs: Mapping[str, int],
+    failed_elsewhere: list[str] | tuple[str, ...] = (),
+) -> Publication:
+    """publish_product as a Dagster run does it: the run id is the batch id, the input
+    snapshots are recorded, the mesh's salt masks personal data, and the council's waivers and
+    severities apply to the data policies."""
+    import json
+
+    from mesh_platform.governance.evaluate import gate_exemptions
+
+    return publish_product(
+        catalog,
+        descriptor,
+        conn,
+        relation,
+        batch_id=run_id,
+        run_id=run_id,
+        properties={"mesh.inputs": json.dumps(dict(inputs))},
+        failed_elsewhere=failed_elsewhere,
+        salt=mesh.pii_salt(),
+        exemptions=gate_exemptions(mesh, str(descriptor.address)),
+    )

@@ -21,7 +21,6 @@ through the gate. Inputs are read at the snapshot current when the run starts an
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,8 +281,7 @@ def build_python_product_asset(
         import duckdb
 
         from mesh_platform.dbt.run import check_results, materialization_metadata
-        from mesh_platform.governance.evaluate import gate_exemptions
-        from mesh_platform.products.publish import publish_product
+        from mesh_platform.products.publish import publish_in_run
         from mesh_platform.storage.iceberg import open_catalog
 
         loaded = mesh.load()
@@ -301,16 +299,14 @@ def build_python_product_asset(
                 raise dg.Failure(f"product {descriptor.address}: not published: {error}")
             catalog = open_catalog(loaded)
             try:
-                publication = publish_product(
+                publication = publish_in_run(
+                    loaded,
                     catalog,
                     descriptor,
                     conn,
                     relation,
-                    batch_id=context.run_id,
                     run_id=context.run_id,
-                    properties={"mesh.inputs": json.dumps(pctx.read_snapshots)},
-                    salt=loaded.pii_salt(),
-                    exemptions=gate_exemptions(loaded, str(descriptor.address)),
+                    inputs=pctx.read_snapshots,
                 )
             finally:
                 catalog.engine.dispose()
