@@ -121,3 +121,15 @@ def test_main_moved_by_someone_else_means_a_full_republish(env):
     publication = _publish(catalog, conn, "b3")
     assert publication.partitions.startswith("main is not the snapshot last published")
     assert _rows(catalog) == conn.execute("SELECT * FROM main.orders ORDER BY 1").fetchall()
+
+
+def test_unchanged_data_with_a_failed_check_is_not_announced(env):
+    catalog, conn = env
+    first = _publish(catalog, conn, "b1")
+    again = publish_product(
+        catalog, _descriptor(), conn, "main.orders", batch_id="b2", run_id="b2",
+        failed_elsewhere=["dbt test unique_orders_order_key"],
+    )  # fmt: skip
+    assert not again.published
+    assert "unique_orders_order_key" in again.error
+    assert catalog.load_table(IDENT).current_snapshot().snapshot_id == first.snapshot_id

@@ -148,8 +148,14 @@ def publish_product(
         )
         publication.partitions = partition_plan.reason
         if partition_plan.unchanged:  # nothing to stage: main already holds these rows
-            publication.snapshot_id = table.current_snapshot().snapshot_id
             publication.seconds = time.perf_counter() - start
+            if failed_elsewhere:  # unchanged data that fails a check is not re-announced
+                publication.error = (
+                    f"not published: blocking check(s) failed: {', '.join(failed_elsewhere)} "
+                    "(no partition changed; main keeps its snapshot)"
+                )
+                return publication
+            publication.snapshot_id = table.current_snapshot().snapshot_id
             return publication
 
     def gate(stage: AuditStage) -> list[str]:
