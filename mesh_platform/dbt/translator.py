@@ -21,27 +21,16 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings
 
 from mesh_platform.addressing import ProductAddress, internal_asset_key, raw_asset_key
+from mesh_platform.dbt.nodes import (  # noqa: F401 - re-exported
+    MESH_INPUT_META,
+    consumed_products,
+    input_domain,
+    is_product,
+    node_meta,
+)
 from mesh_platform.domain import Domain
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.specs import product_metadata, product_tags
-
-MESH_INPUT_META = "mesh_domain"
-
-
-def node_meta(props: Mapping[str, Any]) -> dict[str, Any]:
-    """A node's meta, from both places dbt keeps it (``meta`` and ``config.meta``)."""
-    return {**(props.get("meta") or {}), **((props.get("config") or {}).get("meta") or {})}
-
-
-def is_product(props: Mapping[str, Any]) -> bool:
-    return props.get("resource_type") == "model" and props.get("access") == "public"
-
-
-def input_domain(props: Mapping[str, Any]) -> str | None:
-    """The producing domain of a source that is a mesh input, else None."""
-    if props.get("resource_type") != "source":
-        return None
-    return node_meta(props).get(MESH_INPUT_META)
 
 
 def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, ProductDescriptor]:
@@ -127,12 +116,3 @@ class MeshDbtTranslator(DagsterDbtTranslator):
                     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=freshness.timedelta)
                 )
         return spec
-
-
-def consumed_products(manifest: Mapping[str, Any]) -> list[tuple[ProductAddress, dict]]:
-    """(address, source node) for every mesh-input source of a domain's manifest."""
-    found = []
-    for node in manifest.get("sources", {}).values():
-        if producer := input_domain(node):
-            found.append((ProductAddress.parse(f"{producer}.{node['name']}"), node))
-    return sorted(found, key=lambda item: item[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 from mesh_platform.addressing import name_problem
 from mesh_platform.governance.policy import Policy, PolicyContext, Violation, register_policy
@@ -77,16 +78,38 @@ class PiiMasking(Policy):
 class Access(Policy):
     id = "access"
     description = (
-        "Every public product declares who may read it; nobody else may (deny by default)."
+        "Every public product grants read access explicitly (deny by default): each grant names "
+        "a declared principal, a purpose and an expiry; nobody else may read it."
     )
-    remedy = "list the readers in the descriptor: `readers: [marketing, team:finance]`"
+    remedy = (
+        "add grants to the descriptor: `grants: [{to: marketing, purpose: ..., expires: "
+        "YYYY-MM-DD}]`; declare teams and users in principals.yaml"
+    )
 
     def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        principals = _principals(ctx)
         for d in ctx.descriptors:
-            if not d.body.readers:
-                yield self.violation(
-                    d, "declares no readers: nobody outside its domain could use it"
-                )
+            if not d.body.grants:
+                yield self.violation(d, "grants nobody: nobody outside its domain could use it")
+            for grant in d.body.grants:
+                if principals is not None and not principals.known(grant.to):
+                    yield self.violation(
+                        d,
+                        f"grants {grant.to!r}, which is not a domain nor declared in "
+                        "principals.yaml",
+                    )
+                elif grant.to == d.domain:
+                    yield self.violation(
+                        d, f"grants its own domain {grant.to!r} (owners always read)"
+                    )
+
+
+def _principals(ctx: PolicyContext) -> Any:
+    if ctx.mesh_root is None:
+        return None
+    from mesh_platform.access.principals import load_principals
+
+    return load_principals(ctx.mesh_root, set(ctx.domains))
 
 
 @register_policy

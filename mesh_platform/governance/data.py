@@ -8,9 +8,11 @@
   like a hash, a redaction is redacted...), and none of its values still looks like the
   personal data it was.
 
-Masking itself (:func:`masked_relation`) happens on publication, before staging: the audit branch
-never holds clear personal data. Scans run in DuckDB over the staged Parquet files; candidate
-values for the checksum recognisers are validated in memory and dropped.
+Masking (:func:`masked_relation`, rules in :mod:`mesh_platform.access.masking`) happens on
+publication, before staging: the audit branch holds no clear personal data, except columns the
+descriptor masks at read (``masking_at: read``), which the read paths mask per reader. Scans
+run in DuckDB over the staged Parquet files; candidate values for the checksum recognisers are
+validated in memory and dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from mesh_platform.access.masking import mask_expression, masked_shape
 from mesh_platform.addressing import quote_ident, quote_literal
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CheckOutcome, GateCheck, GateContext, register_gate_check
@@ -57,42 +60,21 @@ def iban_valid(text: str) -> bool:
 
 _VALIDATORS = {"credit_card": luhn_valid, "iban": iban_valid}
 
-# masking rule -> (DuckDB expression of {v} and {salt}, pattern a masked value matches); both
-# are str.format templates, hence the doubled braces of regex repetitions.
-MASKS: dict[str, tuple[str, str]] = {
-    "hash": ("sha256({salt} || {v})", r"^[0-9a-f]{{64}}$"),
-    "tokenise": ("'tok_' || left(sha256({salt} || {v}), 16)", r"^tok_[0-9a-f]{{16}}$"),
-    "redact": ("'[redacted]'", r"^\[redacted\]$"),
-    "truncate": ("left({v}, 2) || '***'", r"^.{{0,2}}\*\*\*$"),
-}
-
 
 def masked_relation(
     conn: Any, descriptor: ProductDescriptor, relation: str, salt: str | None
 ) -> str:
-    """A view of ``relation`` with every masked column masked; ``relation`` if none is."""
-    masked = [c for c in descriptor.columns if c.masking]
+    """A view of ``relation`` with every column masked on publication masked; ``relation`` if
+    none is. Columns masked at read (``masking_at: read``) are stored in clear."""
+    masked = [c for c in descriptor.columns if c.masked_on_publication]
     if not masked:
         return relation
-    if salt is None and any(c.masking in ("hash", "tokenise") for c in masked):
-        from mesh_platform.errors import MeshError
-
-        raise MeshError(
-            f"product {descriptor.address}: hashing personal data needs a salt",
-            fix="set MESH_PII_SALT in the environment (the embedded default creates one in "
-            "<state>/secrets/pii_salt)",
-        )
     schema, table = relation.split(".")
-    replaces = []
-    for column in masked:
-        expression, _ = MASKS[column.masking]
-        sql = expression.format(
-            salt=quote_literal(salt or ""), v=f"CAST({quote_ident(column.name)} AS VARCHAR)"
-        )
-        replaces.append(
-            f"CASE WHEN {quote_ident(column.name)} IS NULL THEN NULL ELSE {sql} END "
-            f"AS {quote_ident(column.name)}"
-        )
+    replaces = [
+        mask_expression(c.masking, quote_ident(c.name), salt, what=f"product {descriptor.address}")
+        + f" AS {quote_ident(c.name)}"
+        for c in masked
+    ]
     view = f"mesh_publish.{descriptor.address.table}"
     conn.execute("CREATE SCHEMA IF NOT EXISTS mesh_publish")
     conn.execute(
@@ -172,7 +154,10 @@ class PiiDetection(GateCheck):
 
 class PiiMaskingVerified(GateCheck):
     name = "pii_masking_verified"
-    description = "Personal-data columns are published masked, as their rule says."
+    description = (
+        "Personal-data columns are published masked as their rule says (or, masked at read, "
+        "are served masked by it)."
+    )
 
     def applies(self, descriptor: ProductDescriptor) -> bool:
         return any(c.pii_kind for c in descriptor.columns)
@@ -189,13 +174,14 @@ class PiiMaskingVerified(GateCheck):
                     problems[column.name] = "no masking rule: published in clear"
                     continue
                 ident = quote_ident(column.name)
-                shape = MASKS[column.masking][1].format()  # un-double the braces
+                value = f"CAST({ident} AS VARCHAR)"
+                if column.masked_on_read:  # stored in clear: verify what readers are served
+                    value = mask_expression(column.masking, ident, "salt", what=column.name)
+                shape = masked_shape(column.masking)
                 clear = RECOGNISERS.get(column.pii_kind or "")
-                condition = f"NOT regexp_matches(CAST({ident} AS VARCHAR), {quote_literal(shape)})"
+                condition = f"NOT regexp_matches({value}, {quote_literal(shape)})"
                 if clear:
-                    condition += (
-                        f" OR regexp_matches(CAST({ident} AS VARCHAR), {quote_literal(clear)})"
-                    )
+                    condition += f" OR regexp_matches({value}, {quote_literal(clear)})"
                 bad = conn.execute(
                     f"SELECT count(*) FROM {source} WHERE {ident} IS NOT NULL AND ({condition})"
                 ).fetchone()[0]

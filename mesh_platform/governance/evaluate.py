@@ -51,7 +51,16 @@ def evaluate_domain(
     today: dt.date | None = None,
 ) -> list[Violation]:
     policy_set = load_policy_set(mesh.root, known_products=all_product_addresses(mesh))
-    ctx = PolicyContext(domain, list(descriptors), nodes, today=today or dt.date.today())
+    from mesh_platform.domain import list_domain_names
+
+    ctx = PolicyContext(
+        domain,
+        list(descriptors),
+        nodes,
+        today=today or dt.date.today(),
+        mesh_root=mesh.root,
+        domains=frozenset(list_domain_names(mesh)),
+    )
     return evaluate_static(policy_set, ctx)
 
 

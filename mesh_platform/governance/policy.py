@@ -69,6 +69,8 @@ class PolicyContext:
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # address -> dbt node
     params: dict[str, Any] = field(default_factory=dict)
     today: dt.date = field(default_factory=dt.date.today)
+    mesh_root: Path | None = None  # for mesh-level declarations (principals.yaml)
+    domains: frozenset[str] = frozenset()
 
 
 class Policy:

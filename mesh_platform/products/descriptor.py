@@ -17,10 +17,15 @@ A dbt product keeps its descriptor beside the model, in the domain's dbt YAML::
                 expectations:           # Great Expectations, run on the staged data
                   - expect_column_values_to_not_be_null: {column: order_key}
                 volume: {min_ratio: 0.5}
-              readers: [marketing]
+              grants:                   # deny by default: nobody else reads it
+                - to: marketing         # a domain, team:<t> or user:<u> (principals.yaml)
+                  purpose: Revenue by customer segment.
+                  expires: 2027-12-31
+                  columns: [order_key, customer_key, order_date]   # optional
+                  rows: "order_date >= DATE '2020-01-01'"          # optional
         columns:
           - name: email
-            config: {meta: {classification: "pii:email"}}
+            config: {meta: {classification: "pii:email", masking: hash}}
 
 The contract (column names and types) is dbt's enforced contract; a Python product gives its
 columns in its own YAML file (:mod:`mesh_platform.products.python`). Everything else the platform
@@ -33,8 +38,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mesh_platform.addressing import ProductAddress
@@ -43,9 +50,12 @@ from mesh_platform.errors import MeshError, format_validation_error
 DESCRIPTOR_META_KEY = "mesh"
 CLASSIFICATION_META_KEY = "classification"
 MASKING_META_KEY = "masking"
+MASKING_AT_META_KEY = "masking_at"
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+PRINCIPAL_PATTERN = r"^((team|user):)?[a-z][a-z0-9_.-]*$"
+_PRINCIPAL = re.compile(PRINCIPAL_PATTERN)
 _DURATION = re.compile(r"^(\d+)\s*(m|h|d)$")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
@@ -213,6 +223,54 @@ class PartitionBy(BaseModel):
     granularity: Literal["day", "month", "year"] = "month"
 
 
+def normalise_principal(value: str) -> str:
+    """'domain:sales' -> 'sales'; a principal is a domain, 'team:<t>' or 'user:<u>'."""
+    value = str(value).strip()
+    if value.startswith("domain:"):
+        value = value[len("domain:") :]
+    if not _PRINCIPAL.match(value):
+        raise ValueError(
+            f"principal {value!r} must be a domain name, 'team:<name>' or 'user:<name>' "
+            "(lower case letters, digits, '_', '.', '-')"
+        )
+    return value
+
+
+class Grant(BaseModel):
+    """Read access to a product for one principal: what for, until when, which columns and rows.
+
+    ``rows`` is a SQL predicate over the product's columns (DuckDB dialect), checked when the
+    descriptor loads; readers see only the rows it keeps.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: str = Field(description="A domain, 'team:<t>' or 'user:<u>' declared in principals.yaml.")
+    purpose: str = Field(min_length=5, description="Why the principal reads the product.")
+    expires: dt.date = Field(description="Last day the grant is valid (YYYY-MM-DD).")
+    columns: list[str] | None = Field(
+        default=None, description="Columns the grant covers; all when omitted."
+    )
+    rows: str | None = Field(
+        default=None, description="SQL predicate on the product's columns; all rows if omitted."
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _principal(cls, value: str) -> str:
+        return normalise_principal(value)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty column list grants nothing: omit 'columns' for all")
+        return value
+
+    def expired(self, today: dt.date) -> bool:
+        return today > self.expires
+
+
 class DescriptorBody(BaseModel):
     """The ``meta.mesh`` block of a product (everything but name, description and columns)."""
 
@@ -229,14 +287,24 @@ class DescriptorBody(BaseModel):
         default=None, description="Date after which a deprecated version stops being published."
     )
     sla: Sla = Field(default_factory=Sla)
-    readers: list[str] = Field(
+    grants: list[Grant] = Field(
         default_factory=list,
-        description="Domains, teams ('team:x') or users allowed to read it; empty: owner only.",
+        description="Who may read it (deny by default; the owning domain always may).",
     )
     tags: list[str] = Field(default_factory=list, description="Free-form search tags.")
     partition_by: PartitionBy | None = Field(
         default=None, description="Date partitioning; runs publish only changed partitions."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "readers" in value:
+            raise ValueError(
+                "'readers' was replaced by 'grants': write `grants: [{to: marketing, purpose: "
+                "..., expires: YYYY-MM-DD}]` (optional: columns, rows)"
+            )
+        return value
 
     @field_validator("version")
     @classmethod
@@ -272,7 +340,12 @@ class Column(BaseModel):
 
     masking: Literal["hash", "redact", "truncate", "tokenise"] | None = Field(
         default=None,
-        description="How a personal-data column is masked on publication (pii_masking policy).",
+        description="How a personal-data column is masked (pii_masking policy).",
+    )
+    masking_at: Literal["publication", "read"] = Field(
+        default="publication",
+        description="'publication': stored masked, every reader sees the mask. 'read': stored "
+        "in clear, masked by the mesh's read paths for readers not cleared for its class.",
     )
 
     @field_validator("classification")
@@ -294,6 +367,14 @@ class Column(BaseModel):
         c = self.classification or ""
         return c[4:] if c.startswith("pii:") else None
 
+    @property
+    def masked_on_publication(self) -> bool:
+        return self.masking is not None and self.masking_at == "publication"
+
+    @property
+    def masked_on_read(self) -> bool:
+        return self.masking is not None and self.masking_at == "read"
+
 
 class ProductDescriptor(BaseModel):
     """A validated product descriptor: identity, promises and contract of one product."""
@@ -310,7 +391,7 @@ class ProductDescriptor(BaseModel):
     incremental: bool = False
 
     @model_validator(mode="after")
-    def _partition_column(self) -> ProductDescriptor:
+    def _column_references(self) -> ProductDescriptor:
         part = self.body.partition_by
         if part is not None:
             column = self.column(part.column)
@@ -321,6 +402,16 @@ class ProductDescriptor(BaseModel):
                     f"partition_by.column {part.column!r} is {column.data_type}; it must be a "
                     "date or timestamp column"
                 )
+        names = [c.name for c in self.columns]
+        for i, grant in enumerate(self.body.grants):
+            where = f"grants[{i}] (to {grant.to})"
+            unknown = [c for c in grant.columns or () if c not in names]
+            if unknown:
+                raise ValueError(f"{where}: column(s) {', '.join(unknown)} are not columns")
+            if grant.rows is not None:
+                from mesh_platform.query.sql import check_row_filter  # sqlglot: only if used
+
+                check_row_filter(grant.rows, names, what=f"{where}.rows")
         return self
 
     @property
@@ -351,7 +442,7 @@ class ProductDescriptor(BaseModel):
             if col.classification:
                 props[f"mesh.classification.{col.name}"] = col.classification
             if col.masking:
-                props[f"mesh.masking.{col.name}"] = col.masking
+                props[f"mesh.masking.{col.name}"] = f"{col.masking}@{col.masking_at}"
         return props
 
 
@@ -392,6 +483,7 @@ def descriptor_from_node(domain: str, node: Mapping[str, Any]) -> ProductDescrip
                 "description": col.get("description") or "",
                 "classification": col_meta.get(CLASSIFICATION_META_KEY),
                 "masking": col_meta.get(MASKING_META_KEY),
+                "masking_at": col_meta.get(MASKING_AT_META_KEY) or "publication",
             }
         )
     config = node.get("config") or {}
@@ -430,3 +522,59 @@ def descriptor_from_node(domain: str, node: Mapping[str, Any]) -> ProductDescrip
             path=source_file,
         )
     return descriptor
+
+
+class PythonDescriptorFile(BaseModel):
+    """The YAML descriptor of a Python product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = Field(min_length=10)
+    mesh: DescriptorBody
+    columns: list[Column] = Field(min_length=1)
+
+
+def load_python_descriptor(path: Path, domain: str, source_file: str) -> ProductDescriptor:
+    label = f"Python product descriptor {source_file}"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DescriptorError(
+            f"{label} does not exist",
+            fix="create it beside the product's module (name, description, mesh, columns)",
+            path=source_file,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise DescriptorError(
+            f"{label} is not valid YAML ({exc})", fix="fix the YAML syntax", path=source_file
+        ) from exc
+    try:
+        parsed = PythonDescriptorFile.model_validate(raw)
+        missing = [c.name for c in parsed.columns if not c.data_type]
+        if missing:
+            raise DescriptorError(
+                f"{label}: column(s) {', '.join(missing)} have no data_type",
+                fix="give every column a DuckDB type (bigint, varchar, decimal(18,2), date...): "
+                "the columns are the product's enforced contract",
+                path=source_file,
+            )
+        return ProductDescriptor(
+            domain=domain,
+            name=parsed.name,
+            description=parsed.description,
+            body=parsed.mesh,
+            columns=parsed.columns,
+            source_file=source_file,
+            built_with="python",
+        )
+    except ValidationError as exc:
+        raise DescriptorError(
+            f"{label}: invalid descriptor: {format_validation_error(exc)}",
+            fix=f"edit {source_file} (fields: see mesh_platform/products/descriptor.py)",
+            path=source_file,
+        ) from exc
+    except DescriptorError:
+        raise
+    except MeshError as exc:  # a bad name
+        raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc

@@ -27,16 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh_platform.addressing import ProductAddress, quote_ident
-from mesh_platform.errors import MeshError, format_validation_error
+from mesh_platform.errors import MeshError
 from mesh_platform.products.descriptor import (
-    Column,
-    DescriptorBody,
-    DescriptorError,
     ProductDescriptor,
+    PythonDescriptorFile,  # noqa: F401 - re-exported
+    load_python_descriptor,
 )
 from mesh_platform.resources import MeshResource
 
@@ -47,62 +44,6 @@ if TYPE_CHECKING:
     from mesh_platform.config import Mesh
 
 PYTHON_SCHEMA = "python_products"
-
-
-class PythonDescriptorFile(BaseModel):
-    """The YAML descriptor of a Python product."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str = Field(min_length=10)
-    mesh: DescriptorBody
-    columns: list[Column] = Field(min_length=1)
-
-
-def load_python_descriptor(path: Path, domain: str, source_file: str) -> ProductDescriptor:
-    label = f"Python product descriptor {source_file}"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise DescriptorError(
-            f"{label} does not exist",
-            fix="create it beside the product's module (name, description, mesh, columns)",
-            path=source_file,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise DescriptorError(
-            f"{label} is not valid YAML ({exc})", fix="fix the YAML syntax", path=source_file
-        ) from exc
-    try:
-        parsed = PythonDescriptorFile.model_validate(raw)
-        missing = [c.name for c in parsed.columns if not c.data_type]
-        if missing:
-            raise DescriptorError(
-                f"{label}: column(s) {', '.join(missing)} have no data_type",
-                fix="give every column a DuckDB type (bigint, varchar, decimal(18,2), date...): "
-                "the columns are the product's enforced contract",
-                path=source_file,
-            )
-        return ProductDescriptor(
-            domain=domain,
-            name=parsed.name,
-            description=parsed.description,
-            body=parsed.mesh,
-            columns=parsed.columns,
-            source_file=source_file,
-            built_with="python",
-        )
-    except ValidationError as exc:
-        raise DescriptorError(
-            f"{label}: invalid descriptor: {format_validation_error(exc)}",
-            fix=f"edit {source_file} (fields: see mesh_platform/products/descriptor.py)",
-            path=source_file,
-        ) from exc
-    except DescriptorError:
-        raise
-    except MeshError as exc:  # a bad name
-        raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc
 
 
 @dataclass

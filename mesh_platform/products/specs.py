@@ -70,7 +70,13 @@ def product_metadata(
         "mesh/status": body.status,
         "mesh/purpose": body.purpose,
         "mesh/owner": f"{body.owner.team} <{body.owner.contact}>",
-        "mesh/readers": ", ".join(body.readers) or "(owner only)",
+        "mesh/grants": [
+            {"to": g.to, "purpose": g.purpose, "expires": g.expires.isoformat()}
+            | ({"columns": g.columns} if g.columns else {})
+            | ({"rows": g.rows} if g.rows else {})
+            for g in body.grants
+        ]
+        or "(owner only)",
         "mesh/sla": sla,
         "mesh/descriptor": descriptor.source_file,
         "dagster/table_name": descriptor.address.table_name(catalog_name),

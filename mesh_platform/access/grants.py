@@ -1,0 +1,120 @@
+"""The access decision: what one principal sees of one product, and the SQL that serves it.
+
+Deny by default. A principal reads a product if it acts as the owning domain (owners see every
+column and row in clear), or if a grant in the product's descriptor names it (directly or
+through ``member_of``) and has not expired. Several grants add up: the union of their columns,
+the OR of their row filters (a grant without ``rows`` lifts the filter). A personal-data column
+stored in clear (``masking_at: read``) is served masked unless the principal is cleared for its
+class; one without a masking rule is served redacted to readers not cleared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from mesh_platform.access.masking import mask_expression
+from mesh_platform.access.principals import AccessDeniedError, Principal
+from mesh_platform.addressing import ProductAddress, quote_ident
+from mesh_platform.products.descriptor import Grant, ProductDescriptor
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    address: ProductAddress
+    principal: str
+    columns: tuple[str, ...]  # visible columns, in the table's order
+    masks: dict[str, str] = field(default_factory=dict)  # column -> masking rule served
+    row_filter: str | None = None
+    owner: bool = False
+    purposes: tuple[str, ...] = ()
+
+    def select_sql(self, source: str, salt: str | None) -> str:
+        """``SELECT`` of the visible columns of ``source``, masked and filtered for the reader."""
+        items = []
+        for name in self.columns:
+            ident = quote_ident(name)
+            if rule := self.masks.get(name):
+                what = f"product {self.address}, column {name}"
+                items.append(f"{mask_expression(rule, ident, salt, what=what)} AS {ident}")
+            else:
+                items.append(ident)
+        sql = f"SELECT {', '.join(items)} FROM {source}"
+        if self.row_filter:
+            sql += f" WHERE {self.row_filter}"
+        return sql
+
+
+def grant_fix(descriptor: ProductDescriptor, principal: str) -> str:
+    owner = descriptor.body.owner
+    return (
+        f"access is granted by the owner, team {owner.team} ({owner.contact}), in the product's "
+        f"descriptor {descriptor.source_file}: `grants: [{{to: {principal}, purpose: <why>, "
+        "expires: YYYY-MM-DD}]` (optional: columns, rows)"
+    )
+
+
+def _live_grants(
+    principal: Principal, descriptor: ProductDescriptor, today: dt.date
+) -> list[Grant]:
+    mine = [g for g in descriptor.body.grants if g.to in principal.acts_as]
+    live = [g for g in mine if not g.expired(today)]
+    if mine and not live:
+        last = max(g.expires for g in mine)
+        raise AccessDeniedError(
+            f"{principal.id} may not read {descriptor.address}: its grant expired on "
+            f"{last.isoformat()}",
+            fix="ask for a renewal: " + grant_fix(descriptor, principal.id),
+            path=descriptor.source_file,
+        )
+    if not live:
+        raise AccessDeniedError(
+            f"{principal.id} may not read {descriptor.address}: no grant (deny by default)",
+            fix=grant_fix(descriptor, principal.id),
+            path=descriptor.source_file,
+        )
+    return live
+
+
+def plan_read(
+    principal: Principal,
+    descriptor: ProductDescriptor,
+    *,
+    stored_columns: Sequence[str],
+    stored_clear: Iterable[str] = (),
+    today: dt.date | None = None,
+) -> ReadPlan:
+    """What ``principal`` may read of ``descriptor``'s table, whose columns are
+    ``stored_columns``; ``stored_clear`` are masked columns the table holds in clear (its
+    properties say ``@read``). Raises AccessDeniedError naming the product and the fix."""
+    today = today or dt.date.today()
+    owner = principal.domain_member(descriptor.domain)
+    declared = {c.name: c for c in descriptor.columns}
+    if owner:
+        return ReadPlan(descriptor.address, principal.id, tuple(stored_columns), owner=True)
+    grants = _live_grants(principal, descriptor, today)
+    granted: set[str] = set()
+    for grant in grants:
+        granted.update(grant.columns or declared)
+    filters = [g.rows for g in grants]
+    row_filter = None if any(f is None for f in filters) else " OR ".join(f"({f})" for f in filters)
+    columns = tuple(c for c in stored_columns if c in granted and c in declared)
+    clear = set(stored_clear)
+    masks: dict[str, str] = {}
+    for name in columns:
+        column = declared[name]
+        if not column.pii_kind or principal.cleared_for(column.classification):
+            continue
+        if column.masking is None:
+            masks[name] = "redact"  # personal data without a rule: fail closed
+        elif column.masked_on_read or name in clear:
+            masks[name] = column.masking
+    return ReadPlan(
+        descriptor.address,
+        principal.id,
+        columns,
+        masks,
+        row_filter,
+        purposes=tuple(g.purpose for g in grants),
+    )

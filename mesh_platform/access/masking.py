@@ -1,0 +1,41 @@
+"""Masking rules for personal data, as DuckDB SQL: one definition for every path that masks.
+
+Publication (``masking_at: publication``) stores the masked value; the read paths (federated
+query, cross-domain staging) apply the same expression to columns stored in clear
+(``masking_at: read``) for readers not cleared for their class. The same salt gives the same
+hash on both paths, so masked keys still join.
+"""
+
+from __future__ import annotations
+
+from mesh_platform.addressing import quote_literal
+from mesh_platform.errors import MeshError
+
+# masking rule -> (DuckDB expression of {v} and {salt}, pattern a masked value matches); both
+# are str.format templates, hence the doubled braces of regex repetitions.
+MASKS: dict[str, tuple[str, str]] = {
+    "hash": ("sha256({salt} || {v})", r"^[0-9a-f]{{64}}$"),
+    "tokenise": ("'tok_' || left(sha256({salt} || {v}), 16)", r"^tok_[0-9a-f]{{16}}$"),
+    "redact": ("'[redacted]'", r"^\[redacted\]$"),
+    "truncate": ("left({v}, 2) || '***'", r"^.{{0,2}}\*\*\*$"),
+}
+SALTED = frozenset({"hash", "tokenise"})
+
+
+def mask_expression(rule: str, column_sql: str, salt: str | None, *, what: str) -> str:
+    """SQL masking ``column_sql`` by ``rule`` (NULL stays NULL); ``what`` names it in errors."""
+    if rule in SALTED and salt is None:
+        raise MeshError(
+            f"{what}: masking personal data by {rule!r} needs a salt",
+            fix="set MESH_PII_SALT in the environment (the embedded default creates one in "
+            "<state>/secrets/pii_salt)",
+        )
+    expression = MASKS[rule][0].format(
+        salt=quote_literal(salt or ""), v=f"CAST({column_sql} AS VARCHAR)"
+    )
+    return f"CASE WHEN {column_sql} IS NULL THEN NULL ELSE {expression} END"
+
+
+def masked_shape(rule: str) -> str:
+    """The regular expression every value masked by ``rule`` matches."""
+    return MASKS[rule][1].format()  # un-double the braces

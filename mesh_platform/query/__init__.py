@@ -1,0 +1,1 @@
+"""Federated SQL over the mesh: products by address, under each reader's grants and masks."""

@@ -1,0 +1,270 @@
+"""Where the read paths find products: descriptors (what a product promises and who may read it)
+and Iceberg table state (which snapshot is published, which columns it holds).
+
+Descriptors are read from the domains' prepared dbt manifests and Python products' YAML files,
+re-prepared when a project file changed, so an edited grant applies to the next query. Table
+state is read from the catalog row and the table's metadata JSON with the standard library:
+importing pyiceberg costs ~3 s, which would make every ``mesh query`` feel slow (the engine,
+DuckDB's iceberg extension, then reads the snapshot itself).
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mesh_platform.addressing import ProductAddress
+from mesh_platform.config import Mesh
+from mesh_platform.errors import MeshError, ProductNotPublishedError
+from mesh_platform.products.descriptor import ProductDescriptor
+
+INITIAL_PROPERTY = "mesh.initial"  # the empty snapshot audit branches start from (storage)
+
+
+class UnknownProductError(MeshError):
+    """No product has this address."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: int
+    timestamp_ms: int
+    columns: tuple[str, ...]
+    summary: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One product table's metadata, as read from its current metadata file."""
+
+    address: ProductAddress
+    metadata_path: str
+    location: str  # the table's root folder
+    properties: dict[str, str]
+    current: Snapshot | None  # main's head, None if nothing was ever published
+    main_history: tuple[Snapshot, ...]  # main's published snapshots, oldest first
+
+    def stored_clear(self) -> set[str]:
+        """Masked columns the table holds in clear (masked at read)."""
+        prefix = "mesh.masking."
+        return {
+            k[len(prefix) :]
+            for k, v in self.properties.items()
+            if k.startswith(prefix) and v.endswith("@read")
+        }
+
+    def snapshot(self, snapshot_id: int | None = None, as_of_ms: int | None = None) -> Snapshot:
+        """Main's head, a published snapshot by id, or main's snapshot at a time."""
+        if snapshot_id is not None:
+            for snap in self.main_history:
+                if snap.snapshot_id == snapshot_id:
+                    return snap
+            raise MeshError(
+                f"product {self.address} has no published snapshot {snapshot_id} (it never was "
+                "main, was an audit-branch batch, or has expired)",
+                fix="use a snapshot id from the product's history (its materialisations in the "
+                "Dagster UI list them), or --at TIMESTAMP",
+            )
+        if as_of_ms is not None:
+            before = [s for s in self.main_history if s.timestamp_ms <= as_of_ms]
+            if not before:
+                raise ProductNotPublishedError(
+                    f"product {self.address} had no published snapshot at that time",
+                    fix="choose a later time, or drop --at to read the current snapshot",
+                )
+            return before[-1]
+        if self.current is None:
+            raise ProductNotPublishedError(
+                f"product {self.address} has no published snapshot",
+                fix=f"build its domain: `mesh build --domain {self.address.domain}`",
+            )
+        return self.current
+
+
+def _local(location: str) -> str:
+    # DuckDB reads local paths directly; a file:// URL sends it through a slow generic path.
+    return location.removeprefix("file://")
+
+
+def read_table_state(address: ProductAddress, metadata_location: str) -> TableState:
+    path = Path(_local(metadata_location))
+    raw = path.read_bytes()
+    if path.name.endswith(".gz.metadata.json"):
+        raw = gzip.decompress(raw)
+    meta: dict[str, Any] = json.loads(raw)
+    schemas = {
+        s["schema-id"]: tuple(f["name"] for f in s.get("fields", []))
+        for s in meta.get("schemas", [])
+    }
+    current_schema = schemas.get(meta.get("current-schema-id"), ())
+    snapshots = {}
+    for s in meta.get("snapshots", []):
+        snapshots[s["snapshot-id"]] = Snapshot(
+            s["snapshot-id"],
+            s["timestamp-ms"],
+            schemas.get(s.get("schema-id"), current_schema),
+            {str(k): str(v) for k, v in (s.get("summary") or {}).items()},
+        )
+    # snapshot-log is main's history (branch commits do not enter it).
+    history = [
+        snapshots[e["snapshot-id"]]
+        for e in meta.get("snapshot-log", [])
+        if e["snapshot-id"] in snapshots
+    ]
+    history = [s for s in history if s.summary.get(INITIAL_PROPERTY) != "true"]
+    main = ((meta.get("refs") or {}).get("main") or {}).get("snapshot-id")
+    main = main if main is not None else meta.get("current-snapshot-id")
+    current = snapshots.get(main) if main is not None else None
+    if current is not None and current.summary.get(INITIAL_PROPERTY) == "true":
+        current = None
+    return TableState(
+        address,
+        str(path),
+        _local(meta.get("location", str(path.parent.parent))),
+        {str(k): str(v) for k, v in (meta.get("properties") or {}).items()},
+        current,
+        tuple(history),
+    )
+
+
+class Catalog:
+    """Metadata locations of product tables (the pyiceberg SqlCatalog's own table)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.uri = mesh.catalog_uri
+
+    def metadata_location(self, address: ProductAddress) -> str | None:
+        namespace, table = address.iceberg_identifier
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            if not db.is_file():
+                return None
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+            try:
+                row = conn.execute(
+                    "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? AND "
+                    "table_namespace = ? AND table_name = ?",
+                    (self.mesh.settings.catalog.name, namespace, table),
+                ).fetchone()
+            except sqlite3.OperationalError:  # no table yet: nothing was ever published
+                return None
+            finally:
+                conn.close()
+            return row[0] if row else None
+        from mesh_platform.storage.iceberg import load_product_table, open_catalog  # other URIs
+
+        found = load_product_table(open_catalog(self.mesh), address)
+        return found.metadata_location if found is not None else None
+
+    def table_state(self, address: ProductAddress) -> TableState:
+        location = self.metadata_location(address)
+        if location is None:
+            raise ProductNotPublishedError(
+                f"product {address} has no published snapshot (no Iceberg table yet)",
+                fix=f"build its domain: `mesh build --domain {address.domain}`",
+            )
+        return read_table_state(address, location)
+
+
+def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    stamp = []
+    for root in paths:
+        if root.is_file():
+            st = root.stat()
+            stamp.append((str(root), st.st_mtime_ns, st.st_size))
+            continue
+        for path in root.rglob("*"):
+            rel = path.relative_to(root)
+            if rel.parts and rel.parts[0] in {"target", "dbt_packages", "logs"}:
+                continue
+            if path.suffix in {".yml", ".yaml", ".sql", ".py"} and path.is_file():
+                st = path.stat()
+                stamp.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(sorted(stamp))
+
+
+_CACHE: dict[tuple[str, str], tuple[Any, dict[str, ProductDescriptor], dict[str, str]]] = {}
+
+
+class Directory:
+    """Every product of the mesh by address: its descriptor (or why it is unusable)."""
+
+    def __init__(
+        self,
+        descriptors: dict[str, ProductDescriptor],
+        problems: dict[str, str] | None = None,
+    ) -> None:
+        self.descriptors = descriptors
+        self.problems = problems or {}
+
+    def get(self, address: ProductAddress) -> ProductDescriptor:
+        key = str(address)
+        if key in self.descriptors:
+            return self.descriptors[key]
+        if key in self.problems:
+            raise MeshError(
+                f"product {key} cannot be read: its descriptor is invalid ({self.problems[key]})",
+                fix=f"its owners fix the descriptor (`mesh check --domain {address.domain}`)",
+            )
+        close = difflib.get_close_matches(key, list(self.descriptors), n=1)
+        raise UnknownProductError(
+            f"no product {key} in the mesh",
+            fix=(f"did you mean {close[0]}? " if close else "")
+            + "list products with `mesh products`",
+        )
+
+
+def load_directory(mesh: Mesh) -> Directory:
+    """Descriptors of every domain's products, re-prepared when a project file changed."""
+    from mesh_platform.domain import list_domain_names, load_domain
+
+    descriptors: dict[str, ProductDescriptor] = {}
+    problems: dict[str, str] = {}
+    for name in list_domain_names(mesh):
+        domain = load_domain(mesh, name)
+        python_dir = mesh.domains_dir / name / "products"
+        stamp = _project_stamp([domain.dbt_project_dir, python_dir])
+        cached = _CACHE.get((str(mesh.root), name))
+        if cached is None or cached[0] != stamp:
+            found, why = _domain_products(mesh, domain, python_dir)
+            cached = (stamp, found, why)
+            _CACHE[(str(mesh.root), name)] = cached
+        descriptors.update(cached[1])
+        problems.update(cached[2])
+    return Directory(descriptors, problems)
+
+
+def _domain_products(
+    mesh: Mesh, domain: Any, python_dir: Path
+) -> tuple[dict[str, ProductDescriptor], dict[str, str]]:
+    from mesh_platform.dbt.nodes import is_product
+    from mesh_platform.dbt.project import load_manifest, prepare
+    from mesh_platform.products.descriptor import descriptor_from_node, load_python_descriptor
+
+    found: dict[str, ProductDescriptor] = {}
+    problems: dict[str, str] = {}
+    if domain.dbt_project_dir.is_dir():
+        prepare(mesh, domain)
+        for node in load_manifest(domain).get("nodes", {}).values():
+            if not is_product(node):
+                continue
+            try:
+                descriptor = descriptor_from_node(domain.name, node)
+                found[str(descriptor.address)] = descriptor
+            except MeshError as exc:
+                problems[f"{domain.name}.{node['name']}"] = exc.what
+    for path in sorted(python_dir.glob("*.yml")):
+        source = str(path.relative_to(mesh.root))
+        try:
+            descriptor = load_python_descriptor(path, domain.name, source)
+            found[str(descriptor.address)] = descriptor
+        except MeshError as exc:
+            problems[f"{domain.name}.{path.stem}"] = exc.what
+    return found, problems

@@ -1,0 +1,256 @@
+"""Federated SQL across domains, under the reader's grants and masks.
+
+    from mesh_platform.query import engine
+    with engine.QuerySession(principal="team:campaigns") as session:
+        table = session.sql("SELECT n.region_name, count(*) FROM sales.customers c "
+                            "JOIN logistics.nations_v2 n USING (nation_key) GROUP BY 1")
+
+For every query: the SQL is checked on its syntax tree (:mod:`mesh_platform.query.sql`); each
+product it names is resolved through the directory and the catalog, the principal's access is
+decided (:mod:`mesh_platform.access.grants`: deny by default, columns, rows, masks), and the
+product is exposed to the query as a view ``<domain>.<product>`` over DuckDB's ``iceberg_scan`` of
+one pinned, published snapshot, with only the granted columns, masked and filtered. The user's
+SQL then runs against those views alone, so ``SELECT *``, joins, aggregates and exports all see
+the same masked, filtered rows.
+
+The DuckDB engine is locked down before any user SQL runs: no file system access outside the
+tables the query reads (``enable_external_access=false`` + ``allowed_directories``), no
+extension installation, and ``lock_configuration`` so ``SET`` cannot undo it. Every query,
+allowed or not, is written to the audit log (:mod:`mesh_platform.query.audit`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mesh_platform.access.grants import ReadPlan, plan_read
+from mesh_platform.access.principals import AccessDeniedError, load_principals
+from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
+from mesh_platform.config import Mesh, load_mesh
+from mesh_platform.errors import MeshError
+from mesh_platform.query.audit import AuditLog
+from mesh_platform.query.directory import Catalog, Directory, TableState, load_directory
+from mesh_platform.query.sql import QueryRefusedError, check_query
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+At = int | dt.datetime | Mapping[str, int] | None
+
+
+@dataclass(frozen=True)
+class ReadProduct:
+    plan: ReadPlan
+    state: TableState
+    snapshot_id: int
+
+
+def parse_at(value: str | None) -> int | dt.datetime | None:
+    """``--at``: a snapshot id (digits) or an ISO timestamp (UTC when no zone is given)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise MeshError(
+            f"--at {value!r} is neither a snapshot id nor a timestamp",
+            fix="pass a snapshot id (digits) or an ISO time, e.g. 2026-11-24T18:00:00+00:00",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _pinned(address: ProductAddress, state: TableState, at: At) -> int:
+    if isinstance(at, Mapping):
+        snapshot_id = at.get(str(address))
+        return state.snapshot(snapshot_id).snapshot_id
+    if isinstance(at, dt.datetime):
+        if at.tzinfo is None:
+            raise MeshError(
+                f"at={at.isoformat()} has no time zone", fix="pass an aware datetime (UTC)"
+            )
+        return state.snapshot(as_of_ms=int(at.timestamp() * 1000)).snapshot_id
+    return state.snapshot(at).snapshot_id
+
+
+def governed_source(item: ReadProduct, salt: str | None) -> str:
+    """SQL of what the plan's principal reads of one product at its pinned snapshot."""
+    scan = (
+        f"iceberg_scan({quote_literal(item.state.metadata_path)}, "
+        f"snapshot_from_id => {int(item.snapshot_id)})"
+    )
+    return item.plan.select_sql(scan, salt)
+
+
+class QuerySession:
+    """Queries of one principal. Grants, principals and descriptors are re-read on every query
+    (a revoked or expired grant stops working on the next one); the locked DuckDB connection is
+    kept while the tables it may read stay the same."""
+
+    def __init__(
+        self,
+        principal: str,
+        *,
+        mesh: Mesh | None = None,
+        directory: Directory | None = None,
+        audit: AuditLog | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.mesh = mesh or load_mesh()
+        self.principal_id = principal
+        self._directory = directory
+        self.catalog = Catalog(self.mesh)
+        self.audit = audit or AuditLog(self.mesh.state_dir / "audit" / "queries.jsonl")
+        self.threads = threads
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._allowed: frozenset[str] = frozenset()
+        self._salt: str | None = None
+
+    # -- access -----------------------------------------------------------------------------
+
+    def directory(self) -> Directory:
+        return self._directory if self._directory is not None else load_directory(self.mesh)
+
+    def resolve(self, addresses: tuple[ProductAddress, ...], at: At = None) -> list[ReadProduct]:
+        """Decide access to each product (all refusals are raised before anything is read)."""
+        from mesh_platform.domain import list_domain_names
+
+        if isinstance(at, int) and len(addresses) != 1:
+            raise MeshError(
+                f"a snapshot id pins one product, but the query reads {len(addresses)}",
+                fix="pass --at TIMESTAMP to travel every product, or at={address: snapshot} "
+                "in Python",
+            )
+        principals = load_principals(self.mesh.root, set(list_domain_names(self.mesh)))
+        principal = principals.resolve(self.principal_id)
+        directory = self.directory()
+        descriptors = [directory.get(a) for a in addresses]
+        today = dt.date.today()
+        read = []
+        for address, descriptor in zip(addresses, descriptors, strict=True):
+            if not principal.domain_member(descriptor.domain):
+                # Decide on the descriptor alone first: no table state for a refused reader.
+                plan_read(principal, descriptor, stored_columns=(), today=today)
+            state = self.catalog.table_state(address)
+            snapshot_id = _pinned(address, state, at)
+            snapshot = state.snapshot(snapshot_id)
+            plan = plan_read(
+                principal,
+                descriptor,
+                stored_columns=snapshot.columns,
+                stored_clear=state.stored_clear(),
+                today=today,
+            )
+            read.append(ReadProduct(plan, state, snapshot_id))
+        return read
+
+    # -- engine -----------------------------------------------------------------------------
+
+    def _connection(self, directories: set[str]) -> duckdb.DuckDBPyConnection:
+        if self._conn is not None and directories <= self._allowed:
+            return self._conn
+        from mesh_platform.duckdb_ext import connect
+
+        allowed = frozenset(directories | self._allowed)
+        self.close()
+        conn = connect(extensions=("iceberg",))
+        try:
+            if self.threads:
+                conn.execute(f"SET threads = {int(self.threads)}")
+            dirs = ", ".join(quote_literal(d.rstrip("/") + "/") for d in sorted(allowed))
+            conn.execute(f"SET allowed_directories = [{dirs}]")
+            conn.execute("SET enable_external_access = false")
+            conn.execute("SET lock_configuration = true")
+        except Exception:
+            conn.close()
+            raise
+        self._conn, self._allowed = conn, allowed
+        return conn
+
+    def _salt_for(self, plans: list[ReadPlan]) -> str | None:
+        if self._salt is None and any(
+            rule in ("hash", "tokenise") for p in plans for rule in p.masks.values()
+        ):
+            self._salt = self.mesh.pii_salt()
+        return self._salt
+
+    def sql(self, sql: str, *, at: At = None) -> pa.Table:
+        """Run one query as the session's principal; the result as an Arrow table."""
+        start = time.perf_counter()
+        entry: dict[str, Any] = {"principal": self.principal_id, "query": None, "products": []}
+        try:
+            checked = check_query(sql)
+            entry["query"] = checked.redacted
+            entry["products"] = [{"address": str(a)} for a in checked.addresses]
+            read = self.resolve(checked.addresses, at)
+            entry["products"] = [
+                {
+                    "address": str(r.plan.address),
+                    "snapshot_id": r.snapshot_id,
+                    "masked": sorted(r.plan.masks),
+                    "row_filter": r.plan.row_filter is not None,
+                    "owner": r.plan.owner,
+                }
+                for r in read
+            ]
+            conn = self._connection({r.state.location for r in read})
+            salt = self._salt_for([r.plan for r in read])
+            for item in read:
+                domain, table = item.plan.address.domain, item.plan.address.table
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(domain)}")
+                conn.execute(
+                    f"CREATE OR REPLACE VIEW {quote_ident(domain)}.{quote_ident(table)} AS "
+                    + governed_source(item, salt)
+                )
+            result = conn.execute(checked.sql).fetch_arrow_table()
+        except (AccessDeniedError, QueryRefusedError) as exc:
+            entry["status"] = "denied" if isinstance(exc, AccessDeniedError) else "refused"
+            entry["reason"] = exc.what
+            self._record(entry, start)
+            raise
+        except MeshError as exc:
+            entry["status"] = "failed"
+            entry["reason"] = exc.what
+            self._record(entry, start)
+            raise
+        except Exception as exc:  # DuckDB: a wrong column, a type error... (message not kept)
+            entry["status"] = "failed"
+            entry["reason"] = type(exc).__name__
+            self._record(entry, start)
+            raise MeshError(
+                f"query failed: {str(exc).splitlines()[0]}",
+                fix="correct the SQL; `mesh products --as <principal>` lists the columns you "
+                "can read",
+            ) from None
+        entry["status"] = "ok"
+        entry["rows"] = result.num_rows
+        self._record(entry, start)
+        return result
+
+    def _record(self, entry: dict[str, Any], start: float) -> None:
+        entry["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        self.audit.record(entry)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn, self._allowed = None, frozenset()
+
+    def __enter__(self) -> QuerySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def query(sql: str, *, as_: str, at: At = None, mesh: Mesh | None = None) -> pa.Table:
+    """Run one federated query as principal ``as_``; the result as Arrow."""
+    with QuerySession(as_, mesh=mesh) as session:
+        return session.sql(sql, at=at)
