@@ -21,7 +21,10 @@ fi
 # Never download a Python interpreter: use the one on this machine.
 export UV_PYTHON_DOWNLOADS=never
 echo "bootstrap: syncing .venv from uv.lock" >&2
-"$TOOLS/bin/uv" sync --frozen --python "$PYTHON" --quiet
+# Bytecode is compiled at install: imports stay fast even where PYTHONDONTWRITEBYTECODE is set
+# (a `mesh query` starts in about a second instead of two).
+"$TOOLS/bin/uv" sync --frozen --compile-bytecode --python "$PYTHON" --quiet
+"$TOOLS/bin/python" -m compileall -q -j 0 mesh_platform domains >/dev/null
 
 echo "bootstrap: preparing dbt manifests" >&2
 .venv/bin/mesh prepare

@@ -54,12 +54,11 @@ class ProductContext:
     run_id: str
     inputs: tuple[ProductAddress, ...]
     mesh: Mesh
+    domain: str  # the consuming domain: reads are decided by its grants
     read_snapshots: dict[str, int] = field(default_factory=dict)
 
     def read(self, address: str | ProductAddress) -> pa.Table:
         """A declared input product's current published rows, as Arrow."""
-        from mesh_platform.storage.iceberg import load_product_table, open_catalog
-
         address = ProductAddress.parse(address) if isinstance(address, str) else address
         if address not in self.inputs:
             raise MeshError(
@@ -67,20 +66,18 @@ class ProductContext:
                 fix=f"add '{address}' to inputs=[...] of @python_product, so lineage and "
                 "snapshot pinning know about it",
             )
-        from mesh_platform.read import read_product
+        from mesh_platform.query.engine import QuerySession
 
-        if str(address) not in self.read_snapshots:
-            catalog = open_catalog(self.mesh)
-            try:
-                table = load_product_table(catalog, address)
-                snapshot = table.current_snapshot() if table is not None else None
-            finally:
-                catalog.engine.dispose()
-            if snapshot is not None:
-                self.read_snapshots[str(address)] = snapshot.snapshot_id
-        return read_product(
-            address, snapshot_id=self.read_snapshots.get(str(address)), mesh=self.mesh
-        )
+        # Read as the consuming domain: its grant decides columns, rows and masks. The first
+        # read pins the snapshot for the whole run.
+        pinned = self.read_snapshots.get(str(address))
+        with QuerySession(self.domain, mesh=self.mesh) as session:
+            table = session.sql(
+                f"SELECT * FROM {address.domain}.{address.table}",
+                at={str(address): pinned} if pinned is not None else None,
+            )
+            self.read_snapshots.update(session.last_snapshots)
+        return table
 
 
 @dataclass(frozen=True)
@@ -226,7 +223,9 @@ def build_python_product_asset(
         from mesh_platform.storage.iceberg import open_catalog
 
         loaded = mesh.load()
-        pctx = ProductContext(context.log, context.run_id, product.inputs, loaded)
+        pctx = ProductContext(
+            context.log, context.run_id, product.inputs, loaded, descriptor.domain
+        )
         data = _to_arrow(product.fn(pctx), descriptor)
         conn = duckdb.connect()
         try:

@@ -112,6 +112,7 @@ class QuerySession:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._allowed: frozenset[str] = frozenset()
         self._salt: str | None = None
+        self.last_snapshots: dict[str, int] = {}  # address -> snapshot read by the last query
 
     # -- access -----------------------------------------------------------------------------
 
@@ -183,6 +184,18 @@ class QuerySession:
 
     def sql(self, sql: str, *, at: At = None) -> pa.Table:
         """Run one query as the session's principal; the result as an Arrow table."""
+        return self._run(sql, at, lambda cursor: cursor.to_arrow_table())
+
+    def rows(self, sql: str, *, at: At = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one query; column names and Python rows (no pyarrow import: the CLI's path)."""
+
+        def fetch(cursor: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+            names = [d[0] for d in cursor.description]
+            return names, cursor.fetchall()
+
+        return self._run(sql, at, fetch)
+
+    def _run(self, sql: str, at: At, fetch: Any) -> Any:
         start = time.perf_counter()
         entry: dict[str, Any] = {"principal": self.principal_id, "query": None, "products": []}
         try:
@@ -200,6 +213,7 @@ class QuerySession:
                 }
                 for r in read
             ]
+            self.last_snapshots = {str(r.plan.address): r.snapshot_id for r in read}
             conn = self._connection({r.state.location for r in read})
             salt = self._salt_for([r.plan for r in read])
             for item in read:
@@ -209,7 +223,7 @@ class QuerySession:
                     f"CREATE OR REPLACE VIEW {quote_ident(domain)}.{quote_ident(table)} AS "
                     + governed_source(item, salt)
                 )
-            result = conn.execute(checked.sql).fetch_arrow_table()
+            result = fetch(conn.execute(checked.sql))
         except (AccessDeniedError, QueryRefusedError) as exc:
             entry["status"] = "denied" if isinstance(exc, AccessDeniedError) else "refused"
             entry["reason"] = exc.what
@@ -230,7 +244,7 @@ class QuerySession:
                 "can read",
             ) from None
         entry["status"] = "ok"
-        entry["rows"] = result.num_rows
+        entry["rows"] = result.num_rows if hasattr(result, "num_rows") else len(result[1])
         self._record(entry, start)
         return result
 

@@ -13,10 +13,13 @@ the product's own columns, without subqueries or table references.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import sqlglot
+with warnings.catch_warnings():  # sqlglotrs (pulled in by a dependency) warns on import
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
