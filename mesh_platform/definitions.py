@@ -24,6 +24,7 @@ from dagster_dbt import DbtCliResource
 from dagster_dbt.asset_utils import DAGSTER_DBT_SELECT_METADATA_KEY, build_dbt_specs
 from pydantic import Field
 
+from mesh_platform.access.consumption import consumption_problems
 from mesh_platform.addressing import raw_asset_key
 from mesh_platform.config import load_mesh
 from mesh_platform.dbt.checks import manifest_problems
@@ -38,6 +39,7 @@ from mesh_platform.domain import Domain, list_domain_names, load_domain
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.governance import data as _data_policies  # noqa: F401  (registers gate checks)
 from mesh_platform.governance.evaluate import evaluate_domain
+from mesh_platform.orchestration import domain_schedule, inputs_sensor
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import check_specs
 from mesh_platform.products.python import PythonProduct, build_python_product_asset
@@ -192,6 +194,8 @@ def domain_definitions(
         domain, products, {str(d.address) for d in dbt_descriptors.values()}
     )
     problems += python_problems
+    if not problems:
+        problems += consumption_problems(mesh, domain.name, manifest)
     if problems:
         raise DomainError(
             domain.name,
@@ -230,11 +234,17 @@ def domain_definitions(
         )
         for product, descriptor in python
     ]
+    job_name = build_job_name(domain.name)
+    consumed = [a for a, _ in consumed_products(manifest)]
+    consumed += [a for product, _ in python for a in product.inputs if a.domain != domain.name]
+    triggers = [domain_schedule(domain, job_name), inputs_sensor(domain, job_name, consumed)]
     return dg.Definitions(
         assets=assets,
+        schedules=[t for t in triggers if isinstance(t, dg.ScheduleDefinition)],
+        sensors=[t for t in triggers if isinstance(t, dg.SensorDefinition)],
         jobs=[
             dg.define_asset_job(
-                build_job_name(domain.name),
+                job_name,
                 selection=dg.AssetSelection.all(),
                 description=f"Land, build and publish every asset of the {domain.name} domain.",
                 tags={"mesh/domain": domain.name},

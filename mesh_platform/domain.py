@@ -48,6 +48,33 @@ class RawSources(BaseModel):
         return tables
 
 
+class Schedule(BaseModel):
+    """When the domain's pipeline runs on its own (source-aligned domains)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(description="Cron expression, e.g. '0 5 * * *'.", examples=["0 5 * * *"])
+    timezone: str = Field(default="UTC", description="IANA time zone of the cron expression.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(f"cron {cron!r} must have 5 fields (minute hour day month weekday)")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, zone: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r} (use an IANA name, e.g. UTC)") from None
+        return zone
+
+
 class DomainSpec(BaseModel):
     """The validated content of ``domains/<domain>/domain.yaml``."""
 
@@ -71,6 +98,11 @@ class DomainSpec(BaseModel):
         min_length=1,
         description="Owning teams ('team:<name>') and contact emails, as Dagster shows them.",
         examples=[["team:sales", "sales-data@example.com"]],
+    )
+    schedule: Schedule | None = Field(
+        default=None,
+        description="Run the domain's pipeline on a schedule (source-aligned domains); "
+        "consumers run when their inputs publish.",
     )
     raw: RawSources | None = Field(
         default=None, description="Sample source data to land (source-aligned domains)."

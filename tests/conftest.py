@@ -16,7 +16,14 @@ import pytest
 from mesh_platform.config import Mesh, load_mesh
 
 REPO = Path(__file__).resolve().parents[1]
-MESH_FILES = ("mesh.yaml", "governance.yaml", "workspace.yaml", "domains", "dbt_projects")
+MESH_FILES = (
+    "mesh.yaml",
+    "governance.yaml",
+    "principals.yaml",
+    "workspace.yaml",
+    "domains",
+    "dbt_projects",
+)
 _IGNORE = shutil.ignore_patterns(
     "target", "dbt_packages", "logs", "__pycache__", ".user.yml", "package-lock.yml"
 )

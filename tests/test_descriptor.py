@@ -40,7 +40,7 @@ def node(**mesh_overrides: Any) -> dict[str, Any]:
             ],
             "volume": {"min_ratio": 0.5},
         },
-        "readers": ["marketing"],
+        "grants": [{"to": "marketing", "purpose": "Revenue by segment.", "expires": "2099-12-31"}],
     }
     mesh.update(mesh_overrides)
     return {

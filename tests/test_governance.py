@@ -49,7 +49,7 @@ def node(
         "owner": {"team": "sales", "contact": "sales-data@example.com"},
         "version": "1.0.0",
         "sla": {"freshness": {"max_age": "26h"}},
-        "readers": ["marketing"],
+        "grants": [{"to": "marketing", "purpose": "Revenue by segment.", "expires": "2099-12-31"}],
     }
     body.update(mesh or {})
     if columns is None:
@@ -169,11 +169,11 @@ def test_pii_masking_fires_on_personal_data_without_masking(tmp_path):
     assert of(evaluate(tmp_path, node()), "pii_masking") == []
 
 
-def test_access_fires_when_no_readers_are_declared(tmp_path):
-    found = of(evaluate(tmp_path, node(mesh={"readers": []})), "access")
+def test_access_fires_when_no_grants_are_declared(tmp_path):
+    found = of(evaluate(tmp_path, node(mesh={"grants": []})), "access")
     assert len(found) == 1
     _assert_names(found[0], "access", None)
-    assert "readers" in found[0].fix
+    assert "grants" in found[0].fix
     assert of(evaluate(tmp_path, node()), "access") == []
 
 
@@ -265,13 +265,13 @@ def test_a_valid_waiver_makes_the_violation_non_blocking(tmp_path):
     text = "policies: {}\nwaivers:\n" + WAIVER.format(
         product="sales.orders", reason="'pilot with marketing'", expires="2025-06-01"
     )
-    found = evaluate(tmp_path, node(mesh={"readers": []}), governance=text)
+    found = evaluate(tmp_path, node(mesh={"grants": []}), governance=text)
     assert len(found) == 1
     assert found[0].policy == "access"
     assert found[0].waived_by == "pilot with marketing"
     assert not found[0].blocking
     # the waiver is for one policy only: another violation of the same product still blocks
-    found = evaluate(tmp_path, node(mesh={"readers": [], "sla": {}}), governance=text)
+    found = evaluate(tmp_path, node(mesh={"grants": [], "sla": {}}), governance=text)
     assert [v.policy for v in found if v.blocking] == ["required_metadata"]
 
 
@@ -279,7 +279,7 @@ def test_an_expired_waiver_no_longer_waives_and_says_so(tmp_path):
     text = "policies: {}\nwaivers:\n" + WAIVER.format(
         product="sales.orders", reason="'pilot with marketing'", expires="2025-05-31"
     )
-    found = evaluate(tmp_path, node(mesh={"readers": []}), governance=text)
+    found = evaluate(tmp_path, node(mesh={"grants": []}), governance=text)
     access = of(found, "access")
     assert len(access) == 1 and access[0].blocking and access[0].waived_by is None
     (warning,) = of(found, "waivers")
@@ -292,7 +292,7 @@ def test_an_expired_waiver_no_longer_waives_and_says_so(tmp_path):
 
 def test_severity_warn_makes_a_policy_non_blocking(tmp_path):
     found = evaluate(
-        tmp_path, node(mesh={"readers": []}), governance="policies:\n  access: {severity: warn}\n"
+        tmp_path, node(mesh={"grants": []}), governance="policies:\n  access: {severity: warn}\n"
     )
     assert [(v.policy, v.severity, v.blocking) for v in found] == [("access", "warn", False)]
 
@@ -301,7 +301,7 @@ def test_a_missing_governance_file_applies_every_policy_at_its_default(tmp_path)
     policy_set = load_policy_set(tmp_path)
     assert isinstance(policy_set, PolicySet)
     assert policy_set.severity("access") == "error"
-    assert of(evaluate(tmp_path, node(mesh={"readers": []})), "access")[0].blocking
+    assert of(evaluate(tmp_path, node(mesh={"grants": []})), "access")[0].blocking
 
 
 # --- 3. data policies in the publication gate -----------------------------------------------

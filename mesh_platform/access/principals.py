@@ -139,10 +139,18 @@ class Principals:
         ]
 
 
+_CACHE: dict[Path, tuple[tuple[int, int], dict[str, PrincipalSpec]]] = {}
+
+
 def load_principals(root: Path, domains: set[str]) -> Principals:
+    """The mesh's principals (re-read whenever the file changes)."""
     path = root / PRINCIPALS_FILE
     if not path.is_file():
         return Principals({}, domains, path)
+    st = path.stat()
+    cached = _CACHE.get(path)
+    if cached is not None and cached[0] == (st.st_mtime_ns, st.st_size):
+        return Principals(cached[1], domains, path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         parsed = PrincipalsFile.model_validate(raw)
@@ -173,4 +181,5 @@ def load_principals(root: Path, domains: set[str]) -> Principals:
             fix="declare the missing principal or remove the membership",
             path=path,
         )
+    _CACHE[path] = ((st.st_mtime_ns, st.st_size), specs)
     return principals

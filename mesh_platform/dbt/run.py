@@ -23,7 +23,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from mesh_platform.config import Mesh, environment
-from mesh_platform.dbt.translator import MeshDbtTranslator, consumed_products
+from mesh_platform.dbt.translator import MeshDbtTranslator
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.products.descriptor import ProductDescriptor
@@ -31,29 +31,16 @@ from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_resu
 from mesh_platform.products.publish import Publication, publish_in_run
 
 if TYPE_CHECKING:
-    from mesh_platform.storage.iceberg import StagedInput
+    from mesh_platform.access.consumption import StagedInput
 
 # mesh_platform.storage.iceberg (pyiceberg, pyarrow, sqlalchemy: ~3 s) is imported inside the
 # functions below: code locations load without it; only runs pay for it.
 
 
 def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> list[StagedInput]:
-    inputs = consumed_products(manifest)
-    if not inputs:
-        return []
-    from mesh_platform.storage.iceberg import open_catalog, stage_input
+    from mesh_platform.access.consumption import stage_inputs as stage
 
-    catalog = open_catalog(mesh)
-    mesh.duckdb_path(domain.name).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
-    try:
-        return [
-            stage_input(catalog, conn, address, schema=node["schema"], consumer=domain.name)
-            for address, node in inputs
-        ]
-    finally:
-        conn.close()
-        catalog.engine.dispose()
+    return stage(mesh, domain.name, manifest)
 
 
 def _run_results(invocation: Any) -> dict[str, Any]:
@@ -219,9 +206,12 @@ def run_domain_dbt(
     prewarm(translator.descriptors.values())  # imports overlap the dbt subprocess
     staged = stage_inputs(mesh, domain, manifest)
     for item in staged:
+        limits = (f", masked: {', '.join(item.masked)}" if item.masked else "") + (
+            f", rows where {item.row_filter}" if item.row_filter else ""
+        )
         context.log.info(
-            f"staged {item.address} snapshot {item.snapshot_id} ({item.row_count} rows) "
-            f"as {item.relation}"
+            f"staged {item.address} snapshot {item.snapshot_id} ({item.row_count} rows{limits}) "
+            f"as {item.relation}, as the domain's grant allows"
         )
     inputs = {str(s.address): s.snapshot_id for s in staged}
 

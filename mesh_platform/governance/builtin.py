@@ -97,6 +97,7 @@ class Access(Policy):
                         d,
                         f"grants {grant.to!r}, which is not a domain nor declared in "
                         "principals.yaml",
+                        fix=f"declare {grant.to!r} in principals.yaml (or correct the name)",
                     )
                 elif grant.to == d.domain:
                     yield self.violation(

@@ -101,6 +101,10 @@ def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list
         domain, python_products_of(mesh, name), {str(d.address) for d in descriptors.values()}
     )
     problems += python_problems
+    if not problems:
+        from mesh_platform.access.consumption import consumption_problems
+
+        problems += consumption_problems(mesh, name, manifest, today=today)
     found = [
         Violation("descriptor", f"domain {name}", p, "see the message", where) for p in problems
     ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class TableState:
     properties: dict[str, str]
     current: Snapshot | None  # main's head, None if nothing was ever published
     main_history: tuple[Snapshot, ...]  # main's published snapshots, oldest first
+    schema_count: int = 1  # >1: files may differ in columns (added ones)
 
     def stored_clear(self) -> set[str]:
         """Masked columns the table holds in clear (masked at read)."""
@@ -130,6 +132,7 @@ def read_table_state(address: ProductAddress, metadata_location: str) -> TableSt
         {str(k): str(v) for k, v in (meta.get("properties") or {}).items()},
         current,
         tuple(history),
+        max(1, len(schemas)),
     )
 
 
@@ -174,22 +177,23 @@ class Catalog:
 
 
 def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    """(file, mtime, size) of every file that can change a domain's descriptors."""
     stamp = []
     for root in paths:
         if root.is_file():
             st = root.stat()
             stamp.append((str(root), st.st_mtime_ns, st.st_size))
             continue
-        for path in root.rglob("*"):
-            rel = path.relative_to(root)
-            if rel.parts and rel.parts[0] in {"target", "dbt_packages", "logs"}:
-                continue
-            if path.suffix in {".yml", ".yaml", ".sql", ".py"} and path.is_file():
-                st = path.stat()
-                stamp.append((str(path), st.st_mtime_ns, st.st_size))
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in _NOT_SOURCES]
+            for name in files:
+                if name.endswith((".yml", ".yaml", ".sql", ".py")):
+                    st = os.stat(os.path.join(folder, name))
+                    stamp.append((os.path.join(folder, name), st.st_mtime_ns, st.st_size))
     return tuple(sorted(stamp))
 
 
+_NOT_SOURCES = frozenset({"target", "dbt_packages", "logs", "__pycache__"})
 _CACHE: dict[tuple[str, str], tuple[Any, dict[str, ProductDescriptor], dict[str, str]]] = {}
 
 
@@ -221,19 +225,22 @@ class Directory:
         )
 
 
-def load_directory(mesh: Mesh) -> Directory:
-    """Descriptors of every domain's products, re-prepared when a project file changed."""
+def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
+    """Descriptors of every domain's products. ``refresh``: re-prepare a dbt project whose files
+    changed (an edited grant applies at once); else read the manifests as prepared."""
     from mesh_platform.domain import list_domain_names, load_domain
 
     descriptors: dict[str, ProductDescriptor] = {}
     problems: dict[str, str] = {}
     for name in list_domain_names(mesh):
-        domain = load_domain(mesh, name)
         python_dir = mesh.domains_dir / name / "products"
-        stamp = _project_stamp([domain.dbt_project_dir, python_dir])
+        stamp = _project_stamp(
+            [mesh.domains_dir / name / "domain.yaml", mesh.dbt_projects_dir / name, python_dir]
+        )
         cached = _CACHE.get((str(mesh.root), name))
         if cached is None or cached[0] != stamp:
-            found, why = _domain_products(mesh, domain, python_dir)
+            domain = load_domain(mesh, name)
+            found, why = _domain_products(mesh, domain, python_dir, refresh=refresh)
             cached = (stamp, found, why)
             _CACHE[(str(mesh.root), name)] = cached
         descriptors.update(cached[1])
@@ -242,7 +249,7 @@ def load_directory(mesh: Mesh) -> Directory:
 
 
 def _domain_products(
-    mesh: Mesh, domain: Any, python_dir: Path
+    mesh: Mesh, domain: Any, python_dir: Path, *, refresh: bool
 ) -> tuple[dict[str, ProductDescriptor], dict[str, str]]:
     from mesh_platform.dbt.nodes import is_product
     from mesh_platform.dbt.project import load_manifest, prepare
@@ -251,8 +258,14 @@ def _domain_products(
     found: dict[str, ProductDescriptor] = {}
     problems: dict[str, str] = {}
     if domain.dbt_project_dir.is_dir():
-        prepare(mesh, domain)
-        for node in load_manifest(domain).get("nodes", {}).values():
+        if refresh:
+            prepare(mesh, domain)
+        try:
+            nodes = load_manifest(domain).get("nodes", {})
+        except MeshError as exc:  # not prepared: its products cannot be resolved yet
+            problems[f"{domain.name}.*"] = exc.what
+            nodes = {}
+        for node in nodes.values():
             if not is_product(node):
                 continue
             try:

@@ -1,0 +1,88 @@
+"""How domains run without anyone pressing a button.
+
+- A source-aligned domain runs its pipeline on the schedule in its ``domain.yaml``.
+- A consuming domain runs when a product it consumes publishes: its sensor watches the
+  producers' assets (other code locations, same Dagster instance) and requests a run of the
+  domain's job for each new materialisation. The platform reports a materialisation only when a
+  batch passed its gate and was published (a blocked batch reports none), and the sensor also
+  requires the published snapshot id on it: a failed audit never starts a downstream run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import dagster as dg
+
+from mesh_platform.addressing import ProductAddress
+from mesh_platform.domain import Domain
+
+SNAPSHOT_METADATA = "mesh/iceberg_snapshot_id"
+
+
+def domain_schedule(domain: Domain, job_name: str) -> dg.ScheduleDefinition | None:
+    schedule = domain.spec.schedule
+    if schedule is None:
+        return None
+    return dg.ScheduleDefinition(
+        name=f"{domain.name}_schedule",
+        job_name=job_name,
+        cron_schedule=schedule.cron,
+        execution_timezone=schedule.timezone,
+        description=f"Runs the {domain.name} domain's pipeline (declared in its domain.yaml).",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+
+
+def inputs_sensor(
+    domain: Domain, job_name: str, inputs: Sequence[ProductAddress]
+) -> dg.SensorDefinition | None:
+    """Run ``job_name`` when any of ``inputs`` publishes a new snapshot."""
+    if not inputs:
+        return None
+    keys = sorted({a.asset_key for a in inputs}, key=lambda k: k.to_user_string())
+
+    @dg.sensor(
+        name=f"{domain.name}_on_inputs_published",
+        job_name=job_name,
+        minimum_interval_seconds=60,
+        description=f"Runs the {domain.name} domain when a product it consumes publishes: "
+        + ", ".join(k.to_user_string() for k in keys),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        latest: dict[str, int] = {}
+        published: list[str] = []
+        for key in keys:
+            record = context.instance.get_latest_materialization_event(key)
+            if record is None:
+                continue
+            name = key.to_user_string()
+            latest[name] = record.storage_id
+            materialization = record.asset_materialization
+            if (
+                name in seen
+                and record.storage_id > seen[name]
+                and materialization is not None
+                and SNAPSHOT_METADATA in materialization.metadata
+            ):
+                snapshot = materialization.metadata[SNAPSHOT_METADATA].value
+                published.append(f"{name}@{snapshot}")
+        cursor = json.dumps({**seen, **latest}, sort_keys=True)
+        if not context.cursor:  # first tick: remember where the producers are, run nothing
+            return dg.SensorResult(cursor=cursor)
+        if not published:
+            return dg.SensorResult(skip_reason="no input published a new snapshot", cursor=cursor)
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=",".join(sorted(published)),
+                    tags={"mesh/domain": domain.name, "mesh/trigger": ",".join(published)},
+                )
+            ],
+            cursor=cursor,
+        )
+
+    return _sensor
