@@ -56,9 +56,10 @@ def inputs_sensor(
         latest: dict[str, int] = {}
         published: list[str] = []
         for key in keys:
-            record = context.instance.get_latest_materialization_event(key)
-            if record is None:
+            records = context.instance.fetch_materializations(key, limit=1).records
+            if not records:
                 continue
+            record = records[0]
             name = key.to_user_string()
             latest[name] = record.storage_id
             materialization = record.asset_materialization

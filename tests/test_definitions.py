@@ -276,3 +276,49 @@ def test_python_product_is_declared_like_a_dbt_product(prepared_mesh, loaded):
             c["name"] for c in declared["columns"]
         ]
         assert dg.AssetKey(["marketing", "customer_segments"]) in node.parent_keys
+
+
+def _sensor_result(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    return sensor.evaluate_tick(context)
+
+
+def test_source_aligned_domains_run_on_their_declared_schedule(loaded):
+    (schedule,) = loaded["sales"].schedules
+    assert schedule.cron_schedule == "0 5 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.job_name == "sales_build"
+    assert not loaded["marketing"].schedules  # consumers run on their inputs, not a clock
+
+
+def test_consumer_sensor_runs_only_on_published_snapshots_of_its_inputs(loaded):
+    (sensor,) = loaded["marketing"].sensors
+    assert sensor.job_name == "marketing_build"
+    assert not loaded["sales"].sensors  # sales consumes no other domain's product
+    orders = dg.AssetKey(["sales", "orders"])
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(orders, metadata={"mesh/iceberg_snapshot_id": "1"})
+        )
+        first = _sensor_result(sensor, instance, None)
+        assert not first.run_requests  # the first tick only records where producers are
+        cursor = first.cursor
+        # A materialisation without a published snapshot id (not one the platform reports for
+        # a published batch) and an unrelated asset start nothing.
+        instance.report_runless_asset_event(dg.AssetMaterialization(orders))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                dg.AssetKey(["sales", "unrelated"]), metadata={"mesh/iceberg_snapshot_id": "9"}
+            )
+        )
+        quiet = _sensor_result(sensor, instance, cursor)
+        assert not quiet.run_requests
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(orders, metadata={"mesh/iceberg_snapshot_id": "2"})
+        )
+        fired = _sensor_result(sensor, instance, quiet.cursor)
+        (request,) = fired.run_requests
+        assert request.run_key == "sales/orders@2"
+        assert request.tags["mesh/domain"] == "marketing"
+        again = _sensor_result(sensor, instance, fired.cursor)
+        assert not again.run_requests  # one run per published snapshot

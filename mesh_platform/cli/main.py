@@ -121,7 +121,7 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     """
     from mesh_platform.build import DomainOutcome, build_domain, build_order, domain_dependencies
     from mesh_platform.dbt.project import prepare
-    from mesh_platform.domain import load_domain
+    from mesh_platform.domain import list_domain_names, load_domain
     from mesh_platform.instance import get_instance
     from mesh_platform.workspace import check_workspace, load_location
 
@@ -138,10 +138,19 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     defs = {}
     outcomes = []
     # A domain that cannot be prepared or loaded is reported; the others are still built.
+    # Every domain is prepared before any loads: a consumer's load checks its grants in the
+    # producers' descriptors.
+    broken: dict[str, MeshError] = {}
+    for name in dict.fromkeys([*list_domain_names(mesh), *selected]):
+        try:
+            prepare(mesh, load_domain(mesh, name))
+        except MeshError as exc:
+            broken[name] = exc
     for name in selected:
         start = time.perf_counter()
         try:
-            prepare(mesh, load_domain(mesh, name))
+            if name in broken:
+                raise broken[name]
             defs[name] = load_location(mesh, locations[name])
         except MeshError as exc:
             console.print(f"  {name}: [red]cannot load[/]\n  {escape(str(exc))}", highlight=False)

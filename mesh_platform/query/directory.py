@@ -217,6 +217,11 @@ class Directory:
                 f"product {key} cannot be read: its descriptor is invalid ({self.problems[key]})",
                 fix=f"its owners fix the descriptor (`mesh check --domain {address.domain}`)",
             )
+        if why := self.problems.get(f"{address.domain}.*"):
+            raise MeshError(
+                f"product {key} cannot be resolved: {why}",
+                fix=f"run `mesh prepare --domain {address.domain}`",
+            )
         close = difflib.get_close_matches(key, list(self.descriptors), n=1)
         raise UnknownProductError(
             f"no product {key} in the mesh",
