@@ -69,14 +69,15 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
     read = session.resolve(tuple(a for a, _ in consumed))  # refusals before anything is read
     salt = session.salt_for([r.plan for r in read])
     mesh.duckdb_path(domain).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(mesh.duckdb_path(domain), extensions=("iceberg",))
+    conn = connect(mesh.duckdb_path(domain), extensions=("avro",))
     staged = []
     try:
         for item, (address, node) in zip(read, consumed, strict=True):
             schema = node["schema"]
             target = f"{quote_ident(schema)}.{quote_ident(address.table)}"
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-            conn.execute(f"CREATE OR REPLACE TABLE {target} AS {governed_source(item, salt)}")
+            source = governed_source(conn, item, salt)
+            conn.execute(f"CREATE OR REPLACE TABLE {target} AS {source}")
             rows = conn.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
             staged.append(
                 StagedInput(

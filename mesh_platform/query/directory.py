@@ -4,8 +4,9 @@ and Iceberg table state (which snapshot is published, which columns it holds).
 Descriptors are read from the domains' prepared dbt manifests and Python products' YAML files,
 re-prepared when a project file changed, so an edited grant applies to the next query. Table
 state is read from the catalog row and the table's metadata JSON with the standard library:
-importing pyiceberg costs ~3 s, which would make every ``mesh query`` feel slow (the engine,
-DuckDB's iceberg extension, then reads the snapshot itself).
+importing pyiceberg costs ~3 s and loading DuckDB's iceberg extension ~0.3 s, which would make
+every ``mesh query`` feel slow. The snapshot's data files are planned from its Avro manifests
+(DuckDB's avro extension) and read as Parquet.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Snapshot:
     timestamp_ms: int
     columns: tuple[str, ...]
     summary: dict[str, str]
+    manifest_list: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def read_table_state(address: ProductAddress, metadata_location: str) -> TableSt
             s["timestamp-ms"],
             schemas.get(s.get("schema-id"), current_schema),
             {str(k): str(v) for k, v in (s.get("summary") or {}).items()},
+            _local(s.get("manifest-list", "")),
         )
     # snapshot-log is main's history (branch commits do not enter it).
     history = [
@@ -134,6 +137,56 @@ def read_table_state(address: ProductAddress, metadata_location: str) -> TableSt
         tuple(history),
         max(1, len(schemas)),
     )
+
+
+class UnsupportedTableError(MeshError):
+    """A table layout the read path does not handle (delete files)."""
+
+
+def data_files(conn: Any, state: TableState, snapshot: Snapshot) -> list[str]:
+    """The live data files of ``snapshot``: its manifest list, then its manifests (Avro, read
+    by DuckDB's avro extension), minus deleted entries.
+
+    The platform publishes copy-on-write (pyiceberg writes no delete files); a snapshot that
+    holds delete files (written by another engine) is refused rather than read wrongly.
+    """
+    from mesh_platform.addressing import quote_literal
+
+    manifests = conn.execute(
+        f"SELECT manifest_path, content FROM read_avro({quote_literal(snapshot.manifest_list)})"
+    ).fetchall()
+    if any(content != 0 for _, content in manifests):
+        raise UnsupportedTableError(
+            f"product {state.address} snapshot {snapshot.snapshot_id} holds delete files "
+            "(merge-on-read), which the mesh's read path does not apply",
+            fix="rewrite the table copy-on-write (publish it again through the platform)",
+        )
+    if not manifests:
+        return []
+    listing = ", ".join(quote_literal(_local(p)) for p, _ in manifests)
+    entries = conn.execute(
+        f"SELECT status, data_file.content, data_file.file_path FROM read_avro([{listing}])"
+    ).fetchall()
+    if any(content != 0 for status, content, _ in entries if status != 2):
+        raise UnsupportedTableError(
+            f"product {state.address} snapshot {snapshot.snapshot_id} lists delete files",
+            fix="rewrite the table copy-on-write (publish it again through the platform)",
+        )
+    return [_local(path) for status, _, path in entries if status != 2]  # 2: DELETED
+
+
+def scan_sql(files: list[str], state: TableState, columns: tuple[str, ...]) -> str:
+    """A relation reading ``files``; an empty snapshot is an empty relation of its columns."""
+    from mesh_platform.addressing import quote_ident, quote_literal
+
+    if not files:
+        nulls = ", ".join(f"NULL AS {quote_ident(c)}" for c in columns) or "NULL AS _"
+        return f"(SELECT {nulls} WHERE false)"
+    listing = ", ".join(quote_literal(f) for f in files)
+    # Files written before a column was added lack it: match columns by name (Iceberg's name
+    # mapping: the platform's Parquet files carry no field ids; renames need a new major).
+    union = ", union_by_name = true" if state.schema_count > 1 else ""
+    return f"read_parquet([{listing}]{union})"
 
 
 class Catalog:

@@ -8,8 +8,9 @@
 For every query: the SQL is checked on its syntax tree (:mod:`mesh_platform.query.sql`); each
 product it names is resolved through the directory and the catalog, the principal's access is
 decided (:mod:`mesh_platform.access.grants`: deny by default, columns, rows, masks), and the
-product is exposed to the query as a view ``<domain>.<product>`` over DuckDB's ``iceberg_scan`` of
-one pinned, published snapshot, with only the granted columns, masked and filtered. The user's
+product is exposed to the query as a view ``<domain>.<product>`` over the Parquet data files of
+one pinned, published snapshot (planned from its Avro manifests), with only the granted columns,
+masked and filtered. The user's
 SQL then runs against those views alone, so ``SELECT *``, joins, aggregates and exports all see
 the same masked, filtered rows.
 
@@ -33,7 +34,14 @@ from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.errors import MeshError
 from mesh_platform.query.audit import AuditLog
-from mesh_platform.query.directory import Catalog, Directory, TableState, load_directory
+from mesh_platform.query.directory import (
+    Catalog,
+    Directory,
+    TableState,
+    data_files,
+    load_directory,
+    scan_sql,
+)
 from mesh_platform.query.sql import QueryRefusedError, check_query
 
 if TYPE_CHECKING:
@@ -80,16 +88,11 @@ def _pinned(address: ProductAddress, state: TableState, at: At) -> int:
     return state.snapshot(at).snapshot_id
 
 
-def _iceberg_scan(item: ReadProduct) -> str:
-    return (
-        f"iceberg_scan({quote_literal(item.state.metadata_path)}, "
-        f"snapshot_from_id => {int(item.snapshot_id)})"
-    )
-
-
-def governed_source(item: ReadProduct, salt: str | None) -> str:
+def governed_source(conn: duckdb.DuckDBPyConnection, item: ReadProduct, salt: str | None) -> str:
     """SQL of what the plan's principal reads of one product at its pinned snapshot."""
-    return item.plan.select_sql(_iceberg_scan(item), salt)
+    snapshot = item.state.snapshot(item.snapshot_id)
+    files = data_files(conn, item.state, snapshot)
+    return item.plan.select_sql(scan_sql(files, item.state, snapshot.columns), salt)
 
 
 class QuerySession:
@@ -116,7 +119,7 @@ class QuerySession:
         self._allowed: frozenset[str] = frozenset()
         self._salt: str | None = None
         self.last_snapshots: dict[str, int] = {}  # address -> snapshot read by the last query
-        self._files: dict[tuple[str, int], list[str] | None] = {}  # snapshot -> its data files
+        self._files: dict[tuple[str, int], list[str]] = {}  # snapshot -> its data files
         self._views: dict[tuple[str, str], str] = {}  # (domain, table) -> SQL of its view
 
     # -- access -----------------------------------------------------------------------------
@@ -167,7 +170,7 @@ class QuerySession:
         allowed = frozenset(directories | self._allowed)
         self.close()
         self._views.clear()
-        conn = connect(extensions=("iceberg",))
+        conn = connect(extensions=("avro",))  # manifests are Avro; data files Parquet
         try:
             if self.threads:
                 conn.execute(f"SET threads = {int(self.threads)}")
@@ -195,25 +198,12 @@ class QuerySession:
         self._views[(domain, table)] = source
 
     def _scan(self, conn: duckdb.DuckDBPyConnection, item: ReadProduct) -> str:
-        """The pinned snapshot as a scan of its Parquet data files (planned once per snapshot
-        with ``iceberg_metadata``): faster than ``iceberg_scan`` per query. Snapshots holding
-        delete files (the platform writes none) are read with ``iceberg_scan``."""
+        """The pinned snapshot's data files, planned once per snapshot in a session."""
         key = (item.state.metadata_path, item.snapshot_id)
+        snapshot = item.state.snapshot(item.snapshot_id)
         if key not in self._files:
-            entries = conn.execute(
-                "SELECT manifest_content, status, file_path FROM iceberg_metadata(?, "
-                "snapshot_from_id => ?)",
-                [item.state.metadata_path, item.snapshot_id],
-            ).fetchall()
-            files = [p.removeprefix("file://") for c, st, p in entries if st != "DELETED"]
-            deletes = any(c != "DATA" for c, st, _ in entries if st != "DELETED")
-            self._files[key] = None if deletes or not files else files
-        files = self._files[key]
-        if files is None:
-            return _iceberg_scan(item)
-        listing = ", ".join(quote_literal(f) for f in files)
-        union = ", union_by_name = true" if item.state.schema_count > 1 else ""
-        return f"read_parquet([{listing}]{union})"
+            self._files[key] = data_files(conn, item.state, snapshot)
+        return scan_sql(self._files[key], item.state, snapshot.columns)
 
     def salt_for(self, plans: list[ReadPlan]) -> str | None:
         if self._salt is None and any(

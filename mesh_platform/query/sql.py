@@ -13,6 +13,7 @@ the product's own columns, without subqueries or table references.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ _REFUSED_FUNCTIONS = frozenset(
      "current_schema", "current_schemas", "pg_typeof"}
 )  # fmt: skip
 _REFUSED_PREFIXES = ("read_", "parquet_", "iceberg_", "duckdb_", "pragma_", "sqlite_", "delta_")
+_SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Table functions that only compute (no I/O).
 _ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries,)
 
@@ -91,7 +93,12 @@ def check_query(sql: str) -> CheckedQuery:
         )
     if statement.args.get("into"):
         raise _refuse("SELECT ... INTO is refused", "remove INTO: results are returned, not stored")
-    ctes = {str(cte.alias).lower() for cte in statement.find_all(exp.CTE)}
+    for cte in statement.find_all(exp.CTE):
+        if not _SIMPLE_NAME.match(str(cte.alias)):
+            raise _refuse(
+                f"CTE name {cte.alias!r} is refused: CTE names are plain identifiers",
+                "name CTEs with letters, digits and '_' (e.g. WITH recent AS (...))",
+            )
     addresses: dict[str, ProductAddress] = {}
     for node in statement.walk():
         if name := _refused_function(node):
@@ -100,7 +107,7 @@ def check_query(sql: str) -> CheckedQuery:
                 "or the engine's state)",
                 "query products by address: SELECT ... FROM <domain>.<product>",
             )
-        if isinstance(node, exp.Table) and (address := _table_address(node, ctes)):
+        if isinstance(node, exp.Table) and (address := _table_address(node)):
             addresses[str(address)] = address
     checked_sql = statement.sql(dialect=DIALECT)
     redacted = statement.transform(
@@ -109,7 +116,26 @@ def check_query(sql: str) -> CheckedQuery:
     return CheckedQuery(checked_sql, tuple(addresses.values()), redacted)
 
 
-def _table_address(node: exp.Table, ctes: set[str]) -> ProductAddress | None:
+def _visible_ctes(node: exp.Expression) -> set[str]:
+    """CTE names in scope at ``node``: those of every enclosing WITH; inside a CTE's own body,
+    only the CTEs defined before it (and itself, if the WITH is RECURSIVE), as DuckDB binds."""
+    names: set[str] = set()
+    child, parent = node, node.parent
+    while parent is not None:
+        if isinstance(parent, exp.With):
+            ctes = parent.expressions
+            position = next((i for i, c in enumerate(ctes) if c is child), len(ctes))
+            visible = ctes[: position + 1] if parent.args.get("recursive") else ctes[:position]
+            names |= {str(c.alias).lower() for c in visible}
+        elif isinstance(parent, exp.Query):
+            with_ = parent.args.get("with_")
+            if with_ is not None and child is not with_:
+                names |= {str(c.alias).lower() for c in with_.expressions}
+        child, parent = parent, parent.parent
+    return names
+
+
+def _table_address(node: exp.Table) -> ProductAddress | None:
     if not isinstance(node.this, exp.Identifier):
         if isinstance(node.this, _ALLOWED_TABLE_FUNCTIONS):
             return None
@@ -129,7 +155,7 @@ def _table_address(node: exp.Table, ctes: set[str]) -> ProductAddress | None:
             "drop the catalog part",
         )
     if not node.db:
-        if node.name.lower() in ctes:
+        if _SIMPLE_NAME.match(node.name) and node.name.lower() in _visible_ctes(node):
             return None
         raise _refuse(
             f"table {node.name!r} is not a product address",
