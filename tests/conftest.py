@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,20 @@ def duck():
     conn = connect()
     yield conn
     conn.close()
+
+
+def read_published(mesh: Mesh, address: Any, snapshot_id: int | None = None):
+    """(column names, row count) of a product's published snapshot (main's head by default),
+    through the read path's storage layer: catalog row, metadata JSON, manifests, Parquet."""
+    from mesh_platform.duckdb_ext import connect
+    from mesh_platform.query.directory import Catalog, data_files, scan_sql
+
+    state = Catalog(mesh).table_state(address)
+    snapshot = state.snapshot(snapshot_id)
+    conn = connect(extensions=("avro",))
+    try:
+        files = data_files(conn, state, snapshot)
+        relation = conn.sql(f"SELECT * FROM {scan_sql(files, state, snapshot.columns)}")
+        return relation.columns, len(relation.fetchall())
+    finally:
+        conn.close()

@@ -4,7 +4,8 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError, ProductNotPublishedError
-from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb, stage_input
+from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+from tests.conftest import read_published
 
 ORDERS = ProductAddress("sales", "orders")
 
@@ -52,20 +53,16 @@ def test_catalog_uses_wal_on_sqlite(mesh):
     assert mode == "wal"
 
 
-def test_stage_input_pins_the_current_snapshot(mesh, conn):
+def test_a_pinned_snapshot_keeps_its_rows_after_a_newer_publication(mesh, conn):
     catalog = open_catalog(mesh)
     published = publish_from_duckdb(catalog, ORDERS, conn, "main.orders", properties={})
-    consumer = connect(extensions=("iceberg",))
-    staged = stage_input(catalog, consumer, ORDERS, schema="sales", consumer="marketing")
-    assert staged.snapshot_id == published.snapshot_id
-    # the producer publishes again: the consumer's run keeps reading the pinned snapshot
+    assert read_published(mesh, ORDERS)[1] == 100
+    # the producer publishes again (a full replacement: the old file is a DELETED entry now)
     conn.execute("DELETE FROM orders WHERE order_key >= 10")
     newer = publish_from_duckdb(catalog, ORDERS, conn, "main.orders", properties={})
-    assert newer.snapshot_id != staged.snapshot_id
-    assert consumer.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 100
-    restaged = stage_input(catalog, consumer, ORDERS, schema="sales", consumer="marketing")
-    assert restaged.snapshot_id == newer.snapshot_id
-    assert consumer.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 10
+    assert newer.snapshot_id != published.snapshot_id
+    assert read_published(mesh, ORDERS, published.snapshot_id)[1] == 100
+    assert read_published(mesh, ORDERS)[1] == 10
 
 
 def test_widening_a_column_evolves_the_table(mesh, conn):
@@ -108,10 +105,8 @@ def test_paths_with_spaces_and_quotes_stay_in_the_state_dir(tmp_path, conn):
     assert [p.name for p in tmp_path.iterdir()] == ["it's a mesh"]
 
 
-def test_stage_input_of_unpublished_product_says_what_to_build(mesh):
-    catalog = open_catalog(mesh)
-    consumer = connect(extensions=("iceberg",))
+def test_reading_an_unpublished_product_says_what_to_build(mesh):
     with pytest.raises(ProductNotPublishedError) as err:
-        stage_input(catalog, consumer, ORDERS, schema="sales", consumer="marketing")
+        read_published(mesh, ORDERS)
     assert "sales.orders" in str(err.value)
     assert "mesh build --domain sales" in str(err.value)

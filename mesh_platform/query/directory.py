@@ -12,6 +12,7 @@ every ``mesh query`` feel slow. The snapshot's data files are planned from its A
 from __future__ import annotations
 
 import difflib
+import functools
 import gzip
 import json
 import os
@@ -94,6 +95,12 @@ class TableState:
 def _local(location: str) -> str:
     # DuckDB reads local paths directly; a file:// URL sends it through a slow generic path.
     return location.removeprefix("file://")
+
+
+@functools.lru_cache(maxsize=256)
+def _table_state(address: ProductAddress, metadata_location: str) -> TableState:
+    # A metadata file never changes once written (a commit writes a new one): cache by path.
+    return read_table_state(address, metadata_location)
 
 
 def read_table_state(address: ProductAddress, metadata_location: str) -> TableState:
@@ -195,6 +202,7 @@ class Catalog:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
         self.uri = mesh.catalog_uri
+        self._sqlite: sqlite3.Connection | None = None  # read-only; each SELECT sees commits
 
     def metadata_location(self, address: ProductAddress) -> str | None:
         namespace, table = address.iceberg_identifier
@@ -202,22 +210,28 @@ class Catalog:
             db = Path(self.uri.removeprefix("sqlite:///"))
             if not db.is_file():
                 return None
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+            if self._sqlite is None:
+                self._sqlite = sqlite3.connect(
+                    f"file:{db}?mode=ro", uri=True, timeout=30, check_same_thread=False
+                )
             try:
-                row = conn.execute(
+                row = self._sqlite.execute(
                     "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = ? AND "
                     "table_namespace = ? AND table_name = ?",
                     (self.mesh.settings.catalog.name, namespace, table),
                 ).fetchone()
             except sqlite3.OperationalError:  # no table yet: nothing was ever published
                 return None
-            finally:
-                conn.close()
             return row[0] if row else None
         from mesh_platform.storage.iceberg import load_product_table, open_catalog  # other URIs
 
         found = load_product_table(open_catalog(self.mesh), address)
         return found.metadata_location if found is not None else None
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
 
     def table_state(self, address: ProductAddress) -> TableState:
         location = self.metadata_location(address)
@@ -226,13 +240,15 @@ class Catalog:
                 f"product {address} has no published snapshot (no Iceberg table yet)",
                 fix=f"build its domain: `mesh build --domain {address.domain}`",
             )
-        return read_table_state(address, location)
+        return _table_state(address, location)
 
 
 def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
     """(file, mtime, size) of every file that can change a domain's descriptors."""
     stamp = []
     for root in paths:
+        if not root.exists():
+            continue
         if root.is_file():
             st = root.stat()
             stamp.append((str(root), st.st_mtime_ns, st.st_size))
@@ -292,9 +308,11 @@ def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
     problems: dict[str, str] = {}
     for name in list_domain_names(mesh):
         python_dir = mesh.domains_dir / name / "products"
+        project = mesh.dbt_projects_dir / name
         stamp = _project_stamp(
-            [mesh.domains_dir / name / "domain.yaml", mesh.dbt_projects_dir / name, python_dir]
-        )
+            [mesh.domains_dir / name / "domain.yaml", project, project / "target" / "manifest.json",
+             python_dir]
+        )  # fmt: skip
         cached = _CACHE.get((str(mesh.root), name))
         if cached is None or cached[0] != stamp:
             domain = load_domain(mesh, name)

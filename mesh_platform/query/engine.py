@@ -278,6 +278,7 @@ class QuerySession:
         self.audit.record(entry)
 
     def close(self) -> None:
+        self.catalog.close()
         if self._conn is not None:
             self._conn.close()
             self._conn, self._allowed = None, frozenset()

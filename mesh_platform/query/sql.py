@@ -13,6 +13,7 @@ the product's own columns, without subqueries or table references.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Iterable
@@ -69,6 +70,7 @@ def _refuse(what: str, fix: str) -> QueryRefusedError:
     return QueryRefusedError(what, fix=fix)
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of the text: dashboards repeat queries
 def check_query(sql: str) -> CheckedQuery:
     """Parse ``sql``; refuse anything but one read-only query over product addresses."""
     try:
@@ -110,8 +112,8 @@ def check_query(sql: str) -> CheckedQuery:
         if isinstance(node, exp.Table) and (address := _table_address(node)):
             addresses[str(address)] = address
     checked_sql = statement.sql(dialect=DIALECT)
-    redacted = statement.transform(
-        lambda n: exp.Placeholder() if isinstance(n, exp.Literal) else n
+    redacted = statement.transform(  # in place: the checked SQL is already generated
+        lambda n: exp.Placeholder() if isinstance(n, exp.Literal) else n, copy=False
     ).sql(dialect=DIALECT)
     return CheckedQuery(checked_sql, tuple(addresses.values()), redacted)
 

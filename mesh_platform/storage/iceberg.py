@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
-from mesh_platform.errors import ConcurrentPublishError, MeshError, ProductNotPublishedError
+from mesh_platform.errors import ConcurrentPublishError, MeshError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -562,42 +562,3 @@ def publish_from_duckdb(
         seconds=time.perf_counter() - start,
         already_published=result.stage.already_published,
     )
-
-
-@dataclass(frozen=True)
-class StagedInput:
-    address: ProductAddress
-    snapshot_id: int
-    row_count: int
-    relation: str
-
-
-def stage_input(
-    catalog: SqlCatalog,
-    conn: duckdb.DuckDBPyConnection,
-    address: ProductAddress,
-    *,
-    schema: str,
-    consumer: str,
-) -> StagedInput:
-    """Copy the current snapshot of ``address`` into ``schema.<product>`` of ``conn``.
-
-    ``conn`` must have the iceberg extension loaded. The copy pins the snapshot for the
-    consumer's whole dbt run.
-    """
-    table = load_product_table(catalog, address)
-    snapshot = table.current_snapshot() if table is not None else None
-    if table is None or not is_published(snapshot):
-        raise ProductNotPublishedError(
-            f"domain '{consumer}' consumes {address}, which has no published snapshot yet",
-            fix=f"build the producing domain first: `mesh build --domain {address.domain}` "
-            "(`mesh build` orders domains for you)",
-        )
-    target = f"{quote_ident(schema)}.{quote_ident(address.table)}"
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-    conn.execute(
-        f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM iceberg_scan(?)",
-        [table.metadata_location],
-    )
-    rows = conn.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
-    return StagedInput(address, snapshot.snapshot_id, rows, f"{schema}.{address.table}")
