@@ -2,7 +2,8 @@
 # Installs everything the mesh needs from the project's own files, idempotently:
 #   1. uv (pinned) in a project-local tool venv (.tools/), so nothing is installed globally;
 #   2. the locked environment (.venv/) from uv.lock, dev tools included;
-#   3. the domains' dbt manifests (mesh prepare), so code locations load without parsing dbt.
+#   3. Debian's chromium for the browser tests, when missing (apt-get, as root);
+#   4. the domains' dbt manifests (mesh prepare), so code locations load without parsing dbt.
 # Needs python3.11 (or PYTHON=...) and access to the package registry. Nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,20 @@ echo "bootstrap: syncing .venv from uv.lock" >&2
 # (a `mesh query` starts in about a second instead of two).
 "$TOOLS/bin/uv" sync --frozen --compile-bytecode --python "$PYTHON" --quiet
 "$TOOLS/bin/python" -m compileall -q -j 0 mesh_platform domains >/dev/null
+
+# The browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing Debian's chromium (browser tests)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 \
+           && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+      || echo "bootstrap: could not install chromium: the browser tests will fail" >&2
+  else
+    echo "bootstrap: chromium is missing; the browser tests need it: sudo apt-get install chromium" >&2
+  fi
+fi
 
 echo "bootstrap: preparing dbt manifests" >&2
 .venv/bin/mesh prepare

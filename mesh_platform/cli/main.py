@@ -460,49 +460,126 @@ def _print_rows(fmt: str, names: list[str], rows: list[tuple], output: Path | No
 
 
 @cli.command()
+@click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
+@click.option("--search", metavar="TEXT", help="Only products whose address, purpose, "
+              "description, owner, tags or columns mention TEXT.")  # fmt: skip
 @click.option("--as", "as_", metavar="PRINCIPAL", help="Show what PRINCIPAL may read of each.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_context
 @mesh_command
-def products(ctx: click.Context, as_: str | None) -> None:
-    """List the mesh's products: address, owner, version, purpose; with --as, the principal's
-    access and the columns it may read (columns are shown only to readers with a grant)."""
+def products(
+    ctx: click.Context, domains: tuple[str, ...], search: str | None, as_: str | None, fmt: str
+) -> None:
+    """List the mesh's products: address, owner, version, status, last published snapshot and
+    time, rows, check status. With --as, PRINCIPAL's access and the columns it may read
+    (columns are shown only to readers with a grant)."""
     import datetime as dt
+    import json
 
     from mesh_platform.access.grants import plan_read
     from mesh_platform.access.principals import AccessDeniedError, load_principals
+    from mesh_platform.discovery.catalog import product_records
+    from mesh_platform.discovery.catalog import search as search_records
     from mesh_platform.domain import list_domain_names
-    from mesh_platform.query.directory import load_directory
 
     mesh = _mesh(ctx)
-    directory = load_directory(mesh)
+    known = list_domain_names(mesh)
+    if unknown := [d for d in domains if d not in known]:
+        raise MeshError(
+            f"unknown domain(s): {', '.join(unknown)} (domains: {', '.join(known)})",
+            fix="pass a folder of domains/",
+        )
+    records = product_records(mesh, with_lineage=False)
+    if domains:
+        records = [r for r in records if r.domain in domains]
+    if search:
+        records = search_records(records, search)
     principal = None
     if as_:
-        principal = load_principals(mesh.root, set(list_domain_names(mesh))).resolve(as_)
-    table = Table(title="mesh products" + (f" as {principal.id}" if principal else ""))
-    for column in ("address", "owner", "version", "purpose"):
-        table.add_column(column)
+        principal = load_principals(mesh.root, set(known)).resolve(as_)
+    access: dict[str, tuple[str, list[str]]] = {}
+    for r in records if principal else ():
+        d = r.descriptor
+        try:
+            plan = plan_read(
+                principal, d, stored_columns=[c.name for c in d.columns], today=dt.date.today()
+            )
+        except AccessDeniedError as exc:
+            access[r.address] = (exc.what.split(": ", 1)[-1], [])
+        else:
+            state = "owner" if plan.owner else "granted"
+            if plan.row_filter:
+                state += f" (rows: {plan.row_filter})"
+            masked = {c.name for c in d.columns if c.masking} | set(plan.masks)
+            access[r.address] = (state, [c + ("*" if c in masked else "") for c in plan.columns])
+    if fmt == "json":
+        rows = []
+        for r in records:
+            row = {
+                "address": r.address, "domain": r.domain, "owner": r.descriptor.body.owner.team,
+                "version": r.descriptor.body.version, "status": r.descriptor.body.status,
+                "purpose": r.descriptor.body.purpose,
+                "snapshot_id": r.current.snapshot_id if r.current else None,
+                "published_at": r.current.published_at if r.current else None,
+                "rows": r.current.rows if r.current else None,
+                "check_status": r.check_status, "sla_status": r.sla_status(),
+            }  # fmt: skip
+            if principal:
+                row["access"], row["columns"] = access[r.address]
+            rows.append(row)
+        click.echo(json.dumps(rows, indent=2))
+        return
+    title = "mesh products" + (f" as {principal.id}" if principal else "")
+    table = Table(title=f"{title} ({len(records)})")
+    for column in ("address", "owner", "version", "published (UTC)", "rows", "checks"):
+        table.add_column(column, overflow="fold")
     if principal:
-        table.add_column("access")
-        table.add_column("columns (masked*)")
-    for address, d in sorted(directory.descriptors.items()):
-        row = [address, d.body.owner.team, f"{d.body.version} {d.body.status}", d.body.purpose]
+        table.add_column("access", overflow="fold")
+        table.add_column("columns (masked*)", overflow="fold")
+    for r in records:
+        published = (
+            f"{r.current.published_at.replace('T', ' ')[:16]}\n{r.current.snapshot_id}"
+            if r.current
+            else "not published"
+        )
+        rows_text = f"{r.current.rows:,}" if r.current and r.current.rows is not None else ""
+        row = [
+            r.address, r.descriptor.body.owner.team,
+            f"{r.descriptor.body.version} {r.descriptor.body.status}", published, rows_text,
+            r.check_status,
+        ]  # fmt: skip
         if principal:
-            names = [c.name for c in d.columns]
-            try:
-                plan = plan_read(principal, d, stored_columns=names, today=dt.date.today())
-            except AccessDeniedError as exc:
-                row += [escape(exc.what.split(": ", 1)[-1]), ""]
-            else:
-                access = "owner" if plan.owner else "granted"
-                if plan.row_filter:
-                    access += f" (rows: {escape(plan.row_filter)})"
-                masked = {c.name for c in d.columns if c.masking} | set(plan.masks)
-                cols = ", ".join(c + ("*" if c in masked else "") for c in plan.columns)
-                row += [access, cols]
+            state, cols = access[r.address]
+            row += [escape(state), escape(", ".join(cols))]
         table.add_row(*row)
     out.print(table)
-    for address, why in sorted(directory.problems.items()):
-        console.print(f"[yellow]{escape(address)}: unusable descriptor: {escape(why)}[/]")
+    if not records:
+        out.print("no product matches" + (f" {search!r}" if search else ""))
+
+
+@cli.command()
+@click.argument("address")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.pass_context
+@mesh_command
+def describe(ctx: click.Context, address: str, fmt: str) -> None:
+    """Show one product in full: purpose, owner, schema and classification, SLA and whether it
+    holds, who may read it, upstream and downstream products, snapshots, versions."""
+    import json
+
+    from mesh_platform.discovery.catalog import find_record
+    from mesh_platform.discovery.describe import render_text
+
+    mesh = _mesh(ctx)
+    record = find_record(mesh, address)
+    if fmt == "json":
+        click.echo(json.dumps(record.to_dict(), indent=2, default=str))
+        return
+    out.print(render_text(record, mesh), highlight=False)
 
 
 @cli.command()

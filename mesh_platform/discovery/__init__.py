@@ -1,0 +1,1 @@
+"""Finding and understanding products: records for the CLI, the HTML catalog and the exports."""
