@@ -1,0 +1,315 @@
+"""Scaffolding: a new domain, or a new product in a domain, in one command.
+
+``new_domain`` writes the code location (``domains/<name>/``), the dbt project
+(``dbt_projects/<name>/``: profiles for the embedded default, one example product with an
+enforced contract, classification, SLA and a grant, passing every policy), a test
+(``tests/test_domain_<name>.py``), the owning team in ``principals.yaml``, the
+``workspace.yaml`` entry, and the domain's Iceberg namespace. ``new_product`` adds a product
+skeleton (model + descriptor) to an existing domain.
+
+Both validate everything first and write nothing until they can write everything: files are
+rendered into a staging folder beside their destination and moved into place; if a step fails,
+what was moved is removed again and the two shared files are restored. Templates are packaged
+with the platform (``templates/``, ``string.Template`` placeholders).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import yaml
+
+from mesh_platform.addressing import name_problem, suggest_name
+from mesh_platform.config import Mesh
+from mesh_platform.errors import MeshError
+
+TEMPLATES = Path(__file__).parent / "templates"
+_TEAM = re.compile(r"^[A-Za-z0-9_.-]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+GRANT_YEARS = 1  # scaffolded grants expire a year after creation
+
+
+class ScaffoldError(MeshError):
+    """The scaffold cannot be written; nothing was changed."""
+
+
+@dataclass
+class Scaffolded:
+    created: list[Path] = field(default_factory=list)  # relative to the mesh root
+    changed: list[Path] = field(default_factory=list)
+    next_commands: list[str] = field(default_factory=list)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if problem := name_problem(name):
+        raise ScaffoldError(
+            f"invalid {kind} name {name!r}: {problem}",
+            fix=f"use a snake_case name, e.g. {suggest_name(name)!r}",
+        )
+
+
+def _check_team(team: str, contact: str) -> None:
+    if not _TEAM.match(team):
+        raise ScaffoldError(
+            f"invalid owner team {team!r}",
+            fix="use letters, digits, '.', '_' or '-' (e.g. --owner finance)",
+        )
+    if not _EMAIL.match(contact):
+        raise ScaffoldError(f"invalid contact {contact!r}", fix="pass --contact an email address")
+
+
+def _render(template: Path, values: dict[str, str]) -> str:
+    try:
+        return Template(template.read_text()).substitute(values)
+    except (KeyError, ValueError) as exc:  # a broken packaged template: a platform bug
+        raise MeshError(
+            f"scaffold template {template} is broken ({exc})",
+            fix="reinstall the platform (scripts/bootstrap.sh)",
+        ) from exc
+
+
+def _render_tree(source: Path, dest: Path, values: dict[str, str]) -> None:
+    for template in sorted(source.rglob("*.tmpl")):
+        target = dest / template.relative_to(source).with_suffix("")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_render(template, values))
+
+
+def _writable(path: Path) -> None:
+    """Fail before writing anything if ``path`` (a file to rewrite) cannot be written."""
+    problem = None
+    if path.exists() and not path.is_file():
+        problem = "it is not a regular file"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "it is not writable"
+    elif not os.access(path.parent, os.W_OK):
+        problem = "its folder is not writable"
+    if problem:
+        raise ScaffoldError(
+            f"cannot update {path.name} ({problem}); nothing was written",
+            fix=f"make {path} a writable file, then run the command again",
+            path=path,
+        )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _with_team(text: str, team: str, domain: str) -> str | None:
+    """principals.yaml with ``team:<team>`` declared (None if it already is)."""
+    data = yaml.safe_load(text) if text.strip() else {}
+    principals = (data or {}).get("principals") or []
+    if any(str(p.get("id")) == f"team:{team}" for p in principals if isinstance(p, dict)):
+        return None
+    header = "" if text.strip() else "principals:\n"
+    entry = (
+        f"  - id: team:{team}\n"
+        f"    description: Team owning the {domain} domain (added by `mesh new domain`).\n"
+    )
+    return (text if text.endswith("\n") or not text else text + "\n") + header + entry
+
+
+def new_domain(
+    mesh: Mesh, name: str, *, team: str, contact: str | None = None, description: str | None = None
+) -> Scaffolded:
+    """Scaffold the domain ``name`` owned by ``team``; see the module docstring."""
+    from mesh_platform.domain import list_domain_names
+
+    _check_name("domain", name)
+    contact = contact or f"{team}@example.com"
+    _check_team(team, contact)
+    code_dir, dbt_dir = mesh.domains_dir / name, mesh.dbt_projects_dir / name
+    test_file = mesh.root / "tests" / f"test_domain_{name}.py"
+    existing = [p for p in (code_dir, dbt_dir, test_file) if p.exists()]
+    if name in list_domain_names(mesh) or existing:
+        raise ScaffoldError(
+            f"domain {name!r} already exists ({', '.join(str(p) for p in existing)}); "
+            "nothing was written",
+            fix=f"choose another name, or add a product with `mesh new product {name} <product>`",
+        )
+    description = " ".join((description or f"The {name} domain, owned by team {team}.").split())
+    if len(description) < 10:
+        raise ScaffoldError(
+            "the description is too short", fix="describe what the domain owns and why"
+        )
+    workspace, principals = mesh.workspace_file, mesh.root / "principals.yaml"
+    for shared in (workspace, principals):
+        _writable(shared)
+    for folder in (mesh.domains_dir, mesh.dbt_projects_dir, test_file.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise ScaffoldError(
+                f"{folder} is not writable; nothing was written", fix="fix its permissions"
+            )
+    values = {
+        "name": name,
+        "team": team,
+        "contact": contact,
+        "description": description,
+        "expires": (dt.date.today() + dt.timedelta(days=365 * GRANT_YEARS)).isoformat(),
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".mesh-new-{name}-", dir=mesh.root))
+    moved: list[Path] = []
+    backups: dict[Path, str | None] = {}
+    result = Scaffolded()
+    try:
+        _render_tree(TEMPLATES / "domain" / "code", staging / "code", values)
+        _render_tree(TEMPLATES / "domain" / "dbt", staging / "dbt", values)
+        (staging / "test.py").write_text(
+            _render(TEMPLATES / "domain" / "test_domain.py.tmpl", values)
+        )
+        for source, target in (
+            (staging / "code", code_dir),
+            (staging / "dbt", dbt_dir),
+            (staging / "test.py", test_file),
+        ):
+            os.rename(source, target)
+            moved.append(target)
+        # Shared files last: each is replaced atomically, and restored if a later step fails.
+        for shared in (principals, workspace):
+            backups[shared] = shared.read_text() if shared.is_file() else None
+        team_text = _with_team(backups[principals] or "", team, name)
+        if team_text is not None:
+            _write_atomic(principals, team_text)
+            result.changed.append(principals)
+        from mesh_platform.workspace import render_workspace
+
+        _write_atomic(workspace, render_workspace(mesh))
+        result.changed.append(workspace)
+        from mesh_platform.storage.iceberg import ensure_namespace, open_catalog
+
+        mesh.ensure_state_dir()
+        catalog = open_catalog(mesh)
+        try:
+            ensure_namespace(catalog, name)
+        finally:
+            catalog.engine.dispose()
+    except BaseException as exc:
+        for target in reversed(moved):
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        for shared, text in backups.items():
+            if text is not None and shared.is_file() and shared.read_text() != text:
+                _write_atomic(shared, text)
+        if isinstance(exc, OSError):
+            raise ScaffoldError(
+                f"could not scaffold domain {name!r}: {exc}; nothing was left behind",
+                fix="fix the cause above and run the command again",
+            ) from exc
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.created = [p.relative_to(mesh.root) for p in moved]
+    result.changed = [p.relative_to(mesh.root) for p in result.changed]
+    result.next_commands = [
+        f"mesh prepare --domain {name}",
+        f"mesh check --domain {name}",
+        f"mesh build --domain {name}",
+        f".venv/bin/pytest tests/test_domain_{name}.py",
+        f"mesh new product {name} <product>",
+    ]
+    return result
+
+
+def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
+    """Add a product skeleton ``domain.name`` to an existing domain."""
+    from mesh_platform.domain import load_domain
+
+    _check_name("product", name)
+    spec = load_domain(mesh, domain)  # a clear error for an unknown domain
+    products_dir = spec.dbt_project_dir / "models" / "products"
+    yml, sql = products_dir / "products.yml", products_dir / f"{name}.sql"
+    declared = _declared_models(yml)
+    if name in declared or sql.exists():
+        raise ScaffoldError(
+            f"product {domain}.{name} already exists ({sql if sql.exists() else yml}); "
+            "nothing was written",
+            fix="choose another name",
+        )
+    team = next(
+        (o.removeprefix("team:") for o in spec.spec.owners if o.startswith("team:")), domain
+    )
+    contact = next((o for o in spec.spec.owners if _EMAIL.match(o)), f"{team}@example.com")
+    values = {
+        "domain": domain,
+        "product": name,
+        "team": team,
+        "contact": contact,
+        "expires": (dt.date.today() + dt.timedelta(days=365 * GRANT_YEARS)).isoformat(),
+    }
+    entry = _render(TEMPLATES / "product" / "model.yml.tmpl", values)
+    if yml.is_file():
+        _writable(yml)
+        text = yml.read_text()
+        if declared is None:
+            raise ScaffoldError(
+                f"{yml} has no `models:` list to add to; nothing was written",
+                fix="add `models:` to it (see another domain's products.yml)",
+                path=yml,
+            )
+        new_text = text.rstrip("\n") + "\n" + entry
+    else:
+        new_text = "version: 2\n\nmodels:" + entry
+    principals = mesh.root / "principals.yaml"
+    _writable(principals)
+    old_principals = principals.read_text() if principals.is_file() else ""
+    team_text = _with_team(old_principals, team, domain)  # the skeleton grants the team
+    products_dir.mkdir(parents=True, exist_ok=True)
+    sql.write_text(_render(TEMPLATES / "product" / "model.sql.tmpl", values))
+    old_yml = yml.read_text() if yml.is_file() else None
+    try:
+        _write_atomic(yml, new_text)
+        if team_text is not None:
+            _write_atomic(principals, team_text)
+    except BaseException:
+        sql.unlink(missing_ok=True)
+        if old_yml is None:
+            yml.unlink(missing_ok=True)
+        else:
+            _write_atomic(yml, old_yml)
+        raise
+    changed = [yml] + ([principals] if team_text is not None else [])
+    return Scaffolded(
+        created=[sql.relative_to(mesh.root)],
+        changed=[p.relative_to(mesh.root) for p in changed],
+        next_commands=[
+            f"edit {sql.relative_to(mesh.root)} and its descriptor in {yml.relative_to(mesh.root)}",
+            f"mesh check --domain {domain}",
+            f"mesh build --domain {domain}",
+        ],
+    )
+
+
+def _declared_models(yml: Path) -> set[str] | None:
+    """Model names declared in ``yml`` (None: no models list; empty set: no file)."""
+    if not yml.is_file():
+        return set()
+    try:
+        data = yaml.safe_load(yml.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ScaffoldError(
+            f"{yml} is not valid YAML ({exc}); nothing was written",
+            fix="fix its syntax first",
+            path=yml,
+        ) from exc
+    models = data.get("models")
+    if not isinstance(models, list):
+        return None
+    return {str(m.get("name")) for m in models if isinstance(m, dict)}

@@ -1,0 +1,182 @@
+"""`mesh new domain` / `mesh new product`: a scaffolded domain builds, validates and passes its
+own generated test; bad input is refused with nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mesh_platform.config import load_mesh
+from mesh_platform.domain import list_domain_names
+from mesh_platform.errors import DomainError, MeshError
+from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
+from tests.conftest import copy_mesh
+
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
+
+
+def _run(root: Path, *cmd: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        list(cmd), cwd=root, env=_env(), capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return result
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file of the mesh's own folders, with its content (to prove nothing changed)."""
+    files = {}
+    for top in ("domains", "dbt_projects", "tests"):
+        for path in sorted((root / top).rglob("*")) if (root / top).exists() else []:
+            if path.is_file() and "__pycache__" not in path.parts and "target" not in path.parts:
+                files[str(path.relative_to(root))] = path.read_bytes()
+    for name in ("workspace.yaml", "principals.yaml"):
+        files[name] = (root / name).read_bytes()
+    return files
+
+
+@pytest.mark.e2e
+def test_a_scaffolded_domain_builds_validates_and_passes_its_test(tmp_path):
+    root = copy_mesh(tmp_path / "mesh")
+    mesh = load_mesh(root)
+    result = new_domain(
+        mesh, "finance", team="finance", description="Invoices and payments of customers."
+    )
+    assert {str(p) for p in result.created} == {
+        "domains/finance", "dbt_projects/finance", "tests/test_domain_finance.py",
+    }  # fmt: skip
+    assert "finance" in list_domain_names(mesh)
+    workspace = yaml.safe_load((root / "workspace.yaml").read_text())
+    assert "domains.finance.definitions" in [
+        e["python_module"]["module_name"] for e in workspace["load_from"]
+    ]
+    principals = yaml.safe_load((root / "principals.yaml").read_text())["principals"]
+    assert "team:finance" in [p["id"] for p in principals]
+    assert "mesh build --domain finance" in result.next_commands
+    new_product(mesh, "finance", "invoices")
+
+    mesh_cli = str(BIN / "mesh")
+    _run(root, mesh_cli, "--root", str(root), "check", "--domain", "finance")
+    built = _run(root, mesh_cli, "--root", str(root), "build", "--domain", "finance",
+                 "--scale", "0.01")  # fmt: skip
+    assert "finance/regions" in built.stdout and "finance/invoices" in built.stdout
+    from mesh_platform.query.engine import QuerySession
+
+    with QuerySession("team:finance", mesh=mesh) as session:  # the scaffolded grant works
+        regions = session.sql("SELECT * FROM finance.regions ORDER BY region_key")
+    assert regions.num_rows == 5
+    assert regions.column("nation_count").to_pylist() == [5, 5, 5, 5, 5]
+
+    validated = _run(root, str(BIN / "dagster"), "definitions", "validate", "-w",
+                     str(root / "workspace.yaml"))  # fmt: skip
+    assert "Validation successful for code location finance" in (
+        validated.stdout + validated.stderr
+    )
+    generated = _run(root, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                     "tests/test_domain_finance.py")  # fmt: skip
+    assert "2 passed" in generated.stdout
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    return load_mesh(copy_mesh(tmp_path / "mesh"))
+
+
+@pytest.mark.parametrize("name", ["Finance", "1finance", "fin-ance", "raw", "finance_v2", ""])
+def test_an_invalid_domain_name_is_refused_before_anything_is_written(mesh, name):
+    before = _tree(mesh.root)
+    with pytest.raises(ScaffoldError) as err:
+        new_domain(mesh, name, team="finance")
+    assert "name" in err.value.what and err.value.fix
+    assert _tree(mesh.root) == before
+
+
+def test_scaffolding_over_an_existing_domain_is_refused(mesh):
+    before = _tree(mesh.root)
+    with pytest.raises(ScaffoldError, match="already exists") as err:
+        new_domain(mesh, "sales", team="sales")
+    assert "mesh new product sales" in err.value.fix
+    assert _tree(mesh.root) == before
+
+
+def test_an_unwritable_workspace_leaves_nothing_half_written(mesh):
+    before = _tree(mesh.root)
+    workspace = mesh.workspace_file
+    original = workspace.read_bytes()
+    workspace.unlink()
+    workspace.mkdir()  # not a file: it cannot be rewritten (a permission check is moot as root)
+    try:
+        with pytest.raises(ScaffoldError, match=r"workspace\.yaml") as err:
+            new_domain(mesh, "finance", team="finance")
+        assert "nothing was written" in err.value.what
+        assert not (mesh.domains_dir / "finance").exists()
+        assert not (mesh.dbt_projects_dir / "finance").exists()
+    finally:
+        workspace.rmdir()
+        workspace.write_bytes(original)
+    assert _tree(mesh.root) == before
+    assert not list(mesh.root.glob(".mesh-new-*"))  # no staging folder left
+
+
+def test_a_failure_midway_rolls_everything_back(mesh, monkeypatch):
+    """The catalog step fails after the files were moved: they are removed again and the
+    shared files restored."""
+    before = _tree(mesh.root)
+    import mesh_platform.storage.iceberg as iceberg
+
+    def broken(*args, **kwargs):
+        raise OSError("catalog unreachable")
+
+    monkeypatch.setattr(iceberg, "open_catalog", broken)
+    with pytest.raises(ScaffoldError, match="catalog unreachable"):
+        new_domain(mesh, "finance", team="finance")
+    assert _tree(mesh.root) == before
+    assert "finance" not in list_domain_names(mesh)
+
+
+def test_bad_owner_and_contact_are_refused(mesh):
+    with pytest.raises(ScaffoldError, match="owner team"):
+        new_domain(mesh, "finance", team="fin ance")
+    with pytest.raises(ScaffoldError, match="contact"):
+        new_domain(mesh, "finance", team="finance", contact="not-an-email")
+
+
+def test_new_product_refuses_duplicates_unknown_domains_and_bad_names(mesh):
+    before = _tree(mesh.root)
+    with pytest.raises(ScaffoldError, match="already exists"):
+        new_product(mesh, "sales", "orders")
+    with pytest.raises(DomainError):
+        new_product(mesh, "nowhere", "things")
+    with pytest.raises(ScaffoldError, match="invalid product name"):
+        new_product(mesh, "sales", "Order-Stats")
+    assert _tree(mesh.root) == before
+
+
+def test_a_new_product_skeleton_passes_every_policy(mesh):
+    from mesh_platform.governance.evaluate import check_domain
+
+    result = new_product(mesh, "sales", "order_stats")
+    assert [str(p) for p in result.created] == [
+        "dbt_projects/sales/models/products/order_stats.sql"
+    ]
+    declared = yaml.safe_load(
+        (mesh.dbt_projects_dir / "sales/models/products/products.yml").read_text()
+    )["models"]
+    entry = next(m for m in declared if m["name"] == "order_stats")
+    body = entry["config"]["meta"]["mesh"]
+    assert body["owner"] == {"team": "sales", "contact": "sales-data@example.com"}
+    assert body["status"] == "draft" and body["grants"][0]["to"] == "team:sales"
+    blocking = [v for v in check_domain(mesh, "sales") if v.blocking]
+    assert blocking == [], "\n".join(v.line() for v in blocking)
+    with pytest.raises(MeshError, match="already exists"):
+        new_product(mesh, "sales", "order_stats")
