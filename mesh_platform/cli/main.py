@@ -559,6 +559,23 @@ def products(
         out.print("no product matches" + (f" {search!r}" if search else ""))
 
 
+@cli.command()
+@click.option(
+    "--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write index.html to (created if missing).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def catalog(ctx: click.Context, output: Path) -> None:
+    """Write the product catalog as one static HTML page (DIR/index.html): every domain and
+    product with schema, classification, SLA, lineage, versions and how to get access.
+    Self-contained: open it from disk, no server and no network."""
+    from mesh_platform.discovery.html import catalog_command
+
+    index = catalog_command(_mesh(ctx), output)
+    out.print(f"catalog written: {index}\nopen {index.as_uri()}", highlight=False, soft_wrap=True)
+
+
 @cli.group()
 def new() -> None:
     """Scaffold a new domain or a new product."""

@@ -317,17 +317,19 @@ def find_record(mesh: Mesh, address: str) -> ProductRecord:
     return record
 
 
+def search_text(record: ProductRecord) -> str:
+    """What a search matches: address, description, purpose, owner, tags, columns."""
+    d = record.descriptor
+    parts: list[str] = [record.address, d.description, d.body.purpose, d.body.owner.team]
+    parts += d.body.tags + [c.name for c in d.columns] + [c.description for c in d.columns]
+    return " ".join(parts).lower()
+
+
 def search(records: Iterable[ProductRecord], text: str) -> list[ProductRecord]:
-    """Records whose address, purpose, description, owner, tags or columns mention ``text``."""
+    """Records whose address, purpose, description, owner, tags or columns mention ``text``
+    (``mesh products --search``, and the HTML catalog's search box on the same text)."""
     needle = text.lower()
-
-    def haystack(r: ProductRecord) -> str:
-        d = r.descriptor
-        parts: list[str] = [r.address, d.description, d.body.purpose, d.body.owner.team]
-        parts += d.body.tags + [c.name for c in d.columns] + [c.description for c in d.columns]
-        return " ".join(parts).lower()
-
-    return [r for r in records if needle in haystack(r)]
+    return [r for r in records if needle in search_text(r)]
 
 
 def as_json(records: Iterable[ProductRecord]) -> list[Mapping[str, Any]]:
