@@ -3,7 +3,11 @@ from click.testing import CliRunner
 
 from mesh_platform.cli.main import cli
 
-COMMANDS = [[], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"]]
+COMMANDS = [
+    [], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"], ["check"], ["query"],
+    ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
+    ["new", "product"],
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mesh")

@@ -202,6 +202,52 @@ def test_runs_are_recorded_in_the_persistent_instance(built):
     assert marketing["mesh/inputs"].value["sales.orders"] == _snapshot(mesh, "sales.orders")
 
 
+def test_products_lists_every_product_with_its_snapshot_rows_and_checks(built, tpch):
+    import json
+
+    mesh, _ = built
+    result = run_mesh(mesh.root, "products", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["address"]: r for r in json.loads(result.stdout)}
+    assert set(rows) >= {"sales.orders", "sales.customers", "logistics.nations_v2",
+                         "marketing.segment_summary"}  # fmt: skip
+    orders = tpch.execute("SELECT count(*) FROM orders").fetchone()[0]
+    assert rows["sales.orders"]["rows"] == orders
+    assert all(r["snapshot_id"] and r["published_at"] for r in rows.values())
+    assert {r["check_status"] for r in rows.values()} == {"passed"}
+    assert {r["sla_status"] for r in rows.values()} == {"holds"}
+    found = run_mesh(mesh.root, "products", "--domain", "sales", "--search", "email",
+                     "--format", "json")  # fmt: skip
+    assert [r["address"] for r in json.loads(found.stdout)] == ["sales.customers"]
+
+
+def test_describe_shows_the_whole_product(built):
+    import json
+
+    mesh, _ = built
+    result = run_mesh(mesh.root, "describe", "sales.customers", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    d = json.loads(result.stdout)
+    classes = {c["name"]: c["classification"] for c in d["columns"]}
+    assert classes["email"] == "pii:email" and classes["phone"] == "pii:phone"
+    assert {g["to"] for g in d["grants"]} == {"marketing", "team:customer-care"}
+    assert "marketing.customer_segments" in d["downstream"] and d["upstream"] == []
+    assert d["sla"]["status"] == "holds" and d["sla"]["freshness_state"] == "holds"
+    assert d["current"]["snapshot_id"] == d["history"][-1]["snapshot_id"]
+    assert {c["name"] for c in d["checks"]} >= {"pii_detection", "expectations", "contract"}
+    assert all(c["status"] == "passed" for c in d["checks"])
+    segments = json.loads(
+        run_mesh(mesh.root, "describe", "marketing.customer_segments", "--format", "json").stdout
+    )
+    assert {"sales.customers", "sales.orders", "logistics.nations"} <= set(segments["upstream"])
+    text = run_mesh(mesh.root, "describe", "logistics.nations").stdout
+    for expected in ("deprecated", "logistics.nations_v2", "who may read it", "snapshots on main"):
+        assert expected in text
+    missing = run_mesh(mesh.root, "describe", "sales.ordrs")
+    assert missing.returncode == 1
+    assert "no product sales.ordrs" in missing.stderr and "sales.orders" in missing.stderr
+
+
 def test_a_failed_check_keeps_the_published_snapshot(built):
     """Corrupt sales' raw orders (one order duplicated). sales.orders is incremental: the old
     order is outside its lookback window, so no partition of it changes and nothing is

@@ -576,6 +576,37 @@ def catalog(ctx: click.Context, output: Path) -> None:
     out.print(f"catalog written: {index}\nopen {index.as_uri()}", highlight=False, soft_wrap=True)
 
 
+@cli.command()
+@click.argument("address")
+@click.option(
+    "--format", "fmt", type=click.Choice(["odcs", "odps"]), required=True,
+    help="odcs: the data contract (Open Data Contract Standard v3); odps: the product descriptor "
+    "(Open Data Product Standard v1).",
+)  # fmt: skip
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the YAML to this file (atomically) instead of standard output.",
+)  # fmt: skip
+@click.option(
+    "--validate", is_flag=True,
+    help="Check the document against the standard's official JSON Schema before writing it "
+    "(needs the dev dependencies jsonschema and open-data-contract-standard).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def export(ctx: click.Context, address: str, fmt: str, output: Path | None, validate: bool) -> None:
+    """Export a product in an open standard, as YAML: its data contract (ODCS, Bitol Open Data
+    Contract Standard v3) or its product descriptor (ODPS, Bitol Open Data Product Standard v1).
+    ADDRESS is a product address (sales.orders) or URN."""
+    from mesh_platform.discovery.standards import export_product
+
+    text = export_product(_mesh(ctx), address, fmt, output=output, validate=validate)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        console.print(f"{fmt} document of {escape(address)} written to {escape(str(output))}")
+
+
 @cli.group()
 def new() -> None:
     """Scaffold a new domain or a new product."""
