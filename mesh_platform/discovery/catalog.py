@@ -235,6 +235,7 @@ def _check_results(mesh: Mesh, records: Iterable[ProductRecord]) -> None:
         return
     import dagster as dg
 
+    from mesh_platform.governance import data as _data_policies  # noqa: F401 - registers them
     from mesh_platform.instance import get_instance
     from mesh_platform.products.gate import check_specs
 
