@@ -225,7 +225,7 @@ def test_product_specs_come_from_the_descriptor(prepared_mesh, loaded):
     assert node.tags["mesh/status"] == mesh_block["status"]
     assert node.metadata["mesh/urn"] == f"urn:mesh:sales:customers:v{mesh_block['version'][0]}"
     assert mesh_block["purpose"] in node.description
-    assert node.metadata["dagster/uri"].endswith("/sales.db/customers")
+    assert node.metadata["dagster/uri"].endswith("/warehouse/sales/customers")
     hours = int(mesh_block["sla"]["freshness"]["max_age"].rstrip("h"))
     assert node.freshness_policy.fail_window.to_timedelta().total_seconds() == hours * 3600
     columns = {c.name: c.tags for c in node.metadata["dagster/column_schema"].columns}

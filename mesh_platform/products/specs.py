@@ -47,9 +47,10 @@ def column_schema(descriptor: ProductDescriptor) -> dg.TableSchema:
 
 
 def table_uri(descriptor: ProductDescriptor, warehouse: str) -> str:
-    """Where the Iceberg table lives (pyiceberg's SqlCatalog layout: <warehouse>/<ns>.db/<t>)."""
+    """Where the Iceberg table lives (pyiceberg 0.12's SqlCatalog layout: <warehouse>/<ns>/<t>;
+    tests/test_ui_browser.py checks it against the catalog)."""
     namespace, table = descriptor.address.iceberg_identifier
-    return f"{warehouse.rstrip('/')}/{namespace}.db/{table}"
+    return f"{warehouse.rstrip('/')}/{namespace}/{table}"
 
 
 def product_metadata(
