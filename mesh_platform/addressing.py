@@ -32,9 +32,11 @@ RAW_PREFIX = "raw"
 INTERNAL_PREFIX = "internal"
 # Names a domain or product may not take: they would collide with key prefixes above, or with
 # schemas every DuckDB / Iceberg deployment already has.
+PLATFORM_NAMESPACE = "mesh"  # the platform's own tables (SLA history), never a domain
 RESERVED_NAMES = frozenset(
-    {RAW_PREFIX, INTERNAL_PREFIX, "main", "information_schema", "pg_catalog", "system", "temp"}
-)
+    {RAW_PREFIX, INTERNAL_PREFIX, PLATFORM_NAMESPACE, "main", "information_schema", "pg_catalog",
+     "system", "temp"}
+)  # fmt: skip
 
 
 def name_problem(name: object) -> str | None:
@@ -105,7 +107,8 @@ class ProductAddress:
     major: int = 1
 
     def __post_init__(self) -> None:
-        validate_name("domain", self.domain)
+        if self.domain != PLATFORM_NAMESPACE:  # the platform's own tables live in `mesh`
+            validate_name("domain", self.domain)
         validate_name("product", self.product)
         if not isinstance(self.major, int) or self.major < 1:
             raise InvalidNameError(

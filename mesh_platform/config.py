@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mesh_platform.errors import MeshConfigError, StateDirError, format_validation_error
@@ -44,6 +44,32 @@ class CatalogSettings(BaseModel):
     )
 
 
+class AlertSink(BaseModel):
+    """Where SLA alerts go: the run's log, a JSON-lines file, or an HTTP webhook (POST JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["log", "file", "webhook"]
+    path: Path | None = Field(default=None, description="file: the JSON-lines file.")
+    url: str | None = Field(default=None, description="webhook: the URL to POST to.")
+    timeout_seconds: float = Field(default=5.0, gt=0, description="webhook: request timeout.")
+
+    @model_validator(mode="after")
+    def _target(self) -> AlertSink:
+        if self.type == "webhook" and not (self.url or "").startswith(("http://", "https://")):
+            raise ValueError("a webhook sink needs `url: http(s)://...`")
+        return self
+
+
+class AlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sinks: list[AlertSink] = Field(
+        default_factory=lambda: [AlertSink(type="log"), AlertSink(type="file")],
+        description="Default: the run's log and <state>/alerts/alerts.jsonl.",
+    )
+
+
 class MeshSettings(BaseSettings):
     """Typed view of mesh.yaml. Environment variables (MESH_*) win over the file."""
 
@@ -67,6 +93,7 @@ class MeshSettings(BaseSettings):
         examples=["/opt/venv/bin/dbt"],
     )
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -39,7 +39,7 @@ from mesh_platform.domain import Domain, list_domain_names, load_domain
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.governance import data as _data_policies  # noqa: F401  (registers gate checks)
 from mesh_platform.governance.evaluate import evaluate_domain
-from mesh_platform.orchestration import domain_schedule, inputs_sensor
+from mesh_platform.orchestration import domain_schedule, inputs_sensor, sla_monitor
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import check_specs
 from mesh_platform.products.python import PythonProduct, build_python_product_asset
@@ -237,7 +237,11 @@ def domain_definitions(
     job_name = build_job_name(domain.name)
     consumed = [a for a, _ in consumed_products(manifest)]
     consumed += [a for product, _ in python for a in product.inputs if a.domain != domain.name]
-    triggers = [domain_schedule(domain, job_name), inputs_sensor(domain, job_name, consumed)]
+    triggers = [
+        domain_schedule(domain, job_name),
+        inputs_sensor(domain, job_name, consumed),
+        sla_monitor(domain),
+    ]
     return dg.Definitions(
         assets=assets,
         schedules=[t for t in triggers if isinstance(t, dg.ScheduleDefinition)],

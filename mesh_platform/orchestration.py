@@ -87,3 +87,30 @@ def inputs_sensor(
         )
 
     return _sensor
+
+
+def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.SensorDefinition:
+    """Evaluate the freshness of the domain's products; record it and alert on changes."""
+
+    @dg.sensor(
+        name=f"{domain.name}_sla_monitor",
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=f"Evaluates the freshness SLA of the {domain.name} domain's products, records "
+        "each evaluation in mesh.sla_history and alerts owners and consumers on a breach or a "
+        "recovery.",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def _monitor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        from mesh_platform.config import load_mesh
+        from mesh_platform.sla.freshness import evaluate_freshness
+        from mesh_platform.sla.history import record_safely
+
+        mesh = load_mesh(domain.code_dir.parent.parent)
+        events = evaluate_freshness(mesh, domain.name)
+        record_safely(mesh, events, context.log)
+        stale = [e.address for e in events if not e.published]
+        return dg.SkipReason(
+            f"{len(events)} product(s) evaluated; stale: {', '.join(stale) or 'none'}"
+        )
+
+    return _monitor

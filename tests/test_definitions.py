@@ -292,9 +292,12 @@ def test_source_aligned_domains_run_on_their_declared_schedule(loaded):
 
 
 def test_consumer_sensor_runs_only_on_published_snapshots_of_its_inputs(loaded):
-    (sensor,) = loaded["marketing"].sensors
+    sensors = {s.name: s for s in loaded["marketing"].sensors}
+    sensor = sensors["marketing_on_inputs_published"]
     assert sensor.job_name == "marketing_build"
-    assert not loaded["sales"].sensors  # sales consumes no other domain's product
+    # sales consumes no other domain's product: only its SLA monitor
+    assert [s.name for s in loaded["sales"].sensors] == ["sales_sla_monitor"]
+    assert "marketing_sla_monitor" in sensors
     orders = dg.AssetKey(["sales", "orders"])
     with dg.DagsterInstance.ephemeral() as instance:
         instance.report_runless_asset_event(

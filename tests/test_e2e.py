@@ -209,6 +209,7 @@ def test_products_lists_every_product_with_its_snapshot_rows_and_checks(built, t
     result = run_mesh(mesh.root, "products", "--format", "json")
     assert result.returncode == 0, result.stderr
     rows = {r["address"]: r for r in json.loads(result.stdout)}
+    assert rows.pop("mesh.sla_history")["owner"] == "platform"  # the platform's own table
     assert set(rows) >= {"sales.orders", "sales.customers", "logistics.nations_v2",
                          "marketing.segment_summary"}  # fmt: skip
     orders = tpch.execute("SELECT count(*) FROM orders").fetchone()[0]
@@ -274,6 +275,32 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
 
     failed, _ = _failed_checks(mesh, "sales")
     assert failed == {("sales/order_lines", check)}
+
+
+def test_the_sla_history_records_passed_and_blocked_runs(built):
+    """Every gate evaluation is in mesh.sla_history (queryable like a product); `mesh sla`
+    counts the blocked order_lines run against its quality budget, naming the failed check."""
+    import json
+
+    mesh, _ = built
+    result = run_mesh(mesh.root, "query", "--as", "marketing", "--format", "json",
+                      "SELECT address, passed, failed_checks FROM mesh.sla_history "
+                      "WHERE address = 'sales.order_lines' ORDER BY recorded_at")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert [r["passed"] for r in runs] == [True, False]
+    assert "mesh_unique_combination_order_lines" in runs[-1]["failed_checks"]
+    report = run_mesh(mesh.root, "sla", "--domain", "sales", "--since", "1d", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    by_address = {r["address"]: r for r in json.loads(report.stdout)}
+    lines = by_address["sales.order_lines"]
+    assert (lines["runs"], lines["failed_runs"], lines["quality"]) == (2, 1, 0.5)
+    assert lines["quality_budget_left"] < 0 and not lines["met"]
+    assert lines["last_breach"]["kind"] == "quality"
+    assert "mesh_unique_combination_order_lines" in lines["last_breach"]["cause"]
+    customers = by_address["sales.customers"]
+    assert customers["failed_runs"] == 0 and customers["quality"] == 1.0
+    assert customers["freshness"] == 1.0 and customers["met"]
 
 
 def test_failures_are_reported_and_everything_else_is_kept(built):

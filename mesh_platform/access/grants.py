@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from mesh_platform.access.masking import mask_expression
 from mesh_platform.access.principals import AccessDeniedError, Principal
-from mesh_platform.addressing import ProductAddress, quote_ident
+from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress, quote_ident
 from mesh_platform.products.descriptor import Grant, ProductDescriptor
 
 
@@ -93,6 +93,8 @@ def plan_read(
     declared = {c.name: c for c in descriptor.columns}
     if owner:
         return ReadPlan(descriptor.address, principal.id, tuple(stored_columns), owner=True)
+    if descriptor.domain == PLATFORM_NAMESPACE:  # the platform's own tables (SLA history)
+        return ReadPlan(descriptor.address, principal.id, tuple(stored_columns))
     grants = _live_grants(principal, descriptor, today)
     granted: set[str] = set()
     for grant in grants:

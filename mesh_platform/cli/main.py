@@ -607,6 +607,72 @@ def export(ctx: click.Context, address: str, fmt: str, output: Path | None, vali
         console.print(f"{fmt} document of {escape(address)} written to {escape(str(output))}")
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+@cli.command()
+@click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
+@click.option("--product", "products_", multiple=True, metavar="ADDRESS",
+              help="Only this product (repeatable).")  # fmt: skip
+@click.option("--since", default="7d", show_default=True, help="Window: '12h', '7d', '30d'.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.pass_context
+@mesh_command
+def sla(
+    ctx: click.Context, domains: tuple[str, ...], products_: tuple[str, ...], since: str, fmt: str
+) -> None:
+    """SLA attainment per product over a window: freshness (share of time a fresh published
+    snapshot was available), quality (share of gate runs that passed), the error budget left
+    against the descriptor's targets, and the last breach with its cause."""
+    import json
+
+    from mesh_platform.sla.report import product_attainment
+
+    window = _duration(since)
+    results = product_attainment(_mesh(ctx), since=window, domains=domains, addresses=products_)
+    if fmt == "json":
+        rows = [
+            {
+                "address": a.address, "since": a.since.isoformat(), "until": a.until.isoformat(),
+                "freshness": a.freshness, "freshness_target": a.freshness_target,
+                "freshness_budget_left": a.freshness_budget_left, "quality": a.quality,
+                "quality_target": a.quality_target, "quality_budget_left": a.quality_budget_left,
+                "runs": a.runs, "failed_runs": a.failed_runs, "met": a.met,
+                "last_breach": None if a.last_breach is None else {
+                    "at": a.last_breach.at.isoformat(), "kind": a.last_breach.kind,
+                    "cause": a.last_breach.cause,
+                },
+            }
+            for a in results
+        ]  # fmt: skip
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"SLA attainment, last {since}")
+    for column in ("product", "freshness", "budget", "quality (runs)", "budget", "last breach"):
+        table.add_column(column, overflow="fold")
+    for a in results:
+        breach = (
+            f"{a.last_breach.at.isoformat(timespec='minutes')} {a.last_breach.kind}: "
+            f"{a.last_breach.cause}"
+            if a.last_breach
+            else "none"
+        )
+        style = "" if a.met else "red"
+        table.add_row(
+            a.address,
+            f"{_percent(a.freshness)} / {_percent(a.freshness_target)}",
+            _percent(a.freshness_budget_left),
+            f"{_percent(a.quality)} / {_percent(a.quality_target)} ({a.runs})",
+            _percent(a.quality_budget_left),
+            escape(breach),
+            style=style,
+        )
+    out.print(table)
+
+
 @cli.group()
 def new() -> None:
     """Scaffold a new domain or a new product."""

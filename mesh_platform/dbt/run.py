@@ -116,6 +116,7 @@ def publish_products(
     """
     if not built:
         return {}
+    from mesh_platform.sla.history import GateEvent, record_safely
     from mesh_platform.storage.iceberg import open_catalog
 
     catalog = open_catalog(mesh)
@@ -155,6 +156,10 @@ def publish_products(
                 )
             else:
                 context.log.error(f"{address}: {publication.error}")
+        record_safely(
+            mesh, [GateEvent.of(p, context.run_id) for p in publications.values()], context.log,
+            catalog,
+        )  # fmt: skip
     finally:
         conn.close()
         catalog.engine.dispose()

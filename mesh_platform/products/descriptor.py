@@ -201,10 +201,24 @@ class Expectation(BaseModel):
         return f"{self.type}({target})"
 
 
+class Targets(BaseModel):
+    """Attainment the owners promise over time; what falls short spends the error budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    freshness: float = Field(
+        default=0.99, gt=0, le=1, description="Share of time a fresh snapshot is available."
+    )
+    quality: float = Field(
+        default=0.95, gt=0, le=1, description="Share of gate runs that pass every blocking check."
+    )
+
+
 class Sla(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     freshness: Freshness | None = Field(default=None, description="Maximum age.")
+    targets: Targets = Field(default_factory=Targets, description="Attainment targets.")
     expectations: list[Expectation] = Field(
         default_factory=list, description="Quality expectations, checked before publication."
     )

@@ -219,7 +219,8 @@ def build_python_product_asset(
         import duckdb
 
         from mesh_platform.dbt.run import check_results, materialization_metadata
-        from mesh_platform.products.publish import publish_in_run
+        from mesh_platform.products.publish import Publication, publish_in_run
+        from mesh_platform.sla.history import GateEvent, record_safely
         from mesh_platform.storage.iceberg import open_catalog
 
         loaded = mesh.load()
@@ -235,10 +236,15 @@ def build_python_product_asset(
                 CONTRACT_CHECK,
                 CheckOutcome(error is None, error or "rows match the declared columns and types"),
             )
-            if error:
-                raise dg.Failure(f"product {descriptor.address}: not published: {error}")
             catalog = open_catalog(loaded)
             try:
+                if error:
+                    blocked = Publication(
+                        descriptor, {CONTRACT_CHECK: CheckOutcome(False, error)}, error=error
+                    )
+                    record_safely(loaded, [GateEvent.of(blocked, context.run_id)], context.log,
+                                  catalog)  # fmt: skip
+                    raise dg.Failure(f"product {descriptor.address}: not published: {error}")
                 publication = publish_in_run(
                     loaded,
                     catalog,
@@ -248,6 +254,8 @@ def build_python_product_asset(
                     run_id=context.run_id,
                     inputs=pctx.read_snapshots,
                 )
+                record_safely(loaded, [GateEvent.of(publication, context.run_id)], context.log,
+                              catalog)  # fmt: skip
             finally:
                 catalog.engine.dispose()
         finally:

@@ -321,6 +321,10 @@ def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
             _CACHE[(str(mesh.root), name)] = cached
         descriptors.update(cached[1])
         problems.update(cached[2])
+    from mesh_platform.sla.history import history_descriptor  # the platform's own product
+
+    platform = history_descriptor()
+    descriptors[str(platform.address)] = platform
     return Directory(descriptors, problems)
 
 

@@ -1,0 +1,184 @@
+"""Alerts to a product's owner and to every domain that consumes it, once per incident.
+
+An incident opens when a product's gate blocks a batch (``gate_failed``) or its freshness SLA
+is breached (``freshness_breached``), and closes when a later batch publishes or a fresh
+snapshot is available again (``recovered``). Each opening and each recovery is sent to every
+recipient exactly once, whatever the number of retries in between: the open incidents and the
+deliveries are kept in ``<state>/sla/incidents.json`` (updated under a file lock, replaced
+atomically).
+
+Recipients: the owner (``team:<owner>`` with its contact) and each consumer domain, i.e. a
+domain whose dbt sources bind the product (the consumption mechanism) or whose Python products
+declare it as an input. Sinks are configured in ``mesh.yaml`` (``alerts.sinks``): ``log`` (the
+run's log), ``file`` (JSON lines, default ``<state>/alerts/alerts.jsonl``) and ``webhook``
+(HTTP POST of the JSON notification).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mesh_platform.config import AlertSink, Mesh
+from mesh_platform.sla.history import GateEvent
+
+
+@dataclass(frozen=True)
+class Notification:
+    incident: str  # <address>:<kind>:<opened at>
+    event: str  # gate_failed | freshness_breached | recovered
+    product: str
+    recipient: str  # team:<owner> or a consumer domain
+    contact: str | None
+    at: str
+    cause: str
+    run_id: str
+
+
+def recipients(mesh: Mesh, address: str) -> list[tuple[str, str | None]]:
+    """(recipient, contact) for the product's owner and every consumer domain."""
+    from mesh_platform.discovery.catalog import _python_inputs
+    from mesh_platform.query.directory import load_directory
+
+    directory = load_directory(mesh, refresh=False)
+    descriptor = directory.descriptors.get(address)
+    found: list[tuple[str, str | None]] = []
+    if descriptor is not None:
+        found.append((f"team:{descriptor.body.owner.team}", descriptor.body.owner.contact))
+    consumers = set(_consumer_domains(mesh).get(address, set()))
+    consumers |= {
+        a.split(".")[0] for a, inputs in _python_inputs(mesh).items() if address in inputs
+    }
+    if descriptor is not None:
+        consumers.discard(descriptor.domain)
+    found += [(domain, None) for domain in sorted(consumers)]
+    return found
+
+
+def _consumer_domains(mesh: Mesh) -> dict[str, set[str]]:
+    from mesh_platform.dbt.nodes import consumed_products
+    from mesh_platform.dbt.project import load_manifest
+    from mesh_platform.domain import list_domain_names, load_domain
+    from mesh_platform.errors import MeshError
+
+    found: dict[str, set[str]] = {}
+    for name in list_domain_names(mesh):
+        try:
+            manifest = load_manifest(load_domain(mesh, name))
+        except MeshError:
+            continue
+        for address, _ in consumed_products(manifest):
+            found.setdefault(str(address), set()).add(name)
+    return found
+
+
+@contextlib.contextmanager
+def _locked_state(mesh: Mesh) -> Iterator[dict[str, Any]]:
+    path = mesh.state_dir / "sla" / "incidents.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / ".incidents.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(path.read_text()) if path.is_file() else {}
+        state.setdefault("open", {})
+        state.setdefault("sent", [])
+        yield state
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incidents.")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(state, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def incidents_from(mesh: Mesh, events: Iterable[GateEvent]) -> list[Notification]:
+    """Open or close incidents for ``events``; the notifications not sent before."""
+    out: list[Notification] = []
+    with _locked_state(mesh) as state:
+        sent = set(state["sent"])
+        for event in sorted(events, key=lambda e: e.recorded_at):
+            key = f"{event.address}|{event.kind}"
+            opened = state["open"].get(key)
+            at = event.recorded_at.isoformat(timespec="seconds")
+            breached = "gate_failed" if event.kind == "gate" else "freshness_breached"
+            if not event.published:
+                if opened is None:
+                    opened = {"id": f"{event.address}:{breached}:{at}", "at": at}
+                    state["open"][key] = opened
+                kind = breached
+                if event.kind == "gate":
+                    cause = (
+                        f"blocked by {', '.join(event.failed)}"
+                        if event.failed
+                        else (event.detail or "not published")
+                    ) + "; consumers keep the previous good snapshot"
+                else:
+                    cause = event.detail or "no fresh snapshot within the freshness SLA"
+            elif opened is not None:
+                del state["open"][key]
+                kind = "recovered"
+                cause = (
+                    f"published snapshot {event.snapshot_id}"
+                    if event.kind == "gate"
+                    else f"fresh again ({event.detail})"
+                )
+            else:
+                continue
+            for recipient, contact in recipients(mesh, event.address):
+                sent_key = f"{opened['id']}|{kind}|{recipient}"
+                if sent_key in sent:
+                    continue  # a retry of the same incident: already told
+                sent.add(sent_key)
+                out.append(
+                    Notification(
+                        opened["id"], kind, event.address, recipient, contact, at, cause,
+                        event.run_id,
+                    )
+                )  # fmt: skip
+        state["sent"] = sorted(sent)[-10_000:]
+    return out
+
+
+def deliver(mesh: Mesh, notifications: Iterable[Notification], log: Any) -> None:
+    """Send every notification to every configured sink; a failing sink is logged, not fatal."""
+    notifications = list(notifications)
+    for sink in mesh.settings.alerts.sinks:
+        for note in notifications:
+            try:
+                _send(mesh, sink, note, log)
+            except Exception as exc:
+                log.error(f"alert to {note.recipient} via {sink.type} sink failed: {exc}")
+
+
+def _send(mesh: Mesh, sink: AlertSink, note: Notification, log: Any) -> None:
+    body = json.dumps(asdict(note), sort_keys=True)
+    if sink.type == "log":
+        line = f"SLA alert [{note.event}] {note.product} -> {note.recipient}: {note.cause}"
+        (log.warning if note.event == "gate_failed" else log.info)(line)
+    elif sink.type == "file":
+        path = sink.path or mesh.state_dir / "alerts" / "alerts.jsonl"
+        path = path if path.is_absolute() else mesh.root / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (body + "\n").encode())
+        finally:
+            os.close(fd)
+    else:
+        request = urllib.request.Request(
+            str(sink.url), data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=sink.timeout_seconds) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"HTTP {response.status}")
+
+
+def alert_on(mesh: Mesh, events: Iterable[GateEvent], log: Any) -> list[Notification]:
+    """Open/close incidents for a run's gate events and deliver what is new."""
+    notes = incidents_from(mesh, events)
+    deliver(mesh, notes, log)
+    return notes

@@ -1,0 +1,76 @@
+"""``mesh sla``: attainment per product over a window, from the mesh's own records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from mesh_platform.config import Mesh
+from mesh_platform.sla.attainment import Attainment, attainment
+
+
+def product_attainment(
+    mesh: Mesh,
+    *,
+    since: dt.timedelta,
+    domains: Iterable[str] = (),
+    addresses: Iterable[str] = (),
+    now: dt.datetime | None = None,
+) -> list[Attainment]:
+    """Attainment of every selected product over ``[now - since, now)``."""
+    from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress
+    from mesh_platform.errors import MeshError
+    from mesh_platform.query.directory import Catalog, load_directory
+    from mesh_platform.sla.history import read_history
+
+    now = now or dt.datetime.now(dt.UTC)
+    start = now - since
+    directory = load_directory(mesh)
+    wanted = list(addresses)
+    for address in wanted:
+        directory.get(ProductAddress.parse(address))  # unknown: suggests the closest
+    domains = set(domains)
+    selected = [
+        d
+        for a, d in sorted(directory.descriptors.items())
+        if d.domain != PLATFORM_NAMESPACE
+        and (not wanted or a in wanted)
+        and (not domains or d.domain in domains)
+    ]
+    history = read_history(mesh, since=start, addresses=[str(d.address) for d in selected])
+    runs: dict[str, list[tuple[dt.datetime, bool, str]]] = {}
+    for row in history.to_pylist():
+        cause = (
+            f"gate failed: {row['failed_checks']}"
+            if row["failed_checks"]
+            else (row["detail"] or "not published")
+        )
+        runs.setdefault(row["address"], []).append((row["recorded_at"], bool(row["passed"]), cause))
+    catalog = Catalog(mesh)
+    results = []
+    try:
+        for d in selected:
+            try:
+                state = catalog.table_state(d.address)
+                published = [
+                    dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.UTC)
+                    for s in state.main_history
+                ]
+            except MeshError:  # not published yet
+                published = []
+            sla = d.body.sla
+            results.append(
+                attainment(
+                    str(d.address),
+                    published=published,
+                    max_age=sla.freshness.timedelta if sla.freshness else None,
+                    runs=runs.get(str(d.address), []),
+                    since=start,
+                    until=now,
+                    freshness_target=sla.targets.freshness,
+                    quality_target=sla.targets.quality,
+                )
+            )
+    finally:
+        catalog.close()
+    return results
