@@ -7,6 +7,8 @@ by the cross-domain dependencies their assets declare; a failing domain does not
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +69,50 @@ class DomainOutcome:
 ProgressFn = Callable[[str, str], None]
 
 
+ORPHAN_PID_TAG = "mesh/pid"
+ORPHAN_HOST_TAG = "mesh/host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_orphaned_runs(instance: dg.DagsterInstance, domain: str | None = None) -> list[str]:
+    """Fail runs left STARTED by a `mesh build` process that no longer exists (killed, crashed)
+    and free the concurrency slots they held, so the domain's pool is usable again. Runs of
+    other hosts, or without the platform's pid tag (launched by the Dagster daemon, which
+    monitors its own runs), are left alone. Returns the failed run ids."""
+    host = socket.gethostname()
+    reaped = []
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    )
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(ORPHAN_PID_TAG)
+        if pid is None or run.tags.get(ORPHAN_HOST_TAG) != host or not pid.isdigit():
+            continue
+        if domain is not None and run.tags.get("mesh/domain") != domain:
+            continue
+        if _alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run,
+            message=f"run marked failed by the platform: its process {pid} on {host} is gone "
+            "(killed or crashed); re-run the domain with `mesh build --domain "
+            f"{run.tags.get('mesh/domain', '<domain>')}`",
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    return reaped
+
+
 def build_domain(
     domain: str,
     defs: dg.Definitions,
@@ -102,7 +148,13 @@ def build_domain(
         run_id=run_id,
         run_config=run_config,
         raise_on_error=False,
-        tags={"mesh/domain": domain, "mesh/trigger": "mesh build"},
+        tags={
+            "mesh/domain": domain,
+            "mesh/trigger": "mesh build",
+            # who runs it: a run whose process died is failed by reap_orphaned_runs
+            ORPHAN_PID_TAG: str(os.getpid()),
+            ORPHAN_HOST_TAG: socket.gethostname(),
+        },
     )
     seconds = time.perf_counter() - start
     materialized: dict[str, int | None] = {}

@@ -230,7 +230,11 @@ def domain_definitions(
     assets.append(build_dbt_assets(domain, manifest, translator))
     assets += [
         build_python_product_asset(
-            product, descriptor, catalog_name=mesh.settings.catalog.name, warehouse=mesh.warehouse
+            product,
+            descriptor,
+            catalog_name=mesh.settings.catalog.name,
+            warehouse=mesh.warehouse,
+            schedule=domain.spec.schedule,
         )
         for product, descriptor in python
     ]

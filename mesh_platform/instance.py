@@ -9,10 +9,31 @@ import dagster as dg
 from mesh_platform.config import Mesh
 
 DAGSTER_YAML = """\
-# Dagster instance of the mesh's embedded default (written by mesh_platform/instance.py).
-# Storage defaults to sqlite files in this directory.
+# Dagster instance of the mesh's embedded default (written by mesh_platform/instance.py: edits
+# are replaced; change the platform instead). Storage defaults to sqlite files here.
 telemetry:
   enabled: false
+# One writer per domain DuckDB: every domain's assets share the pool mesh_domain_<d>, limit 1,
+# and the run queue starts one run per domain at a time.
+concurrency:
+  pools:
+    default_limit: 1
+  runs:
+    tag_concurrency_limits:
+      - key: mesh/domain
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+# Runs whose worker crashed are retried (not runs that failed a check or a step).
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
+# The daemon fails runs whose worker died; `mesh build` runs are reaped by the platform
+# (mesh_platform/build.py, reap_orphaned_runs).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  poll_interval_seconds: 60
 """
 
 
@@ -21,7 +42,7 @@ def prepare_dagster_home(mesh: Mesh) -> str:
     mesh.ensure_state_dir()
     home = mesh.dagster_home
     config = home / "dagster.yaml"
-    if not config.is_file():
+    if not config.is_file() or config.read_text() != DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)

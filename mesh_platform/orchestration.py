@@ -90,7 +90,8 @@ def inputs_sensor(
 
 
 def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.SensorDefinition:
-    """Evaluate the freshness of the domain's products; record it and alert on changes."""
+    """Evaluate the freshness of the domain's products; record it and alert on changes; fail
+    the domain's runs whose `mesh build` process died (so its pool is released)."""
 
     @dg.sensor(
         name=f"{domain.name}_sla_monitor",
@@ -101,16 +102,19 @@ def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.Senso
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _monitor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        from mesh_platform.build import reap_orphaned_runs
         from mesh_platform.config import load_mesh
         from mesh_platform.sla.freshness import evaluate_freshness
         from mesh_platform.sla.history import record_safely
 
         mesh = load_mesh(domain.code_dir.parent.parent)
+        reaped = reap_orphaned_runs(context.instance, domain.name)
         events = evaluate_freshness(mesh, domain.name)
         record_safely(mesh, events, context.log)
         stale = [e.address for e in events if not e.published]
         return dg.SkipReason(
             f"{len(events)} product(s) evaluated; stale: {', '.join(stale) or 'none'}"
+            + (f"; runs of dead processes marked failed: {', '.join(reaped)}" if reaped else "")
         )
 
     return _monitor

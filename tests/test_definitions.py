@@ -227,7 +227,9 @@ def test_product_specs_come_from_the_descriptor(prepared_mesh, loaded):
     assert mesh_block["purpose"] in node.description
     assert node.metadata["dagster/uri"].endswith("/warehouse/sales/customers")
     hours = int(mesh_block["sla"]["freshness"]["max_age"].rstrip("h"))
+    # 26h does not fit in sales' daily schedule: a time window of max age
     assert node.freshness_policy.fail_window.to_timedelta().total_seconds() == hours * 3600
+
     columns = {c.name: c.tags for c in node.metadata["dagster/column_schema"].columns}
     for column in declared["columns"]:
         classification = column["config"]["meta"]["classification"]
@@ -236,6 +238,30 @@ def test_product_specs_come_from_the_descriptor(prepared_mesh, loaded):
         else:
             assert columns[column["name"]] == {"classification": classification}
     assert node.tags["mesh/pii"] == "true"
+
+
+def test_a_scheduled_product_whose_max_age_fits_gets_a_cron_freshness_policy():
+    from mesh_platform.domain import Schedule
+    from mesh_platform.products.descriptor import DescriptorBody, ProductDescriptor
+    from mesh_platform.products.specs import freshness_policy
+
+    def descriptor(max_age: str) -> ProductDescriptor:
+        return ProductDescriptor(
+            domain="sales", name="orders", description="Orders.", source_file="x",
+            body=DescriptorBody(
+                purpose="Freshness policy test.", version="1.0.0",
+                owner={"team": "sales", "contact": "s@example.com"},
+                sla={"freshness": {"max_age": max_age}},
+            ),
+            columns=[{"name": "k"}],
+        )  # fmt: skip
+
+    daily = Schedule(cron="0 5 * * *", timezone="UTC")
+    policy = freshness_policy(descriptor("20h"), daily)
+    assert policy.deadline_cron == "0 5 * * *"
+    assert policy.lower_bound_delta.total_seconds() == 20 * 3600
+    assert freshness_policy(descriptor("26h"), daily).fail_window.to_timedelta().days == 1
+    assert freshness_policy(descriptor("2h"), None).fail_window.to_timedelta().seconds == 7200
 
 
 def test_every_product_declares_the_gate_as_asset_checks(loaded):

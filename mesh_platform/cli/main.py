@@ -119,7 +119,13 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     Domains run in dependency order (producers before consumers), one recorded Dagster run
     each, so the UI (`mesh ui`) shows them. A failing domain does not stop the others.
     """
-    from mesh_platform.build import DomainOutcome, build_domain, build_order, domain_dependencies
+    from mesh_platform.build import (
+        DomainOutcome,
+        build_domain,
+        build_order,
+        domain_dependencies,
+        reap_orphaned_runs,
+    )
     from mesh_platform.dbt.project import prepare
     from mesh_platform.domain import list_domain_names, load_domain
     from mesh_platform.instance import get_instance
@@ -159,6 +165,8 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
         console.print(f"  loaded code location {name} ({time.perf_counter() - start:.1f}s)")
     order = build_order(domain_dependencies(defs))
     instance = get_instance(mesh)
+    for run_id in reap_orphaned_runs(instance):
+        console.print(f"  run {run_id} was left STARTED by a dead process: marked failed")
 
     def progress(domain: str, message: str) -> None:
         console.print(f"    [dim]{domain}[/] {escape(message)}", highlight=False)

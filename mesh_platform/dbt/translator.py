@@ -30,7 +30,7 @@ from mesh_platform.dbt.nodes import (  # noqa: F401 - re-exported
 )
 from mesh_platform.domain import Domain
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
-from mesh_platform.products.specs import product_metadata, product_tags
+from mesh_platform.products.specs import freshness_policy, product_metadata, product_tags
 
 
 def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, ProductDescriptor]:
@@ -111,8 +111,6 @@ class MeshDbtTranslator(DagsterDbtTranslator):
         spec = super().get_asset_spec(manifest, unique_id, project)
         if descriptor := self.descriptor(self.get_resource_props(manifest, unique_id)):
             spec = spec.merge_attributes(kinds={"iceberg"})
-            if freshness := descriptor.body.sla.freshness:
-                spec = spec.replace_attributes(
-                    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=freshness.timedelta)
-                )
+            if policy := freshness_policy(descriptor, self.domain.spec.schedule):
+                spec = spec.replace_attributes(freshness_policy=policy)
         return spec

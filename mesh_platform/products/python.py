@@ -193,12 +193,15 @@ def enforce_contract(
 
 
 def build_python_product_asset(
-    product: PythonProduct, descriptor: ProductDescriptor, *, catalog_name: str, warehouse: str
+    product: PythonProduct,
+    descriptor: ProductDescriptor,
+    *,
+    catalog_name: str,
+    warehouse: str,
+    schedule: Any = None,
 ) -> dg.AssetsDefinition:
     from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result, check_specs
-    from mesh_platform.products.specs import product_metadata, product_tags
-
-    freshness = descriptor.body.sla.freshness
+    from mesh_platform.products.specs import freshness_policy, product_metadata, product_tags
 
     @dg.asset(
         key=descriptor.address.asset_key,
@@ -210,9 +213,7 @@ def build_python_product_asset(
         metadata=product_metadata(descriptor, catalog_name, warehouse),
         group_name=descriptor.domain,
         check_specs=check_specs(descriptor, contract=True),
-        freshness_policy=(
-            dg.FreshnessPolicy.time_window(fail_window=freshness.timedelta) if freshness else None
-        ),
+        freshness_policy=freshness_policy(descriptor, schedule),
     )
     # No annotation on context: dagster resolves annotations at runtime and a string one fails.
     def _python_product(context, mesh: MeshResource) -> Iterator[Any]:

@@ -90,3 +90,26 @@ def product_metadata(
     if warehouse:
         metadata["dagster/uri"] = table_uri(descriptor, warehouse)
     return metadata
+
+
+def freshness_policy(descriptor: ProductDescriptor, schedule: Any = None) -> Any:
+    """Dagster's freshness policy from the descriptor's max age. For a product of a scheduled
+    domain whose max age fits in one schedule interval: a cron policy (by each scheduled time,
+    a snapshot at most max age old); otherwise a time window of max age. None without a
+    freshness SLA."""
+    import dagster as dg
+    from dagster_shared.check import CheckError
+
+    freshness = descriptor.body.sla.freshness
+    if freshness is None:
+        return None
+    if schedule is not None:
+        try:
+            return dg.FreshnessPolicy.cron(
+                deadline_cron=schedule.cron,
+                lower_bound_delta=freshness.timedelta,
+                timezone=schedule.timezone,
+            )
+        except CheckError:  # max age longer than the schedule's interval (26h on a daily run)
+            pass
+    return dg.FreshnessPolicy.time_window(fail_window=freshness.timedelta)
