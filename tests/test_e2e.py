@@ -301,6 +301,16 @@ def test_the_sla_history_records_passed_and_blocked_runs(built):
     customers = by_address["sales.customers"]
     assert customers["failed_runs"] == 0 and customers["quality"] == 1.0
     assert customers["freshness"] == 1.0 and customers["met"]
+    # the asset's materialisation carries the current figures; describe shows them in brief
+    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
+    latest = instance.fetch_materializations(dg.AssetKey(["sales", "customers"]), limit=1)
+    metadata = latest.records[0].asset_materialization.metadata
+    assert metadata["mesh/sla_quality_30d"].value == 1.0
+    assert metadata["mesh/sla_runs_30d"].value >= 1
+    described = json.loads(
+        run_mesh(mesh.root, "describe", "sales.order_lines", "--format", "json").stdout
+    )
+    assert described["attainment_7d"]["runs"] == 2 and described["attainment_7d"]["quality"] == 0.5
 
 
 def test_failures_are_reported_and_everything_else_is_kept(built):

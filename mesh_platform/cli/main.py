@@ -742,13 +742,23 @@ def describe(ctx: click.Context, address: str, fmt: str) -> None:
 
     from mesh_platform.discovery.catalog import find_record
     from mesh_platform.discovery.describe import render_text
+    from mesh_platform.sla.report import brief, product_attainment
 
     mesh = _mesh(ctx)
     record = find_record(mesh, address)
+    (week,) = product_attainment(mesh, since=timedelta(days=7), addresses=[record.address])
     if fmt == "json":
-        click.echo(json.dumps(record.to_dict(), indent=2, default=str))
+        data = record.to_dict()
+        data["attainment_7d"] = {
+            "freshness": week.freshness, "freshness_target": week.freshness_target,
+            "freshness_budget_left": week.freshness_budget_left, "quality": week.quality,
+            "quality_target": week.quality_target, "runs": week.runs,
+            "quality_budget_left": week.quality_budget_left,
+        }  # fmt: skip
+        click.echo(json.dumps(data, indent=2, default=str))
         return
     out.print(render_text(record, mesh), highlight=False)
+    out.print(f"[bold]SLA, last 7 days[/]  {escape(brief(week))}  (details: mesh sla)")
 
 
 @cli.command()

@@ -166,6 +166,19 @@ def publish_products(
     return publications
 
 
+def _sla_figures(context: Any, mesh: Mesh, addresses: list[str]) -> dict[str, dict]:
+    """The products' current SLA figures (30 days), for their materialisations."""
+    if not addresses:
+        return {}
+    try:
+        from mesh_platform.sla.report import asset_figures
+
+        return asset_figures(mesh, addresses)
+    except Exception as exc:  # figures are informative: never fail a run for them
+        context.log.warning(f"SLA figures not computed: {exc}")
+        return {}
+
+
 def materialization_metadata(publication: Publication, inputs: Mapping[str, int]) -> dict[str, Any]:
     stage = publication.stage
     assert publication.snapshot_id is not None
@@ -242,6 +255,8 @@ def run_domain_dbt(
     published_keys = {
         p.descriptor.address.asset_key: p for p in publications.values() if p.published
     }
+    addresses = [str(p.descriptor.address) for p in publications.values()]
+    figures = _sla_figures(context, mesh, addresses)
     for event in events:
         if isinstance(event, dg.Output):
             key = context.asset_key_for_output(event.output_name)
@@ -249,7 +264,11 @@ def run_domain_dbt(
                 continue  # built by dbt but not published: not a materialisation
             if key in published_keys:
                 event = event.with_metadata(
-                    {**event.metadata, **materialization_metadata(published_keys[key], inputs)}
+                    {
+                        **event.metadata,
+                        **materialization_metadata(published_keys[key], inputs),
+                        **figures.get(str(published_keys[key].descriptor.address), {}),
+                    }
                 )
         yield event
 

@@ -74,3 +74,42 @@ def product_attainment(
     finally:
         catalog.close()
     return results
+
+
+def asset_figures(mesh: Mesh, addresses: Iterable[str], *, days: int = 30) -> dict[str, dict]:
+    """Current SLA figures per product, for its Dagster materialisation metadata."""
+    figures = {}
+    for a in product_attainment(mesh, since=dt.timedelta(days=days), addresses=addresses):
+        row: dict = {f"mesh/sla_runs_{days}d": a.runs}
+        if a.freshness is not None:
+            row[f"mesh/sla_freshness_{days}d"] = round(a.freshness, 4)
+            row["mesh/sla_freshness_budget_left"] = round(a.freshness_budget_left, 4)
+        if a.quality is not None:
+            row[f"mesh/sla_quality_{days}d"] = round(a.quality, 4)
+            row["mesh/sla_quality_budget_left"] = round(a.quality_budget_left, 4)
+        if a.last_breach is not None:
+            row["mesh/sla_last_breach"] = (
+                f"{a.last_breach.at.isoformat(timespec='minutes')} {a.last_breach.kind}: "
+                f"{a.last_breach.cause}"
+            )
+        figures[a.address] = row
+    return figures
+
+
+def brief(a: Attainment) -> str:
+    """One line for `mesh describe`."""
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    text = (
+        f"freshness {pct(a.freshness)} (target {pct(a.freshness_target)}, budget left "
+        f"{pct(a.freshness_budget_left)}); quality {pct(a.quality)} of {a.runs} run(s) (target "
+        f"{pct(a.quality_target)}, budget left {pct(a.quality_budget_left)})"
+    )
+    if a.last_breach is not None:
+        text += (
+            f"; last breach {a.last_breach.at.isoformat(timespec='minutes')} "
+            f"({a.last_breach.kind}): {a.last_breach.cause}"
+        )
+    return text
