@@ -1,9 +1,12 @@
 """What keeping the SLA history costs, and how fast `mesh sla` reads it.
 
-1. Overhead per product run: in one process, a product is published through the gate
-   (`publish_product`, the same path a domain run takes) N times; each run's gate evaluation is
-   then appended to `mesh.sla_history` (`sla.history.record`, one Iceberg commit, as a domain
-   run does). Reported: median record time / median publish time (target < 2%).
+1. Overhead per run. A domain run records its products' gate evaluations in one append to
+   `mesh.sla_history` (`sla.history.record`, one Iceberg commit). Two ratios:
+   a. against a real run: `mesh build --domain sales --scale 0.01` of a copy of the sample mesh
+      (its three products); the append of three events is then timed on that mesh's catalog
+      (target < 2% of the run);
+   b. the worst case, against publishing alone: one product (--rows rows) published through
+      the gate (`publish_product`) N times, each followed by its append.
 2. `mesh sla` over a history of 10,000 runs: 10,000 gate events over 100 products are appended
    (in batches, as 10,000 runs would), then the attainment of every product over 30 days is
    computed from the history (`read_history` + `attainment`), timed.
@@ -47,6 +50,39 @@ def _descriptor() -> ProductDescriptor:
         columns=[{"name": "k", "data_type": "bigint"}, {"name": "v", "data_type": "double"}],
         source_file="bench",
     )
+
+
+def real_run(tmp: Path) -> tuple[float, float]:
+    """(seconds of a real sales domain run, median seconds of appending its 3 events)."""
+    import os
+    import subprocess
+
+    from _common import BIN, copy_mesh
+
+    root = copy_mesh(tmp / "sample")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
+    subprocess.run([str(BIN / "mesh"), "--root", str(root), "prepare"], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(
+        [str(BIN / "mesh"), "--root", str(root), "build", "--domain", "sales", "--scale", "0.01"],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    run_s = time.perf_counter() - start
+    mesh = load_mesh(root)
+    catalog = open_catalog(mesh)
+    now = dt.datetime.now(dt.UTC)
+    appends = []
+    for i in range(7):
+        events = [
+            GateEvent(now, f"sales.{p}", f"bench-{i}", True, 1, {"expectations": True}, (), 10, 1.0)
+            for p in ("orders", "order_lines", "customers")
+        ]
+        start = time.perf_counter()
+        record(mesh, events, catalog)
+        appends.append(time.perf_counter() - start)
+    catalog.engine.dispose()
+    return run_s, statistics.median(appends[1:])
 
 
 def overhead(root: Path, publishes: int, rows: int) -> tuple[float, float]:
@@ -117,14 +153,19 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        run_s, append_s = real_run(Path(tmp))
+        verdict = "ok" if append_s / run_s < 0.02 else "MISSES"
+        print(f"sales domain run (mesh build --domain sales --scale 0.01): {run_s:.1f} s")
+        print(f"its SLA history append (3 gate events): median {append_s * 1000:.0f} ms")
+        print(f"overhead: {append_s / run_s:.2%} of the run (target < 2%: {verdict})")
+    with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "mesh"
         root.mkdir()
         (root / "mesh.yaml").write_text("state_dir: state\n")
         publish, rec = overhead(root, args.publishes, args.rows)
         print(f"publish through the gate ({args.rows:,} rows): median {publish * 1000:.0f} ms")
         print(f"record its SLA history (one Iceberg append): median {rec * 1000:.0f} ms")
-        verdict = "ok" if rec / publish < 0.02 else "MISSES"
-        print(f"overhead: {rec / publish:.1%} of the run (target < 2%: {verdict})")
+        print(f"worst case: {rec / publish:.1%} of publishing alone (no dbt, no landing)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "mesh"
         root.mkdir()
