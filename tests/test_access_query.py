@@ -15,12 +15,9 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,11 +37,11 @@ from mesh_platform.query.engine import QuerySession, parse_at, query
 from mesh_platform.query.sql import QueryRefusedError, check_query
 from mesh_platform.read import read_product
 from tests.conftest import copy_mesh
+from tests.test_e2e import run_mesh
 
 pytestmark = pytest.mark.e2e
 
 SF = 0.01
-MESH = str(Path(sys.executable).with_name("mesh"))
 CUSTOMERS_COLUMNS = (
     "customer_key",
     "customer_name",
@@ -64,20 +61,6 @@ MARKETING_GRANT = (
     '              purpose: "Segment customers by market and nation; no contact details needed."\n'
     "              expires: 2027-12-31\n"
 )
-
-
-def run_mesh(root: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-    env["COLUMNS"] = "1000"  # rich tables on one line per row
-    return subprocess.run(
-        [MESH, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=root,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,10 @@ def test_catalog_is_one_self_contained_file_with_every_product(
         assert needle not in page, needle
     data = _embedded(page)
     assert [p["address"] for p in data["products"]] == [r.address for r in records]
-    assert [d["name"] for d in data["domains"]] == list_domain_names(prepared_mesh)
+    # every domain, plus the platform's own section (mesh.sla_history)
+    assert [d["name"] for d in data["domains"]] == sorted(
+        [*list_domain_names(prepared_mesh), "mesh"]
+    )
     for r in records:
         assert f'id="product-{r.address}"' in page
     # unpublished products are shown as such, not skipped or failing

@@ -25,6 +25,7 @@ MESH = str(Path(sys.executable).with_name("mesh"))
 
 def run_mesh(root: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
+    env["COLUMNS"] = "1000"  # rich tables on one line per row
     return subprocess.run(
         [MESH, "--root", str(root), *args],
         capture_output=True,
@@ -373,7 +374,7 @@ def _products(mesh) -> list[str]:
     for (namespace,) in catalog.list_namespaces():
         for identifier in catalog.list_tables(namespace):
             table = catalog.load_table(identifier)
-            if "mesh.address" in table.properties:
+            if "mesh.address" in table.properties and namespace != "mesh":  # not platform's
                 found.append(table.properties["mesh.address"])
     return sorted(found)
 

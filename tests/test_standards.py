@@ -129,6 +129,8 @@ def test_identity_version_and_status_of_every_product(prepared_mesh, documents):
 
 def test_every_expectation_becomes_one_quality_rule(prepared_mesh, documents):
     for address, d in load_directory(prepared_mesh).descriptors.items():
+        if d.domain == "mesh":  # the platform's own table declares no expectations
+            continue
         rules = _rules(documents["odcs"][address])
         exported = [
             json.dumps(_custom(r["customProperties"])[standards.GX_PROPERTY], sort_keys=True)

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mesh_platform.addressing import PLATFORM_NAMESPACE
 from mesh_platform.config import Mesh
 from mesh_platform.discovery.catalog import ProductRecord, product_records, search_text
 from mesh_platform.errors import MeshError
@@ -58,6 +59,17 @@ def _domain_specs(mesh: Mesh, names: Iterable[str]) -> list[dict[str, Any]]:
 
     domains = []
     for name in sorted(set(list_domain_names(mesh)) | set(names)):
+        if name == PLATFORM_NAMESPACE:
+            domains.append(
+                {
+                    "name": name,
+                    "description": "The platform's own tables (the SLA history of every "
+                    "product), readable by every principal.",
+                    "kind": "platform",
+                    "owners": ["team:platform"],
+                }
+            )
+            continue
         try:
             spec = load_domain(mesh, name).spec
         except MeshError as exc:  # still list its products; say why the domain is incomplete

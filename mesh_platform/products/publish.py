@@ -44,6 +44,7 @@ class Publication:
     seconds: float = 0.0
     error: str | None = None  # why it was not published
     partitions: str | None = None  # partitioned products: what this run replaced
+    failed_elsewhere: tuple[str, ...] = ()  # blocking checks run outside the gate (dbt tests)
 
     @property
     def published(self) -> bool:
@@ -51,7 +52,10 @@ class Publication:
 
     @property
     def failed_checks(self) -> list[str]:
-        return sorted(name for name, o in self.outcomes.items() if o.blocks)
+        """Every blocking check that failed: the gate's and those run before it (dbt tests)."""
+        return sorted(
+            {name for name, o in self.outcomes.items() if o.blocks} | set(self.failed_elsewhere)
+        )
 
 
 def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
@@ -125,7 +129,7 @@ def publish_product(
 
     start = time.perf_counter()
     address = descriptor.address
-    publication = Publication(descriptor)
+    publication = Publication(descriptor, failed_elsewhere=tuple(failed_elsewhere))
     # Personal data is masked before anything is staged: the audit branch never holds it clear.
     relation = masked_relation(conn, descriptor, relation, salt)
     schema_name, table_name = relation.split(".")
