@@ -233,6 +233,26 @@ def _masking_text(column: Column) -> str:
     return f"stored in clear, {verb} on read for readers not cleared for it"
 
 
+def _header(
+    api_version: str, kind: str, record: Any, descriptors: Any, today: dt.date
+) -> dict[str, Any]:
+    """The fields both standards open with: identity, version, status, domain, description."""
+    d = record.descriptor
+    header: dict[str, Any] = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "id": record.urn,
+        "name": record.address,
+        "version": d.body.version,
+        "status": status_of(d, today),
+        "domain": d.domain,
+        "description": _description(record, descriptors, today),
+    }
+    if d.body.tags:
+        header["tags"] = list(d.body.tags)
+    return header
+
+
 def _description(
     record: ProductRecord, descriptors: Mapping[str, ProductDescriptor], today: dt.date
 ) -> dict[str, str]:
@@ -677,18 +697,7 @@ def odcs_contract(
         ],
     }
 
-    contract: dict[str, Any] = {
-        "apiVersion": ODCS_API_VERSION,
-        "kind": "DataContract",
-        "id": record.urn,
-        "name": record.address,
-        "version": body.version,
-        "status": status_of(d, today),
-        "domain": d.domain,
-        "description": _description(record, descriptors, today),
-    }
-    if body.tags:
-        contract["tags"] = list(body.tags)
+    contract = _header(ODCS_API_VERSION, "DataContract", record, descriptors, today)
     contract |= {
         "schema": [table],
         "servers": [server],
@@ -747,18 +756,7 @@ def odps_product(
             {"id": p["contractId"], "version": p["version"]} for p in inputs
         ]
 
-    product: dict[str, Any] = {
-        "apiVersion": ODPS_API_VERSION,
-        "kind": "DataProduct",
-        "id": record.urn,
-        "name": record.address,
-        "version": body.version,
-        "status": status_of(d, today),
-        "domain": d.domain,
-        "description": _description(record, descriptors, today),
-    }
-    if body.tags:
-        product["tags"] = list(body.tags)
+    product = _header(ODPS_API_VERSION, "DataProduct", record, descriptors, today)
     if inputs:
         product["inputPorts"] = inputs
     product |= {
