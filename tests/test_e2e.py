@@ -84,6 +84,17 @@ def _rebuild_sales_with(mesh, raw_table: str, select_sql: str) -> subprocess.Com
         raw.write_bytes(original)
 
 
+def _why(result: subprocess.CompletedProcess) -> str:
+    """The lines of a `mesh` command's output that say what went wrong (for assertion messages:
+    pytest cuts long output, and CI shows only the end of the log)."""
+    lines = (result.stdout + result.stderr).splitlines()
+    keep = [
+        line for line in lines
+        if any(w in line for w in ("error", "Error", "ERROR", "failed", "FAILED", "not published"))
+    ]  # fmt: skip
+    return "\n".join(keep)[-4000:]
+
+
 def _failed_checks(mesh, domain: str) -> tuple[set[tuple[str, str]], list]:
     """(asset, check) of every failed check of the domain's latest run, and the run's events."""
     instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
@@ -264,8 +275,9 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
     )
     output = result.stdout + result.stderr
     check = "mesh_unique_combination_order_lines_order_key__line_number"
-    assert result.returncode == 1
-    assert f"sales.order_lines: not published: blocking check(s) failed: dbt test {check}" in output
+    assert result.returncode == 1, _why(result)
+    expected = f"sales.order_lines: not published: blocking check(s) failed: dbt test {check}"
+    assert expected in output, _why(result)
     assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
     assert _snapshot(mesh, "sales.order_lines") == before["sales.order_lines"]
     assert _snapshot(mesh, "sales.customers") != before["sales.customers"]
