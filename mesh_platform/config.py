@@ -22,6 +22,10 @@ from mesh_platform.errors import MeshConfigError, StateDirError, format_validati
 
 MESH_FILE = "mesh.yaml"
 ROOT_ENV = "MESH_ROOT"
+POSTGRES_URL_ENV = "MESH_POSTGRES_URL"
+# Keys of mesh.yaml that may hold a URL; a password in one of them is refused (secrets come from
+# the environment, never from files in the repository).
+_URL_KEYS = (("catalog", "uri"), ("catalog", "warehouse"), ("s3_endpoint",))
 
 
 class CatalogSettings(BaseModel):
@@ -94,6 +98,20 @@ class MeshSettings(BaseSettings):
     )
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    profile: Literal["local", "production"] = Field(
+        default="local",
+        description="Deployment profile. local: the embedded default (sqlite files, local "
+        "warehouse, sqlite Dagster instance, all under state_dir). production: Dagster instance "
+        "storage and the Iceberg catalog on PostgreSQL, the warehouse in S3-compatible object "
+        "storage; servers and credentials come from the environment (MESH_POSTGRES_URL, "
+        "MESH_CATALOG__URI, MESH_CATALOG__WAREHOUSE, MESH_S3_ENDPOINT, AWS_*), never from files.",
+        examples=["local", "production"],
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="Endpoint of the S3-compatible object store (empty: AWS S3 itself).",
+        examples=["http://127.0.0.1:59000", "https://s3.eu-west-1.amazonaws.com"],
+    )
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -199,6 +217,35 @@ class Mesh:
         # write to a directory literally named with "%20".
         return self.settings.catalog.warehouse or f"file://{self.state_dir / 'warehouse'}"
 
+    @property
+    def production(self) -> bool:
+        return self.settings.profile == "production"
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The Dagster instance's PostgreSQL (production profile): only from the environment."""
+        return os.environ.get(POSTGRES_URL_ENV) or None
+
+    def check_profile(self) -> None:
+        """The settings the profile needs are there (not yet whether the servers answer: see
+        mesh_platform.storage.preflight), or one error listing every missing one."""
+        if not self.production:
+            return
+        problems = []
+        if not self.postgres_url:
+            problems.append(f"{POSTGRES_URL_ENV} (the Dagster instance's PostgreSQL) is not set")
+        if not (self.settings.catalog.uri or "").startswith("postgresql"):
+            problems.append("MESH_CATALOG__URI is not a postgresql+psycopg2:// URL")
+        if not (self.settings.catalog.warehouse or "").startswith("s3://"):
+            problems.append("MESH_CATALOG__WAREHOUSE is not an s3://bucket/prefix URL")
+        if problems:
+            raise MeshConfigError(
+                "the production profile is incomplete: " + "; ".join(problems),
+                fix="export the variables (scripts/services.sh env prints a working set for "
+                "the loopback servers), or use profile: local",
+                path=self.root / MESH_FILE,
+            )
+
     def domain_state_dir(self, domain: str) -> Path:
         return self.state_dir / "domains" / domain
 
@@ -285,6 +332,27 @@ def _read_mesh_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _refuse_file_secrets(data: dict[str, Any], path: Path) -> None:
+    from urllib.parse import urlsplit
+
+    for keys in _URL_KEYS:
+        value: Any = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and "@" in value:
+            try:
+                has_password = urlsplit(value).password is not None
+            except ValueError:
+                has_password = False
+            if has_password:
+                raise MeshConfigError(
+                    f"{MESH_FILE} key {'.'.join(keys)} holds a password",
+                    fix=f"remove it from the file and set the URL in the environment "
+                    f"(MESH_{'__'.join(k.upper() for k in keys)})",
+                    path=path,
+                )
+
+
 def load_mesh(root: Path | str | None = None, **overrides: Any) -> Mesh:
     """Load mesh.yaml at ``root`` (default: :func:`find_root`), apply env, then ``overrides``."""
     root = Path(root).resolve() if root is not None else find_root()
@@ -296,6 +364,7 @@ def load_mesh(root: Path | str | None = None, **overrides: Any) -> Mesh:
             path=path,
         )
     data = _read_mesh_file(path)
+    _refuse_file_secrets(data, path)
     try:
         settings = _settings(data, overrides)
     except ValidationError as exc:

@@ -16,8 +16,8 @@ import duckdb
 from mesh_platform.addressing import quote_literal
 from mesh_platform.errors import MeshError
 
-# Load order matters: iceberg depends on avro.
-KNOWN_EXTENSIONS = ("avro", "iceberg", "tpch")
+# Load order matters: iceberg depends on avro. httpfs reads and writes s3:// (production).
+KNOWN_EXTENSIONS = ("avro", "iceberg", "tpch", "httpfs")
 
 
 @cache

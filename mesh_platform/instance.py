@@ -37,13 +37,35 @@ run_monitoring:
 """
 
 
+# The production profile keeps runs, event logs and schedules in PostgreSQL (dagster-postgres).
+# The URL is read from the environment by Dagster itself: no credential is written to the file.
+POSTGRES_STORAGE = """\
+# Production profile: run, event log and schedule storage in PostgreSQL; the URL (with its
+# credentials) is read from the environment variable, never written here.
+storage:
+  postgres:
+    postgres_url:
+      env: MESH_POSTGRES_URL
+"""
+
+
+def dagster_yaml(mesh: Mesh) -> str:
+    """The instance configuration of the mesh's profile."""
+    return DAGSTER_YAML + (POSTGRES_STORAGE if mesh.production else "")
+
+
 def prepare_dagster_home(mesh: Mesh) -> str:
-    """Create DAGSTER_HOME with its dagster.yaml and export it for this process and children."""
+    """Create DAGSTER_HOME with its dagster.yaml and export it for this process and children.
+    Production profile: the servers are checked first (a clear error, not a trace mid-run)."""
+    from mesh_platform.storage import preflight
+
+    preflight.check(mesh)
     mesh.ensure_state_dir()
     home = mesh.dagster_home
     config = home / "dagster.yaml"
-    if not config.is_file() or config.read_text() != DAGSTER_YAML:
-        config.write_text(DAGSTER_YAML)
+    wanted = dagster_yaml(mesh)
+    if not config.is_file() or config.read_text() != wanted:
+        config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)
 

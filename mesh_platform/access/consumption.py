@@ -61,6 +61,7 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
     from mesh_platform.dbt.nodes import consumed_products
     from mesh_platform.duckdb_ext import connect
     from mesh_platform.query.engine import QuerySession, governed_source
+    from mesh_platform.storage.warehouse import configure_duckdb
 
     consumed = consumed_products(manifest)
     if not consumed:
@@ -72,6 +73,7 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
     conn = connect(mesh.duckdb_path(domain), extensions=("avro",))
     staged = []
     try:
+        configure_duckdb(conn, dict(session.catalog.storage))  # s3:// warehouse: httpfs
         for item, (address, node) in zip(read, consumed, strict=True):
             schema = node["schema"]
             target = f"{quote_ident(schema)}.{quote_ident(address.table)}"

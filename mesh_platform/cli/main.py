@@ -309,7 +309,7 @@ def maintain(
         for _, name in catalog.list_tables(domain):
             report = maintain_table(
                 catalog,
-                ProductAddress(domain, name),
+                ProductAddress.parse(f"{domain}.{name}"),  # nations_v2: major 2 of nations
                 retain=retain_for,
                 keep_last=keep_last,
                 orphan_margin=margin,

@@ -87,8 +87,10 @@ def masked_relation(
 
 def _staged_view(ctx: GateContext) -> tuple[Any, str]:
     from mesh_platform.duckdb_ext import connect
+    from mesh_platform.storage.warehouse import configure_duckdb
 
     conn = connect()
+    configure_duckdb(conn, ctx.table.io.properties)  # s3:// warehouse: httpfs
     files = ", ".join(quote_literal(f) for f in ctx.stage.data_files)
     return conn, f"read_parquet([{files}])" if files else "(SELECT NULL AS _ WHERE false)"
 

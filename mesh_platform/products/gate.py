@@ -85,9 +85,19 @@ class GateContext:
 
         key = tuple(columns) if columns is not None else ("*",)
         if key not in self._cache:
+            from mesh_platform.storage import warehouse
+
             files = [str(f) for f in self.stage.data_files]
             cols = list(columns) if columns is not None else None
-            self._cache[key] = pq.read_table(files, columns=cols) if files else self._empty(cols)
+            filesystem = None
+            if files and warehouse.is_remote(files[0]):
+                filesystem = warehouse.arrow_filesystem(self.table.io.properties)
+                files = [f.split("://", 1)[1] for f in files]
+            self._cache[key] = (
+                pq.read_table(files, columns=cols, filesystem=filesystem)
+                if files
+                else self._empty(cols)
+            )
         return self._cache[key]
 
     def _empty(self, columns: list[str] | None) -> pa.Table:

@@ -94,18 +94,27 @@ class TableState:
 
 def _local(location: str) -> str:
     # DuckDB reads local paths directly; a file:// URL sends it through a slow generic path.
+    # s3:// locations stay URLs (DuckDB's httpfs reads them).
     return location.removeprefix("file://")
 
 
 @functools.lru_cache(maxsize=256)
-def _table_state(address: ProductAddress, metadata_location: str) -> TableState:
+def _table_state(
+    address: ProductAddress, metadata_location: str, storage: tuple[tuple[str, str], ...] = ()
+) -> TableState:
     # A metadata file never changes once written (a commit writes a new one): cache by path.
-    return read_table_state(address, metadata_location)
+    return read_table_state(address, metadata_location, dict(storage))
 
 
-def read_table_state(address: ProductAddress, metadata_location: str) -> TableState:
-    path = Path(_local(metadata_location))
-    raw = path.read_bytes()
+def read_table_state(
+    address: ProductAddress, metadata_location: str, storage: dict[str, str] | None = None
+) -> TableState:
+    """``storage``: the warehouse's pyiceberg-style properties (s3.*) for a remote location."""
+    from mesh_platform.storage.warehouse import read_bytes
+
+    location = _local(metadata_location)
+    path = Path(location)
+    raw = read_bytes(location, storage or {})
     if path.name.endswith(".gz.metadata.json"):
         raw = gzip.decompress(raw)
     meta: dict[str, Any] = json.loads(raw)
@@ -137,8 +146,8 @@ def read_table_state(address: ProductAddress, metadata_location: str) -> TableSt
         current = None
     return TableState(
         address,
-        str(path),
-        _local(meta.get("location", str(path.parent.parent))),
+        location,
+        _local(meta.get("location", location.rsplit("/", 2)[0])),
         {str(k): str(v) for k, v in (meta.get("properties") or {}).items()},
         current,
         tuple(history),
@@ -200,9 +209,13 @@ class Catalog:
     """Metadata locations of product tables (the pyiceberg SqlCatalog's own table)."""
 
     def __init__(self, mesh: Mesh) -> None:
+        from mesh_platform.storage.warehouse import s3_properties
+
         self.mesh = mesh
         self.uri = mesh.catalog_uri
+        self.storage = tuple(sorted(s3_properties(mesh).items()))  # for remote metadata files
         self._sqlite: sqlite3.Connection | None = None  # read-only; each SELECT sees commits
+        self._postgres: Any = None  # psycopg2 connection (autocommit: each SELECT sees commits)
 
     def metadata_location(self, address: ProductAddress) -> str | None:
         namespace, table = address.iceberg_identifier
@@ -223,15 +236,42 @@ class Catalog:
             except sqlite3.OperationalError:  # no table yet: nothing was ever published
                 return None
             return row[0] if row else None
+        if self.uri.startswith("postgresql"):
+            return self._postgres_location(namespace, table)
         from mesh_platform.storage.iceberg import load_product_table, open_catalog  # other URIs
 
         found = load_product_table(open_catalog(self.mesh), address)
         return found.metadata_location if found is not None else None
 
+    def _postgres_location(self, namespace: str, table: str) -> str | None:
+        """The catalog row on PostgreSQL, read with psycopg2 (not pyiceberg: its import costs
+        seconds); pyiceberg's SqlCatalog and Iceberg's JdbcCatalog share this table."""
+        import psycopg2
+
+        if self._postgres is None:
+            from mesh_platform.storage.preflight import libpq_url
+
+            self._postgres = psycopg2.connect(libpq_url(self.uri), connect_timeout=10)
+            self._postgres.autocommit = True
+        with self._postgres.cursor() as cursor:
+            try:
+                cursor.execute(
+                    "SELECT metadata_location FROM iceberg_tables WHERE catalog_name = %s AND "
+                    "table_namespace = %s AND table_name = %s",
+                    (self.mesh.settings.catalog.name, namespace, table),
+                )
+            except psycopg2.errors.UndefinedTable:  # nothing was ever published
+                return None
+            row = cursor.fetchone()
+        return row[0] if row else None
+
     def close(self) -> None:
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
+        if self._postgres is not None:
+            self._postgres.close()
+            self._postgres = None
 
     def table_state(self, address: ProductAddress) -> TableState:
         location = self.metadata_location(address)
@@ -240,7 +280,7 @@ class Catalog:
                 f"product {address} has no published snapshot (no Iceberg table yet)",
                 fix=f"build its domain: `mesh build --domain {address.domain}`",
             )
-        return _table_state(address, location)
+        return _table_state(address, location, self.storage)
 
 
 def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:

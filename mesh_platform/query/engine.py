@@ -166,12 +166,14 @@ class QuerySession:
         if self._conn is not None and directories <= self._allowed:
             return self._conn
         from mesh_platform.duckdb_ext import connect
+        from mesh_platform.storage.warehouse import configure_duckdb
 
         allowed = frozenset(directories | self._allowed)
         self.close()
         self._views.clear()
         conn = connect(extensions=("avro",))  # manifests are Avro; data files Parquet
         try:
+            configure_duckdb(conn, dict(self.catalog.storage))  # s3:// warehouse: httpfs
             if self.threads:
                 conn.execute(f"SET threads = {int(self.threads)}")
             dirs = ", ".join(quote_literal(d.rstrip("/") + "/") for d in sorted(allowed))

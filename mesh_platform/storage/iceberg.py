@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
@@ -47,16 +46,24 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
 from mesh_platform.errors import ConcurrentPublishError, MeshError
+from mesh_platform.storage import warehouse
+from mesh_platform.storage.warehouse import local_path  # noqa: F401  (re-exported)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def open_catalog(mesh: Mesh) -> SqlCatalog:
-    """The mesh's SqlCatalog. On sqlite: WAL journal and a busy timeout for concurrent writers."""
+    """The mesh's SqlCatalog. On sqlite: WAL journal and a busy timeout for concurrent writers.
+    Production profile: PostgreSQL and the object store are checked first (storage.preflight)."""
+    from mesh_platform.storage import preflight
+
+    preflight.check(mesh)
     uri = mesh.catalog_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    catalog = _sql_catalog(mesh.settings.catalog.name, uri, mesh.warehouse)
+    catalog = _sql_catalog(
+        mesh.settings.catalog.name, uri, mesh.warehouse, warehouse.s3_properties(mesh)
+    )
     if catalog.engine.dialect.name == "sqlite":
 
         @event.listens_for(catalog.engine, "connect")
@@ -70,12 +77,14 @@ def open_catalog(mesh: Mesh) -> SqlCatalog:
     return catalog
 
 
-def _sql_catalog(name: str, uri: str, warehouse: str, attempts: int = 5) -> SqlCatalog:
+def _sql_catalog(
+    name: str, uri: str, location: str, properties: Mapping[str, str], attempts: int = 5
+) -> SqlCatalog:
     """SqlCatalog, tolerating another process creating the catalog tables at the same moment
     (pyiceberg's CREATE TABLE of its own tables is not idempotent under a race)."""
     for attempt in range(attempts):
         try:
-            return SqlCatalog(name, uri=uri, warehouse=warehouse)
+            return SqlCatalog(name, uri=uri, warehouse=location, **properties)
         except OperationalError:
             if attempt == attempts - 1:
                 raise
@@ -107,17 +116,6 @@ def _evolve_schema(
             "publish the change as a new major version of the product",
         ) from exc
     return catalog.load_table(address.iceberg_identifier)
-
-
-def local_path(location: str) -> Path:
-    parsed = urlparse(location)
-    if parsed.scheme not in ("", "file"):
-        raise MeshError(
-            f"warehouse location {location!r} is not a local path",
-            fix="the embedded default writes to a local warehouse; set catalog.warehouse to a "
-            "file:// URI",
-        )
-    return Path(unquote(parsed.path))
 
 
 @dataclass(frozen=True)
@@ -288,12 +286,10 @@ def _ensure_partition_field(
 
 def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
     """Refuse a table whose files would live outside the warehouse (the catalog accepts that)."""
-    warehouse = local_path(catalog.properties["warehouse"]).resolve()
-    location = local_path(table.location()).resolve()
-    if not location.is_relative_to(warehouse):
+    root, location = catalog.properties["warehouse"], table.location()
+    if not warehouse.contains(root, location):
         raise MeshError(
-            f"product {address}: its table location {location} is outside the warehouse "
-            f"{warehouse}",
+            f"product {address}: its table location {location} is outside the warehouse {root}",
             fix="drop the table from the catalog and publish again (its location is derived "
             "from the address)",
         )
@@ -346,16 +342,16 @@ def stage_to_audit(
         raise _concurrent(address, batch_id, exc) from exc
     table = catalog.load_table(address.iceberg_identifier)
 
-    data_dir = local_path(table.location()) / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    warehouse.configure_duckdb(conn, catalog.properties)
     if partitioning is None:
-        data_files = [data_dir / f"{uuid.uuid4()}.parquet"]
+        data_files = [warehouse.new_data_file(table.location())]
         conn.execute(
-            f"COPY (SELECT * FROM {source}) TO {quote_literal(str(data_files[0]))} (FORMAT parquet)"
+            f"COPY (SELECT * FROM {source}) TO {quote_literal(data_files[0])} (FORMAT parquet)"
         )
         row_count = conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
         replaced: BooleanExpression = AlwaysTrue()
     else:
+        data_dir = warehouse.new_data_folder(table.location())
         data_files, row_count = _copy_partitions(conn, source, data_dir, partitioning)
         replaced = partitioning.replaced_rows()
     summary = {**properties, BATCH_PROPERTY: batch_id, "mesh.rows": str(row_count)}
@@ -372,7 +368,7 @@ def stage_to_audit(
                              branch=branch)  # fmt: skip
     except Exception as exc:
         for data_file in data_files:  # nothing references them: do not leave orphans
-            data_file.unlink(missing_ok=True)
+            warehouse.delete(data_file, catalog.properties)
         if _is_concurrent_commit(exc):
             raise _concurrent(address, batch_id, exc) from exc
         raise
@@ -386,15 +382,15 @@ def stage_to_audit(
         base_snapshot_id=main.snapshot_id,
         row_count=row_count,
         metadata_location=table.metadata_location,
-        data_files=tuple(str(f) for f in data_files),
+        data_files=tuple(data_files),
         added_columns=added,
         total_rows=int((staged.summary or {}).get("total-records", row_count)),
     )
 
 
 def _copy_partitions(
-    conn: duckdb.DuckDBPyConnection, source: str, data_dir: Path, partitioning: Partitioning
-) -> tuple[list[Path], int]:
+    conn: duckdb.DuckDBPyConnection, source: str, data_dir: str, partitioning: Partitioning
+) -> tuple[list[str], int]:
     """DuckDB writes the rows of the changed partitions, one file per partition (add_files
     derives each file's partition from its column statistics)."""
     where = ""
@@ -404,15 +400,17 @@ def _copy_partitions(
             "INSERT INTO _mesh_changed VALUES (?)", [[d] for d in partitioning.changed]
         )
         where = f" WHERE {partitioning.sql_expr} IN (SELECT p FROM _mesh_changed)"
-    batch_dir = data_dir / f"batch-{uuid.uuid4()}"
+    batch_dir = warehouse.join(data_dir, f"batch-{uuid.uuid4()}")
     row_count = conn.execute(f"SELECT count(*) FROM {source}{where}").fetchone()[0]
     if row_count:
         conn.execute(
             f"COPY (SELECT *, strftime({partitioning.sql_expr}, '%Y-%m-%d') AS _mesh_partition "
-            f"FROM {source}{where}) TO {quote_literal(str(batch_dir))} "
+            f"FROM {source}{where}) TO {quote_literal(batch_dir)} "
             "(FORMAT parquet, PARTITION_BY (_mesh_partition))"
         )
-    return sorted(batch_dir.rglob("*.parquet")), row_count
+    pattern = quote_literal(warehouse.join(batch_dir, "**", "*.parquet"))
+    files = [row[0] for row in conn.execute(f"SELECT file FROM glob({pattern})").fetchall()]
+    return sorted(files), row_count
 
 
 def publish_audited(catalog: SqlCatalog, stage: AuditStage) -> int:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 from mesh_platform.addressing import ProductAddress
-from mesh_platform.storage.iceberg import local_path
+from mesh_platform.storage import warehouse
 
 AUDIT_PREFIX = "audit-"
 
@@ -30,18 +29,19 @@ class MaintenanceReport:
     dry_run: bool = False
 
 
-def referenced_files(table: Table) -> set[Path]:
-    """Every file the table's metadata still references (data, manifests, lists, metadata)."""
+def referenced_files(table: Table) -> set[str]:
+    """Every file the table's metadata still references (data, manifests, lists, metadata),
+    spelled as ``warehouse.normalise`` does (local: resolved paths; object store: URLs)."""
     io = table.io
-    files: set[Path] = {local_path(table.metadata_location)}
-    files |= {local_path(entry.metadata_file) for entry in table.metadata.metadata_log}
+    files = {table.metadata_location}
+    files |= {entry.metadata_file for entry in table.metadata.metadata_log}
     for snapshot in table.snapshots():
-        files.add(local_path(snapshot.manifest_list))
+        files.add(snapshot.manifest_list)
         for manifest in snapshot.manifests(io):
-            files.add(local_path(manifest.manifest_path))
+            files.add(manifest.manifest_path)
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
-                files.add(local_path(entry.data_file.file_path))
-    return {f.resolve() for f in files}
+                files.add(entry.data_file.file_path)
+    return {warehouse.normalise(f) for f in files}
 
 
 def maintain(
@@ -94,10 +94,9 @@ def maintain(
     live = referenced_files(table)
     # File ages are always judged on the real clock: `now` only shifts snapshot retention.
     margin_cutoff = time.time() - orphan_margin.total_seconds()
-    root = local_path(table.location())
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.resolve() not in live and path.stat().st_mtime < margin_cutoff:
-            report.orphan_files.append(str(path))
+    for location, mtime in warehouse.list_files(table.location(), table.io.properties):
+        if location not in live and mtime < margin_cutoff:
+            report.orphan_files.append(location)
             if not dry_run:
-                path.unlink()
+                warehouse.delete(location, table.io.properties)
     return report

@@ -1,0 +1,187 @@
+"""Where table files live: a local folder (``file://``) or an S3-compatible bucket (``s3://``).
+
+One place turns the mesh's settings into what each engine needs to reach the warehouse:
+pyiceberg's FileIO properties (``s3.endpoint``...), a DuckDB secret for the httpfs extension,
+and a pyarrow file system for the few reads the platform makes itself (metadata JSON, staged
+files). Credentials come from the standard AWS variables of the environment (or the pyiceberg
+properties derived from them), never from files. Every other module asks this one, so the
+local and production profiles differ in configuration only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from mesh_platform.addressing import quote_literal
+from mesh_platform.errors import MeshError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from mesh_platform.config import Mesh
+
+DEFAULT_REGION = "us-east-1"
+
+
+def is_remote(location: str) -> bool:
+    return urlparse(location).scheme in ("s3", "s3a")
+
+
+def local_path(location: str) -> Path:
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        raise MeshError(
+            f"warehouse location {location!r} is not a local path",
+            fix="this operation needs a local warehouse (file://), or the production "
+            "profile's object store configured (catalog.warehouse: s3://...)",
+        )
+    return Path(unquote(parsed.path))
+
+
+def engine_path(location: str) -> str:
+    """The location as DuckDB and pyiceberg read it: a plain local path, or the s3:// URL.
+    (DuckDB reads local paths directly; a file:// URL sends it through a slower generic path.)"""
+    return location if is_remote(location) else str(local_path(location))
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([location.rstrip("/"), *parts])
+
+
+def s3_properties(mesh: Mesh) -> dict[str, str]:
+    """pyiceberg FileIO properties of an s3:// warehouse (empty for a local one)."""
+    if not is_remote(mesh.warehouse):
+        return {}
+    props = {"s3.region": os.environ.get("AWS_REGION") or DEFAULT_REGION}
+    if mesh.settings.s3_endpoint:
+        props["s3.endpoint"] = mesh.settings.s3_endpoint
+    if key := os.environ.get("AWS_ACCESS_KEY_ID"):
+        props["s3.access-key-id"] = key
+    if secret := os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        props["s3.secret-access-key"] = secret
+    if token := os.environ.get("AWS_SESSION_TOKEN"):
+        props["s3.session-token"] = token
+    return props
+
+
+def configure_duckdb(conn: duckdb.DuckDBPyConnection, properties: Mapping[str, str]) -> None:
+    """Give a DuckDB connection access to the object store described by pyiceberg-style
+    ``properties`` (a no-op without ``s3.*`` properties): the httpfs extension, loaded from its
+    wheel, and a temporary (in-memory) secret. Call before locking the configuration."""
+    if not any(k.startswith("s3.") for k in properties):
+        return
+    from mesh_platform.duckdb_ext import load_extensions
+
+    load_extensions(conn, "httpfs")
+    options = [
+        "TYPE s3",
+        f"REGION {quote_literal(properties.get('s3.region', DEFAULT_REGION))}",
+    ]
+    if key := properties.get("s3.access-key-id"):
+        options.append(f"KEY_ID {quote_literal(key)}")
+        options.append(f"SECRET {quote_literal(properties.get('s3.secret-access-key', ''))}")
+    if token := properties.get("s3.session-token"):
+        options.append(f"SESSION_TOKEN {quote_literal(token)}")
+    if endpoint := properties.get("s3.endpoint"):
+        parsed = urlparse(endpoint)
+        options.append(f"ENDPOINT {quote_literal(parsed.netloc or parsed.path)}")
+        options.append("URL_STYLE 'path'")
+        options.append(f"USE_SSL {'false' if parsed.scheme == 'http' else 'true'}")
+    conn.execute(f"CREATE OR REPLACE TEMPORARY SECRET mesh_warehouse ({', '.join(options)})")
+
+
+def arrow_filesystem(properties: Mapping[str, str]) -> Any:
+    """A pyarrow S3 file system from pyiceberg-style properties (paths without the scheme)."""
+    from pyarrow import fs
+
+    endpoint = properties.get("s3.endpoint")
+    parsed = urlparse(endpoint) if endpoint else None
+    return fs.S3FileSystem(
+        access_key=properties.get("s3.access-key-id"),
+        secret_key=properties.get("s3.secret-access-key"),
+        session_token=properties.get("s3.session-token"),
+        region=properties.get("s3.region", DEFAULT_REGION),
+        endpoint_override=(parsed.netloc or parsed.path) if parsed else None,
+        scheme=parsed.scheme if parsed and parsed.scheme else "https",
+        connect_timeout=5,
+        request_timeout=30,
+    )
+
+
+def _key(location: str) -> str:
+    parsed = urlparse(location)
+    return f"{parsed.netloc}{parsed.path}"
+
+
+def read_bytes(location: str, properties: Mapping[str, str]) -> bytes:
+    if not is_remote(location):
+        return local_path(location).read_bytes()
+    with arrow_filesystem(properties).open_input_stream(_key(location)) as stream:
+        return stream.read()
+
+
+def delete(location: str, properties: Mapping[str, str]) -> None:
+    """Remove one file (nothing if it is gone)."""
+    if not is_remote(location):
+        local_path(location).unlink(missing_ok=True)
+        return
+    filesystem = arrow_filesystem(properties)
+    with contextlib.suppress(FileNotFoundError):
+        filesystem.delete_file(_key(location))
+
+
+def list_files(location: str, properties: Mapping[str, str]) -> list[tuple[str, float]]:
+    """Every file under a folder location (recursively): (location of the same kind as the
+    folder's, modification time in epoch seconds)."""
+    if not is_remote(location):
+        root = local_path(location)
+        if not root.is_dir():
+            return []
+        return sorted((str(p.resolve()), p.stat().st_mtime) for p in root.rglob("*") if p.is_file())
+    from pyarrow import fs
+
+    filesystem = arrow_filesystem(properties)
+    parsed = urlparse(location)
+    selector = fs.FileSelector(_key(location).rstrip("/"), recursive=True, allow_not_found=True)
+    return sorted(
+        (f"{parsed.scheme}://{info.path}", info.mtime.timestamp() if info.mtime else 0.0)
+        for info in filesystem.get_file_info(selector)
+        if info.type == fs.FileType.File
+    )
+
+
+def normalise(location: str) -> str:
+    """One spelling per file, to compare locations: an s3:// URL, or a resolved local path."""
+    return location if is_remote(location) else str(local_path(location).resolve())
+
+
+def new_data_folder(table_location: str) -> str:
+    """A fresh folder for one batch's files under the table's ``data/`` (created if local)."""
+    folder = join(engine_path(table_location), "data")
+    if not is_remote(folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def new_data_file(table_location: str) -> str:
+    return join(new_data_folder(table_location), f"{uuid.uuid4()}.parquet")
+
+
+def contains(root: str, location: str) -> bool:
+    """Whether ``location`` lies inside the folder ``root`` (no ``..`` escapes)."""
+    if is_remote(root) or is_remote(location):
+        a, b = urlparse(root), urlparse(location)
+        if a.scheme != b.scheme or a.netloc != b.netloc:
+            return False
+        parts = [p for p in b.path.split("/") if p]
+        if ".." in parts:
+            return False
+        prefix = [p for p in a.path.split("/") if p]
+        return parts[: len(prefix)] == prefix
+    return local_path(location).resolve().is_relative_to(local_path(root).resolve())
