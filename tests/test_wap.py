@@ -92,6 +92,13 @@ def test_concurrent_publishers_lose_nothing(tmp_path):
     """Four writers publish the same product at once, each from its own catalog and DuckDB.
     Each either publishes (restaging after a lost race) or fails cleanly; every acknowledged
     batch is on main exactly once, and main is the last one acknowledged."""
+    acknowledged, _ = concurrent_publishers(tmp_path)
+    assert len(acknowledged) >= 4  # retries let most writers through (sqlite: one writer)
+
+
+def concurrent_publishers(tmp_path, writers: int = 4, batches: int = 3):
+    """Run the concurrent publishers on the mesh at ``tmp_path`` (its profile from the
+    environment); assert nothing was lost; return (acknowledged, cleanly failed) batches."""
     import threading
 
     (tmp_path / "mesh.yaml").write_text("state_dir: state\n")
@@ -106,7 +113,7 @@ def test_concurrent_publishers_lose_nothing(tmp_path):
         catalog = open_catalog(mesh)
         conn = connect()
         conn.execute(f"CREATE TABLE t AS SELECT range AS order_key FROM range({n + 1})")
-        for i in range(3):
+        for i in range(batches):
             batch = f"w{n}-{i}"
             try:
                 result = publish_from_duckdb(
@@ -123,7 +130,7 @@ def test_concurrent_publishers_lose_nothing(tmp_path):
             with lock:
                 acknowledged.append((batch, result.snapshot_id))
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -141,8 +148,7 @@ def test_concurrent_publishers_lose_nothing(tmp_path):
         )
     published_batches = [s.summary.get("mesh.batch_id") for s in history]
     assert unclean == []
-    assert len(acknowledged) + len(clean_failures) == 12
-    assert len(acknowledged) >= 4  # retries let most writers through
+    assert len(acknowledged) + len(clean_failures) == writers * batches
     for batch, snapshot_id in acknowledged:
         assert batch in published_batches
         assert table.snapshot_by_id(snapshot_id) is not None
@@ -151,11 +157,18 @@ def test_concurrent_publishers_lose_nothing(tmp_path):
         assert published_batches.count(batch) <= 2
     assert not [b for b in clean_failures if b in published_batches]
     assert table.scan().to_arrow().num_rows >= 1
+    return acknowledged, clean_failures
 
 
 def test_a_killed_publisher_leaves_a_readable_table(tmp_path):
     """A publisher killed with SIGKILL at random moments: the table always loads and main is
     always a batch the publisher had acknowledged (or the one being published)."""
+    killed_publisher(tmp_path)
+
+
+def killed_publisher(tmp_path) -> list[str]:
+    """Kill a publisher of the mesh at ``tmp_path`` (its profile from the environment, which
+    the child inherits) three times; assert the table stays readable; the acknowledged batches."""
     import random
     import signal
     import subprocess
@@ -204,6 +217,7 @@ for i in range(10_000):
         in_flight = f"k{round_}-{len(out.split())}"
         assert main.summary.get("mesh.batch_id") in (*acknowledged, in_flight)
     assert acknowledged, "the publisher never got to publish before being killed"
+    return acknowledged
 
 
 def test_a_table_located_outside_the_warehouse_is_refused(catalog, conn, tmp_path):

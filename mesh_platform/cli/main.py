@@ -325,6 +325,31 @@ def maintain(
 
 
 @cli.command()
+@click.pass_context
+@mesh_command
+def doctor(ctx: click.Context) -> None:
+    """Show the deployment profile and check that each of its servers answers (exit 1 if not).
+
+    Secrets are never printed: URLs lose their password, keys are not shown.
+    """
+    from mesh_platform.storage.preflight import probes, redact
+
+    mesh = _mesh(ctx)
+    out.print(f"profile: {mesh.settings.profile}")
+    out.print(f"catalog: {redact(mesh.catalog_uri)} (name {mesh.settings.catalog.name})")
+    out.print(f"warehouse: {mesh.warehouse}")
+    storage = f" (storage: {redact(mesh.postgres_url or '')})" if mesh.production else ""
+    out.print(f"Dagster instance: {mesh.dagster_home}{storage}")
+    failed = 0
+    for probe in probes(mesh):
+        failed += not probe.ok
+        status = "ok" if probe.ok else f"FAILED: {probe.detail}"
+        out.print(f"  {probe.service}: {probe.target}: {status}")
+    if failed:
+        _fail(f"{failed} server(s) of the {mesh.settings.profile} profile do not answer")
+
+
+@cli.command()
 @click.option("--write", is_flag=True, help="Rewrite workspace.yaml from domains/.")
 @click.pass_context
 @mesh_command
@@ -789,6 +814,70 @@ def audit(ctx: click.Context, limit: int, as_: str | None) -> None:
             str(e.get("rows", "")), escape(e.get("query") or ""),
         )  # fmt: skip
     out.print(table)
+
+
+@cli.group()
+def deploy() -> None:
+    """Generate configuration for running the mesh at scale (mesh_platform/deploy/)."""
+
+
+@deploy.command("trino")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write Trino's etc/ files to (created if missing).",
+)  # fmt: skip
+@click.option(
+    "--trino-etc", default="/etc/trino", show_default=True,
+    help="Where the files will live on the Trino coordinator (paths inside the properties).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def deploy_trino(ctx: click.Context, output: Path, trino_etc: str) -> None:
+    """Write a Trino Iceberg catalog on the mesh's catalog and warehouse, and file-based access
+    control rules expressing every grant (rules.json, group.txt). No credentials are written
+    (Trino reads them from its environment); rules.json holds the masking salt (mode 0600)."""
+    from mesh_platform.deploy.trino import write_trino
+
+    config, paths = write_trino(_mesh(ctx), output, etc_dir=trino_etc)
+    for path in paths:
+        out.print(f"  wrote {escape(str(path))}", highlight=False)
+    groups = sum(1 for users in config.identities.members.values() if users)
+    out.print(
+        f"Trino: {len(config.identities.users)} users, {groups} groups with members; copy the "
+        f"files to {escape(trino_etc)} on the coordinator. rules.json holds the masking salt: "
+        "readable by its owner only (0600).",
+        highlight=False,
+    )
+    for note in config.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    for warning in config.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+@deploy.command("helm")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write values.yaml and values-user-deployments.yaml to.",
+)  # fmt: skip
+@click.option("--image", metavar="REPO:TAG", help="Image of the domains' code servers and runs.")
+@click.option(
+    "--secret", default="mesh-production", show_default=True,
+    help="Kubernetes secret holding the mesh's environment (credentials, MESH_PII_SALT).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def deploy_helm(ctx: click.Context, output: Path, image: str | None, secret: str) -> None:
+    """Write values for Dagster's Helm charts: one user-code deployment per domain of
+    workspace.yaml, webserver and daemon with the K8sRunLauncher and the local instance's run
+    and pool limits. No secrets are written."""
+    from mesh_platform.deploy.helm import write_helm
+
+    config, paths = write_helm(_mesh(ctx), output, image=image, secret=secret)
+    for path in paths:
+        out.print(f"  wrote {escape(str(path))}", highlight=False)
+    out.print(f"Helm: one deployment per domain: {', '.join(config.locations)}", highlight=False)
+    for warning in config.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def _junit(results: dict) -> str:

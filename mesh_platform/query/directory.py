@@ -209,8 +209,10 @@ class Catalog:
     """Metadata locations of product tables (the pyiceberg SqlCatalog's own table)."""
 
     def __init__(self, mesh: Mesh) -> None:
+        from mesh_platform.storage import preflight
         from mesh_platform.storage.warehouse import s3_properties
 
+        preflight.check(mesh)  # production: the servers answer (a clear error, once per process)
         self.mesh = mesh
         self.uri = mesh.catalog_uri
         self.storage = tuple(sorted(s3_properties(mesh).items()))  # for remote metadata files

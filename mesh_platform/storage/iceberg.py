@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import DayTransform, MonthTransform, YearTransform
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
@@ -81,11 +82,12 @@ def _sql_catalog(
     name: str, uri: str, location: str, properties: Mapping[str, str], attempts: int = 5
 ) -> SqlCatalog:
     """SqlCatalog, tolerating another process creating the catalog tables at the same moment
-    (pyiceberg's CREATE TABLE of its own tables is not idempotent under a race)."""
+    (pyiceberg's CREATE TABLE of its own tables is not idempotent under a race: sqlite says
+    OperationalError, PostgreSQL DuplicateTable or a unique violation of its type catalog)."""
     for attempt in range(attempts):
         try:
             return SqlCatalog(name, uri=uri, warehouse=location, **properties)
-        except OperationalError:
+        except DBAPIError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
@@ -486,8 +488,65 @@ def write_audit_publish(
 
     ``gate`` returns the names of the blocking checks that failed (empty: publish). When
     another publisher moves main in between, the batch is restaged from the new main and the
-    gate runs again, up to ``attempts`` times; then ConcurrentPublishError propagates.
+    gate runs again, up to ``attempts`` times; then ConcurrentPublishError propagates. On a
+    PostgreSQL catalog, publishers of one product take turns (``product_lock``), so every one
+    of them publishes.
     """
+    with product_lock(catalog, address):
+        return _write_audit_publish(
+            catalog, address, conn, relation,
+            batch_id=batch_id, properties=properties, table_properties=table_properties,
+            partitioning=partitioning, gate=gate, attempts=attempts,
+        )  # fmt: skip
+
+
+PRODUCT_LOCK_TIMEOUT = "15min"
+
+
+@contextlib.contextmanager
+def product_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]:
+    """One publisher of a product at a time, where the catalog can say so: a PostgreSQL
+    session-level advisory lock keyed by catalog and address (released at the end, or by the
+    server when a killed publisher's connection drops). On sqlite, which has one writer anyway,
+    publishers race optimistically and restage (write_audit_publish's attempts)."""
+    if catalog.engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    digest = hashlib.blake2b(f"{catalog.name}:{address}".encode(), digest_size=8).digest()
+    key = int.from_bytes(digest, "big", signed=True)
+    with catalog.engine.connect() as connection:
+        try:
+            connection.execute(text(f"SET lock_timeout = '{PRODUCT_LOCK_TIMEOUT}'"))
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+        except DBAPIError as exc:
+            raise ConcurrentPublishError(
+                f"product {address}: another publisher held it for over "
+                f"{PRODUCT_LOCK_TIMEOUT} ({type(exc.orig).__name__})",
+                fix="look for a stuck run of the product's domain (Dagster UI), then run again",
+            ) from exc
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def _write_audit_publish(
+    catalog: SqlCatalog,
+    address: ProductAddress,
+    conn: duckdb.DuckDBPyConnection,
+    relation: str,
+    *,
+    batch_id: str,
+    properties: dict[str, str],
+    table_properties: Mapping[str, str] | None,
+    partitioning: Partitioning | None,
+    gate: Gate | None,
+    attempts: int,
+) -> WapResult:
     for attempt in range(1, attempts + 1):
         try:
             stage = stage_to_audit(
