@@ -2,7 +2,8 @@
 # Installs everything the mesh needs from the project's own files, idempotently:
 #   1. uv (pinned) in a project-local tool venv (.tools/), so nothing is installed globally;
 #   2. the locked environment (.venv/) from uv.lock, dev tools included;
-#   3. Debian's chromium for the browser tests, when missing (apt-get, as root);
+#   3. Debian's chromium (browser tests) and postgresql (production-profile tests), when
+#      missing (apt-get, as root); scripts/services.sh starts PostgreSQL and the S3 endpoint;
 #   4. the domains' dbt manifests (mesh prepare), so code locations load without parsing dbt.
 # Needs python3.11 (or PYTHON=...) and access to the package registry. Nothing else.
 set -euo pipefail
@@ -40,6 +41,9 @@ if ! command -v chromium >/dev/null; then
     echo "bootstrap: chromium is missing; the browser tests need it: sudo apt-get install chromium" >&2
   fi
 fi
+
+# The production profile's tests run on Debian's PostgreSQL (scripts/services.sh starts it).
+scripts/services.sh install
 
 echo "bootstrap: preparing dbt manifests" >&2
 .venv/bin/mesh prepare

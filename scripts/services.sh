@@ -3,7 +3,8 @@
 #   PostgreSQL (Debian's package)  : Dagster instance storage + the Iceberg SqlCatalog
 #   moto_server (moto, from PyPI)  : an S3-compatible endpoint for the warehouse
 #
-#   scripts/services.sh start    install if missing (PostgreSQL via apt-get, as root), start both
+#   scripts/services.sh install  install PostgreSQL if missing (Debian's package, apt-get as root)
+#   scripts/services.sh start    install if missing, then start both
 #   scripts/services.sh stop     stop both (data of PostgreSQL is kept in $SERVICES_DIR)
 #   scripts/services.sh status   exit 0 when both answer
 #   scripts/services.sh env      print the environment of the production profile (source it)
@@ -19,7 +20,7 @@ ROOT="$(pwd)"
 SERVICES_DIR="${MESH_SERVICES_DIR:-$ROOT/.services}"
 PG_PORT="${MESH_PG_PORT:-55432}"
 S3_PORT="${MESH_S3_PORT:-59000}"
-PG_DATA="$SERVICES_DIR/postgres"
+PG_DATA="${MESH_PG_DATA:-$SERVICES_DIR/postgres}"
 ENV_FILE="$SERVICES_DIR/env"
 S3_PID="$SERVICES_DIR/moto.pid"
 S3_LOG="$SERVICES_DIR/moto.log"
@@ -70,6 +71,15 @@ export AWS_REGION=us-east-1
 EOF
 }
 
+pick_pg_data() {
+  # The server refuses to run as root: as root it runs as postgres, which must reach the data
+  # directory; when it cannot traverse the checkout, the data lives under /var/tmp instead.
+  if [ -z "${MESH_PG_DATA:-}" ] && [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 \
+     && ! runuser -u postgres -- test -x "$SERVICES_DIR"; then
+    PG_DATA="/var/tmp/mesh-postgres-$(echo "$SERVICES_DIR" | md5sum | cut -c1-12)"
+  fi
+}
+
 pg_ready() {
   local bin
   bin="$(pg_bin)" || return 1
@@ -78,6 +88,7 @@ pg_ready() {
 
 start_postgres() {
   install_postgres
+  pick_pg_data
   local bin
   bin="$(pg_bin)"
   if pg_ready; then return 0; fi
@@ -87,8 +98,7 @@ start_postgres() {
   password="${password%%@*}"
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     mkdir -p "$PG_DATA"
-    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$SERVICES_DIR" && chown "$(id -u)" "$ENV_FILE"
-    # the directories above must be traversable by the postgres user
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_DATA"
     as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth-local=trust \
       --auth-host=scram-sha-256 -E UTF8 >/dev/null
   fi
@@ -126,7 +136,13 @@ if sys.argv[1] not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
 EOF
 }
 
+mkdir -p "$SERVICES_DIR"
+pick_pg_data
+
 case "${1:-start}" in
+  install)
+    install_postgres
+    ;;
   start)
     write_env
     start_postgres

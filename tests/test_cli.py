@@ -6,8 +6,21 @@ from mesh_platform.cli.main import cli
 COMMANDS = [
     [], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"], ["check"], ["query"],
     ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
-    ["new", "product"],
+    ["new", "product"], ["sla"], ["doctor"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
 ]  # fmt: skip
+
+
+def test_every_command_is_listed_here():
+    """A new command gets its --help tested: COMMANDS covers every command and subcommand."""
+    import click
+
+    def walk(group: click.Group, prefix: list[str]):
+        for name, command in group.commands.items():
+            yield [*prefix, name]
+            if isinstance(command, click.Group):
+                yield from walk(command, [*prefix, name])
+
+    assert sorted(walk(cli, [])) == sorted(c for c in COMMANDS if c)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mesh")
