@@ -238,6 +238,10 @@ class Mesh:
             problems.append("MESH_CATALOG__URI is not a postgresql+psycopg2:// URL")
         if not (self.settings.catalog.warehouse or "").startswith("s3://"):
             problems.append("MESH_CATALOG__WAREHOUSE is not an s3://bucket/prefix URL")
+        if not os.environ.get("MESH_PII_SALT"):
+            # a salt kept in a worker's local state would differ between workers, and masked
+            # keys (hashes) would stop joining across runs
+            problems.append("MESH_PII_SALT (the salt of hashed personal data) is not set")
         if problems:
             raise MeshConfigError(
                 "the production profile is incomplete: " + "; ".join(problems),

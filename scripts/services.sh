@@ -53,10 +53,11 @@ install_postgres() {
 write_env() {
   [ -f "$ENV_FILE" ] && return 0
   mkdir -p "$SERVICES_DIR"
-  local password key secret
+  local password key secret salt
   password="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   key="mesh$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
   secret="$(python3 -c 'import secrets; print(secrets.token_hex(20))')"
+  salt="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
   umask 077
   cat >"$ENV_FILE" <<EOF
 # The production profile on this machine's loopback servers (scripts/services.sh).
@@ -68,6 +69,7 @@ export MESH_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export AWS_ACCESS_KEY_ID=$key
 export AWS_SECRET_ACCESS_KEY=$secret
 export AWS_REGION=us-east-1
+export MESH_PII_SALT=$salt
 EOF
 }
 
