@@ -51,7 +51,12 @@ install_postgres() {
 }
 
 write_env() {
-  [ -f "$ENV_FILE" ] && return 0
+  if [ -f "$ENV_FILE" ]; then
+    # a file written by an older version of this script: add what it lacks
+    grep -q MESH_PII_SALT "$ENV_FILE" || echo "export MESH_PII_SALT=$(python3 -c \
+      'import secrets; print(secrets.token_hex(32))')" >>"$ENV_FILE"
+    return 0
+  fi
   mkdir -p "$SERVICES_DIR"
   local password key secret salt
   password="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"

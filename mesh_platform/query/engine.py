@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 At = int | dt.datetime | Mapping[str, int] | None
+
+
+FILE_LISTS_KEPT = 256  # snapshots whose data-file list a session keeps (planned from manifests)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,9 @@ class QuerySession:
         self._allowed: frozenset[str] = frozenset()
         self._salt: str | None = None
         self.last_snapshots: dict[str, int] = {}  # address -> snapshot read by the last query
-        self._files: dict[tuple[str, int], list[str]] = {}  # snapshot -> its data files
+        # snapshot -> its data files; bounded: a long-lived session under continuous
+        # publication would otherwise keep every snapshot it ever read
+        self._files: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
         self._views: dict[tuple[str, str], str] = {}  # (domain, table) -> SQL of its view
 
     # -- access -----------------------------------------------------------------------------
@@ -205,6 +211,9 @@ class QuerySession:
         snapshot = item.state.snapshot(item.snapshot_id)
         if key not in self._files:
             self._files[key] = data_files(conn, item.state, snapshot)
+            while len(self._files) > FILE_LISTS_KEPT:
+                self._files.popitem(last=False)
+        self._files.move_to_end(key)
         return scan_sql(self._files[key], item.state, snapshot.columns)
 
     def salt_for(self, plans: list[ReadPlan]) -> str | None:

@@ -505,11 +505,18 @@ PRODUCT_LOCK_TIMEOUT = "15min"
 
 @contextlib.contextmanager
 def product_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]:
-    """One publisher of a product at a time, where the catalog can say so: a PostgreSQL
-    session-level advisory lock keyed by catalog and address (released at the end, or by the
-    server when a killed publisher's connection drops). On sqlite, which has one writer anyway,
+    """One publisher of a product at a time, so that concurrent publishers all publish instead
+    of exhausting their attempts. PostgreSQL: a session-level advisory lock keyed by catalog and
+    address (released at the end, or by the server when a killed publisher's connection drops).
+    sqlite (one machine): an exclusive ``flock`` on a lock file beside the catalog database
+    (released by the kernel when a killed publisher's process ends). Other catalogs: none;
     publishers race optimistically and restage (write_audit_publish's attempts)."""
-    if catalog.engine.dialect.name != "postgresql":
+    dialect = catalog.engine.dialect.name
+    if dialect == "sqlite":
+        with _file_lock(catalog, address):
+            yield
+        return
+    if dialect != "postgresql":
         yield
         return
     from sqlalchemy import text
@@ -532,6 +539,24 @@ def product_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]
         finally:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             connection.commit()
+
+
+@contextlib.contextmanager
+def _file_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]:
+    import fcntl
+
+    database = catalog.engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    folder = Path(database).parent / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{catalog.name}.{address}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_audit_publish(
@@ -565,9 +590,19 @@ def _write_audit_publish(
             return WapResult(stage, published, [], attempt)
         except ConcurrentPublishError:
             if attempt == attempts:
+                _drop_branch(catalog, address, audit_branch(batch_id))  # nothing to inspect
                 raise
             time.sleep(random.uniform(0.05, 0.2) * attempt)  # de-synchronise the writers
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _drop_branch(catalog: SqlCatalog, address: ProductAddress, branch: str) -> None:
+    """Best effort: remove a batch's audit branch (maintenance drops any left over)."""
+    with contextlib.suppress(Exception):
+        table = catalog.load_table(address.iceberg_identifier)
+        if branch in table.metadata.refs:
+            with table.manage_snapshots() as refs:
+                refs.remove_branch(branch)
 
 
 def _revert_added_columns(catalog: SqlCatalog, stage: AuditStage) -> None:
