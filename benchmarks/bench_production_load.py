@@ -10,9 +10,9 @@ What runs, per profile, for --seconds T (default 60):
                 the domains and handed out two publishers per product (N=4, M=3: sales.customers
                 has two publishers, logistics.shipments and marketing.customer_segments one), so
                 publishers of one product contend: on PostgreSQL they take turns on the product's
-                advisory lock, on sqlite they race and restage. Each publish writes the product's
-                current rows (read once from its Iceberg table at start) minus 0..97 rows chosen at
-                random, so every batch has its own row count.
+                advisory lock, on sqlite on a lock file beside the catalog. Each publish writes
+                the product's current rows (read once from its Iceberg table at start) minus 0..97
+                rows chosen at random, so every batch has its own row count.
   K readers     (--readers, default 2) separate processes, each one `QuerySession` as principal
                 `marketing` (granted every product it reads) running, in a loop, a federated join
                 of four products of three domains: sales.customers x marketing.customer_segments
