@@ -11,6 +11,7 @@ local and production profiles differ in configuration only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
 from collections.abc import Mapping
@@ -97,9 +98,16 @@ def configure_duckdb(conn: duckdb.DuckDBPyConnection, properties: Mapping[str, s
 
 
 def arrow_filesystem(properties: Mapping[str, str]) -> Any:
-    """A pyarrow S3 file system from pyiceberg-style properties (paths without the scheme)."""
+    """A pyarrow S3 file system from pyiceberg-style properties (paths without the scheme);
+    one per distinct configuration in a process (it holds a connection pool)."""
+    return _arrow_filesystem(tuple(sorted((k, v) for k, v in properties.items() if k[:3] == "s3.")))
+
+
+@functools.lru_cache(maxsize=8)
+def _arrow_filesystem(items: tuple[tuple[str, str], ...]) -> Any:
     from pyarrow import fs
 
+    properties = dict(items)
     endpoint = properties.get("s3.endpoint")
     parsed = urlparse(endpoint) if endpoint else None
     return fs.S3FileSystem(
