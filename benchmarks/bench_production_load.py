@@ -235,10 +235,10 @@ def fresh_production(name: str) -> dict[str, str]:
     """The services' environment with a new database and warehouse prefix of this run."""
     import psycopg2
 
-    from mesh_platform.storage.preflight import libpq_url
+    from mesh_platform.storage.preflight import pg_connect_args
 
     env = services_env()
-    admin = psycopg2.connect(libpq_url(env["MESH_POSTGRES_URL"]), connect_timeout=10)
+    admin = psycopg2.connect(**pg_connect_args(env["MESH_POSTGRES_URL"]), connect_timeout=10)
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {name}")
@@ -253,10 +253,10 @@ def drop_production(name: str, env: dict[str, str]) -> None:
     import boto3
     import psycopg2
 
-    from mesh_platform.storage.preflight import libpq_url
+    from mesh_platform.storage.preflight import pg_connect_args
 
-    admin_url = libpq_url(env["MESH_POSTGRES_URL"]).rsplit("/", 1)[0] + "/mesh"
-    admin = psycopg2.connect(admin_url, connect_timeout=10)
+    admin_args = {**pg_connect_args(env["MESH_POSTGRES_URL"]), "dbname": "mesh"}
+    admin = psycopg2.connect(**admin_args, connect_timeout=10)
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

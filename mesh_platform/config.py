@@ -344,11 +344,13 @@ def _refuse_file_secrets(data: dict[str, Any], path: Path) -> None:
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str) and "@" in value:
+            from mesh_platform.storage.preflight import url_secrets
+
             try:
                 has_password = urlsplit(value).password is not None
             except ValueError:
                 has_password = False
-            if has_password:
+            if has_password or url_secrets(value):
                 raise MeshConfigError(
                     f"{MESH_FILE} key {'.'.join(keys)} holds a password",
                     fix=f"remove it from the file and set the URL in the environment "

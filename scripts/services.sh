@@ -93,25 +93,42 @@ pg_ready() {
   "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
 }
 
+pg_socket_dir() {
+  # Unix socket paths are limited to 107 bytes: a short folder of its own, not the data dir.
+  echo "/tmp/mesh-pg-$(echo "$PG_DATA" | md5sum | cut -c1-12)"
+}
+
 start_postgres() {
   install_postgres
   pick_pg_data
-  local bin
+  local bin sockets
   bin="$(pg_bin)"
-  if pg_ready; then return 0; fi
+  sockets="$(pg_socket_dir)"
+  if pg_ready; then
+    if ! as_postgres "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+      echo "services: port $PG_PORT is taken by another PostgreSQL; set MESH_PG_PORT" >&2
+      exit 1
+    fi
+  else
+    if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+      mkdir -p "$PG_DATA"
+      [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_DATA"
+      as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth-local=trust \
+        --auth-host=scram-sha-256 -E UTF8 >/dev/null
+    fi
+    mkdir -p "$sockets"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$sockets"
+    as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+      -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k '$sockets' -c max_connections=200" \
+      start >/dev/null
+  fi
+  # The role and database, every time (idempotent): a first start may have stopped midway.
   # shellcheck disable=SC1090
   source "$ENV_FILE"
   local password="${MESH_POSTGRES_URL#postgresql+psycopg2://mesh:}"
   password="${password%%@*}"
-  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-    mkdir -p "$PG_DATA"
-    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_DATA"
-    as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth-local=trust \
-      --auth-host=scram-sha-256 -E UTF8 >/dev/null
-  fi
-  as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DATA -c max_connections=200" start >/dev/null
-  as_postgres "$bin/psql" -q -h "$PG_DATA" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 <<EOF >/dev/null
+  as_postgres "$bin/psql" -q -h "$sockets" -p "$PG_PORT" -U postgres -d postgres \
+    -v ON_ERROR_STOP=1 <<EOF >/dev/null
 SELECT 'CREATE ROLE mesh LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mesh')\gexec
 ALTER ROLE mesh PASSWORD '$password' CREATEDB;
 SELECT 'CREATE DATABASE mesh OWNER mesh' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mesh')\gexec
@@ -126,12 +143,14 @@ EOF
 }
 
 start_s3() {
-  if s3_ready; then return 0; fi
-  [ -x .venv/bin/moto_server ] || { echo "services: run scripts/bootstrap.sh first (moto)" >&2; exit 1; }
-  nohup .venv/bin/moto_server -H 127.0.0.1 -p "$S3_PORT" >"$S3_LOG" 2>&1 &
-  echo $! >"$S3_PID"
-  for _ in $(seq 1 100); do s3_ready && break; sleep 0.1; done
-  s3_ready || { echo "services: moto_server did not start; see $S3_LOG" >&2; exit 1; }
+  if ! s3_ready; then
+    [ -x .venv/bin/moto_server ] || { echo "services: run scripts/bootstrap.sh first (moto)" >&2; exit 1; }
+    nohup .venv/bin/moto_server -H 127.0.0.1 -p "$S3_PORT" >"$S3_LOG" 2>&1 &
+    echo $! >"$S3_PID"
+    for _ in $(seq 1 100); do s3_ready && break; sleep 0.1; done
+    s3_ready || { echo "services: moto_server did not start; see $S3_LOG" >&2; exit 1; }
+  fi
+  # the bucket, every time (idempotent): moto keeps objects in memory only
   # shellcheck disable=SC1090
   source "$ENV_FILE"
   .venv/bin/python - "$BUCKET" <<'EOF'
@@ -170,7 +189,7 @@ case "${1:-start}" in
     cat "$ENV_FILE"
     ;;
   *)
-    echo "usage: scripts/services.sh start|stop|status|env" >&2
+    echo "usage: scripts/services.sh install|start|stop|status|env" >&2
     exit 2
     ;;
 esac

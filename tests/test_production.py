@@ -20,7 +20,7 @@ import pytest
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.storage.iceberg import open_catalog
-from mesh_platform.storage.preflight import libpq_url
+from mesh_platform.storage.preflight import pg_connect_args
 from mesh_platform.storage.warehouse import configure_duckdb, s3_properties
 from tests.conftest import REPO, copy_mesh
 from tests.test_e2e import MESH, SF, _why
@@ -49,19 +49,29 @@ def services() -> dict[str, str]:
 
 def fresh_profile(services: dict[str, str], name: str | None = None) -> dict[str, str]:
     """The services' environment with a new database and a new warehouse prefix of its own."""
-    import psycopg2
-
     name = name or f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(libpq_url(services["MESH_POSTGRES_URL"]), connect_timeout=10)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    admin.close()
+    _admin(services, f"CREATE DATABASE {name}")
     env = dict(services)
     for key in ("MESH_POSTGRES_URL", "MESH_CATALOG__URI"):
         env[key] = env[key].rsplit("/", 1)[0] + f"/{name}"
     env["MESH_CATALOG__WAREHOUSE"] = f"s3://mesh-warehouse/{name}"
     return env
+
+
+def _admin(services: dict[str, str], statement: str) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(**pg_connect_args(services["MESH_POSTGRES_URL"]), connect_timeout=10)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(statement)
+    admin.close()
+
+
+def drop_profile(services: dict[str, str], env: dict[str, str]) -> None:
+    """Drop a fresh profile's database (its objects live in moto's memory)."""
+    name = env["MESH_POSTGRES_URL"].rsplit("/", 1)[1]
+    _admin(services, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -70,7 +80,8 @@ def production(services, monkeypatch) -> dict[str, str]:
     env = fresh_profile(services)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return env
+    yield env
+    drop_profile(services, env)
 
 
 def run_mesh(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -111,7 +122,8 @@ def built(services, tmp_path_factory):
     root = copy_mesh(tmp_path_factory.mktemp("production") / "mesh")
     env = fresh_profile(services)
     result = run_mesh(root, env, "build", "--scale", str(SF))
-    return root, env, result
+    yield root, env, result
+    drop_profile(services, env)
 
 
 def _mesh(root: Path, env: dict[str, str], monkeypatch):
@@ -127,7 +139,7 @@ def test_the_sample_mesh_builds_on_postgresql_and_object_storage(built, monkeypa
     assert result.returncode == 0, _why(result)
     mesh = _mesh(root, env, monkeypatch)
     # the catalog rows are in PostgreSQL, every file in the bucket, nothing in the local state
-    conn = psycopg2.connect(libpq_url(env["MESH_CATALOG__URI"]))
+    conn = psycopg2.connect(**pg_connect_args(env["MESH_CATALOG__URI"]))
     with conn.cursor() as cursor:
         cursor.execute("SELECT table_namespace || '.' || table_name, metadata_location "
                        "FROM iceberg_tables")  # fmt: skip
@@ -207,12 +219,6 @@ def test_doctor_reports_every_server(built):
 # -- bad configuration: a clear error at start-up, never a secret ----------------------------
 
 
-def _broken(services: dict[str, str], **changes: str) -> dict[str, str]:
-    env = fresh_profile(services)
-    env.update(changes)
-    return env
-
-
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -223,9 +229,11 @@ def _broken(services: dict[str, str], **changes: str) -> dict[str, str]:
         ("missing variable", "MESH_POSTGRES_URL (the Dagster instance's PostgreSQL) is not set"),
     ],
 )
-def test_a_broken_profile_fails_at_start_up_naming_what_was_tried(services, tmp_path, case,
-                                                                  expected):  # fmt: skip
+def test_a_broken_profile_fails_at_start_up_naming_what_was_tried(services, tmp_path, request,
+                                                                  case, expected):  # fmt: skip
     env = fresh_profile(services)
+    original = dict(env)
+    request.addfinalizer(lambda: drop_profile(services, original))
     secret = env["MESH_POSTGRES_URL"].split(":")[2].split("@")[0]
     if case == "wrong password":
         for key in ("MESH_POSTGRES_URL", "MESH_CATALOG__URI"):

@@ -180,6 +180,10 @@ _AUTHORITY = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)")
 
 def safe_uri(uri: str) -> str:
     """A catalog or warehouse location fit to publish: no password, no raw spaces."""
+    from mesh_platform.storage.preflight import redact, url_secrets
+
+    if url_secrets(uri):  # as SQLAlchemy parses it: a password may hold '/', '#', '?'
+        uri = redact(uri).replace(":***@", "@")
     if (match := _AUTHORITY.match(uri)) and "@" in match.group(2):
         userinfo, _, host = match.group(2).rpartition("@")
         user = userinfo.split(":", 1)[0]

@@ -123,6 +123,7 @@ def publish_product(
     check (the Publication says what failed), raises only for storage errors."""
     from mesh_platform.storage.iceberg import (
         Partitioning,
+        is_published,
         load_product_table,
         write_audit_publish,
     )
@@ -191,10 +192,22 @@ def publish_product(
     )
     publication.stage = result.stage
     publication.snapshot_id = result.published_snapshot_id
-    if partition_plan is not None and publication.published and result.attempts == 1:
-        # After a lost race the other partitions hold another writer's rows: record nothing,
-        # so the next run republishes everything.
-        incremental.record(conn, str(address), partition_plan.fingerprints, publication.snapshot_id)
+    if partition_plan is not None and publication.published:
+        # The fingerprints describe main only if this batch was staged on the main the plan
+        # was made from. Otherwise (a concurrent writer published in between, perhaps while
+        # this one waited for the product's lock) the other partitions hold another writer's
+        # rows: record nothing, so the next run republishes everything.
+        planned = table.current_snapshot() if table is not None else None
+        base = result.stage.base_snapshot_id
+        if is_published(planned):
+            same_base = planned is not None and base == planned.snapshot_id
+        else:  # planned on an unpublished table: staged on its (empty) initial snapshot?
+            staged_on = catalog.load_table(address.iceberg_identifier).snapshot_by_id(base or 0)
+            same_base = not is_published(staged_on)
+        if same_base and result.attempts == 1:
+            incremental.record(
+                conn, str(address), partition_plan.fingerprints, publication.snapshot_id
+            )
     publication.seconds = time.perf_counter() - start
     if not publication.published:
         publication.error = (

@@ -251,9 +251,9 @@ class Catalog:
         import psycopg2
 
         if self._postgres is None:
-            from mesh_platform.storage.preflight import libpq_url
+            from mesh_platform.storage.preflight import pg_connect_args
 
-            self._postgres = psycopg2.connect(libpq_url(self.uri), connect_timeout=10)
+            self._postgres = psycopg2.connect(**pg_connect_args(self.uri), connect_timeout=10)
             self._postgres.autocommit = True
         with self._postgres.cursor() as cursor:
             try:

@@ -410,6 +410,8 @@ def _copy_partitions(
             f"FROM {source}{where}) TO {quote_literal(batch_dir)} "
             "(FORMAT parquet, PARTITION_BY (_mesh_partition))"
         )
+    if not warehouse.is_remote(batch_dir):  # DuckDB's glob() would read [ ] * ? in the path
+        return sorted(str(p) for p in Path(batch_dir).rglob("*.parquet")), row_count
     pattern = quote_literal(warehouse.join(batch_dir, "**", "*.parquet"))
     files = [row[0] for row in conn.execute(f"SELECT file FROM glob({pattern})").fetchall()]
     return sorted(files), row_count
@@ -527,18 +529,28 @@ def product_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]
         try:
             connection.execute(text(f"SET lock_timeout = '{PRODUCT_LOCK_TIMEOUT}'"))
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.execute(text("RESET lock_timeout"))  # the connection returns to a pool
             connection.commit()
         except DBAPIError as exc:
-            raise ConcurrentPublishError(
-                f"product {address}: another publisher held it for over "
-                f"{PRODUCT_LOCK_TIMEOUT} ({type(exc.orig).__name__})",
-                fix="look for a stuck run of the product's domain (Dagster UI), then run again",
-            ) from exc
+            if type(exc.orig).__name__ == "LockNotAvailable":
+                raise ConcurrentPublishError(
+                    f"product {address}: another publisher held it for over {PRODUCT_LOCK_TIMEOUT}",
+                    fix="look for a stuck run of the product's domain (Dagster UI), then run again",
+                ) from exc
+            raise
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+            except DBAPIError:
+                # The connection is gone (so is its session lock): never let this replace the
+                # publication's own outcome; the pool must not reuse the connection.
+                connection.invalidate()
+
+
+LOCK_POLL_S = 0.05
 
 
 @contextlib.contextmanager
@@ -551,8 +563,20 @@ def _file_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]:
         return
     folder = Path(database).parent / "locks"
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 15 * 60  # as PRODUCT_LOCK_TIMEOUT
     with open(folder / f"{catalog.name}.{address}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConcurrentPublishError(
+                        f"product {address}: another publisher held it for over "
+                        f"{PRODUCT_LOCK_TIMEOUT} (lock file {handle.name})",
+                        fix="look for a stuck `mesh build` of the product's domain, then run again",
+                    ) from None
+                time.sleep(LOCK_POLL_S)
         try:
             yield
         finally:

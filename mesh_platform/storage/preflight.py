@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import MeshConfigError, MeshError
 
 if TYPE_CHECKING:
     from mesh_platform.config import Mesh
@@ -38,23 +38,57 @@ def libpq_url(sqlalchemy_url: str) -> str:
     return re.sub(r"^postgresql\+\w+://", "postgresql://", sqlalchemy_url)
 
 
-def redact(url: str) -> str:
-    """A URL with its password replaced by ***."""
+def parse_url(url: str) -> Any:
+    """The URL as SQLAlchemy (and so Dagster and pyiceberg) reads it: a password may hold
+    '/', '#' or '?' unencoded, which urllib would split on. Errors never quote the URL."""
+    from sqlalchemy.engine import make_url
+
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
+        return make_url(url)
+    except Exception:
+        raise MeshConfigError(
+            "a database URL of the profile cannot be parsed (not shown: it may hold a password)",
+            fix="write it as postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE, with "
+            "special characters of the password percent-encoded",
+        ) from None
+
+
+def pg_connect_args(url: str) -> dict[str, Any]:
+    """psycopg2.connect keyword arguments of a SQLAlchemy PostgreSQL URL."""
+    parsed = parse_url(url)
+    args = parsed.translate_connect_args(username="user", database="dbname")
+    args.update({k: v for k, v in parsed.query.items() if isinstance(v, str)})
+    return args
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL holds (its password, a password query parameter)."""
+    try:
+        parsed = parse_url(url)
+    except MeshConfigError:
+        return []
+    found = [parsed.password, parsed.query.get("password")]
+    return [str(s) for s in found if s]
+
+
+def redact(url: str) -> str:
+    """A URL with its password (and any password parameter) replaced by ***."""
+    if "://" not in url:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    try:
+        parsed = parse_url(url)
+    except MeshConfigError:
+        return "<unparsable URL>"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
 
 
 def _describe_pg(url: str) -> str:
-    parts = urlsplit(libpq_url(url))
+    parsed = parse_url(url)
     return (
-        f"PostgreSQL {parts.hostname or 'localhost'}:{parts.port or 5432}"
-        f"/{parts.path.lstrip('/') or '?'} as user {parts.username or '?'}"
+        f"PostgreSQL {parsed.host or 'localhost'}:{parsed.port or 5432}"
+        f"/{parsed.database or '?'} as user {parsed.username or '?'}"
     )
 
 
@@ -70,9 +104,9 @@ def probe_postgres(service: str, url: str) -> Probe:
 
     target = _describe_pg(url)
     try:
-        conn = psycopg2.connect(libpq_url(url), connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg2.connect(**pg_connect_args(url), connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg2.Error as exc:
-        return Probe(service, target, False, _scrub(str(exc), urlsplit(url).password))
+        return Probe(service, target, False, _scrub(str(exc), *url_secrets(url)))
     conn.close()
     return Probe(service, target, True)
 

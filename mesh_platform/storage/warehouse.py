@@ -35,6 +35,8 @@ def is_remote(location: str) -> bool:
 
 
 def local_path(location: str) -> Path:
+    if "://" not in location:  # a plain path: '#', '?' and '%' are characters of its name
+        return Path(location)
     parsed = urlparse(location)
     if parsed.scheme not in ("", "file"):
         raise MeshError(
