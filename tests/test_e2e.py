@@ -97,9 +97,9 @@ def _why(result: subprocess.CompletedProcess) -> str:
 
 def _failed_checks(mesh, domain: str) -> tuple[set[tuple[str, str]], list]:
     """(asset, check) of every failed check of the domain's latest run, and the run's events."""
-    instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
-    run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": domain}), limit=1)[0]
-    logs = instance.all_logs(run.run_id)
+    with dg.DagsterInstance.from_config(str(mesh.dagster_home)) as instance:
+        run = instance.get_runs(filters=dg.RunsFilter(tags={"mesh/domain": domain}), limit=1)[0]
+        logs = instance.all_logs(run.run_id)
     evaluations = [
         e.dagster_event.event_specific_data
         for e in logs
@@ -211,6 +211,7 @@ def test_runs_are_recorded_in_the_persistent_instance(built):
     marketing = instance.get_latest_materialization_event(
         dg.AssetKey(["marketing", "customer_segments"])
     ).asset_materialization.metadata
+    instance.dispose()  # the pytest process holds no connection to the instance's sqlite files
     assert marketing["mesh/inputs"].value["sales.orders"] == _snapshot(mesh, "sales.orders")
 
 
@@ -317,6 +318,7 @@ def test_the_sla_history_records_passed_and_blocked_runs(built):
     # the asset's materialisation carries the current figures; describe shows them in brief
     instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
     latest = instance.fetch_materializations(dg.AssetKey(["sales", "customers"]), limit=1)
+    instance.dispose()
     metadata = latest.records[0].asset_materialization.metadata
     assert metadata["mesh/sla_quality_30d"].value == 1.0
     assert metadata["mesh/sla_runs_30d"].value >= 1
@@ -425,6 +427,7 @@ def test_python_product_matches_its_input(built, tpch):
     assert abs(share - 1.0) < 1e-9
     instance = dg.DagsterInstance.from_config(str(mesh.dagster_home))
     event = instance.get_latest_materialization_event(dg.AssetKey(["marketing", "segment_summary"]))
+    instance.dispose()
     inputs = event.asset_materialization.metadata["mesh/inputs"].value
     segments = open_catalog(mesh).load_table(("marketing", "customer_segments"))
     # the snapshot it read (earlier tests may have republished the input since)
