@@ -22,6 +22,27 @@ def format_validation_error(exc: ValidationError) -> str:
     )
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, carriage
+    returns, bidi overrides...) are shown escaped (``\\x1b``, ``\\u202e``); newlines and tabs
+    are kept only when ``text`` is not a single value (use :func:`printable_value`)."""
+    import unicodedata
+
+    out = []
+    for char in str(text):
+        if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def printable_value(value: object) -> str:
+    """One value (a cell, a name) on one line: newlines and tabs escaped too."""
+    return printable(str(value).replace("\t", "\\t").replace("\n", "\\n"))
+
+
 class MeshError(Exception):
     """Base of every error the platform raises on purpose."""
 

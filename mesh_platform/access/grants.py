@@ -11,13 +11,15 @@ class; one without a masking rule is served redacted to readers not cleared.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mesh_platform.access.masking import mask_expression
+from mesh_platform.access.masking import SESSION_SALT, mask_expression
 from mesh_platform.access.principals import AccessDeniedError, Principal
 from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress, quote_ident
 from mesh_platform.products.descriptor import Grant, ProductDescriptor
+
+ROW_FENCE = "mesh_row_fence"  # the volatile column of a row-filter barrier (select_sql)
 
 
 @dataclass(frozen=True)
@@ -30,20 +32,37 @@ class ReadPlan:
     owner: bool = False
     purposes: tuple[str, ...] = ()
 
-    def select_sql(self, source: str, salt: str | None) -> str:
-        """``SELECT`` of the visible columns of ``source``, masked and filtered for the reader."""
+    def select_sql(self, source: str) -> str:
+        """``SELECT`` of the visible columns of ``source``, masked and filtered for the reader;
+        salted masks read the salt bound to the session (``masking.bind_salt``).
+
+        A row filter is a barrier: the reader's expressions never see a row it drops, whatever
+        the optimiser does. DuckDB may evaluate a query's predicates on rows a filter in the
+        same plan drops (an expression that fails would then reveal a hidden row in its
+        error), so the filtered rows pass through a projection holding a volatile column
+        (``random()``), which no optimiser may push a predicate through (doing so would change
+        the query's meaning), and every visible column is guarded by it: the reader's
+        predicates are evaluated above the filter, on the granted rows only. Column pruning
+        and the filter's own pushdown into the scan are unaffected.
+        """
         items = []
         for name in self.columns:
             ident = quote_ident(name)
             if rule := self.masks.get(name):
                 what = f"product {self.address}, column {name}"
-                items.append(f"{mask_expression(rule, ident, salt, what=what)} AS {ident}")
+                items.append(f"{mask_expression(rule, ident, SESSION_SALT, what=what)} AS {ident}")
             else:
                 items.append(ident)
-        sql = f"SELECT {', '.join(items)} FROM {source}"
-        if self.row_filter:
-            sql += f" WHERE {self.row_filter}"
-        return sql
+        if not self.row_filter:
+            return f"SELECT {', '.join(items)} FROM {source}"
+        fence = quote_ident(ROW_FENCE)
+        guarded = ", ".join(
+            f"CASE WHEN {fence} THEN {quote_ident(c)} END AS {quote_ident(c)}" for c in self.columns
+        )
+        return (
+            f"SELECT {guarded} FROM (SELECT {', '.join(items)}, random() < 2 AS {fence} "
+            f"FROM {source} WHERE {self.row_filter}) AS mesh_granted"
+        )
 
 
 def grant_fix(descriptor: ProductDescriptor, principal: str) -> str:
@@ -82,12 +101,17 @@ def plan_read(
     descriptor: ProductDescriptor,
     *,
     stored_columns: Sequence[str],
-    stored_clear: Iterable[str] = (),
+    published: Mapping[str, Mapping[str, str | None]] | None = None,
     today: dt.date | None = None,
 ) -> ReadPlan:
     """What ``principal`` may read of ``descriptor``'s table, whose columns are
-    ``stored_columns``; ``stored_clear`` are masked columns the table holds in clear (its
-    properties say ``@read``). Raises AccessDeniedError naming the product and the fix."""
+    ``stored_columns``. ``published``: the classification recorded with the snapshot
+    read (``ProductDescriptor.snapshot_classification``), or None for a snapshot published
+    without one. Masks follow the strictest of that record and the current descriptor: a
+    column personal now or then is masked unless the reader is cleared for both kinds, and
+    served masked at read unless the snapshot stored it masked (a snapshot without a record
+    counts as stored in clear: hashing a hash is harmless, serving a clear value is not).
+    Raises AccessDeniedError naming the product and the fix."""
     today = today or dt.date.today()
     owner = principal.domain_member(descriptor.domain)
     declared = {c.name: c for c in descriptor.columns}
@@ -102,16 +126,22 @@ def plan_read(
     filters = [g.rows for g in grants]
     row_filter = None if any(f is None for f in filters) else " OR ".join(f"({f})" for f in filters)
     columns = tuple(c for c in stored_columns if c in granted and c in declared)
-    clear = set(stored_clear)
     masks: dict[str, str] = {}
     for name in columns:
         column = declared[name]
-        if not column.pii_kind or principal.cleared_for(column.classification):
+        then = (published or {}).get(name) or {}
+        kinds = [
+            c for c in (column.classification, then.get("classification")) if c and c[:4] == "pii:"
+        ]
+        if all(principal.cleared_for(kind) for kind in kinds):  # also: not personal at all
             continue
-        if column.masking is None:
-            masks[name] = "redact"  # personal data without a rule: fail closed
-        elif column.masked_on_read or name in clear:
-            masks[name] = column.masking
+        stored_masked = (
+            published is not None and then.get("at") == "publication" and bool(then.get("masking"))
+        )
+        if stored_masked:
+            continue
+        rule = column.masking if column.pii_kind else then.get("masking")
+        masks[name] = rule or "redact"  # personal data without a rule: fail closed
     return ReadPlan(
         descriptor.address,
         principal.id,

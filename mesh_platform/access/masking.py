@@ -20,19 +20,49 @@ MASKS: dict[str, tuple[str, str]] = {
     "truncate": ("left({v}, 2) || '***'", r"^.{{0,2}}\*\*\*$"),
 }
 SALTED = frozenset({"hash", "tokenise"})
+# The DuckDB variable that holds the salt in a session (``SET VARIABLE``): SQL that masks in
+# DuckDB names the variable, never the salt, so no view definition, plan or statement text
+# carries the secret. The federated query's allowlist refuses getvariable().
+SALT_VARIABLE = "mesh_pii_salt"
 
 
-def mask_expression(rule: str, column_sql: str, salt: str | None, *, what: str) -> str:
-    """SQL masking ``column_sql`` by ``rule`` (NULL stays NULL); ``what`` names it in errors."""
+class _SessionSalt:
+    """Marker: mask with the salt bound to the DuckDB session (:func:`bind_salt`)."""
+
+    def __repr__(self) -> str:
+        return "SESSION_SALT"
+
+
+SESSION_SALT = _SessionSalt()
+
+
+def bind_salt(conn: object, salt: str | None) -> None:
+    """Bind ``salt`` to the DuckDB connection for :data:`SESSION_SALT` masks (unset: such masks
+    give NULL, never clear values)."""
+    if salt is None:
+        conn.execute(f"RESET VARIABLE {SALT_VARIABLE}")  # type: ignore[attr-defined]
+    else:
+        conn.execute(f"SET VARIABLE {SALT_VARIABLE} = ?", [salt])  # type: ignore[attr-defined]
+
+
+def mask_expression(
+    rule: str, column_sql: str, salt: str | _SessionSalt | None, *, what: str
+) -> str:
+    """SQL masking ``column_sql`` by ``rule`` (NULL stays NULL); ``what`` names it in errors.
+    ``salt``: :data:`SESSION_SALT` in DuckDB (the salt stays out of the SQL), the salt itself
+    only for engines configured by an operator's file (Trino rules)."""
     if rule in SALTED and salt is None:
         raise MeshError(
             f"{what}: masking personal data by {rule!r} needs a salt",
             fix="set MESH_PII_SALT in the environment (the embedded default creates one in "
             "<state>/secrets/pii_salt)",
         )
-    expression = MASKS[rule][0].format(
-        salt=quote_literal(salt or ""), v=f"CAST({column_sql} AS VARCHAR)"
+    salt_sql = (
+        f"getvariable({quote_literal(SALT_VARIABLE)})"
+        if isinstance(salt, _SessionSalt)
+        else quote_literal(salt or "")
     )
+    expression = MASKS[rule][0].format(salt=salt_sql, v=f"CAST({column_sql} AS VARCHAR)")
     return f"CASE WHEN {column_sql} IS NULL THEN NULL ELSE {expression} END"
 
 

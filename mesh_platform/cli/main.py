@@ -23,14 +23,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import MeshError, printable, printable_value
 
 console = Console(stderr=True, soft_wrap=True)  # long paths in errors stay on one line
 out = Console()
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False)
     raise SystemExit(1)
 
 
@@ -468,9 +468,9 @@ def _print_rows(fmt: str, names: list[str], rows: list[tuple], output: Path | No
     if fmt == "table":
         table = Table(caption=f"{len(rows)} row(s)")
         for name in names:
-            table.add_column(name)
+            table.add_column(escape(printable_value(name)))
         for row in rows:
-            table.add_row(*("" if v is None else escape(str(v)) for v in row))
+            table.add_row(*("" if v is None else escape(printable_value(v)) for v in row))
         out.print(table)
         return
     import contextlib
@@ -482,6 +482,9 @@ def _print_rows(fmt: str, names: list[str], rows: list[tuple], output: Path | No
         if fmt == "csv":
             import csv
 
+            if output is None and sys.stdout.isatty():  # a terminal: no raw control characters
+                names = [printable_value(n) for n in names]
+                rows = [tuple(None if v is None else printable_value(v) for v in r) for r in rows]
             writer = csv.writer(target)
             writer.writerow(names)
             writer.writerows(rows)
@@ -796,11 +799,13 @@ def audit(ctx: click.Context, limit: int, as_: str | None) -> None:
     from mesh_platform.query.audit import AuditLog
 
     mesh = _mesh(ctx)
-    entries = [
-        e
-        for e in AuditLog(mesh.state_dir / "audit" / "queries.jsonl").entries()
-        if as_ is None or e.get("principal") == as_
-    ][-limit:]
+    # A query has a "started" line and an outcome line with the same id; one without an
+    # outcome was killed (or is still running).
+    by_id: dict[str, dict[str, Any]] = {}
+    for e in AuditLog(mesh.state_dir / "audit" / "queries.jsonl").entries():
+        if as_ is None or e.get("principal") == as_:
+            by_id[e.get("id") or f"line-{len(by_id)}"] = e
+    entries = list(by_id.values())[-limit:]
     table = Table(title=f"query audit log (last {len(entries)})")
     for column in ("at", "principal", "status", "products @ snapshot", "rows", "query"):
         table.add_column(column)
@@ -808,11 +813,13 @@ def audit(ctx: click.Context, limit: int, as_: str | None) -> None:
         products = ", ".join(
             f"{p['address']}@{p.get('snapshot_id', '-')}" for p in e.get("products", [])
         )
-        status = e.get("status", "?") + (f": {e['reason']}" if e.get("reason") else "")
-        table.add_row(
-            e.get("at", ""), e.get("principal", ""), escape(status), products,
-            str(e.get("rows", "")), escape(e.get("query") or ""),
-        )  # fmt: skip
+        status = e.get("status", "?")
+        if status == "started":
+            status = "unfinished (killed, or still running)"
+        status += f": {e['reason']}" if e.get("reason") else ""
+        cells = (e.get("at", ""), e.get("principal", ""), status, products,
+                 str(e.get("rows", "")), e.get("query") or "")  # fmt: skip
+        table.add_row(*(escape(printable_value(c)) for c in cells))
     out.print(table)
 
 

@@ -210,6 +210,7 @@ class RuleBook:
                     principal,
                     descriptor,
                     stored_columns=[c.name for c in descriptor.columns],
+                    published=descriptor.classification_record(),  # Trino reads the current table
                     today=today,
                 )
             except AccessDeniedError:

@@ -2,11 +2,19 @@
 and Iceberg table state (which snapshot is published, which columns it holds).
 
 Descriptors are read from the domains' prepared dbt manifests and Python products' YAML files,
-re-prepared when a project file changed, so an edited grant applies to the next query. Table
+re-prepared when a project file changed, so an edited grant applies to the next query. A domain
+whose files are broken is recorded as a problem of that domain (``<domain>.*``): its products
+cannot be resolved, with the file and the fix, and every other domain's still can. Table
 state is read from the catalog row and the table's metadata JSON with the standard library:
 importing pyiceberg costs ~3 s and loading DuckDB's iceberg extension ~0.3 s, which would make
 every ``mesh query`` feel slow. The snapshot's data files are planned from its Avro manifests
 (DuckDB's avro extension) and read as Parquet.
+
+Every path taken from the catalog row or the table's metadata (the metadata file, the table's
+location, manifest lists, manifests, data files) is checked to lie inside the table's warehouse
+folder ``<warehouse>/<domain>/<table>`` before anything is read from it
+(:func:`mesh_platform.storage.warehouse.check_inside`); :attr:`TableState.location` is the
+checked location, the one folder the query engine lets DuckDB read.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError, ProductNotPublishedError
-from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.descriptor import CLASSIFICATION_PROPERTY, ProductDescriptor
 
 INITIAL_PROPERTY = "mesh.initial"  # the empty snapshot audit branches start from (storage)
 
@@ -42,14 +50,26 @@ class Snapshot:
     summary: dict[str, str]
     manifest_list: str = ""
 
+    def classification(self) -> dict[str, dict[str, Any]] | None:
+        """The columns' classification and masking this snapshot was published under (None:
+        published without a record, or an unreadable one: readers then mask strictly)."""
+        raw = self.summary.get(CLASSIFICATION_PROPERTY)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
 
 @dataclass(frozen=True)
 class TableState:
     """One product table's metadata, as read from its current metadata file."""
 
     address: ProductAddress
-    metadata_path: str
-    location: str  # the table's root folder
+    metadata_path: str  # checked: inside the table's warehouse folder
+    location: str  # the table's root folder, checked: the table's warehouse folder or inside it
     properties: dict[str, str]
     current: Snapshot | None  # main's head, None if nothing was ever published
     main_history: tuple[Snapshot, ...]  # main's published snapshots, oldest first
@@ -92,32 +112,60 @@ class TableState:
         return self.current
 
 
-def _local(location: str) -> str:
-    # DuckDB reads local paths directly; a file:// URL sends it through a slow generic path.
-    # s3:// locations stay URLs (DuckDB's httpfs reads them).
-    return location.removeprefix("file://")
-
-
 @functools.lru_cache(maxsize=256)
 def _table_state(
-    address: ProductAddress, metadata_location: str, storage: tuple[tuple[str, str], ...] = ()
+    address: ProductAddress,
+    metadata_location: str,
+    storage: tuple[tuple[str, str], ...],
+    warehouse_root: str,
 ) -> TableState:
     # A metadata file never changes once written (a commit writes a new one): cache by path.
-    return read_table_state(address, metadata_location, dict(storage))
+    return read_table_state(
+        address, metadata_location, dict(storage), warehouse_root=warehouse_root
+    )
 
 
 def read_table_state(
-    address: ProductAddress, metadata_location: str, storage: dict[str, str] | None = None
+    address: ProductAddress,
+    metadata_location: str,
+    storage: dict[str, str] | None = None,
+    *,
+    warehouse_root: str | None = None,
 ) -> TableState:
-    """``storage``: the warehouse's pyiceberg-style properties (s3.*) for a remote location."""
-    from mesh_platform.storage.warehouse import read_bytes
+    """The table state of ``address`` from its metadata file.
 
-    location = _local(metadata_location)
-    path = Path(location)
+    ``storage``: the warehouse's pyiceberg-style properties (s3.*) for a remote location.
+    ``warehouse_root``: the mesh's warehouse (``Mesh.warehouse``); the metadata file and the
+    table's location must lie in ``<warehouse_root>/<domain>/<table>`` (else
+    :class:`~mesh_platform.storage.warehouse.LocationError`, before the file is read). Without
+    it (a caller holding a metadata location the platform just wrote), the folder is the one
+    the metadata file's own path implies (``<folder>/metadata/<file>``).
+    """
+    from mesh_platform.storage.warehouse import check_inside, read_bytes, table_folder
+
+    if warehouse_root is not None:
+        folder = table_folder(warehouse_root, *address.iceberg_identifier)
+    else:
+        folder = str(metadata_location).rsplit("/", 2)[0]
+    product = str(address)
+    location = check_inside(folder, metadata_location, product=product, what="its metadata file")
     raw = read_bytes(location, storage or {})
-    if path.name.endswith(".gz.metadata.json"):
+    if location.endswith(".gz.metadata.json"):
         raw = gzip.decompress(raw)
     meta: dict[str, Any] = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise UnsupportedTableError(
+            f"product {address}: its metadata file {location} is not an Iceberg table metadata "
+            "object",
+            fix="republish the product through the platform (`mesh build --domain "
+            f"{address.domain}`)",
+        )
+    table_location = check_inside(
+        folder,
+        meta.get("location", location.rsplit("/", 2)[0]),
+        product=product,
+        what="the table location in its metadata",
+    )
     schemas = {
         s["schema-id"]: tuple(f["name"] for f in s.get("fields", []))
         for s in meta.get("schemas", [])
@@ -130,7 +178,7 @@ def read_table_state(
             s["timestamp-ms"],
             schemas.get(s.get("schema-id"), current_schema),
             {str(k): str(v) for k, v in (s.get("summary") or {}).items()},
-            _local(s.get("manifest-list", "")),
+            s.get("manifest-list") or "",  # checked when the snapshot is planned (data_files)
         )
     # snapshot-log is main's history (branch commits do not enter it).
     history = [
@@ -147,7 +195,7 @@ def read_table_state(
     return TableState(
         address,
         location,
-        _local(meta.get("location", location.rsplit("/", 2)[0])),
+        table_location,
         {str(k): str(v) for k, v in (meta.get("properties") or {}).items()},
         current,
         tuple(history),
@@ -164,12 +212,26 @@ def data_files(conn: Any, state: TableState, snapshot: Snapshot) -> list[str]:
     by DuckDB's avro extension), minus deleted entries.
 
     The platform publishes copy-on-write (pyiceberg writes no delete files); a snapshot that
-    holds delete files (written by another engine) is refused rather than read wrongly.
+    holds delete files (written by another engine) is refused rather than read wrongly. The
+    manifest list, each manifest and each data file must lie in the table's (checked) location:
+    each is checked before it is read, and the files returned are the checked paths.
     """
     from mesh_platform.addressing import quote_literal
+    from mesh_platform.storage.warehouse import check_inside
 
+    def checked(path: str, what: str) -> str:
+        return check_inside(state.location, path, product=str(state.address), what=what)
+
+    if not snapshot.manifest_list:
+        raise UnsupportedTableError(
+            f"product {state.address} snapshot {snapshot.snapshot_id} has no manifest list",
+            fix="republish the product through the platform",
+        )
+    manifest_list = checked(
+        snapshot.manifest_list, f"the manifest list of snapshot {snapshot.snapshot_id}"
+    )
     manifests = conn.execute(
-        f"SELECT manifest_path, content FROM read_avro({quote_literal(snapshot.manifest_list)})"
+        f"SELECT manifest_path, content FROM read_avro({quote_literal(manifest_list)})"
     ).fetchall()
     if any(content != 0 for _, content in manifests):
         raise UnsupportedTableError(
@@ -179,7 +241,8 @@ def data_files(conn: Any, state: TableState, snapshot: Snapshot) -> list[str]:
         )
     if not manifests:
         return []
-    listing = ", ".join(quote_literal(_local(p)) for p, _ in manifests)
+    paths = [checked(p, f"a manifest of snapshot {snapshot.snapshot_id}") for p, _ in manifests]
+    listing = ", ".join(quote_literal(p) for p in paths)
     entries = conn.execute(
         f"SELECT status, data_file.content, data_file.file_path FROM read_avro([{listing}])"
     ).fetchall()
@@ -188,7 +251,11 @@ def data_files(conn: Any, state: TableState, snapshot: Snapshot) -> list[str]:
             f"product {state.address} snapshot {snapshot.snapshot_id} lists delete files",
             fix="rewrite the table copy-on-write (publish it again through the platform)",
         )
-    return [_local(path) for status, _, path in entries if status != 2]  # 2: DELETED
+    return [
+        checked(path, f"a data file of snapshot {snapshot.snapshot_id}")
+        for status, _, path in entries
+        if status != 2  # 2: DELETED
+    ]
 
 
 def scan_sql(files: list[str], state: TableState, columns: tuple[str, ...]) -> str:
@@ -282,7 +349,7 @@ class Catalog:
                 f"product {address} has no published snapshot (no Iceberg table yet)",
                 fix=f"build its domain: `mesh build --domain {address.domain}`",
             )
-        return _table_state(address, location, self.storage)
+        return _table_state(address, location, self.storage, self.mesh.warehouse)
 
 
 def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
@@ -305,19 +372,29 @@ def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
 
 
 _NOT_SOURCES = frozenset({"target", "dbt_packages", "logs", "__pycache__"})
-_CACHE: dict[tuple[str, str], tuple[Any, dict[str, ProductDescriptor], dict[str, str]]] = {}
+# (root, domain) -> (stamp, descriptors, problems, fixes)
+_CACHE: dict[
+    tuple[str, str], tuple[Any, dict[str, ProductDescriptor], dict[str, str], dict[str, str]]
+] = {}
 
 
 class Directory:
-    """Every product of the mesh by address: its descriptor (or why it is unusable)."""
+    """Every product of the mesh by address: its descriptor (or why it is unusable).
+
+    ``problems`` maps ``<domain>.<product>`` (an invalid descriptor) or ``<domain>.*`` (a
+    domain that cannot be loaded: its products cannot be resolved) to what is wrong, with the
+    file; ``fixes`` gives the fix of each, where known.
+    """
 
     def __init__(
         self,
         descriptors: dict[str, ProductDescriptor],
         problems: dict[str, str] | None = None,
+        fixes: dict[str, str] | None = None,
     ) -> None:
         self.descriptors = descriptors
         self.problems = problems or {}
+        self.fixes = fixes or {}
 
     def get(self, address: ProductAddress) -> ProductDescriptor:
         key = str(address)
@@ -326,12 +403,15 @@ class Directory:
         if key in self.problems:
             raise MeshError(
                 f"product {key} cannot be read: its descriptor is invalid ({self.problems[key]})",
-                fix=f"its owners fix the descriptor (`mesh check --domain {address.domain}`)",
+                fix=self.fixes.get(key)
+                or f"its owners fix the descriptor (`mesh check --domain {address.domain}`)",
             )
         if why := self.problems.get(f"{address.domain}.*"):
             raise MeshError(
-                f"product {key} cannot be resolved: {why}",
-                fix=f"run `mesh prepare --domain {address.domain}`",
+                f"product {key} cannot be resolved: domain {address.domain} cannot be loaded: "
+                f"{why}",
+                fix=self.fixes.get(f"{address.domain}.*")
+                or f"run `mesh prepare --domain {address.domain}`",
             )
         close = difflib.get_close_matches(key, list(self.descriptors), n=1)
         raise UnknownProductError(
@@ -343,50 +423,91 @@ class Directory:
 
 def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
     """Descriptors of every domain's products. ``refresh``: re-prepare a dbt project whose files
-    changed (an edited grant applies at once); else read the manifests as prepared."""
-    from mesh_platform.domain import list_domain_names, load_domain
+    changed (an edited grant applies at once); else read the manifests as prepared.
+
+    One domain's broken file (domain.yaml, dbt YAML, a Python product's YAML) never fails the
+    whole directory: it is recorded as that domain's problem (see :class:`Directory`)."""
+    from mesh_platform.domain import list_domain_names
 
     descriptors: dict[str, ProductDescriptor] = {}
     problems: dict[str, str] = {}
+    fixes: dict[str, str] = {}
     for name in list_domain_names(mesh):
-        python_dir = mesh.domains_dir / name / "products"
-        project = mesh.dbt_projects_dir / name
-        stamp = _project_stamp(
-            [mesh.domains_dir / name / "domain.yaml", project, project / "target" / "manifest.json",
-             python_dir]
-        )  # fmt: skip
-        cached = _CACHE.get((str(mesh.root), name))
-        if cached is None or cached[0] != stamp:
-            domain = load_domain(mesh, name)
-            found, why = _domain_products(mesh, domain, python_dir, refresh=refresh)
-            cached = (stamp, found, why)
-            _CACHE[(str(mesh.root), name)] = cached
-        descriptors.update(cached[1])
-        problems.update(cached[2])
+        key = (str(mesh.root), name)
+        try:
+            stamp = _domain_stamp(mesh, name)
+        except OSError as exc:  # an unreadable file or a dangling link in the project
+            cached = ({}, {f"{name}.*": f"its files cannot be read ({exc})"}, {})
+        else:
+            hit = _CACHE.get(key)
+            if hit is None or hit[0] != stamp:
+                _CACHE[key] = (stamp, *_load_domain(mesh, name, refresh=refresh))
+            cached = _CACHE[key][1:]
+        descriptors.update(cached[0])
+        problems.update(cached[1])
+        fixes.update(cached[2])
     from mesh_platform.sla.history import history_descriptor  # the platform's own product
 
     platform = history_descriptor()
     descriptors[str(platform.address)] = platform
-    return Directory(descriptors, problems)
+    return Directory(descriptors, problems, fixes)
+
+
+def _domain_stamp(mesh: Mesh, name: str) -> Any:
+    project = mesh.dbt_projects_dir / name
+    return _project_stamp(
+        [mesh.domains_dir / name / "domain.yaml", project, project / "target" / "manifest.json",
+         mesh.domains_dir / name / "products"]
+    )  # fmt: skip
+
+
+def _where(mesh: Mesh, exc: MeshError) -> str:
+    """The error's message with its file, relative to the mesh root when inside it."""
+    if exc.path is None:
+        return exc.what
+    path = exc.path
+    if path.is_absolute() and path.is_relative_to(mesh.root):
+        path = path.relative_to(mesh.root)
+    return f"{exc.what} [{path}]"
+
+
+def _load_domain(
+    mesh: Mesh, name: str, *, refresh: bool
+) -> tuple[dict[str, ProductDescriptor], dict[str, str], dict[str, str]]:
+    """One domain's descriptors and problems; whatever breaks is that domain's problem."""
+    from mesh_platform.domain import load_domain
+
+    try:
+        domain = load_domain(mesh, name)
+        return _domain_products(mesh, domain, mesh.domains_dir / name / "products", refresh=refresh)
+    except MeshError as exc:
+        return {}, {f"{name}.*": _where(mesh, exc)}, {f"{name}.*": exc.fix}
+    except Exception as exc:  # isolation: a domain's files must not break the other domains
+        what = f"its files could not be loaded ({type(exc).__name__}: {exc})"
+        return {}, {f"{name}.*": what}, {}
 
 
 def _domain_products(
     mesh: Mesh, domain: Any, python_dir: Path, *, refresh: bool
-) -> tuple[dict[str, ProductDescriptor], dict[str, str]]:
+) -> tuple[dict[str, ProductDescriptor], dict[str, str], dict[str, str]]:
     from mesh_platform.dbt.nodes import is_product
     from mesh_platform.dbt.project import load_manifest, prepare
     from mesh_platform.products.descriptor import descriptor_from_node, load_python_descriptor
 
     found: dict[str, ProductDescriptor] = {}
     problems: dict[str, str] = {}
+    fixes: dict[str, str] = {}
+    domain_wide: list[MeshError] = []  # what keeps products of the domain from resolving
     if domain.dbt_project_dir.is_dir():
-        if refresh:
-            prepare(mesh, domain)
+        nodes: dict[str, Any] = {}
         try:
+            if refresh:
+                # A failed parse leaves the previous manifest behind: never read it (its
+                # grants may be the ones just revoked).
+                prepare(mesh, domain)
             nodes = load_manifest(domain).get("nodes", {})
-        except MeshError as exc:  # not prepared: its products cannot be resolved yet
-            problems[f"{domain.name}.*"] = exc.what
-            nodes = {}
+        except MeshError as exc:  # a broken dbt project, or not prepared
+            domain_wide.append(exc)
         for node in nodes.values():
             if not is_product(node):
                 continue
@@ -394,12 +515,18 @@ def _domain_products(
                 descriptor = descriptor_from_node(domain.name, node)
                 found[str(descriptor.address)] = descriptor
             except MeshError as exc:
-                problems[f"{domain.name}.{node['name']}"] = exc.what
+                problems[f"{domain.name}.{node['name']}"] = _where(mesh, exc)
+                fixes[f"{domain.name}.{node['name']}"] = exc.fix
     for path in sorted(python_dir.glob("*.yml")):
         source = str(path.relative_to(mesh.root))
         try:
             descriptor = load_python_descriptor(path, domain.name, source)
             found[str(descriptor.address)] = descriptor
         except MeshError as exc:
-            problems[f"{domain.name}.{path.stem}"] = exc.what
-    return found, problems
+            problems[f"{domain.name}.{path.stem}"] = _where(mesh, exc)
+            fixes[f"{domain.name}.{path.stem}"] = exc.fix
+            domain_wide.append(exc)  # its product's name is unknown: name the file for all
+    if domain_wide:
+        problems[f"{domain.name}.*"] = "; ".join(_where(mesh, e) for e in domain_wide)
+        fixes[f"{domain.name}.*"] = "; ".join(dict.fromkeys(e.fix for e in domain_wide))
+    return found, problems, fixes

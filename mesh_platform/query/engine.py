@@ -23,17 +23,20 @@ allowed or not, is written to the audit log (:mod:`mesh_platform.query.audit`).
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.access.grants import ReadPlan, plan_read
-from mesh_platform.access.principals import AccessDeniedError, load_principals
+from mesh_platform.access.masking import SALTED, bind_salt
+from mesh_platform.access.principals import AccessDeniedError, Principal, load_principals
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
-from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.errors import MeshError
+from mesh_platform.config import Mesh, QueryLimits, load_mesh
+from mesh_platform.errors import MeshError, printable
 from mesh_platform.query.audit import AuditLog
 from mesh_platform.query.directory import (
     Catalog,
@@ -41,7 +44,6 @@ from mesh_platform.query.directory import (
     TableState,
     data_files,
     load_directory,
-    scan_sql,
 )
 from mesh_platform.query.sql import QueryRefusedError, check_query
 
@@ -53,6 +55,15 @@ At = int | dt.datetime | Mapping[str, int] | None
 
 
 FILE_LISTS_KEPT = 256  # snapshots whose data-file list a session keeps (planned from manifests)
+_POLL_SECONDS = 0.05  # how often the waiting thread checks for the timeout (Ctrl-C is immediate)
+
+
+class QueryLimitError(MeshError):
+    """A query ran longer, or returned more rows, than its principal's limits allow."""
+
+
+class QueryCancelledError(MeshError):
+    """The reader cancelled the query (Ctrl-C)."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +103,32 @@ def _pinned(address: ProductAddress, state: TableState, at: At) -> int:
     return state.snapshot(at).snapshot_id
 
 
+def _variable(kind: str, address: ProductAddress) -> str:
+    return f"mesh_{kind}_{address.domain}__{address.table}"
+
+
+def scan_relation(conn: duckdb.DuckDBPyConnection, item: ReadProduct, files: list[str]) -> str:
+    """A relation over the pinned snapshot's data files. The file list is bound to a session
+    variable (never written into SQL): no view definition or statement text carries a path."""
+    snapshot = item.state.snapshot(item.snapshot_id)
+    if not files:
+        nulls = ", ".join(f"NULL AS {quote_ident(c)}" for c in snapshot.columns) or "NULL AS _"
+        return f"(SELECT {nulls} WHERE false)"
+    variable = _variable("files", item.plan.address)
+    conn.execute(f"SET VARIABLE {variable} = ?", [files])
+    # Files written before a column was added lack it: match columns by name (Iceberg's name
+    # mapping: the platform's Parquet files carry no field ids; renames need a new major).
+    union = ", union_by_name = true" if item.state.schema_count > 1 else ""
+    return f"read_parquet(getvariable({quote_literal(variable)}){union})"
+
+
 def governed_source(conn: duckdb.DuckDBPyConnection, item: ReadProduct, salt: str | None) -> str:
-    """SQL of what the plan's principal reads of one product at its pinned snapshot."""
+    """SQL of what the plan's principal reads of one product at its pinned snapshot; binds the
+    salt and the file list to ``conn`` (the SQL names neither)."""
     snapshot = item.state.snapshot(item.snapshot_id)
     files = data_files(conn, item.state, snapshot)
-    return item.plan.select_sql(scan_sql(files, item.state, snapshot.columns), salt)
+    bind_salt(conn, salt)
+    return item.plan.select_sql(scan_relation(conn, item, files))
 
 
 class QuerySession:
@@ -127,24 +159,35 @@ class QuerySession:
         # publication would otherwise keep every snapshot it ever read
         self._files: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
         self._views: dict[tuple[str, str], str] = {}  # (domain, table) -> SQL of its view
+        self._principal: Principal | None = None
+        self.limits: QueryLimits | None = None
 
     # -- access -----------------------------------------------------------------------------
 
     def directory(self) -> Directory:
         return self._directory if self._directory is not None else load_directory(self.mesh)
 
-    def resolve(self, addresses: tuple[ProductAddress, ...], at: At = None) -> list[ReadProduct]:
-        """Decide access to each product (all refusals are raised before anything is read)."""
+    def principal(self) -> Principal:
+        """The session's principal, canonical (``domain:sales`` and `` sales`` are ``sales``),
+        re-read with principals.yaml on every query; its query limits with it."""
         from mesh_platform.domain import list_domain_names
 
+        principals = load_principals(self.mesh.root, set(list_domain_names(self.mesh)))
+        principal = principals.resolve(self.principal_id)
+        self._principal = principal
+        acts_as = [principal.id, *sorted(principal.acts_as - {principal.id})]
+        self.limits = self.mesh.settings.query.for_principal(acts_as)
+        return principal
+
+    def resolve(self, addresses: tuple[ProductAddress, ...], at: At = None) -> list[ReadProduct]:
+        """Decide access to each product (all refusals are raised before anything is read)."""
         if isinstance(at, int) and len(addresses) != 1:
             raise MeshError(
                 f"a snapshot id pins one product, but the query reads {len(addresses)}",
                 fix="pass --at TIMESTAMP to travel every product, or at={address: snapshot} "
                 "in Python",
             )
-        principals = load_principals(self.mesh.root, set(list_domain_names(self.mesh)))
-        principal = principals.resolve(self.principal_id)
+        principal = self.principal()
         directory = self.directory()
         descriptors = [directory.get(a) for a in addresses]
         today = dt.date.today()
@@ -160,7 +203,7 @@ class QuerySession:
                 principal,
                 descriptor,
                 stored_columns=snapshot.columns,
-                stored_clear=state.stored_clear(),
+                published=snapshot.classification(),
                 today=today,
             )
             read.append(ReadProduct(plan, state, snapshot_id))
@@ -169,7 +212,14 @@ class QuerySession:
     # -- engine -----------------------------------------------------------------------------
 
     def _connection(self, directories: set[str]) -> duckdb.DuckDBPyConnection:
-        if self._conn is not None and directories <= self._allowed:
+        limits = self.limits or self.mesh.settings.query.defaults
+        threads = int(self.threads or limits.threads)
+        settings = (threads, limits.memory_limit)
+        if (
+            self._conn is not None
+            and directories <= self._allowed
+            and getattr(self, "_settings", None) == settings
+        ):
             return self._conn
         from mesh_platform.duckdb_ext import connect
         from mesh_platform.storage.warehouse import configure_duckdb
@@ -180,8 +230,8 @@ class QuerySession:
         conn = connect(extensions=("avro",))  # manifests are Avro; data files Parquet
         try:
             configure_duckdb(conn, dict(self.catalog.storage))  # s3:// warehouse: httpfs
-            if self.threads:
-                conn.execute(f"SET threads = {int(self.threads)}")
+            conn.execute(f"SET threads = {threads}")
+            conn.execute(f"SET memory_limit = {quote_literal(limits.memory_limit)}")
             dirs = ", ".join(quote_literal(d.rstrip("/") + "/") for d in sorted(allowed))
             conn.execute(f"SET allowed_directories = [{dirs}]")
             conn.execute("SET parquet_metadata_cache = true")
@@ -190,13 +240,14 @@ class QuerySession:
         except Exception:
             conn.close()
             raise
-        self._conn, self._allowed = conn, allowed
+        self._conn, self._allowed, self._settings = conn, allowed, settings
         return conn
 
-    def _expose(self, conn: duckdb.DuckDBPyConnection, item: ReadProduct, salt: str | None) -> None:
-        """(Re)create the view ``<domain>.<product>`` the user's SQL reads, if it changed."""
+    def _expose(self, conn: duckdb.DuckDBPyConnection, item: ReadProduct) -> None:
+        """(Re)create the view ``<domain>.<product>`` the user's SQL reads, if it changed. The
+        view names session variables for the files and the salt, never their values."""
         domain, table = item.plan.address.domain, item.plan.address.table
-        source = item.plan.select_sql(self._scan(conn, item), salt)
+        source = item.plan.select_sql(scan_relation(conn, item, self._files_of(conn, item)))
         if self._views.get((domain, table)) == source:
             return
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(domain)}")
@@ -205,7 +256,7 @@ class QuerySession:
         )
         self._views[(domain, table)] = source
 
-    def _scan(self, conn: duckdb.DuckDBPyConnection, item: ReadProduct) -> str:
+    def _files_of(self, conn: duckdb.DuckDBPyConnection, item: ReadProduct) -> list[str]:
         """The pinned snapshot's data files, planned once per snapshot in a session."""
         key = (item.state.metadata_path, item.snapshot_id)
         snapshot = item.state.snapshot(item.snapshot_id)
@@ -214,32 +265,53 @@ class QuerySession:
             while len(self._files) > FILE_LISTS_KEPT:
                 self._files.popitem(last=False)
         self._files.move_to_end(key)
-        return scan_sql(self._files[key], item.state, snapshot.columns)
+        return self._files[key]
 
     def salt_for(self, plans: list[ReadPlan]) -> str | None:
-        if self._salt is None and any(
-            rule in ("hash", "tokenise") for p in plans for rule in p.masks.values()
-        ):
+        if self._salt is None and any(rule in SALTED for p in plans for rule in p.masks.values()):
             self._salt = self.mesh.pii_salt()
         return self._salt
 
     def sql(self, sql: str, *, at: At = None) -> pa.Table:
         """Run one query as the session's principal; the result as an Arrow table."""
-        return self._run(sql, at, lambda cursor: cursor.to_arrow_table())
+
+        def fetch(cursor: Any, max_rows: int) -> pa.Table:
+            import pyarrow as pa
+
+            reader = cursor.fetch_record_batch(rows_per_batch=min(max_rows + 1, 1_000_000))
+            batches, count = [], 0
+            for batch in reader:
+                batches.append(batch)
+                count += batch.num_rows
+                _check_rows(count, max_rows)
+            return pa.Table.from_batches(batches, schema=reader.schema)
+
+        return self._run(sql, at, fetch)
 
     def rows(self, sql: str, *, at: At = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one query; column names and Python rows (no pyarrow import: the CLI's path)."""
 
-        def fetch(cursor: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+        def fetch(cursor: Any, max_rows: int) -> tuple[list[str], list[tuple[Any, ...]]]:
             names = [d[0] for d in cursor.description]
-            return names, cursor.fetchall()
+            rows = cursor.fetchmany(max_rows + 1)
+            _check_rows(len(rows), max_rows)
+            return names, rows
 
         return self._run(sql, at, fetch)
 
     def _run(self, sql: str, at: At, fetch: Any) -> Any:
         start = time.perf_counter()
-        entry: dict[str, Any] = {"principal": self.principal_id, "query": None, "products": []}
+        entry: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "principal": self.principal_id,
+            "query": None,
+            "products": [],
+        }
+        started = False
         try:
+            principal = self.principal()
+            if principal.id != self.principal_id:  # logged under the canonical id, alias kept
+                entry["principal"], entry["requested_as"] = principal.id, self.principal_id
             checked = check_query(sql)
             entry["query"] = checked.redacted
             entry["products"] = [{"address": str(a)} for a in checked.addresses]
@@ -255,13 +327,22 @@ class QuerySession:
                 for r in read
             ]
             self.last_snapshots = {str(r.plan.address): r.snapshot_id for r in read}
+            limits = self.limits or self.mesh.settings.query.defaults
             conn = self._connection({r.state.location for r in read})
-            salt = self.salt_for([r.plan for r in read])
+            bind_salt(conn, self.salt_for([r.plan for r in read]))
             for item in read:
-                self._expose(conn, item, salt)
-            result = fetch(conn.execute(checked.sql))
+                self._expose(conn, item)
+            # On record before it runs: a query killed mid-way (or the process) leaves its line.
+            self._record({**entry, "status": "started"}, start)
+            started = True
+            result = self._execute(conn, checked.sql, fetch, limits)
         except (AccessDeniedError, QueryRefusedError) as exc:
             entry["status"] = "denied" if isinstance(exc, AccessDeniedError) else "refused"
+            entry["reason"] = exc.what
+            self._record(entry, start)
+            raise
+        except (QueryLimitError, QueryCancelledError) as exc:
+            entry["status"] = "cancelled" if isinstance(exc, QueryCancelledError) else "limited"
             entry["reason"] = exc.what
             self._record(entry, start)
             raise
@@ -275,14 +356,59 @@ class QuerySession:
             entry["reason"] = type(exc).__name__
             self._record(entry, start)
             raise MeshError(
-                f"query failed: {str(exc).splitlines()[0]}",
+                f"query failed: {printable(str(exc).splitlines()[0])}",
                 fix="correct the SQL; `mesh products --as <principal>` lists the columns you "
                 "can read",
             ) from None
+        except BaseException:  # KeyboardInterrupt outside the query, SystemExit...
+            if started:
+                entry["status"] = "cancelled"
+                self._record(entry, start)
+            raise
         entry["status"] = "ok"
         entry["rows"] = result.num_rows if hasattr(result, "num_rows") else len(result[1])
         self._record(entry, start)
         return result
+
+    def _execute(
+        self, conn: duckdb.DuckDBPyConnection, sql: str, fetch: Any, limits: QueryLimits
+    ) -> Any:
+        """Run ``sql`` in a worker thread while this thread waits: the timeout and Ctrl-C
+        (KeyboardInterrupt reaches the waiting thread) both interrupt DuckDB, which stops the
+        query and frees its memory."""
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = fetch(conn.execute(sql), limits.max_rows)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="mesh-query", daemon=True)
+        deadline = time.monotonic() + limits.timeout_seconds
+        worker.start()
+        reason: MeshError | None = None
+        try:
+            while worker.is_alive():
+                worker.join(_POLL_SECONDS)
+                if worker.is_alive() and time.monotonic() > deadline and reason is None:
+                    reason = QueryLimitError(
+                        f"the query ran longer than {limits.timeout_seconds:g} s and was cancelled",
+                        fix="narrow it (filters, aggregates, LIMIT), or ask the platform team "
+                        "for a longer timeout (mesh.yaml: query.principals.<you>.timeout_seconds)",
+                    )
+                    conn.interrupt()
+        except KeyboardInterrupt:
+            conn.interrupt()
+            worker.join()
+            raise QueryCancelledError(
+                "the query was cancelled (Ctrl-C)", fix="run it again when needed"
+            ) from None
+        if reason is not None:
+            raise reason
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
     def _record(self, entry: dict[str, Any], start: float) -> None:
         entry["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
@@ -290,6 +416,7 @@ class QuerySession:
 
     def close(self) -> None:
         self.catalog.close()
+        self._views.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn, self._allowed = None, frozenset()
@@ -299,6 +426,15 @@ class QuerySession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_rows(count: int, max_rows: int) -> None:
+    if count > max_rows:
+        raise QueryLimitError(
+            f"the result has more than {max_rows} rows, the limit of this principal",
+            fix="aggregate, filter or add LIMIT; or ask the platform team for a higher "
+            "max_rows (mesh.yaml: query.principals.<you>.max_rows)",
+        )
 
 
 def query(sql: str, *, as_: str, at: At = None, mesh: Mesh | None = None) -> pa.Table:

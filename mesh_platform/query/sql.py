@@ -27,18 +27,18 @@ from sqlglot.errors import ParseError
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import MeshError
+from mesh_platform.query.surface import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS, function_fix
 
 DIALECT = "duckdb"
-# Scalar functions that read the host, the engine's settings or its catalog.
-_REFUSED_FUNCTIONS = frozenset(
-    {"getenv", "current_setting", "getvariable", "glob", "query", "query_table", "which_secret",
-     "sniff_csv", "checkpoint", "force_checkpoint", "load_aws_credentials", "current_database",
-     "current_schema", "current_schemas", "pg_typeof"}
+_SIMPLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+# Token kinds the audit log keeps verbatim; every other token (literals of any quoting) is '?'.
+_KEPT_TOKENS = frozenset(
+    {"VAR", "IDENTIFIER", "STAR", "DOT", "COMMA", "L_PAREN", "R_PAREN", "L_BRACKET",
+     "R_BRACKET", "L_BRACE", "R_BRACE", "COLON", "DCOLON", "SEMICOLON", "EQ", "NEQ", "LT",
+     "LTE", "GT", "GTE", "PLUS", "DASH", "SLASH", "PERCENT", "DPIPE", "AMP", "PIPE", "CARET",
+     "TILDA", "ARROW", "DARROW", "FARROW", "NULLSAFE_EQ", "PARAMETER", "PLACEHOLDER"}
 )  # fmt: skip
-_REFUSED_PREFIXES = ("read_", "parquet_", "iceberg_", "duckdb_", "pragma_", "sqlite_", "delta_")
-_SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Table functions that only compute (no I/O).
-_ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries,)
 
 
 class QueryRefusedError(MeshError):
@@ -52,27 +52,29 @@ class CheckedQuery:
     redacted: str  # the SQL with every literal replaced by '?': what the audit log keeps
 
 
-def _function_name(node: exp.Func) -> str:
+def _function_name(node: exp.Func) -> str | None:
+    """The name DuckDB binds for ``node`` (None: the node regenerates as syntax, not a call)."""
     if isinstance(node, exp.Anonymous):
         return str(node.name).lower()
-    return node.sql_name().lower()
+    match = _CALL.match(node.sql(dialect=DIALECT, comments=False))
+    return match.group(1).lower() if match else None
 
 
 def _refused_function(node: exp.Expression) -> str | None:
-    if isinstance(node, exp.Func):
-        name = _function_name(node)
-        if name in _REFUSED_FUNCTIONS or name.startswith(_REFUSED_PREFIXES):
-            return name
-    return None
+    """The name of a function call outside the allowlist (:mod:`mesh_platform.query.surface`)."""
+    if not isinstance(node, exp.Func):
+        return None
+    name = _function_name(node)
+    # None: the node regenerates as syntax (operators, CASE, [...]); the SQL is a fixed point of
+    # parse/generate (_normalised), so any call inside that syntax is a node checked on its own.
+    return None if name is None or name in ALLOWED_FUNCTIONS else name
 
 
 def _refuse(what: str, fix: str) -> QueryRefusedError:
     return QueryRefusedError(what, fix=fix)
 
 
-@functools.lru_cache(maxsize=256)  # a pure function of the text: dashboards repeat queries
-def check_query(sql: str) -> CheckedQuery:
-    """Parse ``sql``; refuse anything but one read-only query over product addresses."""
+def _parse_one(sql: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
     except ParseError as exc:
@@ -85,7 +87,53 @@ def check_query(sql: str) -> CheckedQuery:
             f"the text holds {len(statements)} statements; a query is exactly one",
             "send one SELECT per query (no ';'-separated statements)",
         )
-    (statement,) = statements
+    return statements[0]
+
+
+def _normalised(sql: str) -> tuple[exp.Expression, str]:
+    """The tree of the SQL DuckDB will run and that SQL, regenerated without comments until it
+    is a fixed point: every call in the executed text is then a node of the checked tree."""
+    statement = _parse_one(sql)
+    text = statement.sql(dialect=DIALECT, comments=False)
+    for _ in range(3):
+        statement = _parse_one(text)
+        again = statement.sql(dialect=DIALECT, comments=False)
+        if again == text:
+            return statement, text
+        text = again
+    raise _refuse(
+        "the query cannot be normalised to one stable form, so it cannot be checked",
+        "simplify the query (plain SELECT syntax of DuckDB)",
+    )
+
+
+def redact(sql: str) -> str:
+    """``sql`` with every literal (any quoting: '...', E'...', N'...', $$...$$, numbers) replaced
+    by ``?`` and comments dropped: only tokens of an allowlist of kinds (names, keywords,
+    operators) are kept verbatim, so a new literal form is redacted by default."""
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(sql)
+    except Exception:  # untokenisable: keep nothing of it
+        return "?"
+    keywords = {t for t in TokenType if t.name not in _KEPT_TOKENS and "STRING" not in t.name}
+    out = []
+    for token in tokens:
+        kind = token.token_type
+        literal = kind.name in ("STRING", "NUMBER") or "STRING" in kind.name
+        if kind.name in _KEPT_TOKENS or (kind in keywords and not literal):
+            out.append(token.text if kind.name != "IDENTIFIER" else f'"{token.text}"')
+        else:
+            out.append("?")
+    return " ".join(out)
+
+
+@functools.lru_cache(maxsize=256)  # a pure function of the text: dashboards repeat queries
+def check_query(sql: str) -> CheckedQuery:
+    """Parse ``sql``; refuse anything but one read-only query over product addresses, using
+    only functions of the allowlist (:mod:`mesh_platform.query.surface`)."""
+    statement, checked_sql = _normalised(sql)
     if not isinstance(statement, exp.Query):
         kind = type(statement).__name__.upper()
         raise _refuse(
@@ -96,26 +144,23 @@ def check_query(sql: str) -> CheckedQuery:
     if statement.args.get("into"):
         raise _refuse("SELECT ... INTO is refused", "remove INTO: results are returned, not stored")
     for cte in statement.find_all(exp.CTE):
-        if not _SIMPLE_NAME.match(str(cte.alias)):
+        alias = str(cte.alias)
+        if not _SIMPLE_NAME.match(alias) or alias.lower().startswith("mesh_"):
             raise _refuse(
-                f"CTE name {cte.alias!r} is refused: CTE names are plain identifiers",
+                f"CTE name {cte.alias!r} is refused: CTE names are plain identifiers not "
+                "starting with mesh_",
                 "name CTEs with letters, digits and '_' (e.g. WITH recent AS (...))",
             )
     addresses: dict[str, ProductAddress] = {}
     for node in statement.walk():
         if name := _refused_function(node):
             raise _refuse(
-                f"function {name}() is refused in federated queries (it reads the host, files "
-                "or the engine's state)",
-                "query products by address: SELECT ... FROM <domain>.<product>",
+                f"function {name}() is not on the federated query's allowlist",
+                function_fix(name),
             )
         if isinstance(node, exp.Table) and (address := _table_address(node)):
             addresses[str(address)] = address
-    checked_sql = statement.sql(dialect=DIALECT)
-    redacted = statement.transform(  # in place: the checked SQL is already generated
-        lambda n: exp.Placeholder() if isinstance(n, exp.Literal) else n, copy=False
-    ).sql(dialect=DIALECT)
-    return CheckedQuery(checked_sql, tuple(addresses.values()), redacted)
+    return CheckedQuery(checked_sql, tuple(addresses.values()), redact(checked_sql))
 
 
 def _visible_ctes(node: exp.Expression) -> set[str]:
@@ -139,9 +184,10 @@ def _visible_ctes(node: exp.Expression) -> set[str]:
 
 def _table_address(node: exp.Table) -> ProductAddress | None:
     if not isinstance(node.this, exp.Identifier):
-        if isinstance(node.this, _ALLOWED_TABLE_FUNCTIONS):
+        name = _function_name(node.this) if isinstance(node.this, exp.Func) else None
+        if name in ALLOWED_TABLE_FUNCTIONS:
             return None
-        name = _function_name(node.this) if isinstance(node.this, exp.Func) else node.sql()
+        name = name or node.sql()
         raise _refuse(
             f"table function {name}() is refused: a federated query reads products only",
             "name products by address in FROM: <domain>.<product> (e.g. sales.orders)",
