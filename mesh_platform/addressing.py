@@ -25,9 +25,24 @@ if TYPE_CHECKING:
 
 from mesh_platform.errors import InvalidNameError
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+# Every pattern that validates a name is anchored with \A...\Z and used with fullmatch: `$`
+# also matches before a trailing newline, so "sales\n" would pass a `^...$` check and reach a
+# YAML file or a path. ASCII only: `\d` and `\w` match other scripts' digits and letters.
+NAME_PATTERN = re.compile(r"\A[a-z][a-z0-9_]*\Z", re.ASCII)
 MAX_NAME_LENGTH = 63
-VERSION_SUFFIX = re.compile(r"_v(\d+)$")
+VERSION_SUFFIX = re.compile(r"_v([0-9]+)\Z", re.ASCII)
+# Principals ('sales', 'team:customer-care', 'user:alice') and owner teams: lower case like
+# other names, with '.' and '-' allowed for people's and teams' names.
+PRINCIPAL_NAME_PATTERN = re.compile(r"\A[a-z][a-z0-9_.-]*\Z", re.ASCII)
+PRINCIPAL_PATTERN = re.compile(r"\A(?:(?:team|user):)?[a-z][a-z0-9_.-]*\Z", re.ASCII)
+# A contact is a plain email address: nothing a YAML file, a Markdown page or a shell would read
+# as syntax (no quote, colon, '#', braces, spaces or newline).
+EMAIL_PATTERN = re.compile(
+    r"\A[A-Za-z0-9][A-Za-z0-9._+-]*@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z",
+    re.ASCII,
+)
+MAX_EMAIL_LENGTH = 254
 RAW_PREFIX = "raw"
 INTERNAL_PREFIX = "internal"
 # Names a domain or product may not take: they would collide with key prefixes above, or with
@@ -45,7 +60,7 @@ def name_problem(name: object) -> str | None:
         return "must be a non-empty string"
     if len(name) > MAX_NAME_LENGTH:
         return f"is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         return "must be snake_case: start with a-z, then only a-z, 0-9 and _"
     if "__" in name or name.endswith("_"):
         return "must not contain '__' or end with '_'"
@@ -53,6 +68,52 @@ def name_problem(name: object) -> str | None:
         return "must not end with '_v<number>' (the platform adds it for major versions > 1)"
     if name in RESERVED_NAMES:
         return f"is reserved (reserved names: {', '.join(sorted(RESERVED_NAMES))})"
+    return None
+
+
+def team_problem(team: object) -> str | None:
+    """Why ``team`` cannot name an owning team (``team:<team>``), or None when it is fine."""
+    if not isinstance(team, str) or not team:
+        return "must be a non-empty string"
+    if len(team) > MAX_NAME_LENGTH:
+        return f"is {len(team)} characters long; the limit is {MAX_NAME_LENGTH}"
+    if not PRINCIPAL_NAME_PATTERN.fullmatch(team):
+        return "must be lower case: start with a-z, then only a-z, 0-9, '_', '.' or '-'"
+    return None
+
+
+def suggest_team(team: object) -> str:
+    text = re.sub(r"[^a-z0-9_.-]+", "-", str(team).lower()).strip("-_.")
+    if not text or not text[0].isalpha():
+        text = f"team-{text}".rstrip("-")
+    return text[:MAX_NAME_LENGTH]
+
+
+def email_problem(contact: object) -> str | None:
+    """Why ``contact`` is not a plain email address, or None when it is one."""
+    if not isinstance(contact, str) or not contact:
+        return "must be a non-empty email address"
+    if len(contact) > MAX_EMAIL_LENGTH:
+        return f"is {len(contact)} characters long; the limit is {MAX_EMAIL_LENGTH}"
+    if not EMAIL_PATTERN.fullmatch(contact):
+        return (
+            "must be a plain email address such as 'sales-data@example.com' (letters, digits, "
+            "'.', '_', '+', '-' before the '@'; no spaces, quotes, ':', '#', braces or newlines)"
+        )
+    return None
+
+
+def principal_problem(principal: object) -> str | None:
+    """Why ``principal`` is not a domain, 'team:<name>' or 'user:<name>', or None."""
+    if not isinstance(principal, str) or not principal:
+        return "must be a non-empty string"
+    if len(principal.partition(":")[2] or principal) > MAX_NAME_LENGTH:
+        return f"is too long: a principal's name has at most {MAX_NAME_LENGTH} characters"
+    if not PRINCIPAL_PATTERN.fullmatch(principal):
+        return (
+            "must be a domain name, 'team:<name>' or 'user:<name>' (lower case letters, "
+            "digits, '_', '.', '-')"
+        )
     return None
 
 
@@ -84,7 +145,7 @@ def quote_ident(name: str) -> str:
 
     Reserved words are fine here (``main`` is a schema); values are bound, never formatted.
     """
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > MAX_NAME_LENGTH:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         raise InvalidNameError(
             f"SQL identifier {name!r} is not a plain snake_case name",
             fix=f"use a snake_case name such as {suggest_name(name)!r}",
@@ -122,7 +183,7 @@ class ProductAddress:
         """``sales.orders``, ``sales.orders_v2`` or ``urn:mesh:sales:orders:v2``."""
         if address.startswith("urn:mesh:"):
             parts = address.split(":")
-            if len(parts) == 5 and re.fullmatch(r"v[1-9]\d*", parts[4]):
+            if len(parts) == 5 and re.fullmatch(r"v[1-9][0-9]*", parts[4]):
                 return cls(parts[2], parts[3], int(parts[4][1:]))
             raise InvalidNameError(
                 f"product URN {address!r} must have the form urn:mesh:<domain>:<product>:v<major>",

@@ -8,7 +8,9 @@ import time: call :func:`load_mesh` where the settings are needed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +28,12 @@ POSTGRES_URL_ENV = "MESH_POSTGRES_URL"
 # Keys of mesh.yaml that may hold a URL; a password in one of them is refused (secrets come from
 # the environment, never from files in the repository).
 _URL_KEYS = (("catalog", "uri"), ("catalog", "warehouse"), ("s3_endpoint",))
+# State holds clear personal data (domain DuckDB files, raw landings, columns masked at read)
+# and secrets: its files are the owner's only, created that way (see private_umask).
+PRIVATE_UMASK = 0o077
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+log = logging.getLogger(__name__)
 
 
 class CatalogSettings(BaseModel):
@@ -74,6 +82,53 @@ class AlertSettings(BaseModel):
     )
 
 
+class QueryLimits(BaseModel):
+    """What one federated query may use (``mesh query``, QuerySession, read_product). Every
+    field may be left out: the defaults apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="A query still running after this is cancelled.",
+        examples=[60],
+    )
+    memory_limit: str = Field(
+        default="4GB",
+        pattern=r"^\d+(\.\d+)?\s?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory cap for the query's engine.",
+        examples=["2GB", "512MB"],
+    )
+    threads: int = Field(default=2, ge=1, le=256, description="Threads one query may use.")
+    max_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="A result larger than this is refused (aggregate, filter or LIMIT).",
+    )
+
+
+class QuerySettings(BaseModel):
+    """Query limits: defaults, and overrides per principal or team (the first that applies:
+    the principal's own entry, then the teams and domains it acts as, by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: QueryLimits = Field(default_factory=QueryLimits)
+    principals: dict[str, QueryLimits] = Field(
+        default_factory=dict,
+        description="Limits per principal id (user:<u>, team:<t>, a domain).",
+        examples=[{"team:bi": {"timeout_seconds": 600, "max_rows": 5000000}}],
+    )
+
+    def for_principal(self, acts_as: list[str]) -> QueryLimits:
+        """``acts_as``: the principal first, then what it acts as (sorted)."""
+        for name in acts_as:
+            if name in self.principals:
+                return self.principals[name]
+        return self.defaults
+
+
 class MeshSettings(BaseSettings):
     """Typed view of mesh.yaml. Environment variables (MESH_*) win over the file."""
 
@@ -98,6 +153,7 @@ class MeshSettings(BaseSettings):
     )
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
     profile: Literal["local", "production"] = Field(
         default="local",
         description="Deployment profile. local: the embedded default (sqlite files, local "
@@ -168,6 +224,55 @@ def find_root(start: Path | None = None) -> Path:
     )
 
 
+def private_umask() -> None:
+    """From now on, files and folders this process and the processes it starts create are their
+    owner's only (0600 / 0700).
+
+    Every writer of state honours the umask: DuckDB (the domain files, dbt-duckdb, COPY to
+    Parquet), pyiceberg's local FileIO (data, manifests, metadata), sqlite (the catalog and its
+    WAL), Dagster (the instance folder) and the platform's own files. Set before the first
+    write, they are created private: no window before a chmod. Idempotent; bits the umask
+    already masked stay masked.
+    """
+    current = os.umask(PRIVATE_UMASK)
+    os.umask(current | PRIVATE_UMASK)
+
+
+def make_private_dir(path: Path) -> Path:
+    """``path`` and each missing parent, created 0700 (``Path.mkdir(parents=True)`` gives the
+    parents the umask's default mode, whatever ``mode`` says)."""
+    missing = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent writer made it
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+    return path
+
+
+def tighten_tree(root: Path) -> int:
+    """Remove group and other permissions from ``root`` and everything below it (the root
+    first: that alone closes the tree); symbolic links are neither changed nor followed.
+    Returns how many entries were tightened."""
+    tightened = 0
+
+    def tighten(path: str) -> None:
+        nonlocal tightened
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile by a writer
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode) and mode & PRIVATE_UMASK:
+                os.chmod(path, stat.S_IMODE(mode) & ~PRIVATE_UMASK)
+                tightened += 1
+
+    tighten(str(root))
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            tighten(os.path.join(folder, name))
+    return tightened
+
+
 class Mesh:
     """A loaded mesh: its root, its settings, and every path derived from them.
 
@@ -180,6 +285,10 @@ class Mesh:
           warehouse/<domain>/...   Iceberg table data, one namespace per domain
           domains/<domain>/raw/    the domain's raw landing zone (Parquet)
           domains/<domain>/<domain>.duckdb
+          secrets/pii_salt         the salt of hashed personal data (without MESH_PII_SALT)
+          quarantine/records.jsonl batches quarantined for personal data (no values)
+
+    Everything in it is its owner's only (files 0600, folders 0700): see ensure_state_dir.
     """
 
     def __init__(self, root: Path, settings: MeshSettings) -> None:
@@ -259,6 +368,11 @@ class Mesh:
     def duckdb_path(self, domain: str) -> Path:
         return self.domain_state_dir(domain) / f"{domain}.duckdb"
 
+    @property
+    def quarantine_records(self) -> Path:
+        """Batches quarantined because they held personal data: one JSON line each (0600)."""
+        return self.state_dir / "quarantine" / "records.jsonl"
+
     def pii_salt(self) -> str:
         """Salt for hashing personal data: MESH_PII_SALT, else a random one kept in
         <state>/secrets/pii_salt (created on first use, readable by the owner only). Never a
@@ -269,13 +383,19 @@ class Mesh:
         if not path.is_file():
             import secrets
 
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".pii_salt.{os.getpid()}")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            with contextlib.suppress(FileExistsError):  # a concurrent first use won: keep it
-                os.link(tmp, path)
-            tmp.unlink()
+            make_private_dir(path.parent)
+            # Created 0600 whatever the umask (O_EXCL: never an existing file or a planted
+            # link), written whole, then linked into place: no reader sees a partial salt.
+            tmp = path.with_name(f".pii_salt.{os.getpid()}.{secrets.token_hex(4)}")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(tmp, flags, PRIVATE_FILE_MODE)
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+                with contextlib.suppress(FileExistsError):  # a concurrent first use won: keep it
+                    os.link(tmp, path)
+            finally:
+                tmp.unlink()
         return path.read_text().strip()
 
     def dbt_env(self) -> dict[str, str]:
@@ -283,17 +403,39 @@ class Mesh:
         return {"MESH_STATE_DIR": str(self.state_dir)}
 
     def ensure_state_dir(self) -> Path:
-        """Create the state layout, or fail with the path and the fix."""
+        """Create the state layout, its owner's only, or fail with the path and the fix.
+
+        The mesh CLI calls it before writing state (`mesh build`, `prepare`, `ui`): it sets the
+        process's umask (:func:`private_umask`), so what the process and its children (dbt,
+        the Dagster daemon, run workers) write later is created 0600 / 0700. Writers that may
+        run in a process the CLI did not start set the umask themselves (open_catalog, the raw
+        landing, the dbt run).
+        A state dir left open to group or others (by an older version: 0755 / 0644) is
+        tightened, and a warning says so.
+        """
+        private_umask()
         try:
+            make_private_dir(self.state_dir)
             for sub in ("dagster", "catalog", "warehouse", "domains"):
-                (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+                (self.state_dir / sub).mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
+            layout = [self.state_dir, *self.state_dir.iterdir()]
+            if any(not p.is_symlink() and p.lstat().st_mode & PRIVATE_UMASK for p in layout):
+                tightened = tighten_tree(self.state_dir)
+                log.warning(
+                    "state directory %s was open to group or others (made by an older version "
+                    "of the platform?): %d file(s) and folder(s) made owner-only (0600/0700)",
+                    self.state_dir,
+                    tightened,
+                )
             probe = self.state_dir / ".write-probe"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
             raise StateDirError(
-                f"state directory {self.state_dir} is not writable ({exc.strerror or exc})",
-                fix="make it writable, or point the mesh elsewhere with MESH_STATE_DIR=<dir> "
+                f"state directory {self.state_dir} is not writable, or cannot be made private "
+                f"({exc.strerror or exc})",
+                fix="make it owned and writable by the user running the mesh (who keeps it "
+                "0700), or point the mesh elsewhere with MESH_STATE_DIR=<dir> "
                 f"(or state_dir: in {MESH_FILE})",
                 path=self.state_dir,
             ) from exc

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from mesh_platform.access.consumption import consumption_problems
 from mesh_platform.addressing import raw_asset_key
-from mesh_platform.config import load_mesh
+from mesh_platform.config import load_mesh, private_umask
 from mesh_platform.dbt.checks import manifest_problems
 from mesh_platform.dbt.project import dbt_project, load_manifest, resolve_dbt_executable
 from mesh_platform.dbt.run import run_domain_dbt
@@ -186,6 +186,7 @@ def domain_definitions(
     """
     code_dir = Path(location_file).resolve().parent
     mesh = load_mesh(code_dir.parent.parent)
+    private_umask()  # Dagster processes the mesh CLI did not start write state too
     domain = load_domain(mesh, code_dir.name)
     manifest = load_manifest(domain)
     problems = manifest_problems(domain, manifest, list_domain_names(mesh))

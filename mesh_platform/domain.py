@@ -6,7 +6,6 @@ a whole. Every field has a type, a description and an example, so validation err
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,14 +13,18 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mesh_platform.addressing import name_problem
+from mesh_platform.addressing import (
+    email_problem,
+    name_problem,
+    suggest_name,
+    suggest_team,
+    team_problem,
+)
 from mesh_platform.config import Mesh
 from mesh_platform.errors import DomainError, format_validation_error
 from mesh_platform.sources.tpch import AVAILABLE_TABLES, table_problems
 
 DOMAIN_FILE = "domain.yaml"
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_TEAM = re.compile(r"^team:[A-Za-z0-9_.-]+$")
 
 
 class RawSources(BaseModel):
@@ -96,7 +99,8 @@ class DomainSpec(BaseModel):
     )
     owners: list[str] = Field(
         min_length=1,
-        description="Owning teams ('team:<name>') and contact emails, as Dagster shows them.",
+        description="Owning teams ('team:<name>', lower case) and contact emails (plain "
+        "addresses), as Dagster shows them.",
         examples=[["team:sales", "sales-data@example.com"]],
     )
     schedule: Schedule | None = Field(
@@ -118,12 +122,24 @@ class DomainSpec(BaseModel):
     @field_validator("owners")
     @classmethod
     def _owner_format(cls, owners: list[str]) -> list[str]:
-        bad = [o for o in owners if not (_EMAIL.match(o) or _TEAM.match(o))]
-        if bad:
-            raise ValueError(
-                f"owner(s) {', '.join(map(repr, bad))} must be an email or 'team:<name>'"
-            )
+        problems = [p for o in owners if (p := owner_problem(o))]
+        if problems:
+            raise ValueError("; ".join(problems))
         return owners
+
+
+def owner_problem(owner: str) -> str | None:
+    """Why ``owner`` is neither 'team:<name>' nor a plain email address, or None."""
+    if owner.startswith("team:"):
+        team = owner.removeprefix("team:")
+        if problem := team_problem(team):
+            return f"owner {owner!r}: the team name {problem}; write 'team:{suggest_team(team)}'"
+        return None
+    if "@" in owner and (problem := email_problem(owner)):
+        return f"owner {owner!r}: the contact {problem}"
+    if "@" not in owner:
+        return f"owner {owner!r} must be an email or 'team:<name>'"
+    return None
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,14 @@ class Domain:
 
 def load_domain(mesh: Mesh, name: str) -> Domain:
     """Load and validate one domain. Raises :class:`DomainError` naming the file and the fix."""
+    if problem := name_problem(name):  # before the name becomes a path
+        raise DomainError(
+            repr(name).strip("'"),
+            f"domain name {name!r} {problem}",
+            fix=f"rename the folder domains/<name> to a snake_case name such as "
+            f"{suggest_name(name)!r} (and its `name:` in {DOMAIN_FILE})",
+            path=mesh.domains_dir,
+        )
     code_dir = mesh.domains_dir / name
     descriptor = code_dir / DOMAIN_FILE
     if not code_dir.is_dir():
@@ -164,27 +188,15 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
             path=descriptor,
         )
     try:
-        data = yaml.safe_load(descriptor.read_text())
-    except yaml.YAMLError as exc:
-        raise DomainError(
-            name, f"{DOMAIN_FILE} is not valid YAML: {exc}", fix="fix the YAML", path=descriptor
-        ) from exc
-    try:
-        spec = DomainSpec.model_validate(data if data is not None else {})
-    except ValidationError as exc:
+        text = descriptor.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise DomainError(
             name,
-            f"invalid {DOMAIN_FILE}: {format_validation_error(exc)}",
-            fix="correct the fields listed (documented in mesh_platform/domain.py, DomainSpec)",
+            f"{DOMAIN_FILE} cannot be read ({exc})",
+            fix="make it a readable UTF-8 text file",
             path=descriptor,
         ) from exc
-    if spec.name != name:
-        raise DomainError(
-            name,
-            f"{DOMAIN_FILE} says name: {spec.name!r} but the folder is domains/{name}",
-            fix="make the folder name and the 'name' field agree",
-            path=descriptor,
-        )
+    spec = parse_domain_spec(name, text, path=descriptor)
     dbt_dir = mesh.dbt_projects_dir / name
     if not (dbt_dir / "dbt_project.yml").is_file():
         raise DomainError(
@@ -195,6 +207,34 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
             path=dbt_dir / "dbt_project.yml",
         )
     return Domain(spec=spec, code_dir=code_dir, dbt_project_dir=dbt_dir)
+
+
+def parse_domain_spec(name: str, text: str, *, path: Path) -> DomainSpec:
+    """Validate the text of ``domains/<name>/domain.yaml`` (the scaffolder checks the file it is
+    about to write with this too). Raises :class:`DomainError` naming the field and the fix."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DomainError(
+            name, f"{DOMAIN_FILE} is not valid YAML: {exc}", fix="fix the YAML", path=path
+        ) from exc
+    try:
+        spec = DomainSpec.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise DomainError(
+            name,
+            f"invalid {DOMAIN_FILE}: {format_validation_error(exc)}",
+            fix="correct the fields listed (documented in mesh_platform/domain.py, DomainSpec)",
+            path=path,
+        ) from exc
+    if spec.name != name:
+        raise DomainError(
+            name,
+            f"{DOMAIN_FILE} says name: {spec.name!r} but the folder is domains/{name}",
+            fix="make the folder name and the 'name' field agree",
+            path=path,
+        )
+    return spec
 
 
 def list_domain_names(mesh: Mesh) -> list[str]:

@@ -50,7 +50,13 @@ def test_every_problem_is_listed_with_its_file(marketing):
 def test_a_source_must_be_declared_raw_or_a_mesh_input(prepared_mesh):
     domain = load_domain(prepared_mesh, "sales")
     manifest = copy.deepcopy(load_manifest(domain))
-    _source(manifest, "customer_contact")["name"] = "crm_export"
+    source = _source(manifest, "customer_contact")
+    # Renamed as dbt renders it: the source, its raw file, and the SQL of the model reading it.
+    old = source["relation_name"]
+    new = old.replace("customer_contact.parquet", "crm_export.parquet")
+    source["name"], source["relation_name"] = "crm_export", new
+    for node in manifest["nodes"].values():
+        node["compiled_code"] = node["compiled_code"].replace(old, new)
     problems = manifest_problems(domain, manifest, list_domain_names(prepared_mesh))
     assert len(problems) == 1
     assert "raw.crm_export" in problems[0]

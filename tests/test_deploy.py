@@ -341,7 +341,9 @@ def test_helm_values_one_deployment_per_workspace_location_and_no_secrets(produc
 # --- the CLI -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["deploy"], ["deploy", "trino"], ["deploy", "helm"]])
+@pytest.mark.parametrize(
+    "command", [["deploy"], ["deploy", "trino"], ["deploy", "helm"], ["deploy", "s3-policies"]]
+)
 def test_deploy_commands_have_help(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -393,3 +395,151 @@ def test_cli_unwritable_output_is_a_clear_error(prepared_mesh, tmp_path, command
     assert "choose a writable directory for --output" in result.output
     assert "Traceback" not in result.output
     assert not Path(blocker / "out").exists()
+
+
+# --- object-store policies ------------------------------------------------------------------------
+
+WAREHOUSE_OBJECTS = "arn:aws:s3:::bucket/wh/"  # PRODUCTION_ENV's s3://bucket/wh
+OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+                  "s3:ListMultipartUploadParts"}  # fmt: skip
+
+
+def allowed(policy: dict, actions: set[str]) -> set[str]:
+    """The object prefixes (ARN without the trailing '*') ``policy`` allows any of ``actions``."""
+    return {
+        resource.removesuffix("*")
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Allow" and actions & set(statement["Action"])
+        for resource in statement["Resource"]
+        if resource.startswith(WAREHOUSE_OBJECTS)
+    }
+
+
+def consumed_from_others(mesh: Mesh, domain: str) -> set[str]:
+    from mesh_platform.dbt.nodes import consumed_products
+    from mesh_platform.dbt.project import load_manifest
+    from mesh_platform.domain import load_domain
+
+    return {str(a) for a, _ in consumed_products(load_manifest(load_domain(mesh, domain)))}
+
+
+def test_each_domains_policy_reaches_its_own_prefix_and_its_granted_inputs_only(production):
+    from mesh_platform.deploy.s3 import s3_policies
+
+    policies = s3_policies(production)
+    domains = list_domain_names(production)
+    assert sorted(policies.files) == sorted([*(f"{d}.json" for d in domains), "README.md"])
+    assert policies.notes == []  # every sample input is granted
+    for domain in domains:
+        policy = json.loads(policies.files[f"{domain}.json"].text)  # valid JSON
+        assert policy["Version"] == "2012-10-17"
+        assert {s["Effect"] for s in policy["Statement"]} == {"Allow"}  # default deny: the rest
+        assert all("*" not in a for s in policy["Statement"] for a in s["Action"])  # no s3:*
+        own = f"{WAREHOUSE_OBJECTS}{domain}/"
+        inputs = {f"{WAREHOUSE_OBJECTS}{a.replace('.', '/')}/" for a in consumed_from_others(
+            production, domain)}  # fmt: skip
+        assert allowed(policy, OBJECT_ACTIONS - {"s3:GetObject"}) == {
+            own,
+            f"{WAREHOUSE_OBJECTS}mesh/sla_history/",
+        }  # writes: its own prefix, and the SLA history each run appends to
+        assert allowed(policy, {"s3:GetObject"}) == {own, f"{WAREHOUSE_OBJECTS}mesh/"} | inputs
+        assert {str(a) for a in policies.inputs[domain]} == consumed_from_others(production, domain)
+        for other in set(domains) - {domain}:  # nothing of another domain but granted products
+            reachable = {r for r in allowed(policy, OBJECT_ACTIONS) if f"/wh/{other}/" in r}
+            assert reachable <= inputs, (domain, other)
+        (listing,) = [s for s in policy["Statement"] if "s3:ListBucket" in s["Action"]]
+        assert listing["Resource"] == ["arn:aws:s3:::bucket"]
+        prefixes = listing["Condition"]["StringLike"]["s3:prefix"]
+        assert {f"arn:aws:s3:::bucket/{p.removesuffix('*')}" for p in prefixes} == allowed(
+            policy, {"s3:GetObject"}) - {f"{WAREHOUSE_OBJECTS}mesh/sla_history/"}  # fmt: skip
+    marketing = json.loads(policies.files["marketing.json"].text)
+    assert f"{WAREHOUSE_OBJECTS}sales/orders/" in allowed(marketing, {"s3:GetObject"})
+    assert not any("/wh/sales/" in r for r in allowed(marketing, OBJECT_ACTIONS - {"s3:GetObject"}))
+    readme = policies.files["README.md"].text
+    assert "aws iam put-user-policy" in readme and "mc admin policy create" in readme
+
+
+def test_an_input_without_a_grant_is_left_out_of_the_policy(production, monkeypatch):
+    from mesh_platform.deploy.s3 import granted_inputs
+
+    granted, notes = granted_inputs(production, "marketing", today=dt.date(2100, 1, 1))
+    assert granted == [] and len(notes) == len(consumed_from_others(production, "marketing"))
+    assert all("left out of its policy" in n for n in notes)
+
+
+def test_the_policies_hold_in_an_s3_that_evaluates_iam(production, monkeypatch):
+    """moto evaluates IAM policies on object requests when auth is switched on (it ignores the
+    s3:prefix condition of ListBucket, so listing is covered by the structural test only)."""
+    import boto3
+    from moto import mock_aws
+    from moto.core import set_initial_no_auth_action_count
+
+    from mesh_platform.deploy.s3 import s3_policies
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    files = s3_policies(production).files
+    objects = ["wh/sales/orders/data/1.parquet", "wh/sales/customers/metadata/v1.json",
+               "wh/marketing/customer_segments/data/2.parquet", "wh/sales_eu/x/data/3.parquet",
+               "wh/mesh/sla_history/data/4.parquet"]  # fmt: skip
+    setup_calls = 3 * 3 + 1 + len(objects)  # users, policies, keys; bucket; objects
+
+    @set_initial_no_auth_action_count(setup_calls)
+    @mock_aws
+    def outcomes() -> dict[tuple[str, str, str], bool]:
+        iam, admin = boto3.client("iam"), boto3.client("s3")
+        keys = {}
+        for domain in ("sales", "logistics", "marketing"):
+            iam.create_user(UserName=f"mesh-{domain}")
+            iam.put_user_policy(UserName=f"mesh-{domain}", PolicyName=f"mesh-{domain}",
+                                PolicyDocument=files[f"{domain}.json"].text)  # fmt: skip
+            keys[domain] = iam.create_access_key(UserName=f"mesh-{domain}")["AccessKey"]
+        admin.create_bucket(Bucket="bucket")
+        for key in objects:
+            admin.put_object(Bucket="bucket", Key=key, Body=b"x")
+        seen = {}
+        for domain, key in keys.items():
+            s3 = boto3.client("s3", aws_access_key_id=key["AccessKeyId"],
+                              aws_secret_access_key=key["SecretAccessKey"])  # fmt: skip
+            for obj in objects:
+                for op, call in (("get", lambda o=obj: s3.get_object(Bucket="bucket", Key=o)),
+                                 ("put", lambda o=obj: s3.put_object(Bucket="bucket", Key=o,
+                                                                     Body=b"y"))):  # fmt: skip
+                    try:
+                        call()
+                        seen[(domain, op, obj)] = True
+                    except s3.exceptions.ClientError as exc:
+                        assert exc.response["Error"]["Code"] == "AccessDenied"
+                        seen[(domain, op, obj)] = False
+        return seen
+
+    seen = outcomes()
+    allowed_calls = {k for k, ok in seen.items() if ok}
+    assert allowed_calls == {
+        ("sales", "get", objects[0]), ("sales", "put", objects[0]),
+        ("sales", "get", objects[1]), ("sales", "put", objects[1]),
+        ("marketing", "get", objects[2]), ("marketing", "put", objects[2]),
+        ("marketing", "get", objects[0]), ("marketing", "get", objects[1]),  # granted: read only
+        *((d, op, objects[4]) for d in ("sales", "logistics", "marketing") for op in ("get", "put")),
+    }  # fmt: skip
+
+
+def test_cli_writes_the_s3_policies(production, tmp_path):
+    out = tmp_path / "s3"
+    result = CliRunner().invoke(
+        cli, ["--root", str(production.root), "deploy", "s3-policies", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("sales.json", "logistics.json", "marketing.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert "put-user-policy" in result.output
+
+
+def test_s3_policies_of_a_local_warehouse_are_a_clear_error(prepared_mesh, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["--root", str(prepared_mesh.root), "deploy", "s3-policies", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "not in an object store" in result.output and "s3://" in result.output
+    assert "Traceback" not in result.output

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mesh_platform.addressing import name_problem
 from mesh_platform.errors import MeshError, format_validation_error
 from mesh_platform.products.descriptor import PII_KINDS, normalise_principal
 
@@ -96,7 +97,9 @@ class Principals:
 
     def __init__(self, specs: dict[str, PrincipalSpec], domains: set[str], path: Path) -> None:
         self.specs = specs
-        self.domains = domains
+        # A folder of domains/ whose name breaks the naming rule is no principal (its domain
+        # does not load either, with its own error): it must not make every access fail.
+        self.domains = {d for d in domains if name_problem(d) is None}
         self.path = path
 
     def known(self, principal: str) -> bool:
@@ -157,6 +160,12 @@ def load_principals(root: Path, domains: set[str]) -> Principals:
     except yaml.YAMLError as exc:
         raise MeshError(
             f"{PRINCIPALS_FILE} is not valid YAML ({exc})", fix="fix its syntax", path=path
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MeshError(
+            f"{PRINCIPALS_FILE} cannot be read ({exc})",
+            fix="make it a readable UTF-8 text file",
+            path=path,
         ) from exc
     except ValidationError as exc:
         raise MeshError(

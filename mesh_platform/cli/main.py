@@ -89,6 +89,9 @@ def _prepare(mesh: Mesh, domains: list[str], *, force: bool = False) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of short error messages.")
 def cli(root: Path | None, debug: bool) -> None:
     """mesh: build, run and inspect a data mesh of domains on Dagster, dbt, DuckDB and Iceberg."""
+    from mesh_platform.config import private_umask
+
+    private_umask()  # every file a command writes (state, spills, exports) is the owner's only
 
 
 @cli.command()
@@ -885,6 +888,32 @@ def deploy_helm(ctx: click.Context, output: Path, image: str | None, secret: str
     out.print(f"Helm: one deployment per domain: {', '.join(config.locations)}", highlight=False)
     for warning in config.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+@deploy.command("s3-policies")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write <domain>.json and README.md to (created if missing).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def deploy_s3_policies(ctx: click.Context, output: Path) -> None:
+    """Write one object-store (IAM JSON) policy per domain of the s3:// warehouse: read/write on
+    the domain's own prefix, read on the platform's namespace and on the products it is granted,
+    nothing of other domains. README.md says how to apply them (AWS IAM, MinIO)."""
+    from mesh_platform.deploy.s3 import write_s3_policies
+
+    policies, paths = write_s3_policies(_mesh(ctx), output)
+    for path in paths:
+        out.print(f"  wrote {escape(str(path))}", highlight=False)
+    out.print(
+        f"object-store policies for {len(policies.inputs)} domain(s); apply each to that "
+        "domain's own credentials (aws iam put-user-policy / mc admin policy create: see "
+        "README.md), and regenerate after a grant changes.",
+        highlight=False,
+    )
+    for note in policies.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def _junit(results: dict) -> str:

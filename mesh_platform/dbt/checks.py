@@ -1,16 +1,20 @@
 """Load-time checks of a domain's dbt manifest against the mesh's rules.
 
 Pure functions over the manifest: every problem is collected (not just the first), each naming
-the node and the file that declares it, so a domain team fixes them all in one pass.
+the node and the file that declares it, so a domain team fixes them all in one pass. They include
+the isolation checks (:mod:`mesh_platform.dbt.isolation`): a domain's SQL reads only its ref()
+and source() relations, never another domain's files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mesh_platform.addressing import ProductAddress, name_problem
-from mesh_platform.dbt.translator import input_domain, is_product
+from mesh_platform.dbt.isolation import isolation_problems
+from mesh_platform.dbt.nodes import input_domain, is_product
 from mesh_platform.domain import Domain
 from mesh_platform.errors import MeshError
 from mesh_platform.products.descriptor import descriptor_from_node
@@ -20,10 +24,24 @@ def _where(node: Mapping[str, Any]) -> str:
     return node.get("original_file_path") or node.get("path") or "?"
 
 
+def _raw_dir(domain: Domain) -> Path:
+    from mesh_platform.config import load_mesh
+
+    return load_mesh(domain.code_dir.parent.parent).raw_dir(domain.name)
+
+
 def manifest_problems(
-    domain: Domain, manifest: Mapping[str, Any], known_domains: Iterable[str]
+    domain: Domain,
+    manifest: Mapping[str, Any],
+    known_domains: Iterable[str],
+    *,
+    raw_dir: Path | None = None,
 ) -> list[str]:
-    """Every way the domain's dbt project breaks the mesh's rules (empty when compliant)."""
+    """Every way the domain's dbt project breaks the mesh's rules (empty when compliant).
+
+    ``raw_dir``: the domain's raw area, the only place its sources may read files from
+    (default: from the mesh holding the domain, as ``mesh prepare`` rendered it).
+    """
     known = set(known_domains)
     raw_tables = set(domain.spec.raw.tables) if domain.spec.raw else set()
     problems = []
@@ -75,4 +93,5 @@ def manifest_problems(
                 ProductAddress.parse(f"{producer}.{node['name']}")
             except MeshError as exc:
                 problems.append(f"{where}: {exc.what}")
-    return problems
+    raw_dir = raw_dir if raw_dir is not None else _raw_dir(domain)
+    return problems + isolation_problems(domain.name, manifest, raw_dir=raw_dir)

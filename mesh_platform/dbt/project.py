@@ -3,20 +3,36 @@
 Code locations never run ``dbt parse`` at import (it costs seconds in every process): the manifest
 is prepared by ``mesh prepare`` (also run by ``mesh build`` and ``mesh ui``) and only read when a
 code location loads. Preparation is skipped when the project's files have not changed.
+
+Preparing is ``dbt parse`` (the manifest, and the partial-parse state the runs reuse) then, for a
+project whose text passes the isolation checks, ``dbt compile`` against an empty scratch
+database: each node's compiled SQL is added to the manifest, where the load-time checks read it
+(:mod:`mesh_platform.dbt.isolation`).
+
+Every dbt invocation of the platform uses the profile the platform writes
+(:func:`dbt_profile`), never the project's own ``profiles.yml`` (kept for running dbt by hand):
+the domain's DuckDB file, and a dbt-duckdb plugin that confines the connection to the domain's
+own folders before any of its SQL runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from mesh_platform.config import Mesh, environment
+from mesh_platform.dbt.isolation import domain_directories
 from mesh_platform.domain import Domain
 from mesh_platform.errors import DbtExecutableNotFoundError, DomainError
 
@@ -26,6 +42,56 @@ if TYPE_CHECKING:
 PLATFORM_DBT_PACKAGE = Path(__file__).parent / "dbt_package"
 FINGERPRINT_FILE = "mesh_prepared.json"
 _FINGERPRINTED_SUFFIXES = {".sql", ".yml", ".yaml", ".csv", ".md", ".py"}
+# Part of the fingerprint: a manifest prepared by an older platform (no compiled SQL) is redone.
+_PREPARE_FORMAT = b"mesh-prepare/2: parse + compile in the isolated profile"
+ISOLATION_PLUGIN = "mesh_platform.dbt.duckdb_plugin"
+RUN_TARGET = "run"
+COMPILE_TARGET = "compile"
+COMPILE_TARGET_PATH = "target/mesh_compile"
+DBT_THREADS = 2
+
+
+def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = None) -> dict:
+    """The dbt profile of ``domain`` (named after it): target ``run`` on the domain's DuckDB
+    file, and ``compile`` on ``compile_database`` (a scratch file named ``<domain>.duckdb``, so
+    relations render with the same database name). Both open through the isolation plugin.
+
+    Nothing else: no ``attach``, ``settings``, ``extensions``, ``filesystems`` or other plugins.
+    """
+    allowed = [str(d) for d in domain_directories(mesh, domain.name)]
+
+    def output(path: Path) -> dict[str, Any]:
+        return {
+            "type": "duckdb",
+            "path": str(path),
+            "threads": DBT_THREADS,
+            "plugins": [
+                {
+                    "module": ISOLATION_PLUGIN,
+                    "alias": "mesh_isolation",
+                    "config": {"allowed_directories": list(allowed)},
+                }
+            ],
+        }
+
+    outputs = {RUN_TARGET: output(mesh.duckdb_path(domain.name))}
+    if compile_database is not None:
+        outputs[COMPILE_TARGET] = output(compile_database)
+    return {domain.name: {"target": RUN_TARGET, "outputs": outputs}}
+
+
+@contextlib.contextmanager
+def platform_profile(mesh: Mesh, domain: Domain) -> Iterator[Path]:
+    """A private directory holding ``profiles.yml`` with :func:`dbt_profile` (and the compile
+    target's scratch database), removed afterwards. Pass ``--profile <domain>``."""
+    with tempfile.TemporaryDirectory(prefix=f"mesh-dbt-{domain.name}-") as tmp:
+        profiles_dir = Path(tmp)
+        scratch = profiles_dir / "scratch" / f"{domain.name}.duckdb"
+        scratch.parent.mkdir()
+        profile = dbt_profile(mesh, domain, compile_database=scratch)
+        (profiles_dir / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False))
+        mesh.duckdb_path(domain.name).parent.mkdir(parents=True, exist_ok=True)
+        yield profiles_dir
 
 
 def resolve_dbt_executable(mesh: Mesh) -> str:
@@ -62,7 +128,7 @@ def manifest_path(domain: Domain) -> Path:
 
 def fingerprint(domain: Domain) -> str:
     """Hash of every file that changes what ``dbt parse`` produces."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_PREPARE_FORMAT)
     roots = [domain.dbt_project_dir, PLATFORM_DBT_PACKAGE]
     for root in roots:
         for path in sorted(root.rglob("*")):
@@ -89,8 +155,8 @@ def _link_platform_package(domain: Domain) -> None:
     link.symlink_to(os.path.relpath(PLATFORM_DBT_PACKAGE, packages_dir), target_is_directory=True)
 
 
-def _parse(mesh: Mesh, domain: Domain) -> None:
-    """``dbt parse`` in this process (dbtRunner): dbt is imported once for all domains."""
+def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args: str) -> None:
+    """``dbt <command>`` in this process (dbtRunner): dbt is imported once for all domains."""
     from dbt.cli.main import dbtRunner
 
     errors: list[str] = []
@@ -104,11 +170,14 @@ def _parse(mesh: Mesh, domain: Domain) -> None:
         with environment(env):
             result = dbtRunner(callbacks=[_collect]).invoke(
                 [
-                    "parse",
+                    command,
                     "--project-dir",
                     str(domain.dbt_project_dir),
                     "--profiles-dir",
-                    str(domain.dbt_project_dir),
+                    str(profiles_dir),
+                    "--profile",
+                    domain.name,
+                    *args,
                     "--quiet",
                     "--no-use-colors",
                 ]
@@ -122,11 +191,33 @@ def _parse(mesh: Mesh, domain: Domain) -> None:
         detail = "\n    ".join(dict.fromkeys(e for m in errors for e in m.splitlines()[-12:]))
         raise DomainError(
             domain.name,
-            f"`dbt parse` failed in its dbt project:\n    {detail or 'no detail from dbt'}",
+            f"`dbt {command}` failed in its dbt project:\n    {detail or 'no detail from dbt'}",
             fix=f"fix the dbt error above in dbt_projects/{domain.name}, then run "
             f"`mesh prepare --domain {domain.name}`",
             path=domain.dbt_project_dir,
         )
+
+
+def _compile_into_manifest(mesh: Mesh, domain: Domain, profiles_dir: Path) -> None:
+    """Add each node's compiled SQL (``dbt compile`` on the scratch database, into its own
+    target path) to the prepared manifest, which keeps the run target's parse state."""
+    _invoke(
+        mesh, domain, profiles_dir, "compile",
+        "--target", COMPILE_TARGET, "--target-path", COMPILE_TARGET_PATH,
+        "--no-partial-parse",  # the scratch database's path differs on every compile
+    )  # fmt: skip
+    compiled = json.loads(
+        (domain.dbt_project_dir / COMPILE_TARGET_PATH / "manifest.json").read_text()
+    )
+    path = manifest_path(domain)
+    manifest = json.loads(path.read_text())
+    for uid, node in manifest["nodes"].items():
+        if (code := compiled["nodes"].get(uid, {}).get("compiled_code")) is not None:
+            node["compiled_code"] = code
+            node["compiled"] = True
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(manifest))
+    tmp.replace(path)
 
 
 def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
@@ -144,7 +235,15 @@ def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
                 return False
         except ValueError:
             pass
-    _parse(mesh, domain)
+    from mesh_platform.dbt.isolation import text_problems
+
+    with platform_profile(mesh, domain) as profiles_dir:
+        _invoke(mesh, domain, profiles_dir, "parse", "--target", RUN_TARGET)
+        manifest = json.loads(manifest_path(domain).read_text())
+        # A project whose text is refused is not compiled: its Jinja never runs, and the
+        # load-time checks report the problems from the parsed manifest.
+        if not text_problems(domain.name, manifest, raw_dir=mesh.raw_dir(domain.name)):
+            _compile_into_manifest(mesh, domain, profiles_dir)
     stamp.write_text(json.dumps({"fingerprint": current}))
     return True
 

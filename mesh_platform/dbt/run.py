@@ -5,7 +5,10 @@
 1. Products the domain consumes (mesh-input sources) are copied from their producers' current
    Iceberg snapshots into the domain's DuckDB, pinning one snapshot for the whole run.
 2. ``dbt build`` runs models and tests in the domain's own DuckDB (contracts stop a model before
-   it is built; tests run after).
+   it is built; tests run after), with the profile the platform writes, whatever the code
+   location's dbt resource says: its connection is confined to the domain's own folders
+   (:mod:`mesh_platform.dbt.isolation`), so a model cannot read, write or ATTACH another
+   domain's files even if the load-time checks missed it.
 3. Each product dbt built is written to an audit branch of its Iceberg table, and main is
    fast-forwarded to it only if none of the product's blocking checks failed. DuckDB allows one
    writer process, so this waits until dbt has exited; materialisations are reported after
@@ -16,13 +19,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from mesh_platform.config import Mesh, environment
+from mesh_platform.config import Mesh, environment, private_umask
+from mesh_platform.dbt.project import RUN_TARGET, platform_profile
 from mesh_platform.dbt.translator import MeshDbtTranslator
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
@@ -41,6 +46,23 @@ def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> lis
     from mesh_platform.access.consumption import stage_inputs as stage
 
     return stage(mesh, domain.name, manifest)
+
+
+@contextlib.contextmanager
+def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[DbtCliResource]:
+    """``dbt`` (its project and executable) on the platform's isolated profile of ``domain``,
+    with the mesh's environment; the profile is removed when the block exits, so the dbt
+    process must have finished by then."""
+    with platform_profile(mesh, domain) as profiles_dir, environment(mesh.dbt_env()):
+        yield DbtCliResource(
+            project_dir=dbt.project_dir,
+            global_config_flags=dbt.global_config_flags,
+            profiles_dir=str(profiles_dir),
+            profile=domain.name,
+            target=RUN_TARGET,
+            dbt_executable=dbt.dbt_executable,
+            state_path=dbt.state_path,
+        )
 
 
 def _run_results(invocation: Any) -> dict[str, Any]:
@@ -222,6 +244,9 @@ def run_domain_dbt(
     translator: MeshDbtTranslator,
 ) -> Iterator[Any]:
     prewarm(translator.descriptors.values())  # imports overlap the dbt subprocess
+    # The domain's DuckDB holds clear personal data (before masking): this process, and dbt
+    # started from it, create files owner-only, whoever launched the run.
+    private_umask()
     staged = stage_inputs(mesh, domain, manifest)
     for item in staged:
         limits = (f", masked: {', '.join(item.masked)}" if item.masked else "") + (
@@ -234,9 +259,9 @@ def run_domain_dbt(
     inputs = {str(s.address): s.snapshot_id for s in staged}
 
     # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
-    with environment(mesh.dbt_env()):  # read by the domain's profiles.yml and sources
-        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
-    events = list(invocation.stream())
+    with isolated_dbt(dbt, mesh, domain) as isolated:  # env: read by the sources' locations
+        invocation = isolated.cli(["build"], context=context, raise_on_error=False)
+        events = list(invocation.stream())
 
     nodes = manifest["nodes"]
     product_ids = {d.address.asset_key: uid for uid, d in translator.descriptors.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,6 +73,91 @@ class PiiMasking(Policy):
                         f"personal data ({column.classification}) would be published in clear",
                         column=column.name,
                     )
+
+
+# A column's name says personal data when its `_`-separated tokens contain one of these runs of
+# tokens (whole tokens: `phonetic_code` and `addressable_market` say nothing). First match wins,
+# so `email_address` is an email and `ip_address` an IP address, not a postal address. `name`
+# alone is not personal (`customer_name` is an account name, `part_name` a product's): only a
+# person's name is (`first_name`, `full_name`, `contact_name`, `surname`...).
+_PII_NAMES = {  # kind -> runs of tokens, comma-separated
+    "email": "email, e mail",
+    "phone": "phone, telephone, cellphone, mobile number, msisdn, fax number",
+    "national_id": "ssn, passport, social security, national id, tax id, driver license, "
+    "driving licence",
+    "iban": "iban",
+    "credit_card": "card number, credit card, cc number",
+    "date_of_birth": "birth, dob, birthday, birthdate",
+    "ip_address": "ip, ipv4, ipv6",
+    "name": "first name, last name, full name, person name, contact name, given name, "
+    "family name, middle name, maiden name, firstname, lastname, fullname, surname",
+    "address": "address, street",
+}
+PII_NAME_TOKENS: dict[tuple[str, ...], str] = {
+    tuple(run.split()): kind for kind, runs in _PII_NAMES.items() for run in runs.split(", ")
+}
+# Tokens of a column *about* personal data rather than holding it: `email_count`, `has_phone`,
+# `is_email_verified`, `address_type`, `email_domain`. Anything else is what a waiver is for.
+ABOUT_TOKENS = frozenset({"count", "has", "is", "type", "status", "domain", "consent", "flag"})
+_IDENTIFIER = re.compile(r'"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)')
+
+
+def name_tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+def pii_name_kind(name: str) -> str | None:
+    """The personal-data kind a column (or field) name says, None if it says none."""
+    tokens = name_tokens(name)
+    if ABOUT_TOKENS.intersection(tokens):
+        return None
+    for run, kind in PII_NAME_TOKENS.items():
+        if any(tuple(tokens[i : i + len(run)]) == run for i in range(len(tokens))):
+            return kind
+    return None
+
+
+def nested_field_names(data_type: str | None) -> list[str]:
+    """Identifiers in a declared nested type (`struct(email varchar)[]`): its field names (and
+    type keywords, which never name personal data)."""
+    return [quoted or bare for quoted, bare in _IDENTIFIER.findall(data_type or "")]
+
+
+@register_policy
+class PiiColumnNames(Policy):
+    id = "pii_column_names"
+    description = (
+        "A column whose name (or a nested field's) says personal data (email, phone, ssn, "
+        "passport, iban, card number, birth date, address, a person's name, IP address) is "
+        "classified as personal data (pii:<kind>). The gate's pii_detection scans the values."
+    )
+    remedy = "classify the column pii:<kind> with a masking rule, or rename it"
+
+    def evaluate(self, ctx: PolicyContext) -> Iterator[Violation]:
+        for d in ctx.descriptors:
+            for column in d.columns:
+                if column.classification is None or column.pii_kind:
+                    continue  # unclassified: required_metadata reports it
+                kind, field_ = pii_name_kind(column.name), None
+                if kind is None:
+                    field_, kind = next(
+                        ((f, k) for f in nested_field_names(column.data_type)
+                         if (k := pii_name_kind(f))),
+                        (None, None),
+                    )  # fmt: skip
+                if kind is None:
+                    continue
+                said = f"its field {field_!r}" if field_ else "its name"
+                yield self.violation(
+                    d,
+                    f"{said} says personal data ({kind}) but the column is classified "
+                    f"{column.classification!r}",
+                    column=column.name,
+                    fix=f"classify it `classification: 'pii:{kind}'` with a masking rule (hash, "
+                    "redact, truncate, tokenise), or rename it; if it holds no personal data, "
+                    f"the council can waive it in governance.yaml: `waivers: [{{product: "
+                    f"{d.address}, policy: {self.id}, reason: '...', expires: YYYY-MM-DD}}]`",
+                )
 
 
 @register_policy

@@ -44,7 +44,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mesh_platform.addressing import ProductAddress
+from mesh_platform.addressing import (
+    ProductAddress,
+    email_problem,
+    principal_problem,
+    suggest_team,
+    team_problem,
+)
 from mesh_platform.errors import MeshError, format_validation_error
 
 DESCRIPTOR_META_KEY = "mesh"
@@ -52,11 +58,10 @@ CLASSIFICATION_META_KEY = "classification"
 MASKING_META_KEY = "masking"
 MASKING_AT_META_KEY = "masking_at"
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-PRINCIPAL_PATTERN = r"^((team|user):)?[a-z][a-z0-9_.-]*$"
-_PRINCIPAL = re.compile(PRINCIPAL_PATTERN)
-_DURATION = re.compile(r"^(\d+)\s*(m|h|d)$")
+# Full-match patterns (\A...\Z, fullmatch): `$` would accept a trailing newline. Names, teams,
+# contacts and principals follow the rules of mesh_platform/addressing.py.
+_SEMVER = re.compile(r"\A(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\Z", re.ASCII)
+_DURATION = re.compile(r"\A([0-9]+) *(m|h|d)\Z", re.ASCII)
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 PII_KINDS = frozenset(
@@ -93,7 +98,7 @@ SUPPORTED_EXPECTATIONS = frozenset(
 
 def parse_duration(text: str) -> dt.timedelta:
     """'90m', '26h', '7d' -> timedelta."""
-    match = _DURATION.match(str(text).strip())
+    match = _DURATION.fullmatch(str(text).strip())
     if not match:
         raise ValueError(f"duration {text!r} must look like '90m', '26h' or '7d'")
     return dt.timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
@@ -104,21 +109,26 @@ class Owner(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    team: str = Field(description="Owning team, shown as 'team:<team>'.", examples=["sales"])
-    contact: str = Field(description="Contact email.", examples=["sales-data@example.com"])
+    team: str = Field(
+        description="Owning team, shown as 'team:<team>': lower case, a-z, 0-9, '_', '.', '-'.",
+        examples=["sales"],
+    )
+    contact: str = Field(
+        description="Contact: one plain email address.", examples=["sales-data@example.com"]
+    )
 
     @field_validator("team")
     @classmethod
     def _team(cls, team: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]+$", team):
-            raise ValueError("must be letters, digits, '.', '_' or '-' (e.g. 'sales')")
+        if problem := team_problem(team):
+            raise ValueError(f"owner team {team!r} {problem}; write it as {suggest_team(team)!r}")
         return team
 
     @field_validator("contact")
     @classmethod
     def _contact(cls, contact: str) -> str:
-        if not _EMAIL.match(contact):
-            raise ValueError("must be an email address (e.g. 'sales-data@example.com')")
+        if problem := email_problem(contact):
+            raise ValueError(f"contact {contact!r} {problem}")
         return contact
 
     @property
@@ -239,14 +249,11 @@ class PartitionBy(BaseModel):
 
 def normalise_principal(value: str) -> str:
     """'domain:sales' -> 'sales'; a principal is a domain, 'team:<t>' or 'user:<u>'."""
-    value = str(value).strip()
+    value = str(value)
     if value.startswith("domain:"):
         value = value[len("domain:") :]
-    if not _PRINCIPAL.match(value):
-        raise ValueError(
-            f"principal {value!r} must be a domain name, 'team:<name>' or 'user:<name>' "
-            "(lower case letters, digits, '_', '.', '-')"
-        )
+    if problem := principal_problem(value):
+        raise ValueError(f"principal {value!r} {problem}")
     return value
 
 
@@ -323,7 +330,7 @@ class DescriptorBody(BaseModel):
     @field_validator("version")
     @classmethod
     def _semver(cls, version: str) -> str:
-        if not _SEMVER.match(str(version)):
+        if not _SEMVER.fullmatch(str(version)):
             raise ValueError("must be a semantic version MAJOR.MINOR.PATCH, e.g. '1.0.0'")
         return str(version)
 
@@ -459,6 +466,21 @@ class ProductDescriptor(BaseModel):
                 props[f"mesh.masking.{col.name}"] = f"{col.masking}@{col.masking_at}"
         return props
 
+    def classification_record(self) -> dict[str, dict[str, str | None]]:
+        """The columns' classification and masking, as published with each snapshot (summary
+        property :data:`CLASSIFICATION_PROPERTY`, JSON): reads at a snapshot are masked by the
+        strictest of its record and the current descriptor, so time travel never unmasks."""
+        return {
+            col.name: {"classification": col.classification, "masking": col.masking,
+                       "at": col.masking_at if col.masking else None}
+            for col in self.columns
+            if col.classification
+        }  # fmt: skip
+
+
+# Snapshot summary property: the classification and masking each snapshot was published under.
+CLASSIFICATION_PROPERTY = "mesh.classification"
+
 
 class DescriptorError(MeshError):
     """A product's descriptor is missing or invalid."""
@@ -563,6 +585,12 @@ def load_python_descriptor(path: Path, domain: str, source_file: str) -> Product
         raise DescriptorError(
             f"{label} is not valid YAML ({exc})", fix="fix the YAML syntax", path=source_file
         ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DescriptorError(
+            f"{label} cannot be read ({exc})",
+            fix="make it a readable UTF-8 text file",
+            path=source_file,
+        ) from exc
     try:
         parsed = PythonDescriptorFile.model_validate(raw)
         missing = [c.name for c in parsed.columns if not c.data_type]
@@ -573,7 +601,7 @@ def load_python_descriptor(path: Path, domain: str, source_file: str) -> Product
                 "the columns are the product's enforced contract",
                 path=source_file,
             )
-        return ProductDescriptor(
+        descriptor = ProductDescriptor(
             domain=domain,
             name=parsed.name,
             description=parsed.description,
@@ -582,6 +610,8 @@ def load_python_descriptor(path: Path, domain: str, source_file: str) -> Product
             source_file=source_file,
             built_with="python",
         )
+        descriptor.address  # noqa: B018 - validates the domain and product names
+        return descriptor
     except ValidationError as exc:
         raise DescriptorError(
             f"{label}: invalid descriptor: {format_validation_error(exc)}",

@@ -19,6 +19,10 @@ mesh's name for "the model built under its enforced contract").
 Hook point: another module adds a check with :func:`register_gate_check`; it is declared on
 every product it :meth:`GateCheck.applies` to and evaluated in the same gate. The governance
 policies plug in here.
+
+A check that declares itself a personal-data policy (``personal_data = True``) changes what
+happens to a batch it blocks: instead of staying on its audit branch for inspection, the batch
+is quarantined at once (its files deleted from the warehouse; products/publish.py).
 """
 
 from __future__ import annotations
@@ -109,10 +113,15 @@ class GateContext:
 
 
 class GateCheck:
-    """A check of the gate. Subclass, set ``name``/``description``, implement ``evaluate``."""
+    """A check of the gate. Subclass, set ``name``/``description``, implement ``evaluate``.
+
+    ``personal_data``: the check is a personal-data policy. A batch it blocks holds personal
+    data where it must not: it is quarantined at once rather than kept for inspection.
+    """
 
     name: str = ""
     description: str = ""
+    personal_data: bool = False
 
     def applies(self, descriptor: ProductDescriptor) -> bool:
         return True
@@ -183,6 +192,20 @@ def register_gate_check(check: GateCheck) -> GateCheck:
 
 def unregister_gate_check(name: str) -> None:
     _REGISTRY[:] = [c for c in _REGISTRY if c.name != name]
+
+
+# The shipped personal-data policies (governance/data.py) are known by name as well as by their
+# attribute: quarantine must not be switched off by a rewrite that forgets the attribute, nor by
+# unregistering the check.
+PERSONAL_DATA_POLICIES = frozenset({"pii_detection", "pii_masking_verified"})
+
+
+def is_personal_data_policy(name: str) -> bool:
+    """Whether the check called ``name`` is a personal-data policy (a batch it blocks is
+    quarantined). Checks declare it with ``personal_data = True``."""
+    if name in PERSONAL_DATA_POLICIES:
+        return True
+    return any(getattr(c, "personal_data", False) for c in _REGISTRY if c.name == name)
 
 
 def gate_checks(descriptor: ProductDescriptor) -> list[GateCheck]:

@@ -6,22 +6,34 @@ The caller hands over the rows as a DuckDB relation (dbt products: the model in 
 DuckDB; Python products: the returned Arrow table, registered in an in-memory DuckDB) and the
 names of checks that already failed outside the gate (dbt tests). The result carries every
 check outcome, so the caller can report each one as a Dagster asset check result.
+
+A batch blocked by a personal-data policy (gate.is_personal_data_policy) is quarantined at
+once: its audit branch dropped, its data files and manifests deleted from the warehouse. What
+was found (column, kind, rows: never a value) is in the failure message, the check's metadata
+and, for runs, one JSON line of ``<state>/quarantine/records.jsonl`` (owner-only).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.addressing import quote_ident
+from mesh_platform.config import PRIVATE_FILE_MODE, make_private_dir
 from mesh_platform.governance.data import masked_relation  # also registers the data policies
-from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.descriptor import CLASSIFICATION_PROPERTY, ProductDescriptor
 from mesh_platform.products.gate import (
     SCHEMA_CHECK,
     CheckOutcome,
     GateContext,
+    is_personal_data_policy,
     run_gate,
 )
 
@@ -33,6 +45,7 @@ if TYPE_CHECKING:
 
     from mesh_platform.config import Mesh
     from mesh_platform.storage.iceberg import AuditStage
+    from mesh_platform.storage.maintenance import Quarantine
 
 
 @dataclass
@@ -45,10 +58,44 @@ class Publication:
     error: str | None = None  # why it was not published
     partitions: str | None = None  # partitioned products: what this run replaced
     failed_elsewhere: tuple[str, ...] = ()  # blocking checks run outside the gate (dbt tests)
+    quarantine: Quarantine | None = None  # blocked for personal data: removed from the warehouse
 
     @property
     def published(self) -> bool:
         return self.snapshot_id is not None
+
+    @property
+    def personal_data_failures(self) -> list[str]:
+        """The blocking checks that failed and are personal-data policies."""
+        return sorted(
+            name
+            for name, outcome in self.outcomes.items()
+            if outcome.blocks and is_personal_data_policy(name)
+        )
+
+    def findings(self) -> list[dict[str, Any]]:
+        """What the failed personal-data policies found, one item per column and kind: check,
+        column, kind, rows (None: not counted, e.g. a column with no masking rule). Only names
+        and counts from the checks' metadata, never their free text: it can never hold a
+        value. A check that reports neither hits nor problems gives one item with no column."""
+        kinds = self.descriptor.pii_columns
+        found: list[dict[str, Any]] = []
+        for name in self.personal_data_failures:
+            metadata = self.outcomes[name].metadata
+            before = len(found)
+            hits = metadata.get("hits")  # pii_detection: {column: {kind: rows}}
+            for column, by_kind in sorted(hits.items()) if isinstance(hits, Mapping) else ():
+                for kind, rows in sorted(by_kind.items()) if isinstance(by_kind, Mapping) else ():
+                    found.append({"check": name, "column": str(column), "kind": str(kind),
+                                  "rows": int(rows)})  # fmt: skip
+            problems = metadata.get("problems")  # pii_masking_verified: {column: why}
+            for column, why in sorted(problems.items()) if isinstance(problems, Mapping) else ():
+                counted = re.match(r"(\d+) row", str(why))
+                found.append({"check": name, "column": str(column), "kind": kinds.get(column),
+                              "rows": int(counted[1]) if counted else None})  # fmt: skip
+            if len(found) == before:
+                found.append({"check": name, "column": None, "kind": None, "rows": None})
+        return found
 
     @property
     def failed_checks(self) -> list[str]:
@@ -185,13 +232,16 @@ def publish_product(
             "mesh.run_id": run_id,
             "mesh.product_version": descriptor.body.version,
             "mesh.domain": descriptor.domain,
+            CLASSIFICATION_PROPERTY: json.dumps(descriptor.classification_record(), sort_keys=True),
         },
         table_properties=descriptor.iceberg_properties(),
         partitioning=partition_plan.partitioning if partition_plan else None,
         gate=gate,
+        quarantine_if=lambda failures: any(is_personal_data_policy(n) for n in failures),
     )
     publication.stage = result.stage
     publication.snapshot_id = result.published_snapshot_id
+    publication.quarantine = result.quarantine
     if partition_plan is not None and publication.published:
         # The fingerprints describe main only if this batch was staged on the main the plan
         # was made from. Otherwise (a concurrent writer published in between, perhaps while
@@ -212,10 +262,66 @@ def publish_product(
     if not publication.published:
         publication.error = (
             f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
-            f"Main stays at snapshot {result.stage.base_snapshot_id}; the rejected data is on "
-            f"branch {result.stage.branch}"
+            f"Main stays at snapshot {result.stage.base_snapshot_id}; "
         )
+        if (quarantine := result.quarantine) is None:
+            publication.error += f"the rejected data is on branch {result.stage.branch}"
+        else:
+            publication.error += (
+                f"the batch held personal data ({_describe(publication.findings())}) and was "
+                f"quarantined at once: branch {quarantine.branch} dropped, its "
+                f"{len(quarantine.deleted_files)} data and manifest file(s) deleted"
+            )
+            for name in publication.personal_data_failures:  # shown with the Dagster check
+                publication.outcomes[name].metadata.update(
+                    {"quarantined": True, "deleted_files": len(quarantine.deleted_files)}
+                )
     return publication
+
+
+def _describe(findings: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{f['check']}: column {f['column']}"
+        + (f": {f['kind']}" if f["kind"] else "")
+        + (f" in {f['rows']} row(s)" if f["rows"] is not None else "")
+        if f["column"] is not None
+        else f["check"]
+        for f in findings
+    )
+
+
+def record_quarantine(path: Path, publication: Publication, run_id: str) -> None:
+    """Append a quarantined batch's record to ``path`` (JSON lines, created 0600): product,
+    batch and run, main's snapshot, what the policies found (column, kind, rows; never a value)
+    and what was removed.
+
+    An incident record for whoever answers for personal data, kept beside the query audit log
+    and owner-only like it, rather than in the SLA history: that table is readable by every
+    principal, keeps the first 500 characters of the failure message only, and measures
+    service levels, not incidents. (It still records the blocked run and its message.)"""
+    quarantine, stage = publication.quarantine, publication.stage
+    assert quarantine is not None and stage is not None
+    entry = {
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "product": str(publication.descriptor.address),
+        "version": publication.descriptor.body.version,
+        "batch_id": stage.batch_id,
+        "run_id": run_id,
+        "main_snapshot_id": stage.base_snapshot_id,
+        "failed_checks": publication.failed_checks,
+        "findings": publication.findings(),
+        "expired_snapshots": list(quarantine.snapshot_ids),
+        "deleted_files": list(quarantine.deleted_files),
+    }
+    data = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    make_private_dir(path.parent)
+    # One O_APPEND write per record: concurrent runs interleave whole lines.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def publish_in_run(
@@ -232,11 +338,9 @@ def publish_in_run(
     """publish_product as a Dagster run does it: the run id is the batch id, the input
     snapshots are recorded, the mesh's salt masks personal data, and the council's waivers and
     severities apply to the data policies."""
-    import json
-
     from mesh_platform.governance.evaluate import gate_exemptions
 
-    return publish_product(
+    publication = publish_product(
         catalog,
         descriptor,
         conn,
@@ -248,3 +352,13 @@ def publish_in_run(
         salt=mesh.pii_salt(),
         exemptions=gate_exemptions(mesh, str(descriptor.address)),
     )
+    if publication.quarantine is not None:
+        try:
+            record_quarantine(mesh.quarantine_records, publication, run_id)
+            publication.error = f"{publication.error} (recorded in {mesh.quarantine_records})"
+        except OSError as exc:  # the batch is gone either way: say that its record is missing
+            publication.error = (
+                f"{publication.error} (its quarantine record could not be written to "
+                f"{mesh.quarantine_records}: {exc.strerror or exc})"
+            )
+    return publication

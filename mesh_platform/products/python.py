@@ -16,6 +16,14 @@ it is the descriptor (the same model as a dbt product's ``meta.mesh`` block, plu
 the same key, metadata and gate checks as a dbt product; a run enforces the contract (the
 declared columns, cast to their declared types by DuckDB), then write-audit-publishes the rows
 through the gate. Inputs are read at the snapshot current when the run starts and recorded.
+
+What the function is handed reaches no other domain's files: its context carries no mesh, path
+or connection, only ``read()``, which goes through the query engine (the domain's grants and
+masks, a DuckDB locked to the read snapshots' files). Declared column types are checked to be
+plain DuckDB types before they reach the contract's DDL. The function itself is Python running
+in the domain's process: it can open files like any code the domain deploys; confining that
+takes an OS sandbox or per-domain credentials (the production profile's object-store policies,
+``mesh deploy s3-policies``), not this API.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from mesh_platform.addressing import ProductAddress, quote_ident
+from mesh_platform.dbt.isolation import data_type_problems
 from mesh_platform.errors import MeshError
 from mesh_platform.products.descriptor import (
     ProductDescriptor,
@@ -48,12 +57,15 @@ PYTHON_SCHEMA = "python_products"
 
 @dataclass
 class ProductContext:
-    """What a Python product's function gets: logging and pinned reads of its inputs."""
+    """What a Python product's function gets: logging and pinned reads of its inputs.
+
+    No mesh, path or connection: the only way to data is :meth:`read`, under the domain's grants.
+    """
 
     log: Any
     run_id: str
     inputs: tuple[ProductAddress, ...]
-    mesh: Mesh
+    _mesh: Mesh = field(repr=False)  # for read() only: not part of the API given to products
     domain: str  # the consuming domain: reads are decided by its grants
     read_snapshots: dict[str, int] = field(default_factory=dict)
 
@@ -71,7 +83,7 @@ class ProductContext:
         # Read as the consuming domain: its grant decides columns, rows and masks. The first
         # read pins the snapshot for the whole run.
         pinned = self.read_snapshots.get(str(address))
-        with QuerySession(self.domain, mesh=self.mesh) as session:
+        with QuerySession(self.domain, mesh=self._mesh) as session:
             table = session.sql(
                 f"SELECT * FROM {address.domain}.{address.table}",
                 at={str(address): pinned} if pinned is not None else None,
@@ -97,7 +109,15 @@ class PythonProduct:
             source = self.descriptor_path.resolve().relative_to(mesh_root.resolve())
         except ValueError:
             source = self.descriptor_path
-        return load_python_descriptor(self.descriptor_path, domain, str(source))
+        descriptor = load_python_descriptor(self.descriptor_path, domain, str(source))
+        # The types are pasted into the contract's CREATE TABLE: one plain type each, or refused.
+        if problems := data_type_problems({c.name: c.data_type for c in descriptor.columns}):
+            raise MeshError(
+                f"Python product {descriptor.address} ({source}): " + "; ".join(problems),
+                fix="give every column one DuckDB type (bigint, varchar, decimal(18,2), date...)",
+                path=self.descriptor_path,
+            )
+        return descriptor
 
 
 def _domain_of(module_file: Path, mesh_root: Path) -> str:

@@ -507,7 +507,7 @@ def _domain_products(
                 prepare(mesh, domain)
             nodes = load_manifest(domain).get("nodes", {})
         except MeshError as exc:  # a broken dbt project, or not prepared
-            domain_wide.append(exc)
+            domain_wide.extend([*_unparsable_yaml(mesh, domain.dbt_project_dir), exc])
         for node in nodes.values():
             if not is_product(node):
                 continue
@@ -530,3 +530,27 @@ def _domain_products(
         problems[f"{domain.name}.*"] = "; ".join(_where(mesh, e) for e in domain_wide)
         fixes[f"{domain.name}.*"] = "; ".join(dict.fromkeys(e.fix for e in domain_wide))
     return found, problems, fixes
+
+
+def _unparsable_yaml(mesh: Mesh, project: Path) -> list[MeshError]:
+    """The project's YAML files that do not parse, each named (dbt's own message may lose the
+    file name in its long report)."""
+    import yaml
+
+    found = []
+    for folder, dirs, files in os.walk(project):
+        dirs[:] = sorted(d for d in dirs if d not in _NOT_SOURCES)
+        for name in sorted(f for f in files if f.endswith((".yml", ".yaml"))):
+            path = Path(folder, name)
+            try:
+                yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+                where = path.relative_to(mesh.root) if path.is_relative_to(mesh.root) else path
+                found.append(
+                    MeshError(
+                        f"{where} is not valid YAML ({' '.join(str(exc).split())})",
+                        fix=f"fix the YAML syntax of {where}",
+                        path=path,
+                    )
+                )
+    return found

@@ -278,7 +278,7 @@ class QuerySession:
         def fetch(cursor: Any, max_rows: int) -> pa.Table:
             import pyarrow as pa
 
-            reader = cursor.fetch_record_batch(rows_per_batch=min(max_rows + 1, 1_000_000))
+            reader = cursor.to_arrow_reader(min(max_rows + 1, 1_000_000))
             batches, count = [], 0
             for batch in reader:
                 batches.append(batch)

@@ -7,32 +7,46 @@ enforced contract, classification, SLA and a grant, passing every policy), a tes
 ``workspace.yaml`` entry, and the domain's Iceberg namespace. ``new_product`` adds a product
 skeleton (model + descriptor) to an existing domain.
 
-Both validate everything first and write nothing until they can write everything: files are
-rendered into a staging folder beside their destination and moved into place; if a step fails,
-what was moved is removed again and the two shared files are restored. Templates are packaged
-with the platform (``templates/``, ``string.Template`` placeholders).
+Both validate everything first and write nothing until they can write everything: the input
+(names, owner team, contact, description) is checked against the platform's rules
+(:mod:`mesh_platform.addressing`); files are rendered into a staging folder beside their
+destination and, before anything is moved into place, read back the way the platform will read
+them (every YAML parsed, ``domain.yaml`` and each product descriptor validated by the loader's own
+functions, the Python compiled). A scaffold that would write a file the loader refuses writes
+nothing. If a later step fails, what was moved is removed again and the two shared files are
+restored. Templates are packaged with the platform (``templates/``, ``string.Template``
+placeholders).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import yaml
 
-from mesh_platform.addressing import name_problem, suggest_name
+from mesh_platform.addressing import (
+    email_problem,
+    name_problem,
+    suggest_name,
+    suggest_team,
+    team_problem,
+)
 from mesh_platform.config import Mesh
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import MeshError, format_validation_error
 
 TEMPLATES = Path(__file__).parent / "templates"
-_TEAM = re.compile(r"^[A-Za-z0-9_.-]+$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_INPUT_FIX = (
+    "pass NAME in snake_case, --owner a lower-case team name (e.g. finance) and --contact one "
+    "plain email address (e.g. finance-data@example.com)"
+)
 GRANT_YEARS = 1  # scaffolded grants expire a year after creation
 
 
@@ -50,19 +64,39 @@ class Scaffolded:
 def _check_name(kind: str, name: str) -> None:
     if problem := name_problem(name):
         raise ScaffoldError(
-            f"invalid {kind} name {name!r}: {problem}",
+            f"invalid {kind} name {name!r} (the NAME argument): {problem}; nothing was written",
             fix=f"use a snake_case name, e.g. {suggest_name(name)!r}",
         )
 
 
 def _check_team(team: str, contact: str) -> None:
-    if not _TEAM.match(team):
+    if problem := team_problem(team):
         raise ScaffoldError(
-            f"invalid owner team {team!r}",
-            fix="use letters, digits, '.', '_' or '-' (e.g. --owner finance)",
+            f"invalid owner team {team!r} (--owner): {problem}; nothing was written",
+            fix=f"pass a lower-case team name, e.g. --owner {suggest_team(team)}",
         )
-    if not _EMAIL.match(contact):
-        raise ScaffoldError(f"invalid contact {contact!r}", fix="pass --contact an email address")
+    if problem := email_problem(contact):
+        raise ScaffoldError(
+            f"invalid contact {contact!r} (--contact): {problem}; nothing was written",
+            fix=f"pass --contact one plain email address, e.g. --contact {team}-data@example.com",
+        )
+
+
+def _check_description(description: str) -> str:
+    """One line of printable text (whitespace, line breaks included, folded to single spaces)."""
+    folded = " ".join(description.split())
+    if len(folded) < 10:
+        raise ScaffoldError(
+            "the description (--description) is too short; nothing was written",
+            fix="describe what the domain owns and why, in at least 10 characters",
+        )
+    if not folded.isprintable():
+        raise ScaffoldError(
+            f"the description (--description) {folded!r} holds control characters; "
+            "nothing was written",
+            fix="pass plain text: letters, digits, punctuation and spaces",
+        )
+    return folded
 
 
 def _render(template: Path, values: dict[str, str]) -> str:
@@ -112,8 +146,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _with_team(text: str, team: str, domain: str) -> str | None:
     """principals.yaml with ``team:<team>`` declared (None if it already is)."""
-    data = yaml.safe_load(text) if text.strip() else {}
-    principals = (data or {}).get("principals") or []
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ScaffoldError(
+            f"principals.yaml is not valid YAML ({exc}); nothing was written",
+            fix="fix its syntax first",
+        ) from exc
+    principals = data.get("principals") if isinstance(data, Mapping) else None
+    principals = principals if isinstance(principals, list) else []
     if any(str(p.get("id")) == f"team:{team}" for p in principals if isinstance(p, dict)):
         return None
     header = "" if text.strip() else "principals:\n"
@@ -131,7 +172,7 @@ def new_domain(
     from mesh_platform.domain import list_domain_names
 
     _check_name("domain", name)
-    contact = contact or f"{team}@example.com"
+    contact = f"{team}@example.com" if contact is None else contact
     _check_team(team, contact)
     code_dir, dbt_dir = mesh.domains_dir / name, mesh.dbt_projects_dir / name
     test_file = mesh.root / "tests" / f"test_domain_{name}.py"
@@ -142,11 +183,9 @@ def new_domain(
             "nothing was written",
             fix=f"choose another name, or add a product with `mesh new product {name} <product>`",
         )
-    description = " ".join((description or f"The {name} domain, owned by team {team}.").split())
-    if len(description) < 10:
-        raise ScaffoldError(
-            "the description is too short", fix="describe what the domain owns and why"
-        )
+    description = _check_description(
+        f"The {name} domain, owned by team {team}." if description is None else description
+    )
     workspace, principals = mesh.workspace_file, mesh.root / "principals.yaml"
     for shared in (workspace, principals):
         _writable(shared)
@@ -172,6 +211,11 @@ def new_domain(
         _render_tree(TEMPLATES / "domain" / "dbt", staging / "dbt", values)
         (staging / "test.py").write_text(
             _render(TEMPLATES / "domain" / "test_domain.py.tmpl", values)
+        )
+        _validate_domain_scaffold(mesh, name, staging, code_dir, dbt_dir, test_file)
+        _validate_principals(
+            _with_team(principals.read_text() if principals.is_file() else "", team, name),
+            principals,
         )
         for source, target in (
             (staging / "code", code_dir),
@@ -246,7 +290,7 @@ def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
     team = next(
         (o.removeprefix("team:") for o in spec.spec.owners if o.startswith("team:")), domain
     )
-    contact = next((o for o in spec.spec.owners if _EMAIL.match(o)), f"{team}@example.com")
+    contact = next((o for o in spec.spec.owners if email_problem(o) is None), f"{team}@example.com")
     values = {
         "domain": domain,
         "product": name,
@@ -271,6 +315,8 @@ def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
     _writable(principals)
     old_principals = principals.read_text() if principals.is_file() else ""
     team_text = _with_team(old_principals, team, domain)  # the skeleton grants the team
+    _validate_product_yaml(mesh, domain, name, new_text, yml)
+    _validate_principals(team_text, principals)
     products_dir.mkdir(parents=True, exist_ok=True)
     sql.write_text(_render(TEMPLATES / "product" / "model.sql.tmpl", values))
     old_yml = yml.read_text() if yml.is_file() else None
@@ -309,7 +355,117 @@ def _declared_models(yml: Path) -> set[str] | None:
             fix="fix its syntax first",
             path=yml,
         ) from exc
-    models = data.get("models")
+    models = data.get("models") if isinstance(data, Mapping) else None
     if not isinstance(models, list):
         return None
     return {str(m.get("name")) for m in models if isinstance(m, dict)}
+
+
+# -- reading back what would be written ---------------------------------------------------------
+
+
+def _refuse(relative: str, what: str, *, path: Path | None = None) -> ScaffoldError:
+    return ScaffoldError(
+        f"the scaffold would write an invalid {relative}: {what}; nothing was written",
+        fix=_INPUT_FIX,
+        path=path,
+    )
+
+
+def _parse_yaml(text: str, relative: str, *, path: Path | None = None) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _refuse(relative, f"not valid YAML ({exc})", path=path) from exc
+
+
+def _validate_domain_scaffold(
+    mesh: Mesh, name: str, staging: Path, code_dir: Path, dbt_dir: Path, test_file: Path
+) -> None:
+    """Read the staged files back as the platform will: every YAML parses, ``domain.yaml``
+    passes the loader's validation, every product descriptor passes ``descriptor_from_node``,
+    the Python compiles. Raises before anything is moved into place."""
+    from mesh_platform.domain import DOMAIN_FILE, parse_domain_spec
+    from mesh_platform.errors import DomainError
+
+    staged = {staging / "code": code_dir, staging / "dbt": dbt_dir, staging / "test.py": test_file}
+    for source, target in staged.items():
+        files = sorted(source.rglob("*")) if source.is_dir() else [source]
+        for path in (f for f in files if f.is_file()):
+            final = target / path.relative_to(source) if source.is_dir() else target
+            relative = str(final.relative_to(mesh.root))
+            text = path.read_text()
+            if path.suffix in (".yml", ".yaml"):
+                _parse_yaml(text, relative, path=final)
+            elif path.suffix == ".py":
+                try:
+                    compile(text, relative, "exec")
+                except SyntaxError as exc:
+                    raise _refuse(relative, f"not valid Python ({exc})", path=final) from exc
+    descriptor = staging / "code" / DOMAIN_FILE
+    try:
+        parse_domain_spec(name, descriptor.read_text(), path=code_dir / DOMAIN_FILE)
+    except DomainError as exc:
+        raise _refuse(f"domains/{name}/{DOMAIN_FILE}", exc.what, path=exc.path) from exc
+    products = staging / "dbt" / "models" / "products" / "products.yml"
+    relative = f"dbt_projects/{name}/models/products/products.yml"
+    data = _parse_yaml(products.read_text(), relative)
+    models = data.get("models") if isinstance(data, Mapping) else None
+    if not isinstance(models, list) or not models:
+        raise _refuse(relative, "no `models:` list")
+    for model in models:
+        _validate_descriptor(name, model, relative, path=dbt_dir / products.relative_to(staging))
+
+
+def _validate_product_yaml(mesh: Mesh, domain: str, product: str, text: str, yml: Path) -> None:
+    """The products.yml ``new_product`` would write: valid YAML whose ``models:`` list holds
+    the new product exactly once, with a descriptor the loader accepts."""
+    relative = str(yml.relative_to(mesh.root))
+    data = _parse_yaml(text, relative, path=yml)
+    models = data.get("models") if isinstance(data, Mapping) else None
+    entries = [m for m in models or () if isinstance(m, Mapping) and m.get("name") == product]
+    if len(entries) != 1:
+        raise ScaffoldError(
+            f"adding {domain}.{product} to {relative} would not put it in the file's `models:` "
+            "list (another top-level block follows the list); nothing was written",
+            fix=f"move `models:` to the end of {relative}, or add the product by hand",
+            path=yml,
+        )
+    _validate_descriptor(domain, entries[0], relative, path=yml)
+
+
+def _validate_descriptor(domain: str, model: Any, relative: str, *, path: Path) -> None:
+    """A model of a dbt YAML file, checked by the function that loads it from the manifest."""
+    from mesh_platform.products.descriptor import descriptor_from_node
+
+    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+        raise _refuse(relative, f"a `models:` entry is not a mapping with a name: {model!r}")
+    columns = model.get("columns") or []
+    node = {
+        "name": model["name"],
+        "description": model.get("description"),
+        "config": model.get("config") or {},
+        "meta": model.get("meta") or {},
+        "columns": {c.get("name"): c for c in columns if isinstance(c, Mapping)},
+        "original_file_path": relative.split("/", 2)[2],
+        "patch_path": f"{domain}://{relative.split('/', 2)[2]}",
+    }
+    try:
+        descriptor_from_node(domain, node)
+    except MeshError as exc:
+        raise _refuse(relative, exc.what, path=path) from exc
+
+
+def _validate_principals(text: str | None, path: Path) -> None:
+    """principals.yaml as it would be written, through the loader's model."""
+    if text is None:  # unchanged
+        return
+    from pydantic import ValidationError
+
+    from mesh_platform.access.principals import PrincipalsFile
+
+    data = _parse_yaml(text, path.name, path=path)
+    try:
+        PrincipalsFile.model_validate(data or {})
+    except ValidationError as exc:
+        raise _refuse(path.name, format_validation_error(exc), path=path) from exc

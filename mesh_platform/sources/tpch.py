@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_platform.addressing import quote_literal
+from mesh_platform.config import make_private_dir, private_umask
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError
 
@@ -160,7 +161,9 @@ def land_tpch(raw_dir: Path, tables: Iterable[str], scale_factor: float) -> Land
     ):
         return Landing(raw_dir, scale_factor, current["row_counts"], False, 0.0)
 
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The raw area holds clear personal data (customer_contact): owner-only, as all state.
+    private_umask()
+    make_private_dir(raw_dir.parent)
     for stale in raw_dir.parent.glob(".raw-*"):  # left by a landing that was killed
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw_dir.parent))

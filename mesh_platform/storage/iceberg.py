@@ -45,9 +45,10 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
-from mesh_platform.config import Mesh
+from mesh_platform.config import Mesh, make_private_dir, private_umask
 from mesh_platform.errors import ConcurrentPublishError, MeshError
 from mesh_platform.storage import warehouse
+from mesh_platform.storage.maintenance import Quarantine, quarantine_batch
 from mesh_platform.storage.warehouse import local_path  # noqa: F401  (re-exported)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -55,13 +56,18 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def open_catalog(mesh: Mesh) -> SqlCatalog:
     """The mesh's SqlCatalog. On sqlite: WAL journal and a busy timeout for concurrent writers.
-    Production profile: PostgreSQL and the object store are checked first (storage.preflight)."""
+    Production profile: PostgreSQL and the object store are checked first (storage.preflight).
+
+    Every writer of tables comes through here: the process's files are made owner-only from
+    now on (the sqlite catalog, its WAL, the local warehouse's data, manifests and metadata),
+    whether or not the process set up the state dir itself."""
     from mesh_platform.storage import preflight
 
+    private_umask()
     preflight.check(mesh)
     uri = mesh.catalog_uri
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(Path(uri.removeprefix("sqlite:///")).parent)
     catalog = _sql_catalog(
         mesh.settings.catalog.name, uri, mesh.warehouse, warehouse.s3_properties(mesh)
     )
@@ -462,6 +468,8 @@ def _concurrent(address: ProductAddress, batch_id: str, exc: Exception) -> Concu
 
 
 Gate = Callable[[AuditStage], list[str]]
+# Whether a batch the gate blocked (its failed checks) must be quarantined at once.
+QuarantinePolicy = Callable[[list[str]], bool]
 PUBLISH_ATTEMPTS = 5
 
 
@@ -471,6 +479,7 @@ class WapResult:
     published_snapshot_id: int | None  # None: the gate failed, main is untouched
     failures: list[str]
     attempts: int
+    quarantine: Quarantine | None = None  # blocked and removed from the warehouse at once
 
 
 def write_audit_publish(
@@ -484,11 +493,15 @@ def write_audit_publish(
     table_properties: Mapping[str, str] | None = None,
     partitioning: Partitioning | None = None,
     gate: Gate | None = None,
+    quarantine_if: QuarantinePolicy | None = None,
     attempts: int = PUBLISH_ATTEMPTS,
 ) -> WapResult:
     """Stage ``relation`` on an audit branch, run ``gate`` on the stage, publish if it passes.
 
-    ``gate`` returns the names of the blocking checks that failed (empty: publish). When
+    ``gate`` returns the names of the blocking checks that failed (empty: publish). A blocked
+    batch stays on its branch for inspection, unless ``quarantine_if`` says its failures
+    call for quarantine (personal data): then it is removed from the warehouse at once
+    (maintenance.quarantine_batch), still holding the product's lock. When
     another publisher moves main in between, the batch is restaged from the new main and the
     gate runs again, up to ``attempts`` times; then ConcurrentPublishError propagates. On a
     PostgreSQL catalog, publishers of one product take turns (``product_lock``), so every one
@@ -498,7 +511,7 @@ def write_audit_publish(
         return _write_audit_publish(
             catalog, address, conn, relation,
             batch_id=batch_id, properties=properties, table_properties=table_properties,
-            partitioning=partitioning, gate=gate, attempts=attempts,
+            partitioning=partitioning, gate=gate, quarantine_if=quarantine_if, attempts=attempts,
         )  # fmt: skip
 
 
@@ -594,6 +607,7 @@ def _write_audit_publish(
     table_properties: Mapping[str, str] | None,
     partitioning: Partitioning | None,
     gate: Gate | None,
+    quarantine_if: QuarantinePolicy | None,
     attempts: int,
 ) -> WapResult:
     for attempt in range(1, attempts + 1):
@@ -608,6 +622,9 @@ def _write_audit_publish(
             failures = gate(stage) if gate is not None else []
             if failures:
                 _revert_added_columns(catalog, stage)
+                if quarantine_if is not None and quarantine_if(failures):
+                    quarantine = _quarantine(catalog, stage)
+                    return WapResult(stage, None, failures, attempt, quarantine)
                 return WapResult(stage, None, failures, attempt)
             published = publish_audited(catalog, stage)
             _set_properties(catalog, address, table_properties)
@@ -627,6 +644,20 @@ def _drop_branch(catalog: SqlCatalog, address: ProductAddress, branch: str) -> N
         if branch in table.metadata.refs:
             with table.manage_snapshots() as refs:
                 refs.remove_branch(branch)
+
+
+def _quarantine(catalog: SqlCatalog, stage: AuditStage) -> Quarantine:
+    """Quarantine a blocked batch (maintenance.quarantine_batch); say so loudly if its branch
+    could not be dropped (its files are deleted all the same)."""
+    try:
+        return quarantine_batch(catalog, stage.address, stage.branch, stage.data_files)
+    except CommitFailedException as exc:
+        raise MeshError(
+            f"product {stage.address}: batch {stage.batch_id} held personal data; its files "
+            f"were deleted but its branch {stage.branch} could not be dropped ({exc})",
+            fix=f"drop the branch with `mesh maintain --domain {stage.address.domain}` (it "
+            "drops audit branches older than --retain), or run the product again",
+        ) from exc
 
 
 def _revert_added_columns(catalog: SqlCatalog, stage: AuditStage) -> None:

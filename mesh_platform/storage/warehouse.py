@@ -183,15 +183,78 @@ def new_data_file(table_location: str) -> str:
     return join(new_data_folder(table_location), f"{uuid.uuid4()}.parquet")
 
 
+class LocationError(MeshError):
+    """A location from catalog or table metadata lies outside the table's warehouse folder."""
+
+
+def table_folder(root: str, namespace: str, table: str) -> str:
+    """The folder of one table: ``<warehouse>/<namespace>/<table>`` (where pyiceberg puts a
+    table created without a location in a namespace without one, as the platform does)."""
+    return join(root, namespace, table)
+
+
+def _split(location: object) -> tuple[str, tuple[str, ...], str] | None:
+    """(file system, path components, the location as engines should read it), normalised for
+    comparison, or None for a location the platform never writes.
+
+    s3:// URLs: the bucket and the key's parts; an empty, '.' or '..' part, a '%' escape, a
+    query or a fragment is refused (no normalisation can say what a server makes of them).
+    Local paths (plain, or file:// stripped as the read path and pyiceberg do: no unquoting):
+    resolved with os.path.realpath (relative ones from the working directory, as every engine
+    would read them), so '..' and symlinks cannot lead out.
+    """
+    if not isinstance(location, str) or not location or "\x00" in location:
+        return None
+    if is_remote(location):
+        parsed = urlparse(location)
+        if not parsed.netloc or parsed.params or parsed.query or parsed.fragment:
+            return None
+        parts = parsed.path.split("/")[1:]
+        if parts and parts[-1] == "":
+            parts.pop()  # a folder's trailing slash
+        if any(p in ("", ".", "..") or "%" in p or "\\" in p for p in parts):
+            return None
+        system = f"{parsed.scheme}://{parsed.netloc}"
+        return system, tuple(parts), "/".join([system, *parts])
+    path = location.removeprefix("file://")
+    if "://" in path:  # another scheme (http, gs...): nothing the platform writes
+        return None
+    real = os.path.realpath(path)
+    return "file", Path(real).parts, real
+
+
+def inside(folder: str, location: str) -> str | None:
+    """``location`` as engines should read it (the real local path, or the s3:// URL) if it is
+    ``folder`` or lies inside it, else None. Both are normalised first and compared by path
+    components, never as strings: ``/w/sales/orders2`` is not inside ``/w/sales/orders``.
+
+    The one containment rule of the platform: publication (a table's location inside the
+    warehouse) and every read (metadata file, table location, manifests, data files inside the
+    table's folder) use it."""
+    root, target = _split(folder), _split(location)
+    if root is None or target is None or root[0] != target[0]:
+        return None
+    if target[1][: len(root[1])] != root[1]:
+        return None
+    return target[2]
+
+
 def contains(root: str, location: str) -> bool:
-    """Whether ``location`` lies inside the folder ``root`` (no ``..`` escapes)."""
-    if is_remote(root) or is_remote(location):
-        a, b = urlparse(root), urlparse(location)
-        if a.scheme != b.scheme or a.netloc != b.netloc:
-            return False
-        parts = [p for p in b.path.split("/") if p]
-        if ".." in parts:
-            return False
-        prefix = [p for p in a.path.split("/") if p]
-        return parts[: len(prefix)] == prefix
-    return local_path(location).resolve().is_relative_to(local_path(root).resolve())
+    """Whether ``location`` lies inside the folder ``root`` (no ``..`` or symlink escapes)."""
+    return inside(root, location) is not None
+
+
+def check_inside(folder: str, location: str, *, product: str, what: str) -> str:
+    """``location`` normalised (see :func:`inside`), or :class:`LocationError` naming the
+    product, the path and the fix: table metadata is data anybody with write access to the
+    catalog or the warehouse can change, so no path in it is read unchecked."""
+    checked = inside(folder, location)
+    if checked is None:
+        raise LocationError(
+            f"product {product}: {what} {location!r} lies outside the table's warehouse folder "
+            f"{folder}; refused before reading anything there",
+            fix="the table's metadata points outside its warehouse folder; republish it through "
+            f"the platform (`mesh build --domain {product.split('.')[0]}`; if the catalog row "
+            "itself was altered, drop the table from the catalog first)",
+        )
+    return checked
