@@ -397,7 +397,7 @@ def _compiled_problems(
         kind = type(statement).__name__.upper()
         if isinstance(statement, exp.Command):
             kind = str(statement.this).upper()
-        return [node.problem(f"compiles to a {kind} statement, not a query", fix)]
+        return [node.problem(f"compiles to the statement {kind}, not a query", fix)]
     problems: dict[str, None] = {}
     if statement.find(exp.Into):
         problems[node.problem("selects INTO a table", "remove INTO")] = None

@@ -90,7 +90,6 @@ def platform_profile(mesh: Mesh, domain: Domain) -> Iterator[Path]:
         scratch.parent.mkdir()
         profile = dbt_profile(mesh, domain, compile_database=scratch)
         (profiles_dir / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False))
-        mesh.duckdb_path(domain.name).parent.mkdir(parents=True, exist_ok=True)
         yield profiles_dir
 
 

@@ -53,6 +53,7 @@ def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[Db
     """``dbt`` (its project and executable) on the platform's isolated profile of ``domain``,
     with the mesh's environment; the profile is removed when the block exits, so the dbt
     process must have finished by then."""
+    mesh.duckdb_path(domain.name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with platform_profile(mesh, domain) as profiles_dir, environment(mesh.dbt_env()):
         yield DbtCliResource(
             project_dir=dbt.project_dir,

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from mesh_platform.access.masking import mask_expression, masked_shape
+from mesh_platform.access.masking import SESSION_SALT, bind_salt, mask_expression, masked_shape
 from mesh_platform.addressing import quote_ident, quote_literal
 from mesh_platform.governance.builtin import pii_name_kind
 from mesh_platform.products.descriptor import ProductDescriptor
@@ -87,19 +87,25 @@ def masked_relation(
     if not masked:
         return relation
     schema, table = relation.split(".")
+    what = f"product {descriptor.address}"
+    for column in masked:  # a salted rule without a salt: refused here, before anything runs
+        mask_expression(column.masking, "v", salt, what=what)
+    bind_salt(conn, salt)  # the SQL names the session's salt variable, never the salt
     replaces = [
-        mask_expression(c.masking, quote_ident(c.name), salt, what=f"product {descriptor.address}")
+        mask_expression(c.masking, quote_ident(c.name), SESSION_SALT, what=what)
         + f" AS {quote_ident(c.name)}"
         for c in masked
     ]
-    view = f"mesh_publish.{descriptor.address.table}"
-    conn.execute("CREATE SCHEMA IF NOT EXISTS mesh_publish")
+    # A temporary view: nothing of it is written into the domain's DuckDB file. Older
+    # versions kept a view there whose SQL held the salt: dropped.
+    conn.execute("DROP SCHEMA IF EXISTS mesh_publish CASCADE")
+    name = f"mesh_publish_{descriptor.address.table}"
     conn.execute(
-        f"CREATE OR REPLACE VIEW mesh_publish.{quote_ident(descriptor.address.table)} AS "
+        f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS "
         f"SELECT * REPLACE ({', '.join(replaces)}) "
         f"FROM {quote_ident(schema)}.{quote_ident(table)}"
     )
-    return view
+    return f"temp.{name}"
 
 
 def _staged_view(ctx: GateContext) -> tuple[Any, str]:

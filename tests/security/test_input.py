@@ -68,8 +68,9 @@ def _tree(root: Path) -> dict[str, bytes]:
                 files[str(path.relative_to(root))] = path.read_bytes()
     for name in ("workspace.yaml", "principals.yaml"):
         files[name] = (root / name).read_bytes()
-    files["<hidden>"] = repr(sorted(p.name for p in root.iterdir() if p.name.startswith(".")))
-    return files  # type: ignore[return-value]
+    hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))  # staging folders
+    files["<hidden>"] = "\n".join(hidden).encode()
+    return files
 
 
 @pytest.fixture(scope="module")

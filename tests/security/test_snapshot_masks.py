@@ -49,7 +49,10 @@ def test_a_column_newly_classified_personal_is_masked_before_the_next_build(atta
     with QuerySession(ATTACKER, mesh=attacked_mesh) as session:
         names = {n for (n,) in session.rows("SELECT customer_name FROM sales.customers")[1]}
     assert any(n.startswith("Customer#") for n in names)
-    with edited(attacked_mesh.root / CUSTOMERS_DESCRIPTOR, NAME_INTERNAL, NAME_PII):
-        with QuerySession(ATTACKER, mesh=attacked_mesh) as session:
-            served = {n for (n,) in session.rows("SELECT customer_name FROM sales.customers")[1]}
+    descriptor = attacked_mesh.root / CUSTOMERS_DESCRIPTOR
+    with (
+        edited(descriptor, NAME_INTERNAL, NAME_PII),
+        QuerySession(ATTACKER, mesh=attacked_mesh) as session,
+    ):
+        served = {n for (n,) in session.rows("SELECT customer_name FROM sales.customers")[1]}
     assert served == {"[redacted]"}, sorted(served)[:3]
