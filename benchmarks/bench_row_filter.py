@@ -83,7 +83,7 @@ def main() -> int:
                 grants=[
                     {"to": PRINCIPAL, "purpose": "benchmark", "expires": "2099-12-31", "rows": ROWS}
                 ],
-            ),  # fmt: skip
+            ),
             columns=[
                 {"name": n, "data_type": t, "classification": "internal"}
                 if n != "l_comment"
@@ -95,7 +95,7 @@ def main() -> int:
                     "masking_at": "read",
                 }
                 for n, t in columns
-            ],  # fmt: skip
+            ],
             source_file="bench",
         )
         directory = Directory({str(descriptor.address): descriptor})

@@ -124,7 +124,7 @@ def test_timeout_max_rows_and_memory_come_from_mesh_yaml(attacked_mesh):
         mesh = load_mesh(attacked_mesh.root)
         with QuerySession("marketing", mesh=mesh) as session:
             start = time.monotonic()
-            with pytest.raises(QueryLimitError, match="longer than 1.5 s"):
+            with pytest.raises(QueryLimitError, match=r"longer than 1\.5 s"):
                 session.rows(HEAVY.replace("b(y)", "b(y), sales.customers c"))
             assert time.monotonic() - start < 30
             with pytest.raises(QueryLimitError, match="more than 10 rows"):
