@@ -1,16 +1,25 @@
-"""What a domain's SQL may touch on disk: its own folder, nothing else.
+"""What a domain's SQL may touch: its own data and the products it is granted, nothing else.
 
-A domain's dbt run executes SQL the domain wrote in a DuckDB the platform opens. The load-time
-checks (:mod:`mesh_platform.dbt.checks`) refuse models that read files; this module is the
-second wall, for whatever those checks cannot see (a Jinja branch not taken at compile time, a
-string built at run time): every DuckDB connection the domain's SQL runs in is opened with
-external access off except the domain's own state folder (its raw area and its DuckDB file),
-no extension loading, and the configuration locked, so no ``SET`` can undo it. Another domain's
-warehouse files, raw area or DuckDB file cannot be read, written or ATTACHed.
+Security class 4, "domain code reads around grants", closed by two walls that do not trust each
+other:
+
+1. At load (:func:`isolation_problems`, part of :func:`mesh_platform.dbt.checks.manifest_problems`,
+   so the code location and ``mesh check`` say the same): allowlists over the prepared manifest
+   and over sqlglot's tree of every node's compiled SQL (see the comment above
+   :data:`READ_FIX`). Each problem names the node, its file and the fix.
+2. At run time (:func:`lock_down`, applied by the dbt-duckdb plugin
+   :mod:`mesh_platform.dbt.duckdb_plugin` named in the profile the platform writes): every
+   DuckDB connection the domain's SQL runs in has external access off except the domain's own
+   state folder (its raw area and its DuckDB file), no extension loading, and its configuration
+   locked, so no ``SET`` undoes it. Another domain's warehouse files, raw area or DuckDB file
+   cannot be read, written or ATTACHed, whatever got past the load check (a Jinja branch not
+   taken at compile time, a string built at run time).
 
 DuckDB refuses ``allowed_directories`` before the database has started and after external
-access is off, so the order below is the only one that works; DuckDB adds the database's own
-temporary directory (``<file>.tmp``) to the allowed ones by itself (spilling keeps working).
+access is off, so the order of :func:`lockdown_statements` is the only one that works; DuckDB
+adds the database's own temporary directory (``<file>.tmp``) to the allowed ones by itself.
+Consumed products never need the warehouse here: the platform stages them into the domain's
+DuckDB, as the grants allow, before dbt runs.
 """
 
 from __future__ import annotations
