@@ -97,8 +97,11 @@ PII_NAME_TOKENS: dict[tuple[str, ...], str] = {
     tuple(run.split()): kind for kind, runs in _PII_NAMES.items() for run in runs.split(", ")
 }
 # Tokens of a column *about* personal data rather than holding it: `email_count`, `has_phone`,
-# `is_email_verified`, `address_type`, `email_domain`. Anything else is what a waiver is for.
-ABOUT_TOKENS = frozenset({"count", "has", "is", "type", "status", "domain", "consent", "flag"})
+# `is_email_verified`, `address_type`, `email_domain`, and surrogate keys (`address_key`, as
+# the scaffold names a product's key). Anything else is what a waiver is for.
+ABOUT_TOKENS = frozenset(
+    {"count", "has", "is", "type", "status", "domain", "consent", "flag", "key"}
+)
 _IDENTIFIER = re.compile(r'"([^"]+)"|([A-Za-z_][A-Za-z0-9_]*)')
 
 

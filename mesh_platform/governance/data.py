@@ -364,7 +364,8 @@ def _number_scan(conn: Any, leaves: list[Leaf], source: str) -> dict[str, dict[s
             if low is None:
                 continue  # no value at all
             floor = _SMALLEST_NATIONAL_ID if leaf.named_national_id else _SMALLEST_PHONE
-            if max(abs(float(low)), abs(float(high))) < floor:
+            # each end on its own: a NaN sorts last and would hide the max from max()
+            if all(abs(float(end)) < floor for end in (low, high)):
                 continue
         numbers = leaf.numbers(source)
         row = conn.execute(
@@ -383,9 +384,9 @@ def _text_scan(conn: Any, leaf: Leaf, source: str) -> dict[str, int]:
     """Hits of one text leaf: each distinct candidate value is matched once, weighted by its
     rows (most columns repeat values: a status, a code)."""
     values = f"({leaf.texts(source)})"
-    numbers = (
-        f"SELECT v, n, TRY_CAST(ltrim(v, '+') AS UBIGINT) AS d FROM {values} "
-        f"WHERE regexp_full_match(v, {quote_literal(_DIGITS)})"
+    digits = (  # a value of digits alone, as a number
+        f"(SELECT v, n, CASE WHEN regexp_full_match(v, {quote_literal(_DIGITS)}) THEN "
+        f"TRY_CAST(ltrim(v, '+') AS UBIGINT) END AS d FROM {values})"
     )
     counts = ", ".join(
         f"coalesce(sum(n) FILTER (WHERE regexp_matches(v, {quote_literal(p)})), 0)"
@@ -393,9 +394,7 @@ def _text_scan(conn: Any, leaf: Leaf, source: str) -> dict[str, int]:
     )
     aggregates = _number_aggregates("sum(n) FILTER (WHERE d IS NOT NULL)", leaf.named_national_id)
     row = conn.execute(
-        f"SELECT {counts}, {aggregates} FROM (SELECT v, n, d, {_PHONE} AS p FROM (SELECT "
-        f"v, n, CASE WHEN regexp_full_match(v, {quote_literal(_DIGITS)}) THEN "
-        f"TRY_CAST(ltrim(v, '+') AS UBIGINT) END AS d FROM {values}))"
+        f"SELECT {counts}, {aggregates} FROM (SELECT v, n, d, {_PHONE} AS p FROM {digits})"
     ).fetchone()
     hits: dict[str, int] = {}
     for kind, count in zip(RECOGNISERS, row[: len(RECOGNISERS)], strict=True):
@@ -409,6 +408,7 @@ def _text_scan(conn: Any, leaf: Leaf, source: str) -> dict[str, int]:
             del candidates
         if count:
             hits[kind] = int(count)
+    numbers = f"SELECT d, n FROM {digits} WHERE d IS NOT NULL"
     stats = _number_stats(conn, numbers, row[len(RECOGNISERS) :])
     for kind, count in number_hits(stats).items():
         hits[kind] = max(hits.get(kind, 0), count)

@@ -244,6 +244,16 @@ def test_phone_and_card_digits_in_number_columns_block(catalog, conn, values, sq
     assert_no_value(publication, *(str(v) for v in values[:5]))
 
 
+def test_a_nan_does_not_hide_phones_in_a_double_column(catalog, conn):
+    relation = _numbers(conn, "doubles", PHONES, "DOUBLE")
+    conn.execute(
+        f"INSERT INTO {relation} VALUES (0, 0), (0, 'NaN'::DOUBLE), (0, 'Infinity'::DOUBLE)"
+    )
+    d = descriptor("doubles", {"k": ("bigint", "internal"), "v": ("double", "internal")})
+    publication = publish_product(catalog, d, conn, relation, batch_id="b1", run_id="r1")
+    assert_blocked(publication, "v", "phone", len(PHONES))
+
+
 def test_ssn_shaped_numbers_block_only_where_a_name_says_national_id(catalog, conn):
     ssns = [123_45_6789 + 7919 * k for k in range(40)]
     select = (
@@ -446,7 +456,8 @@ def test_personal_data_names_trigger_with_their_kind(tmp_path, column, kind):
 @pytest.mark.parametrize(
     "column",
     ["phonetic_code", "addressable_market", "customer_name", "supplier_name", "part_name",
-     "nation_name", "email_count", "has_phone", "zip_code", "clerk", "ship_instructions"],
+     "nation_name", "email_count", "has_phone", "zip_code", "clerk", "ship_instructions",
+     "phone_book_key"],
 )  # fmt: skip
 def test_names_that_only_contain_the_letters_do_not_trigger(tmp_path, column):
     assert pii_name_kind(column) is None
