@@ -7,6 +7,7 @@ COMMANDS = [
     [], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"], ["check"], ["query"],
     ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
     ["new", "product"], ["sla"], ["doctor"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
+    ["deploy", "s3-policies"],
 ]  # fmt: skip
 
 

@@ -530,6 +530,11 @@ def _problems(
         problems += found
         if not found and props.get("language", "sql") == "sql":
             pending.append((node, props))
+    for props in manifest.get("unit_tests", {}).values():
+        node = _node(domain, project, props, "unit test")
+        for fixture in [*(props.get("given") or []), props.get("expect") or {}]:
+            if fixture.get("format") == "sql" and isinstance(fixture.get("rows"), str):
+                problems += _text_problems(node, fixture["rows"], fix)
     for props in manifest.get("functions", {}).values():
         problems.append(
             _node(domain, project, props, "function").problem(

@@ -45,7 +45,7 @@ _CUSTOMERS_GRANT = (
     '              purpose: "Audit account balances of the building segment."\n'
     "              expires: 2027-12-31\n"
     "              columns: [customer_key, customer_name, nation_key, market_segment, "
-    "account_balance, phone, email]\n"
+    "account_balance, phone]\n"
     f'              rows: "{CUSTOMERS_FILTER}"\n'
 )
 _ORDER_LINES_ANCHOR = (

@@ -186,6 +186,28 @@ def test_compiled_sql_reads_only_its_ref_and_source_relations(logistics, sql, re
     assert "model parts (dbt_projects/logistics/models/products/parts.sql)" in problems[0]
 
 
+def test_sql_fixtures_of_unit_tests_are_checked_like_models(logistics):
+    domain, manifest, known = logistics
+    changed = copy.deepcopy(manifest)
+    changed.setdefault("unit_tests", {})["unit_test.logistics.stg_parts.leak"] = {
+        "name": "leak",
+        "package_name": "logistics",
+        "original_file_path": "models/staging/unit.yml",
+        "given": [
+            {
+                "input": "source('raw', 'part')",
+                "format": "sql",
+                "rows": "select * from read_parquet('/w/sales/customers/data/x.parquet')",
+            }
+        ],
+        "expect": {"format": "dict", "rows": [{"part_key": 1}]},
+    }
+    (problem,) = manifest_problems(domain, changed, known)
+    assert problem.startswith(
+        "unit test leak (dbt_projects/logistics/models/staging/unit.yml) calls read_parquet()"
+    )
+
+
 def test_compiled_sql_may_compute_and_read_its_own_relations(logistics):
     domain, manifest, known = logistics
     node = next(n for n in manifest["nodes"].values() if n["name"] == "parts")

@@ -9,7 +9,6 @@ import pytest
 from mesh_platform.query.engine import QuerySession
 from mesh_platform.query.sql import QueryRefusedError, check_query
 from mesh_platform.query.surface import ALLOWED_FUNCTIONS
-from tests.security.conftest import ATTACKER
 
 INTROSPECTION = [
     "SELECT pg_get_viewdef('sales.customers')",
@@ -71,7 +70,7 @@ def test_no_view_or_statement_carries_the_salt_a_path_or_a_filter(attacked_mesh)
     """Read the session's DuckDB catalog as the platform could: every view definition is free of
     the salt, the warehouse paths and the row filter's literal values."""
     salt = attacked_mesh.pii_salt()
-    with QuerySession(ATTACKER, mesh=attacked_mesh) as session:
+    with QuerySession("team:customer-care", mesh=attacked_mesh) as session:
         rows = session.rows("SELECT email, phone FROM sales.customers LIMIT 5")[1]
         assert rows and all(len(email) == 64 for email, _ in rows)  # hashed with the salt
         views = session._conn.execute("SELECT sql FROM duckdb_views() WHERE NOT internal")
