@@ -133,14 +133,16 @@ def _directory(columns: dict[str, list[tuple[str, str]]]):
     return Directory(descriptors)
 
 
-def _data_files(published: dict) -> dict[str, list[str]]:
+def _data_files(mesh, published: dict) -> dict[str, list[str]]:
     """Data files of each table's published snapshot (every table is published once, so its
     data folder holds exactly the files of that snapshot; row counts are checked by caller)."""
     from mesh_platform.query.directory import read_table_state
 
     files = {}
     for table, result in published.items():
-        state = read_table_state(result.address, result.metadata_location)
+        state = read_table_state(
+            result.address, result.metadata_location, warehouse_root=mesh.warehouse
+        )
         files[table] = sorted(str(p) for p in (Path(state.location) / "data").rglob("*.parquet"))
         assert files[table], f"no data files for {table} under {state.location}"
     return files
@@ -319,7 +321,7 @@ def main() -> int:
         rows = sum(p.row_count for p in published.values())
         print(f"  published 8 products ({rows:,} rows) in {publish_s:.1f} s: "
               + ", ".join(str(p.address) for p in published.values()))  # fmt: skip
-        files = _data_files(published)
+        files = _data_files(mesh, published)
 
         base = duckdb.connect()
         base.execute(f"SET threads = {threads}")

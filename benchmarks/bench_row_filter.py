@@ -70,7 +70,9 @@ def main() -> int:
         result = publish_from_duckdb(catalog, address, conn, "main.lineitem", properties={})
         catalog.engine.dispose()
         conn.close()
-        state = read_table_state(result.address, result.metadata_location)
+        state = read_table_state(
+            result.address, result.metadata_location, warehouse_root=mesh.warehouse
+        )
         files = sorted(str(p) for p in (Path(state.location) / "data").rglob("*.parquet"))
         descriptor = ProductDescriptor(
             domain="sales",

@@ -100,7 +100,9 @@ class QueryLimits(BaseModel):
         description="DuckDB's memory cap for the query's engine.",
         examples=["2GB", "512MB"],
     )
-    threads: int = Field(default=2, ge=1, le=256, description="Threads one query may use.")
+    threads: int | None = Field(
+        default=None, ge=1, le=256, description="Threads one query may use (default: all cores)."
+    )
     max_rows: int = Field(
         default=1_000_000,
         ge=1,

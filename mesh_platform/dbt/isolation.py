@@ -41,7 +41,7 @@ from mesh_platform.addressing import quote_literal
 from mesh_platform.dbt.nodes import input_domain
 
 # The query guard's function decisions: one reviewed allowlist for both read paths.
-from mesh_platform.query.sql import DIALECT, _function_name, _refused_function
+from mesh_platform.query.sql import DIALECT, function_name, refused_function
 from mesh_platform.query.surface import ALLOWED_TABLE_FUNCTIONS
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def _expression_problem(text: str) -> str | None:
     for sub in node.walk():
         if isinstance(sub, exp.Query | exp.Table | exp.Command):
             return "holds a query or a table"
-        if name := _refused_function(sub):
+        if name := refused_function(sub):
             return f"calls {name}()"
     return None
 
@@ -415,7 +415,7 @@ def _compiled_problems(
     for table in statement.find_all(exp.Table):
         if isinstance(table.this, exp.Func):
             table_functions.add(id(table.this))
-            name = _function_name(table.this) or type(table.this).__name__.lower()
+            name = function_name(table.this) or type(table.this).__name__.lower()
             if name not in ALLOWED_TABLE_FUNCTIONS:
                 problems[node.problem(f"reads the table function {name}()", fix)] = None
             continue
@@ -443,7 +443,7 @@ def _compiled_problems(
     for sub in statement.walk():
         if id(sub) in table_functions:
             continue
-        if name := _refused_function(sub):
+        if name := refused_function(sub):
             problems[
                 node.problem(
                     f"calls {name}(), outside the reviewed function list "

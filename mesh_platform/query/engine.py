@@ -213,7 +213,7 @@ class QuerySession:
 
     def _connection(self, directories: set[str]) -> duckdb.DuckDBPyConnection:
         limits = self.limits or self.mesh.settings.query.defaults
-        threads = int(self.threads or limits.threads)
+        threads = self.threads or limits.threads  # None: DuckDB's default, every core
         settings = (threads, limits.memory_limit)
         if (
             self._conn is not None
@@ -230,7 +230,8 @@ class QuerySession:
         conn = connect(extensions=("avro",))  # manifests are Avro; data files Parquet
         try:
             configure_duckdb(conn, dict(self.catalog.storage))  # s3:// warehouse: httpfs
-            conn.execute(f"SET threads = {threads}")
+            if threads:
+                conn.execute(f"SET threads = {int(threads)}")
             conn.execute(f"SET memory_limit = {quote_literal(limits.memory_limit)}")
             dirs = ", ".join(quote_literal(d.rstrip("/") + "/") for d in sorted(allowed))
             conn.execute(f"SET allowed_directories = [{dirs}]")

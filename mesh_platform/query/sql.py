@@ -52,7 +52,7 @@ class CheckedQuery:
     redacted: str  # the SQL with every literal replaced by '?': what the audit log keeps
 
 
-def _function_name(node: exp.Func) -> str | None:
+def function_name(node: exp.Func) -> str | None:
     """The name DuckDB binds for ``node`` (None: the node regenerates as syntax, not a call)."""
     if isinstance(node, exp.Anonymous):
         return str(node.name).lower()
@@ -60,11 +60,11 @@ def _function_name(node: exp.Func) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def _refused_function(node: exp.Expression) -> str | None:
+def refused_function(node: exp.Expression) -> str | None:
     """The name of a function call outside the allowlist (:mod:`mesh_platform.query.surface`)."""
     if not isinstance(node, exp.Func):
         return None
-    name = _function_name(node)
+    name = function_name(node)
     # None: the node regenerates as syntax (operators, CASE, [...]); the SQL is a fixed point of
     # parse/generate (_normalised), so any call inside that syntax is a node checked on its own.
     return None if name is None or name in ALLOWED_FUNCTIONS else name
@@ -153,7 +153,7 @@ def check_query(sql: str) -> CheckedQuery:
             )
     addresses: dict[str, ProductAddress] = {}
     for node in statement.walk():
-        if name := _refused_function(node):
+        if name := refused_function(node):
             raise _refuse(
                 f"function {name}() is not on the federated query's allowlist",
                 function_fix(name),
@@ -184,7 +184,7 @@ def _visible_ctes(node: exp.Expression) -> set[str]:
 
 def _table_address(node: exp.Table) -> ProductAddress | None:
     if not isinstance(node.this, exp.Identifier):
-        name = _function_name(node.this) if isinstance(node.this, exp.Func) else None
+        name = function_name(node.this) if isinstance(node.this, exp.Func) else None
         if name in ALLOWED_TABLE_FUNCTIONS:
             return None
         name = name or node.sql()
@@ -233,7 +233,7 @@ def check_row_filter(text: str, columns: Iterable[str], *, what: str) -> str:
     for sub in node.walk():
         if isinstance(sub, exp.Query | exp.Table):
             raise ValueError(f"{what}: subqueries and table references are not allowed")
-        if name := _refused_function(sub):
+        if name := refused_function(sub):
             raise ValueError(f"{what}: function {name}() is not allowed")
         if isinstance(sub, exp.Column):
             if sub.table:

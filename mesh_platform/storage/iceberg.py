@@ -293,11 +293,14 @@ def _ensure_partition_field(
 
 
 def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
-    """Refuse a table whose files would live outside the warehouse (the catalog accepts that)."""
+    """Refuse a table whose files would live outside its own folder of the warehouse (the
+    catalog accepts any location): the rule every read path applies too."""
     root, location = catalog.properties["warehouse"], table.location()
-    if not warehouse.contains(root, location):
+    folder = warehouse.table_folder(root, *address.iceberg_identifier)
+    if not warehouse.contains(folder, location):
         raise MeshError(
-            f"product {address}: its table location {location} is outside the warehouse {root}",
+            f"product {address}: its table location {location} is outside its warehouse "
+            f"folder {folder}",
             fix="drop the table from the catalog and publish again (its location is derived "
             "from the address)",
         )
