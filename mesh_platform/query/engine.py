@@ -161,6 +161,7 @@ class QuerySession:
         self._views: dict[tuple[str, str], str] = {}  # (domain, table) -> SQL of its view
         self._principal: Principal | None = None
         self.limits: QueryLimits | None = None
+        self._settings: tuple[int | None, str] | None = None  # the connection's (threads, memory)
 
     # -- access -----------------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class QuerySession:
         if (
             self._conn is not None
             and directories <= self._allowed
-            and getattr(self, "_settings", None) == settings
+            and self._settings == settings
         ):
             return self._conn
         from mesh_platform.duckdb_ext import connect
