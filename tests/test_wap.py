@@ -227,6 +227,19 @@ def test_a_table_located_outside_the_warehouse_is_refused(catalog, conn, tmp_pat
         schema=conn.execute("SELECT * FROM v1 LIMIT 0").arrow().schema,
         location=f"file://{outside}",
     )
-    with pytest.raises(MeshError, match="outside the warehouse"):
+    with pytest.raises(MeshError, match="outside its warehouse folder"):
         publish_from_duckdb(catalog, ORDERS, conn, "main.v1", properties={})
     assert not list(outside.rglob("*.parquet"))
+
+
+def test_a_table_located_in_another_tables_folder_is_refused(catalog, conn):
+    """Inside the warehouse is not enough: a table's files live in its own folder only."""
+    sibling = f"{catalog.properties['warehouse'].rstrip('/')}/logistics/parts"
+    catalog.create_namespace("sales")
+    catalog.create_table(
+        ("sales", "orders"),
+        schema=conn.execute("SELECT * FROM v1 LIMIT 0").arrow().schema,
+        location=sibling,
+    )
+    with pytest.raises(MeshError, match="outside its warehouse folder"):
+        publish_from_duckdb(catalog, ORDERS, conn, "main.v1", properties={})
