@@ -14,10 +14,12 @@ masked and filtered. The user's
 SQL then runs against those views alone, so ``SELECT *``, joins, aggregates and exports all see
 the same masked, filtered rows.
 
-The DuckDB engine is locked down before any user SQL runs: no file system access outside the
-tables the query reads (``enable_external_access=false`` + ``allowed_directories``), no
-extension installation, and ``lock_configuration`` so ``SET`` cannot undo it. Every query,
-allowed or not, is written to the audit log (:mod:`mesh_platform.query.audit`).
+The DuckDB engine is locked down before any user SQL runs: no file system access but the
+exact data files of the snapshots read (``enable_external_access=false`` + ``allowed_paths``),
+no extension installation, and ``lock_configuration`` so ``SET`` cannot undo it; the salt and
+the file lists are session variables the SQL names, never values in it. A grant's row filter is
+a barrier (:meth:`ReadPlan.select_sql`). Every query, allowed or not, is written to the audit
+log (:mod:`mesh_platform.query.audit`), once before it runs and once with its outcome.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from mesh_platform.query.directory import (
     data_files,
     load_directory,
 )
-from mesh_platform.query.sql import QueryRefusedError, check_query
+from mesh_platform.query.sql import QueryRefusedError, check_query, redact
 
 if TYPE_CHECKING:
     import duckdb
@@ -55,7 +57,9 @@ At = int | dt.datetime | Mapping[str, int] | None
 
 
 FILE_LISTS_KEPT = 256  # snapshots whose data-file list a session keeps (planned from manifests)
+PATHS_KEPT = 20_000  # data files a session's query connection may keep allowed
 _POLL_SECONDS = 0.05  # how often the waiting thread checks for the timeout (Ctrl-C is immediate)
+_STOP_GRACE_SECONDS = 5.0  # how long an interrupted query may take to stop before it is left
 
 
 class QueryLimitError(MeshError):
@@ -162,6 +166,7 @@ class QuerySession:
         self._principal: Principal | None = None
         self.limits: QueryLimits | None = None
         self._settings: tuple[int | None, str] | None = None  # the connection's (threads, memory)
+        self._plan_conn: duckdb.DuckDBPyConnection | None = None
 
     # -- access -----------------------------------------------------------------------------
 
@@ -212,30 +217,48 @@ class QuerySession:
 
     # -- engine -----------------------------------------------------------------------------
 
-    def _connection(self, directories: set[str]) -> duckdb.DuckDBPyConnection:
+    def _planner(self) -> duckdb.DuckDBPyConnection:
+        """The connection that reads Avro manifests to plan snapshots' data files. User SQL
+        never runs on it, so the query connection can be limited to the data files alone."""
+        if self._plan_conn is None:
+            from mesh_platform.duckdb_ext import connect
+            from mesh_platform.storage.warehouse import configure_duckdb
+
+            conn = connect(extensions=("avro",))
+            try:
+                configure_duckdb(conn, dict(self.catalog.storage))  # s3:// warehouse: httpfs
+            except Exception:
+                conn.close()
+                raise
+            self._plan_conn = conn
+        return self._plan_conn
+
+    def _connection(self, files: set[str]) -> duckdb.DuckDBPyConnection:
+        """The locked connection user SQL runs on: external access off except the exact data
+        files of the snapshots it reads (no folder, so no glob, no other snapshot's or rejected
+        batch's file, no metadata), configuration locked. Rebuilt when a query needs a file it
+        was not opened for."""
         limits = self.limits or self.mesh.settings.query.defaults
         threads = self.threads or limits.threads  # None: DuckDB's default, every core
         settings = (threads, limits.memory_limit)
-        if (
-            self._conn is not None
-            and directories <= self._allowed
-            and self._settings == settings
-        ):
+        if self._conn is not None and files <= self._allowed and self._settings == settings:
             return self._conn
         from mesh_platform.duckdb_ext import connect
         from mesh_platform.storage.warehouse import configure_duckdb
 
-        allowed = frozenset(directories | self._allowed)
-        self.close()
-        self._views.clear()
-        conn = connect(extensions=("avro",))  # manifests are Avro; data files Parquet
+        allowed = frozenset(files | self._allowed)  # queries alternating products: one connection
+        if len(allowed) > PATHS_KEPT:
+            allowed = frozenset(files)
+        self._close_query_connection()
+        conn = connect()
         try:
             configure_duckdb(conn, dict(self.catalog.storage))  # s3:// warehouse: httpfs
             if threads:
                 conn.execute(f"SET threads = {int(threads)}")
             conn.execute(f"SET memory_limit = {quote_literal(limits.memory_limit)}")
-            dirs = ", ".join(quote_literal(d.rstrip("/") + "/") for d in sorted(allowed))
-            conn.execute(f"SET allowed_directories = [{dirs}]")
+            paths = ", ".join(quote_literal(f) for f in sorted(allowed))
+            conn.execute(f"SET allowed_paths = [{paths}]")
+            conn.execute("SET allowed_directories = []")
             conn.execute("SET parquet_metadata_cache = true")
             conn.execute("SET enable_external_access = false")
             conn.execute("SET lock_configuration = true")
@@ -249,7 +272,7 @@ class QuerySession:
         """(Re)create the view ``<domain>.<product>`` the user's SQL reads, if it changed. The
         view names session variables for the files and the salt, never their values."""
         domain, table = item.plan.address.domain, item.plan.address.table
-        source = item.plan.select_sql(scan_relation(conn, item, self._files_of(conn, item)))
+        source = item.plan.select_sql(scan_relation(conn, item, self._files_of(item)))
         if self._views.get((domain, table)) == source:
             return
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(domain)}")
@@ -258,12 +281,12 @@ class QuerySession:
         )
         self._views[(domain, table)] = source
 
-    def _files_of(self, conn: duckdb.DuckDBPyConnection, item: ReadProduct) -> list[str]:
+    def _files_of(self, item: ReadProduct) -> list[str]:
         """The pinned snapshot's data files, planned once per snapshot in a session."""
         key = (item.state.metadata_path, item.snapshot_id)
         snapshot = item.state.snapshot(item.snapshot_id)
         if key not in self._files:
-            self._files[key] = data_files(conn, item.state, snapshot)
+            self._files[key] = data_files(self._planner(), item.state, snapshot)
             while len(self._files) > FILE_LISTS_KEPT:
                 self._files.popitem(last=False)
         self._files.move_to_end(key)
@@ -330,7 +353,8 @@ class QuerySession:
             ]
             self.last_snapshots = {str(r.plan.address): r.snapshot_id for r in read}
             limits = self.limits or self.mesh.settings.query.defaults
-            conn = self._connection({r.state.location for r in read})
+            files = {f for r in read for f in self._files_of(r)}
+            conn = self._connection(files)
             bind_salt(conn, self.salt_for([r.plan for r in read]))
             for item in read:
                 self._expose(conn, item)
@@ -339,6 +363,8 @@ class QuerySession:
             started = True
             result = self._execute(conn, checked.sql, fetch, limits)
         except (AccessDeniedError, QueryRefusedError) as exc:
+            if entry["query"] is None:  # refused before it was checked: its tokens, redacted
+                entry["query"] = redact(sql)
             entry["status"] = "denied" if isinstance(exc, AccessDeniedError) else "refused"
             entry["reason"] = exc.what
             self._record(entry, start)
@@ -399,10 +425,10 @@ class QuerySession:
                         fix="narrow it (filters, aggregates, LIMIT), or ask the platform team "
                         "for a longer timeout (mesh.yaml: query.principals.<you>.timeout_seconds)",
                     )
-                    conn.interrupt()
+                    self._stop(conn, worker)
+                    break
         except KeyboardInterrupt:
-            conn.interrupt()
-            worker.join()
+            self._stop(conn, worker)
             raise QueryCancelledError(
                 "the query was cancelled (Ctrl-C)", fix="run it again when needed"
             ) from None
@@ -412,16 +438,32 @@ class QuerySession:
             raise outcome["error"]
         return outcome["result"]
 
+    def _stop(self, conn: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
+        """Interrupt the running query; DuckDB acts on it between batches of rows. One long
+        call on one value may not see it: after a grace period the connection is abandoned to
+        the (daemon) worker, so the caller gets its answer in bounded time."""
+        conn.interrupt()
+        worker.join(_STOP_GRACE_SECONDS)
+        if worker.is_alive() and conn is self._conn:
+            self._views.clear()
+            self._conn, self._allowed = None, frozenset()
+
     def _record(self, entry: dict[str, Any], start: float) -> None:
         entry["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
         self.audit.record(entry)
 
-    def close(self) -> None:
-        self.catalog.close()
+    def _close_query_connection(self) -> None:
         self._views.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn, self._allowed = None, frozenset()
+
+    def close(self) -> None:
+        self.catalog.close()
+        self._close_query_connection()
+        if self._plan_conn is not None:
+            self._plan_conn.close()
+            self._plan_conn = None
 
     def __enter__(self) -> QuerySession:
         return self

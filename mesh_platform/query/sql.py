@@ -23,7 +23,7 @@ with warnings.catch_warnings():  # sqlglotrs (pulled in by a dependency) warns o
     warnings.simplefilter("ignore", DeprecationWarning)
     import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, TokenError
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import MeshError
@@ -32,6 +32,19 @@ from mesh_platform.query.surface import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIO
 DIALECT = "duckdb"
 _SIMPLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+# The syntax a federated query may use: every node of the checked tree is one of these (an
+# allowlist: a construct sqlglot adds, or one DuckDB reads as a table or a file without sqlglot
+# seeing a table, such as SUMMARIZE 'path' or DESCRIBE, is refused until reviewed here).
+# Functions (exp.Func) are further checked by name against query/surface.py.
+_ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
+    exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery, exp.With, exp.CTE,
+    exp.From, exp.Join, exp.Where, exp.Group, exp.Having, exp.Qualify, exp.Order, exp.Ordered,
+    exp.Limit, exp.Offset, exp.LimitOptions, exp.Distinct, exp.Window, exp.WindowSpec,
+    exp.Filter, exp.Table, exp.TableAlias, exp.Alias, exp.Identifier, exp.Column, exp.Star,
+    exp.Bracket, exp.Slice, exp.Literal, exp.Boolean, exp.Null, exp.Var, exp.DataType,
+    exp.DataTypeParam, exp.Interval, exp.Tuple, exp.Lambda, exp.Binary, exp.Unary, exp.Func,
+    exp.Predicate, exp.TableSample,
+)  # fmt: skip
 # Token kinds the audit log keeps verbatim; every other token (literals of any quoting) is '?'.
 _KEPT_TOKENS = frozenset(
     {"VAR", "IDENTIFIER", "STAR", "DOT", "COMMA", "L_PAREN", "R_PAREN", "L_BRACKET",
@@ -70,6 +83,15 @@ def refused_function(node: exp.Expression) -> str | None:
     return None if name is None or name in ALLOWED_FUNCTIONS else name
 
 
+def _shown(name: object, *, quote: bool = True) -> str:
+    """A user-given name as a refusal may repeat it (refusals are logged): plain identifiers
+    only, anything else (a quoted string that could hold data) is not echoed."""
+    text = str(name)
+    if not _SIMPLE_NAME.match(text.replace(".", "_")):
+        return "(a quoted name)"
+    return repr(text) if quote else text
+
+
 def _refuse(what: str, fix: str) -> QueryRefusedError:
     return QueryRefusedError(what, fix=fix)
 
@@ -77,9 +99,16 @@ def _refuse(what: str, fix: str) -> QueryRefusedError:
 def _parse_one(sql: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+    except TokenError:
+        raise _refuse(  # sqlglot's message quotes the query: not repeated
+            "the query cannot be read: an unterminated string, quoted name or comment",
+            "close every quote and comment; write one SELECT naming products as <domain>.<product>",
+        ) from None
     except ParseError as exc:
-        raise _refuse(
-            f"the query is not valid SQL: {str(exc).splitlines()[0]}",
+        first = (exc.errors or [{}])[0]
+        where = f" (line {first.get('line')}, column {first.get('col')})" if first else ""
+        raise _refuse(  # the parser's own message quotes the query: not repeated
+            f"the query is not valid SQL: {first.get('description', 'syntax error')}{where}",
             "write one SELECT (DuckDB dialect) naming products as <domain>.<product>",
         ) from None
     if len(statements) != 1:
@@ -123,7 +152,10 @@ def redact(sql: str) -> str:
         kind = token.token_type
         literal = kind.name in ("STRING", "NUMBER") or "STRING" in kind.name
         if kind.name in _KEPT_TOKENS or (kind in keywords and not literal):
-            out.append(token.text if kind.name != "IDENTIFIER" else f'"{token.text}"')
+            if kind.name == "IDENTIFIER":  # quoted: a plain name is kept, any other text is data
+                out.append(f'"{token.text}"' if _SIMPLE_NAME.match(token.text) else '"?"')
+            else:
+                out.append(token.text)
         else:
             out.append("?")
     return " ".join(out)
@@ -147,16 +179,24 @@ def check_query(sql: str) -> CheckedQuery:
         alias = str(cte.alias)
         if not _SIMPLE_NAME.match(alias) or alias.lower().startswith("mesh_"):
             raise _refuse(
-                f"CTE name {cte.alias!r} is refused: CTE names are plain identifiers not "
+                f"CTE name {_shown(cte.alias)} is refused: CTE names are plain identifiers not "
                 "starting with mesh_",
                 "name CTEs with letters, digits and '_' (e.g. WITH recent AS (...))",
             )
     addresses: dict[str, ProductAddress] = {}
     for node in statement.walk():
+        if not isinstance(node, _ALLOWED_NODES):
+            kind = type(node).__name__.upper()
+            raise _refuse(
+                f"the SQL construct {kind} is not allowed in federated queries",
+                "write a SELECT over products (<domain>.<product>); if analysts need this "
+                "syntax, ask the platform team to review it for _ALLOWED_NODES in "
+                "mesh_platform/query/sql.py",
+            )
         if name := refused_function(node):
             raise _refuse(
-                f"function {name}() is not on the federated query's allowlist",
-                function_fix(name),
+                f"function {_shown(name, quote=False)}() is not on the federated query's allowlist",
+                function_fix(_shown(name, quote=False)),
             )
         if isinstance(node, exp.Table) and (address := _table_address(node)):
             addresses[str(address)] = address
@@ -189,24 +229,25 @@ def _table_address(node: exp.Table) -> ProductAddress | None:
             return None
         name = name or node.sql()
         raise _refuse(
-            f"table function {name}() is refused: a federated query reads products only",
+            f"table function {_shown(name, quote=False)}() is refused: a federated query "
+            "reads products only",
             "name products by address in FROM: <domain>.<product> (e.g. sales.orders)",
         )
     if node.args.get("version") is not None or node.args.get("when") is not None:
         raise _refuse(
-            f"time travel in SQL ({node.sql(dialect=DIALECT)}) is refused",
+            f"time travel in SQL (on {_shown(node.name)}) is refused",
             "pass --at SNAPSHOT|TIMESTAMP (or at=...) to travel the whole query",
         )
     if node.catalog:
         raise _refuse(
-            f"{node.sql(dialect=DIALECT)} names a catalog; products are <domain>.<product>",
+            f"table {_shown(node.name)} names a catalog; products are <domain>.<product>",
             "drop the catalog part",
         )
     if not node.db:
         if _SIMPLE_NAME.match(node.name) and node.name.lower() in _visible_ctes(node):
             return None
         raise _refuse(
-            f"table {node.name!r} is not a product address",
+            f"table {_shown(node.name)} is not a product address",
             "name products as <domain>.<product> (e.g. sales.orders); list them with "
             "`mesh products`",
         )
@@ -215,7 +256,7 @@ def _table_address(node: exp.Table) -> ProductAddress | None:
         return ProductAddress.parse(text.lower())
     except MeshError:
         raise _refuse(
-            f"{text!r} is not a product address",
+            f"{_shown(text)} is not a product address",
             "name products as <domain>.<product> with lower-case letters, digits and '_' "
             "(list them with `mesh products`)",
         ) from None

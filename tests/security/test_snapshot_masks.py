@@ -56,3 +56,41 @@ def test_a_column_newly_classified_personal_is_masked_before_the_next_build(atta
     ):
         served = {n for (n,) in session.rows("SELECT customer_name FROM sales.customers")[1]}
     assert served == {"[redacted]"}, sorted(served)[:3]
+
+
+@pytest.fixture(scope="module")
+def sales_only(tmp_path_factory):
+    """A copy of the mesh with only sales built (its own: the test republishes it)."""
+    from mesh_platform.config import load_mesh
+    from tests.conftest import copy_mesh
+    from tests.security.conftest import SF, add_attacker, run_mesh
+
+    root = copy_mesh(tmp_path_factory.mktemp("masks") / "mesh")
+    add_attacker(root)
+    result = run_mesh(root, "build", "--domain", "sales", "--scale", str(SF))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return load_mesh(root)
+
+
+def test_time_travel_to_a_snapshot_stored_clear_stays_masked(sales_only):
+    """The reported attack: a column moves from masking at read to masking on publication and
+    is republished; reading the older snapshot (stored in clear) with --at must stay masked."""
+    from mesh_platform.addressing import ProductAddress
+    from tests.security.conftest import run_mesh
+
+    address = ProductAddress.parse("sales.customers")
+    with QuerySession("sales", mesh=sales_only) as owner:
+        old = owner.catalog.table_state(address).current.snapshot_id
+        clear = {p for (p,) in owner.rows("SELECT phone FROM sales.customers", at=old)[1] if p}
+    assert clear and not any(p.endswith("***") for p in clear)  # stored in clear
+    descriptor = sales_only.root / CUSTOMERS_DESCRIPTOR
+    descriptor.write_text(descriptor.read_text().replace(PHONE_READ, PHONE_PUBLICATION))
+    result = run_mesh(sales_only.root, "build", "--domain", "sales", "--scale", "0.01")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with QuerySession("sales", mesh=sales_only) as owner:
+        new = owner.catalog.table_state(address).current.snapshot_id
+    assert new != old
+    for at in (old, new, None):
+        served = _phones(sales_only, ATTACKER, at=at)
+        assert served and not (served & clear), f"clear phones served at snapshot {at}"
+    assert _phones(sales_only, ATTACKER, at=old) <= {p[:2] + "***" for p in clear}

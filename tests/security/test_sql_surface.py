@@ -79,3 +79,61 @@ def test_no_view_or_statement_carries_the_salt_a_path_or_a_filter(attacked_mesh)
     assert salt not in definitions
     assert str(attacked_mesh.state_dir) not in definitions
     assert ".parquet" not in definitions
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM (SUMMARIZE 'state/warehouse/sales/customers/data/*.parquet') s, "
+        "(SELECT count(*) FROM sales.customers) g",
+        "SELECT * FROM (SUMMARIZE 'duckdb_views') s",
+        "SELECT * FROM (DESCRIBE sales.customers) d",
+        "SELECT * FROM sales.customers PIVOT (count(*) FOR phone IN ('x'))",
+        "SELECT * FROM sales.customers, (VALUES (1)) v(x)",
+        "SELECT * FROM sales.customers, LATERAL (SELECT 1)",
+        "SELECT $1 FROM sales.customers",
+    ],
+)
+def test_syntax_off_the_allowlist_is_refused_by_construct(sql):
+    """Constructs DuckDB reads as tables or files without sqlglot seeing a table (SUMMARIZE
+    'path', DESCRIBE) and any syntax not reviewed: refused by the node allowlist."""
+    with pytest.raises(QueryRefusedError):
+        check_query(sql)
+
+
+@pytest.mark.e2e
+def test_the_engine_reads_only_the_snapshots_data_files(attacked_mesh):
+    """The second wall: even SQL that slipped past the guard could open only the exact data
+    files of the snapshots read, not a folder, a glob, metadata or another product's file."""
+    with QuerySession("team:customer-care", mesh=attacked_mesh) as session:
+        session.rows("SELECT count(*) FROM sales.customers")
+        conn = session._conn
+        warehouse = attacked_mesh.state_dir / "warehouse"
+        for sql in (
+            f"SELECT count(*) FROM read_parquet('{warehouse}/sales/customers/data/*.parquet')",
+            f"SELECT count(*) FROM read_parquet('{warehouse}/sales/orders/**/*.parquet')",
+            f"SELECT * FROM read_text('{warehouse}/sales/customers/metadata/*')",
+            f"SELECT * FROM read_text('{attacked_mesh.state_dir}/secrets/pii_salt')",
+        ):
+            with pytest.raises(duckdb.Error, match=r"Permission|disabled"):
+                conn.execute(sql).fetchall()
+
+
+@pytest.mark.e2e
+def test_refusals_on_record_carry_no_literal(attacked_mesh):
+    import json
+
+    path = attacked_mesh.state_dir / "audit" / "queries.jsonl"
+    with QuerySession("team:customer-care", mesh=attacked_mesh) as session:
+        for sql in (
+            "SELECT * FROM 'Jane Doe +1-415-555-0100'",
+            "SELECT * FROM sales.customers AT (VERSION => 1) WHERE phone = '+1-415-555-0100'",
+            'SELECT "Jane Doe +1-415-555-0100"(1) FROM sales.customers',
+            "SELECT * FROM sales.customers WHERE phone = '+1-415-555-0100",
+        ):
+            with pytest.raises(QueryRefusedError) as info:
+                session.rows(sql)
+            assert "555" not in str(info.value)
+            last = json.loads(path.read_text().splitlines()[-1])
+            assert last["status"] == "refused"
+            assert "555" not in json.dumps(last) and "Jane" not in json.dumps(last), last
