@@ -15,16 +15,6 @@ from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import QueryCancelledError, QueryLimitError, QuerySession
 from tests.security.conftest import MESH, edited
 
-SECRET_LITERALS = [
-    "'secret-a@x.com'",
-    "E'secret-e\\n'",
-    "N'secret-n'",
-    "$$secret-dollar$$",
-    "$tag$secret-tagged$tag$",
-    "'sec''ret-quoted'",
-    "x'5ec4e7'",
-    "123456789",
-]
 HEAVY = "SELECT count(*) FROM range(1000000) a(x), range(1000000) b(y) WHERE a.x + b.y = -1"
 
 
