@@ -8,8 +8,13 @@ hash on both paths, so masked keys still join.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mesh_platform.addressing import quote_literal
 from mesh_platform.errors import MeshError
+
+if TYPE_CHECKING:
+    import duckdb
 
 # masking rule -> (DuckDB expression of {v} and {salt}, pattern a masked value matches); both
 # are str.format templates, hence the doubled braces of regex repetitions.
@@ -36,13 +41,23 @@ class _SessionSalt:
 SESSION_SALT = _SessionSalt()
 
 
-def bind_salt(conn: object, salt: str | None) -> None:
+def bind_salt(conn: duckdb.DuckDBPyConnection, salt: str | None) -> None:
     """Bind ``salt`` to the DuckDB connection for :data:`SESSION_SALT` masks (unset: such masks
     give NULL, never clear values)."""
     if salt is None:
-        conn.execute(f"RESET VARIABLE {SALT_VARIABLE}")  # type: ignore[attr-defined]
+        conn.execute(f"RESET VARIABLE {SALT_VARIABLE}")
     else:
-        conn.execute(f"SET VARIABLE {SALT_VARIABLE} = ?", [salt])  # type: ignore[attr-defined]
+        conn.execute(f"SET VARIABLE {SALT_VARIABLE} = ?", [salt])
+
+
+def require_salt(rule: str, salt: object, *, what: str) -> None:
+    """A salted rule (hash, tokenise) without a salt is refused before anything is masked."""
+    if rule in SALTED and salt is None:
+        raise MeshError(
+            f"{what}: masking personal data by {rule!r} needs a salt",
+            fix="set MESH_PII_SALT in the environment (the embedded default creates one in "
+            "<state>/secrets/pii_salt)",
+        )
 
 
 def mask_expression(
@@ -51,12 +66,7 @@ def mask_expression(
     """SQL masking ``column_sql`` by ``rule`` (NULL stays NULL); ``what`` names it in errors.
     ``salt``: :data:`SESSION_SALT` in DuckDB (the salt stays out of the SQL), the salt itself
     only for engines configured by an operator's file (Trino rules)."""
-    if rule in SALTED and salt is None:
-        raise MeshError(
-            f"{what}: masking personal data by {rule!r} needs a salt",
-            fix="set MESH_PII_SALT in the environment (the embedded default creates one in "
-            "<state>/secrets/pii_salt)",
-        )
+    require_salt(rule, salt, what=what)
     salt_sql = (
         f"getvariable({quote_literal(SALT_VARIABLE)})"
         if isinstance(salt, _SessionSalt)

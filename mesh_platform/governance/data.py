@@ -34,7 +34,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from mesh_platform.access.masking import SESSION_SALT, bind_salt, mask_expression, masked_shape
+from mesh_platform.access.masking import (
+    SESSION_SALT,
+    bind_salt,
+    mask_expression,
+    masked_shape,
+    require_salt,
+)
 from mesh_platform.addressing import quote_ident, quote_literal
 from mesh_platform.governance.builtin import pii_name_kind
 from mesh_platform.products.descriptor import ProductDescriptor
@@ -88,8 +94,8 @@ def masked_relation(
         return relation
     schema, table = relation.split(".")
     what = f"product {descriptor.address}"
-    for column in masked:  # a salted rule without a salt: refused here, before anything runs
-        mask_expression(column.masking, "v", salt, what=what)
+    for column in masked:
+        require_salt(column.masking, salt, what=what)
     bind_salt(conn, salt)  # the SQL names the session's salt variable, never the salt
     replaces = [
         mask_expression(c.masking, quote_ident(c.name), SESSION_SALT, what=what)

@@ -75,15 +75,6 @@ class TableState:
     main_history: tuple[Snapshot, ...]  # main's published snapshots, oldest first
     schema_count: int = 1  # >1: files may differ in columns (added ones)
 
-    def stored_clear(self) -> set[str]:
-        """Masked columns the table holds in clear (masked at read)."""
-        prefix = "mesh.masking."
-        return {
-            k[len(prefix) :]
-            for k, v in self.properties.items()
-            if k.startswith(prefix) and v.endswith("@read")
-        }
-
     def snapshot(self, snapshot_id: int | None = None, as_of_ms: int | None = None) -> Snapshot:
         """Main's head, a published snapshot by id, or main's snapshot at a time."""
         if snapshot_id is not None:
@@ -258,18 +249,23 @@ def data_files(conn: Any, state: TableState, snapshot: Snapshot) -> list[str]:
     ]
 
 
-def scan_sql(files: list[str], state: TableState, columns: tuple[str, ...]) -> str:
-    """A relation reading ``files``; an empty snapshot is an empty relation of its columns."""
+def scan_sql(
+    files: list[str], state: TableState, columns: tuple[str, ...], *, listing: str | None = None
+) -> str:
+    """A relation reading ``files``; an empty snapshot is an empty relation of its columns.
+    ``listing``: SQL naming the file list instead of the literal list (the query engine binds
+    it to a session variable, so no statement text carries a path)."""
     from mesh_platform.addressing import quote_ident, quote_literal
 
     if not files:
         nulls = ", ".join(f"NULL AS {quote_ident(c)}" for c in columns) or "NULL AS _"
         return f"(SELECT {nulls} WHERE false)"
-    listing = ", ".join(quote_literal(f) for f in files)
+    if listing is None:
+        listing = "[" + ", ".join(quote_literal(f) for f in files) + "]"
     # Files written before a column was added lack it: match columns by name (Iceberg's name
     # mapping: the platform's Parquet files carry no field ids; renames need a new major).
     union = ", union_by_name = true" if state.schema_count > 1 else ""
-    return f"read_parquet([{listing}]{union})"
+    return f"read_parquet({listing}{union})"
 
 
 class Catalog:

@@ -46,6 +46,7 @@ from mesh_platform.query.directory import (
     TableState,
     data_files,
     load_directory,
+    scan_sql,
 )
 from mesh_platform.query.sql import QueryRefusedError, check_query, redact
 
@@ -114,16 +115,12 @@ def _variable(kind: str, address: ProductAddress) -> str:
 def scan_relation(conn: duckdb.DuckDBPyConnection, item: ReadProduct, files: list[str]) -> str:
     """A relation over the pinned snapshot's data files. The file list is bound to a session
     variable (never written into SQL): no view definition or statement text carries a path."""
-    snapshot = item.state.snapshot(item.snapshot_id)
-    if not files:
-        nulls = ", ".join(f"NULL AS {quote_ident(c)}" for c in snapshot.columns) or "NULL AS _"
-        return f"(SELECT {nulls} WHERE false)"
     variable = _variable("files", item.plan.address)
-    conn.execute(f"SET VARIABLE {variable} = ?", [files])
-    # Files written before a column was added lack it: match columns by name (Iceberg's name
-    # mapping: the platform's Parquet files carry no field ids; renames need a new major).
-    union = ", union_by_name = true" if item.state.schema_count > 1 else ""
-    return f"read_parquet(getvariable({quote_literal(variable)}){union})"
+    if files:
+        conn.execute(f"SET VARIABLE {variable} = ?", [files])
+    columns = item.state.snapshot(item.snapshot_id).columns
+    listing = f"getvariable({quote_literal(variable)})"
+    return scan_sql(files, item.state, columns, listing=listing)
 
 
 def governed_source(conn: duckdb.DuckDBPyConnection, item: ReadProduct, salt: str | None) -> str:
@@ -163,7 +160,6 @@ class QuerySession:
         # publication would otherwise keep every snapshot it ever read
         self._files: OrderedDict[tuple[str, int], list[str]] = OrderedDict()
         self._views: dict[tuple[str, str], str] = {}  # (domain, table) -> SQL of its view
-        self._principal: Principal | None = None
         self.limits: QueryLimits | None = None
         self._settings: tuple[int | None, str] | None = None  # the connection's (threads, memory)
         self._plan_conn: duckdb.DuckDBPyConnection | None = None
@@ -180,20 +176,26 @@ class QuerySession:
 
         principals = load_principals(self.mesh.root, set(list_domain_names(self.mesh)))
         principal = principals.resolve(self.principal_id)
-        self._principal = principal
         acts_as = [principal.id, *sorted(principal.acts_as - {principal.id})]
         self.limits = self.mesh.settings.query.for_principal(acts_as)
         return principal
 
-    def resolve(self, addresses: tuple[ProductAddress, ...], at: At = None) -> list[ReadProduct]:
-        """Decide access to each product (all refusals are raised before anything is read)."""
+    def resolve(
+        self,
+        addresses: tuple[ProductAddress, ...],
+        at: At = None,
+        *,
+        principal: Principal | None = None,
+    ) -> list[ReadProduct]:
+        """Decide access to each product (all refusals are raised before anything is read);
+        ``principal``: this query's, if already resolved (else read from principals.yaml)."""
         if isinstance(at, int) and len(addresses) != 1:
             raise MeshError(
                 f"a snapshot id pins one product, but the query reads {len(addresses)}",
                 fix="pass --at TIMESTAMP to travel every product, or at={address: snapshot} "
                 "in Python",
             )
-        principal = self.principal()
+        principal = principal or self.principal()
         directory = self.directory()
         descriptors = [directory.get(a) for a in addresses]
         today = dt.date.today()
@@ -340,7 +342,7 @@ class QuerySession:
             checked = check_query(sql)
             entry["query"] = checked.redacted
             entry["products"] = [{"address": str(a)} for a in checked.addresses]
-            read = self.resolve(checked.addresses, at)
+            read = self.resolve(checked.addresses, at, principal=principal)
             entry["products"] = [
                 {
                     "address": str(r.plan.address),

@@ -24,6 +24,7 @@ with warnings.catch_warnings():  # sqlglotrs (pulled in by a dependency) warns o
     import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import MeshError
@@ -136,28 +137,33 @@ def _normalised(sql: str) -> tuple[exp.Expression, str]:
     )
 
 
+@functools.cache
+def _kept_token_types() -> frozenset[object]:
+    """Token kinds kept verbatim in the audit log: the kinds named in _KEPT_TOKENS and the
+    dialect's keywords and punctuation; never a literal kind (strings of any quoting, numbers)."""
+    tokenizer = sqlglot.Dialect.get_or_raise(DIALECT).tokenizer_class
+    kinds = {*tokenizer.KEYWORDS.values(), *tokenizer.SINGLE_TOKENS.values()}
+    kinds |= {k for k in TokenType if k.name in _KEPT_TOKENS}
+    return frozenset(k for k in kinds if "STRING" not in k.name and k.name != "NUMBER")
+
+
 def redact(sql: str) -> str:
     """``sql`` with every literal (any quoting: '...', E'...', N'...', $$...$$, numbers) replaced
     by ``?`` and comments dropped: only tokens of an allowlist of kinds (names, keywords,
     operators) are kept verbatim, so a new literal form is redacted by default."""
-    from sqlglot.tokens import TokenType
-
     try:
         tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(sql)
     except Exception:  # untokenisable: keep nothing of it
         return "?"
-    keywords = {t for t in TokenType if t.name not in _KEPT_TOKENS and "STRING" not in t.name}
+    kept = _kept_token_types()
     out = []
     for token in tokens:
-        kind = token.token_type
-        literal = kind.name in ("STRING", "NUMBER") or "STRING" in kind.name
-        if kind.name in _KEPT_TOKENS or (kind in keywords and not literal):
-            if kind.name == "IDENTIFIER":  # quoted: a plain name is kept, any other text is data
-                out.append(f'"{token.text}"' if _SIMPLE_NAME.match(token.text) else '"?"')
-            else:
-                out.append(token.text)
-        else:
+        if token.token_type not in kept:
             out.append("?")
+        elif token.token_type.name == "IDENTIFIER":  # quoted: a plain name is kept, else data
+            out.append(f'"{token.text}"' if _SIMPLE_NAME.match(token.text) else '"?"')
+        else:
+            out.append(token.text)
     return " ".join(out)
 
 
