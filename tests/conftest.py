@@ -7,8 +7,12 @@ mesh copy (one dbt parse per domain, shared by the session) -> end to end (marke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,57 @@ MESH_FILES = (
 _IGNORE = shutil.ignore_patterns(
     "target", "dbt_packages", "logs", "__pycache__", ".user.yml", "package-lock.yml"
 )
+
+
+MESH = str(Path(sys.executable).with_name("mesh"))
+
+
+def user_env() -> dict[str, str]:
+    """The environment a user's `mesh` command runs with: none of the test process's MESH_* or
+    DAGSTER_HOME."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
+
+
+def run_mesh(
+    root: Path, *args: str, timeout: int = 1200, **env_extra: str
+) -> subprocess.CompletedProcess:
+    """The `mesh` command on the mesh at ``root``, as a user runs it (no MESH_* or DAGSTER_HOME
+    of the test process)."""
+    env = {**user_env(), "COLUMNS": "1000", **env_extra}  # rich tables: one line per row
+    return subprocess.run(
+        [MESH, "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=root,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def edited(path: Path, old: str, new: str) -> Iterator[None]:
+    """``path`` with ``old`` (present exactly once) replaced by ``new``; restored after."""
+    original = path.read_text()
+    assert original.count(old) == 1, f"{old!r} is not in {path} exactly once"
+    path.write_text(original.replace(old, new))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def mesh_files(root: Path) -> dict[str, bytes]:
+    """Every file of a mesh's own folders and files, with its content (to prove a refused
+    command changed nothing)."""
+    files = {}
+    for top in ("domains", "dbt_projects", "tests"):
+        for path in sorted((root / top).rglob("*")) if (root / top).exists() else []:
+            if path.is_file() and "__pycache__" not in path.parts and "target" not in path.parts:
+                files[str(path.relative_to(root))] = path.read_bytes()
+    for name in ("workspace.yaml", "principals.yaml"):
+        files[name] = (root / name).read_bytes()
+    return files
 
 
 def copy_mesh(dest: Path) -> Path:

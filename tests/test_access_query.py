@@ -10,7 +10,6 @@ Edits to ``principals.yaml`` and descriptors are made on the built copy and rest
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import io
@@ -18,7 +17,6 @@ import json
 import re
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +34,7 @@ from mesh_platform.query.audit import AuditLog
 from mesh_platform.query.engine import QuerySession, parse_at, query
 from mesh_platform.query.sql import QueryRefusedError, check_query
 from mesh_platform.read import read_product
-from tests.conftest import copy_mesh
-from tests.test_e2e import run_mesh
+from tests.conftest import copy_mesh, edited, run_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -84,18 +81,6 @@ def clear_phones(owner_customers: dict[int, dict[str, Any]]) -> set[str]:
     phones = {row["phone"] for row in owner_customers.values() if row["phone"]}
     assert len(phones) > 100
     return phones
-
-
-@contextlib.contextmanager
-def edited(path: Path, old: str, new: str) -> Iterator[None]:
-    """``path`` with ``old`` (present exactly once) replaced by ``new``; restored after."""
-    original = path.read_text()
-    assert original.count(old) == 1, f"{old!r} is not in {path} exactly once"
-    path.write_text(original.replace(old, new))
-    try:
-        yield
-    finally:
-        path.write_text(original)
 
 
 def _audit(mesh: Mesh) -> AuditLog:

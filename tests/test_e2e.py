@@ -4,9 +4,7 @@ Row counts and totals are checked against TPC-H tables generated independently i
 read back from Iceberg with DuckDB's own iceberg reader (any engine can read the products).
 """
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -15,26 +13,11 @@ import pytest
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.storage.iceberg import open_catalog
-from tests.conftest import copy_mesh
+from tests.conftest import copy_mesh, run_mesh
 
 pytestmark = pytest.mark.e2e
 
 SF = 0.01
-MESH = str(Path(sys.executable).with_name("mesh"))
-
-
-def run_mesh(root: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-    env["COLUMNS"] = "1000"  # rich tables on one line per row
-    return subprocess.run(
-        [MESH, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=root,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

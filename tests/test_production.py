@@ -22,8 +22,8 @@ from mesh_platform.duckdb_ext import connect
 from mesh_platform.storage.iceberg import open_catalog
 from mesh_platform.storage.preflight import pg_connect_args
 from mesh_platform.storage.warehouse import configure_duckdb, s3_properties
-from tests.conftest import REPO, copy_mesh
-from tests.test_e2e import MESH, SF, _why
+from tests.conftest import MESH, REPO, copy_mesh
+from tests.test_e2e import SF, _why
 from tests.test_wap import concurrent_publishers, killed_publisher
 
 pytestmark = pytest.mark.production

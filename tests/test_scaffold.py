@@ -15,7 +15,7 @@ from mesh_platform.config import load_mesh
 from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
-from tests.conftest import copy_mesh
+from tests.conftest import copy_mesh, mesh_files
 
 BIN = Path(sys.executable).parent
 
@@ -31,18 +31,6 @@ def _run(root: Path, *cmd: str, timeout: int = 900) -> subprocess.CompletedProce
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return result
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    """Every file of the mesh's own folders, with its content (to prove nothing changed)."""
-    files = {}
-    for top in ("domains", "dbt_projects", "tests"):
-        for path in sorted((root / top).rglob("*")) if (root / top).exists() else []:
-            if path.is_file() and "__pycache__" not in path.parts and "target" not in path.parts:
-                files[str(path.relative_to(root))] = path.read_bytes()
-    for name in ("workspace.yaml", "principals.yaml"):
-        files[name] = (root / name).read_bytes()
-    return files
 
 
 @pytest.mark.e2e
@@ -94,23 +82,23 @@ def mesh(tmp_path):
 
 @pytest.mark.parametrize("name", ["Finance", "1finance", "fin-ance", "raw", "finance_v2", ""])
 def test_an_invalid_domain_name_is_refused_before_anything_is_written(mesh, name):
-    before = _tree(mesh.root)
+    before = mesh_files(mesh.root)
     with pytest.raises(ScaffoldError) as err:
         new_domain(mesh, name, team="finance")
     assert "name" in err.value.what and err.value.fix
-    assert _tree(mesh.root) == before
+    assert mesh_files(mesh.root) == before
 
 
 def test_scaffolding_over_an_existing_domain_is_refused(mesh):
-    before = _tree(mesh.root)
+    before = mesh_files(mesh.root)
     with pytest.raises(ScaffoldError, match="already exists") as err:
         new_domain(mesh, "sales", team="sales")
     assert "mesh new product sales" in err.value.fix
-    assert _tree(mesh.root) == before
+    assert mesh_files(mesh.root) == before
 
 
 def test_an_unwritable_workspace_leaves_nothing_half_written(mesh):
-    before = _tree(mesh.root)
+    before = mesh_files(mesh.root)
     workspace = mesh.workspace_file
     original = workspace.read_bytes()
     workspace.unlink()
@@ -124,14 +112,14 @@ def test_an_unwritable_workspace_leaves_nothing_half_written(mesh):
     finally:
         workspace.rmdir()
         workspace.write_bytes(original)
-    assert _tree(mesh.root) == before
+    assert mesh_files(mesh.root) == before
     assert not list(mesh.root.glob(".mesh-new-*"))  # no staging folder left
 
 
 def test_a_failure_midway_rolls_everything_back(mesh, monkeypatch):
     """The catalog step fails after the files were moved: they are removed again and the
     shared files restored."""
-    before = _tree(mesh.root)
+    before = mesh_files(mesh.root)
     import mesh_platform.storage.iceberg as iceberg
 
     def broken(*args, **kwargs):
@@ -140,7 +128,7 @@ def test_a_failure_midway_rolls_everything_back(mesh, monkeypatch):
     monkeypatch.setattr(iceberg, "open_catalog", broken)
     with pytest.raises(ScaffoldError, match="catalog unreachable"):
         new_domain(mesh, "finance", team="finance")
-    assert _tree(mesh.root) == before
+    assert mesh_files(mesh.root) == before
     assert "finance" not in list_domain_names(mesh)
 
 
@@ -152,14 +140,14 @@ def test_bad_owner_and_contact_are_refused(mesh):
 
 
 def test_new_product_refuses_duplicates_unknown_domains_and_bad_names(mesh):
-    before = _tree(mesh.root)
+    before = mesh_files(mesh.root)
     with pytest.raises(ScaffoldError, match="already exists"):
         new_product(mesh, "sales", "orders")
     with pytest.raises(DomainError):
         new_product(mesh, "nowhere", "things")
     with pytest.raises(ScaffoldError, match="invalid product name"):
         new_product(mesh, "sales", "Order-Stats")
-    assert _tree(mesh.root) == before
+    assert mesh_files(mesh.root) == before
 
 
 def test_a_new_product_skeleton_passes_every_policy(mesh):

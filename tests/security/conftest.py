@@ -13,20 +13,17 @@ state build their own copy.
 
 from __future__ import annotations
 
-import contextlib
-import os
+import json
 import subprocess
-import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
 
 from mesh_platform.config import Mesh, load_mesh
-from tests.conftest import copy_mesh
+from tests.conftest import MESH, copy_mesh, run_mesh, user_env
 
 SF = 0.01
-MESH = str(Path(sys.executable).with_name("mesh"))
 ATTACKER = "user:mallory"
 CUSTOMERS_FILTER = "market_segment = 'BUILDING'"
 ORDER_LINES_FILTER = "order_date < DATE '1995-01-01'"
@@ -62,21 +59,6 @@ _ORDER_LINES_GRANT = (
 )
 
 
-def run_mesh(root: Path, *args: str, timeout: int = 1200, **env_extra: str):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-    env["COLUMNS"] = "1000"
-    env.update(env_extra)
-    return subprocess.run(
-        [MESH, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=root,
-        check=False,
-    )
-
-
 def add_attacker(root: Path) -> None:
     """Declare mallory and her row-filtered grants in the mesh copy at ``root``."""
     principals = root / "principals.yaml"
@@ -101,13 +83,36 @@ def attacked_mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
     return load_mesh(root)
 
 
-@contextlib.contextmanager
-def edited(path: Path, old: str, new: str) -> Iterator[None]:
-    """``path`` with ``old`` (present exactly once) replaced by ``new``; restored after."""
-    original = path.read_text()
-    assert original.count(old) == 1, f"{old!r} is not in {path} exactly once"
-    path.write_text(original.replace(old, new))
-    try:
-        yield
-    finally:
-        path.write_text(original)
+# A query that runs for minutes (a cross join nothing prunes), to kill, interrupt or time out.
+HEAVY = (
+    "SELECT count(*) FROM range(1000000) a(x), range(1000000) b(y), sales.customers c "
+    "WHERE a.x + b.y = -1"
+)
+
+
+def start_heavy_query(mesh: Mesh, **popen: object) -> subprocess.Popen:
+    """`mesh query --as marketing HEAVY` in its own process, as a user starts it."""
+    return subprocess.Popen(
+        [MESH, "--root", str(mesh.root), "query", "--as", "marketing", HEAVY],
+        env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+    )  # fmt: skip
+
+
+def audit_lines(mesh: Mesh) -> list[dict]:
+    """The query audit log's lines, oldest first."""
+    path = mesh.state_dir / "audit" / "queries.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_until_started(mesh: Mesh, principal: str, proc: subprocess.Popen) -> dict:
+    """The "started" audit line of the query ``proc`` (a `mesh query` process) runs, once it
+    is on record; start-up may re-prepare an edited domain, hence the long deadline."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        entries = [e for e in audit_lines(mesh) if e.get("principal") == principal]
+        if entries and entries[-1]["status"] == "started":
+            return entries[-1]
+        if proc.poll() is not None:
+            pytest.fail(f"the query ended before it was on record: {proc.communicate()}")
+        time.sleep(0.2)
+    pytest.fail("no 'started' audit line while the query runs")

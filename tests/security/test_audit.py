@@ -4,17 +4,13 @@ characters escaped)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import time
-
 import pytest
 
 from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import QuerySession
 from mesh_platform.query.sql import check_query, redact
-from tests.security.conftest import MESH
+from tests.conftest import run_mesh
+from tests.security.conftest import audit_lines, start_heavy_query, wait_until_started
 
 SECRET_LITERALS = [
     "'secret-a@x.com'",
@@ -26,7 +22,6 @@ SECRET_LITERALS = [
     "x'5ec4e7'",
     "123456789",
 ]
-HEAVY = "SELECT count(*) FROM range(1000000) a(x), range(1000000) b(y) WHERE a.x + b.y = -1"
 
 
 @pytest.mark.parametrize("literal", SECRET_LITERALS)
@@ -43,69 +38,42 @@ def test_every_literal_form_and_comment_is_redacted(literal):
     assert "123456789" not in redacted
 
 
-def _audit(mesh) -> list[dict]:
-    path = mesh.state_dir / "audit" / "queries.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.e2e
 def test_an_alias_is_logged_as_the_canonical_principal(attacked_mesh):
     with QuerySession("domain:sales", mesh=attacked_mesh) as session:
         session.rows("SELECT count(*) FROM sales.customers")
-    last = _audit(attacked_mesh)[-1]
+    last = audit_lines(attacked_mesh)[-1]
     assert last["principal"] == "sales" and last["requested_as"] == "domain:sales"
     assert last["status"] == "ok"
     for spoof in (" sales", "sales\n", "SALES"):  # not a spelling of sales: refused, logged
         with QuerySession(spoof, mesh=attacked_mesh) as session, pytest.raises(MeshError):
             session.rows("SELECT count(*) FROM sales.customers")
-        assert _audit(attacked_mesh)[-1]["status"] == "denied"
+        assert audit_lines(attacked_mesh)[-1]["status"] == "denied"
 
 
 @pytest.mark.e2e
 def test_a_query_is_on_record_before_it_runs_and_a_killed_one_stays_there(attacked_mesh):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-    proc = subprocess.Popen(
-        [MESH, "--root", str(attacked_mesh.root), "query", "--as", "marketing",
-         HEAVY.replace("range(1000000) a(x)", "range(1000000) a(x), sales.customers c")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+    proc = start_heavy_query(attacked_mesh, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240  # start-up may re-prepare an edited domain
-        while time.monotonic() < deadline:
-            entries = [e for e in _audit(attacked_mesh) if e.get("principal") == "marketing"]
-            if entries and entries[-1]["status"] == "started":
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the query ended before it was killed: {proc.communicate()}")
-            time.sleep(0.2)
-        else:
-            pytest.fail("no 'started' audit line while the query runs")
-        started = entries[-1]
+        started = wait_until_started(attacked_mesh, "marketing", proc)
         proc.kill()  # SIGKILL: no chance to write an outcome
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    lines = [e for e in _audit(attacked_mesh) if e.get("id") == started["id"]]
+    lines = [e for e in audit_lines(attacked_mesh) if e.get("id") == started["id"]]
     assert [e["status"] for e in lines] == ["started"]
     assert started["products"][0]["address"] == "sales.customers"
-    shown = subprocess.run(
-        [MESH, "--root", str(attacked_mesh.root), "audit", "--limit", "50"],
-        env={**env, "COLUMNS": "400"}, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    shown = run_mesh(attacked_mesh.root, "audit", "--limit", "50", COLUMNS="400")
     assert "unfinished" in shown.stdout
 
 
 @pytest.mark.e2e
 def test_control_characters_never_reach_the_terminal(attacked_mesh):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
     for sql in (
         "SELECT chr(27) || '[31mred' AS \"x\" , count(*) FROM sales.customers",
         "SELECT CAST(chr(27) || '[2J' AS INTEGER) FROM sales.customers",
     ):
-        result = subprocess.run(
-            [MESH, "--root", str(attacked_mesh.root), "query", "--as", "sales", sql],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        result = run_mesh(attacked_mesh.root, "query", "--as", "sales", sql)
         assert "\x1b" not in result.stdout + result.stderr, (result.stdout, result.stderr)
         assert "\\x1b" in result.stdout + result.stderr

@@ -32,8 +32,7 @@ from mesh_platform.dbt.project import load_manifest, prepare, resolve_dbt_execut
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.products.python import ProductContext, python_product
-from tests.conftest import copy_mesh
-from tests.security.conftest import run_mesh
+from tests.conftest import copy_mesh, run_mesh
 
 STAGING = "dbt_projects/logistics/models/staging"
 FIX = READ_FIX.format(domain="logistics")

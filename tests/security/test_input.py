@@ -25,8 +25,7 @@ from mesh_platform.errors import InvalidNameError, MeshError
 from mesh_platform.products.descriptor import DescriptorBody, Grant, Owner, parse_duration
 from mesh_platform.query.directory import load_directory
 from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
-from tests.conftest import copy_mesh
-from tests.security.conftest import edited, run_mesh
+from tests.conftest import copy_mesh, edited, mesh_files, run_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -60,15 +59,10 @@ BAD_CONTACTS = {
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    """Every file a scaffold could touch, with its content (to prove nothing changed)."""
-    files = {}
-    for top in ("domains", "dbt_projects", "tests"):
-        for path in sorted((root / top).rglob("*")) if (root / top).exists() else []:
-            if path.is_file() and "__pycache__" not in path.parts and "target" not in path.parts:
-                files[str(path.relative_to(root))] = path.read_bytes()
-    for name in ("workspace.yaml", "principals.yaml"):
-        files[name] = (root / name).read_bytes()
-    hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))  # staging folders
+    """Every file a scaffold could touch, with its content (to prove nothing changed), and the
+    names of hidden entries (a scaffold's staging folders)."""
+    files = mesh_files(root)
+    hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
     files["<hidden>"] = "\n".join(hidden).encode()
     return files
 

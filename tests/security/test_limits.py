@@ -3,24 +3,15 @@ principal); Ctrl-C and the timeout cancel the running query."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import time
 
 import pytest
 
 from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import QueryCancelledError, QueryLimitError, QuerySession
-from tests.security.conftest import MESH, edited
-
-HEAVY = "SELECT count(*) FROM range(1000000) a(x), range(1000000) b(y) WHERE a.x + b.y = -1"
-
-
-def _audit(mesh) -> list[dict]:
-    path = mesh.state_dir / "audit" / "queries.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from tests.conftest import edited
+from tests.security.conftest import HEAVY, audit_lines, start_heavy_query, wait_until_started
 
 
 @pytest.mark.e2e
@@ -38,7 +29,7 @@ def test_timeout_max_rows_and_memory_come_from_mesh_yaml(attacked_mesh):
         with QuerySession("marketing", mesh=mesh) as session:
             start = time.monotonic()
             with pytest.raises(QueryLimitError, match=r"longer than 1\.5 s"):
-                session.rows(HEAVY.replace("b(y)", "b(y), sales.customers c"))
+                session.rows(HEAVY)
             assert time.monotonic() - start < 30
             with pytest.raises(QueryLimitError, match="more than 10 rows"):
                 session.rows("SELECT customer_key FROM sales.customers")
@@ -52,24 +43,14 @@ def test_timeout_max_rows_and_memory_come_from_mesh_yaml(attacked_mesh):
             assert settings["threads"] == "1" and settings["memory_limit"].startswith("488")
         with QuerySession("sales", mesh=mesh) as owner:  # a per-principal override
             assert len(owner.rows("SELECT customer_key FROM sales.customers")[1]) > 10
-    statuses = [e["status"] for e in _audit(attacked_mesh)[-6:]]
+    statuses = [e["status"] for e in audit_lines(attacked_mesh)[-6:]]
     assert "limited" in statuses
 
 
 @pytest.mark.e2e
 def test_ctrl_c_cancels_a_running_query(attacked_mesh):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-    proc = subprocess.Popen(
-        [MESH, "--root", str(attacked_mesh.root), "query", "--as", "marketing",
-         HEAVY.replace("b(y)", "b(y), sales.customers c")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 240  # start-up may re-prepare an edited domain
-    while time.monotonic() < deadline:
-        entries = [e for e in _audit(attacked_mesh) if e.get("principal") == "marketing"]
-        if entries and entries[-1]["status"] == "started":
-            break
-        time.sleep(0.2)
+    proc = start_heavy_query(attacked_mesh)
+    wait_until_started(attacked_mesh, "marketing", proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     try:
@@ -79,7 +60,7 @@ def test_ctrl_c_cancels_a_running_query(attacked_mesh):
             proc.kill()
     assert time.monotonic() - sent < 20
     assert proc.returncode != 0 and "cancelled" in err, err
-    assert _audit(attacked_mesh)[-1]["status"] == "cancelled"
+    assert audit_lines(attacked_mesh)[-1]["status"] == "cancelled"
 
 
 def test_cancel_and_limit_errors_say_how_to_fix():

@@ -30,8 +30,7 @@ from mesh_platform.query.directory import Catalog
 from mesh_platform.read import read_product
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.warehouse import LocationError, contains, inside
-from tests.conftest import read_published
-from tests.security.conftest import run_mesh
+from tests.conftest import read_published, run_mesh
 
 pytestmark = pytest.mark.e2e
 

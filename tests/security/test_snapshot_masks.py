@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from mesh_platform.query.engine import QuerySession
-from tests.security.conftest import ATTACKER, CUSTOMERS_DESCRIPTOR, edited
+from tests.conftest import edited, run_mesh
+from tests.security.conftest import ATTACKER, CUSTOMERS_DESCRIPTOR
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +64,7 @@ def sales_only(tmp_path_factory):
     """A copy of the mesh with only sales built (its own: the test republishes it)."""
     from mesh_platform.config import load_mesh
     from tests.conftest import copy_mesh
-    from tests.security.conftest import SF, add_attacker, run_mesh
+    from tests.security.conftest import SF, add_attacker
 
     root = copy_mesh(tmp_path_factory.mktemp("masks") / "mesh")
     add_attacker(root)
@@ -76,7 +77,6 @@ def test_time_travel_to_a_snapshot_stored_clear_stays_masked(sales_only):
     """The reported attack: a column moves from masking at read to masking on publication and
     is republished; reading the older snapshot (stored in clear) with --at must stay masked."""
     from mesh_platform.addressing import ProductAddress
-    from tests.security.conftest import run_mesh
 
     address = ProductAddress.parse("sales.customers")
     with QuerySession("sales", mesh=sales_only) as owner:
