@@ -44,7 +44,7 @@ from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import check_specs
 from mesh_platform.products.python import PythonProduct, build_python_product_asset
 from mesh_platform.resources import MeshResource
-from mesh_platform.sources.tpch import land_tpch
+from mesh_platform.sources.tpch import TpchSource, land_tpch
 
 
 class RawLandingConfig(dg.Config):
@@ -53,10 +53,25 @@ class RawLandingConfig(dg.Config):
         gt=0,
         description="TPC-H scale factor to land. Default: scale_factor in mesh.yaml.",
     )
+    regenerate: bool = Field(
+        default=True,
+        description="Re-land a raw file that fails verification (moving it to _quarantine/ "
+        "first). False: keep the raw area as found and stop the run, naming each bad file.",
+    )
+
+
+class DbtBuildConfig(dg.Config):
+    full_refresh: bool = Field(
+        default=False,
+        description="Rebuild from nothing: `dbt build --full-refresh` (incremental models "
+        "rebuilt from their sources) and every partition of partitioned products republished "
+        "through the gate, whatever their recorded fingerprints say.",
+    )
 
 
 def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
-    """The domain's raw landing: its declared TPC-H tables as Parquet in its own raw area."""
+    """The domain's raw landing: its declared TPC-H tables as Parquet in its own raw area,
+    each file verified against the landing manifest on every run (re-landed when it fails)."""
     assert domain.spec.raw is not None
     tables = list(domain.spec.raw.tables)
     specs = [
@@ -79,19 +94,36 @@ def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
     ):
         loaded = mesh.load()
         scale = config.scale_factor or loaded.settings.scale_factor
-        landing = land_tpch(loaded.raw_dir(domain.name), tables, scale)
+        try:
+            landing = land_tpch(
+                loaded.raw_dir(domain.name),
+                tables,
+                scale,
+                source=TpchSource(regenerable=config.regenerate),
+                log=context.log.warning,
+            )
+        except MeshError as exc:  # expected (a bad file that may not be regenerated): no trace
+            raise dg.Failure(
+                description=f"domain '{domain.name}': {exc}",
+                metadata={"raw_dir": str(loaded.raw_dir(domain.name)), "fix": exc.fix},
+            ) from None
         context.log.info(
-            f"{'generated' if landing.generated else 'kept existing'} TPC-H SF {scale} landing "
-            f"in {landing.raw_dir} ({landing.seconds:.1f}s)"
+            f"{'landed' if landing.generated else 'verified the existing'} TPC-H SF {scale} "
+            f"files in {landing.raw_dir} ({landing.seconds:.1f}s)"
         )
         for table in tables:
+            # Verified this run: the counts are the file's footer's, not the manifest's.
+            landed = landing.files[table]
             yield dg.MaterializeResult(
                 asset_key=raw_asset_key(domain.name, table),
                 metadata={
-                    "dagster/row_count": landing.row_counts[table],
+                    "dagster/row_count": landed.rows,
                     "dagster/uri": landing.path(table).as_uri(),
                     "scale_factor": scale,
                     "regenerated": landing.generated,
+                    "sha256": landed.sha256,
+                    "size_bytes": landed.size_bytes,
+                    **({"quarantine": str(landing.quarantine)} if landing.quarantine else {}),
                 },
             )
 
@@ -100,6 +132,10 @@ def build_raw_assets(domain: Domain) -> dg.AssetsDefinition:
 
 def raw_landing_op_name(domain: str) -> str:
     return f"{domain}_raw_landing"
+
+
+def dbt_op_name(domain: str) -> str:
+    return f"{domain}_dbt"
 
 
 def build_job_name(domain: str) -> str:
@@ -135,7 +171,7 @@ def build_dbt_assets(
     ]
 
     @dg.multi_asset(
-        name=f"{domain.name}_dbt",
+        name=dbt_op_name(domain.name),
         specs=specs,
         check_specs=[*dbt_checks, *mesh_checks],
         can_subset=True,
@@ -143,8 +179,16 @@ def build_dbt_assets(
         pool=domain_pool(domain),
         allow_arbitrary_check_specs=True,
     )
-    def _dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, mesh: MeshResource):
-        yield from run_domain_dbt(context, dbt, mesh.load(), domain, manifest, translator)
+    def _dbt_models(
+        context: dg.AssetExecutionContext,
+        config: DbtBuildConfig,
+        dbt: DbtCliResource,
+        mesh: MeshResource,
+    ):
+        yield from run_domain_dbt(
+            context, dbt, mesh.load(), domain, manifest, translator,
+            full_refresh=config.full_refresh,
+        )  # fmt: skip
 
     return _dbt_models
 

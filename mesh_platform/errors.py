@@ -86,6 +86,186 @@ class ConcurrentPublishError(MeshError):
     """Main moved after a batch was staged; publishing it would drop the newer commits."""
 
 
+RUNBOOK = "docs/operations.md"
+# The runbook's sections the errors point to (their headings in docs/operations.md)
+DISK_FULL = "The disk filled up"
+LOST_DATA_FILE = "A data file was lost"
+CORRUPT_METADATA = "A product's metadata is corrupt"
+
+
+def runbook(section: str) -> str:
+    """Where the recovery procedure of a fault is written: ``docs/operations.md "<section>"``."""
+    return f'{RUNBOOK} "{section}"'
+
+
+class CatalogUnavailableError(MeshError):
+    """The Iceberg catalog could not be read or written (locked, disk full, missing, not a
+    catalog). Never means "not published": readers fail closed."""
+
+
+def catalog_unavailable(
+    uri: str, cause: BaseException | str, *, state_dir: Path | None = None
+) -> CatalogUnavailableError:
+    """The error of a catalog that could not be read, with the fix its cause calls for.
+
+    ``uri``: the catalog's URI with no password (``preflight.redact``); ``state_dir``: the
+    mesh's, named in the fix when the catalog is the default sqlite file inside it."""
+    text = one_line(cause)
+    lowered = text.lower()
+    where = f" (state_dir is {state_dir})" if state_dir is not None else ""
+    if "locked" in lowered or "busy" in lowered:
+        fix = (
+            "another process holds the catalog locked (a long commit, or a stuck process "
+            "holding it open): retry in a moment; if it stays locked, stop the stuck `mesh` "
+            "process (`mesh build`, `mesh maintain`), then retry"
+        )
+    elif is_disk_full(cause) or (state_dir is not None and nearly_full(state_dir)):
+        fix = (
+            "the disk holding the catalog is full: free space on it (see "
+            f"{runbook(DISK_FULL)}), then retry"
+        )
+    else:
+        fix = (
+            f"check state_dir in mesh.yaml or MESH_STATE_DIR{where}: it must be the folder "
+            "the mesh was built in, readable by you (a mesh never built has no catalog yet: "
+            "`mesh build`)"
+        )
+    return CatalogUnavailableError(f"the catalog at {uri} could not be read: {text}", fix=fix)
+
+
+class UnreadableMetadataError(MeshError):
+    """A product's current Iceberg metadata (its metadata file, a manifest list or a manifest)
+    is missing or corrupt. Readers fail closed; ``mesh repair`` rolls the table back to its last
+    readable metadata."""
+
+    def __init__(self, product: str, what: str, *, file: str, fix: str | None = None) -> None:
+        self.product = product
+        self.file = file
+        super().__init__(
+            f"product {product}: {what}",
+            fix=fix
+            or (
+                f"run `mesh repair --product {product}`: it rolls the table back to its last "
+                "readable metadata and lists what it rolled back (when none is left, it says "
+                f"how to republish it from its sources); see {runbook(CORRUPT_METADATA)}"
+            ),
+        )
+
+
+class SnapshotExpiredError(MeshError):
+    """A time-travel read of a snapshot that maintenance expired."""
+
+
+def one_line(cause: BaseException | str) -> str:
+    """An exception's message (or a text) on one line, its type named when it says little."""
+    text = " ".join(str(cause).split())
+    if isinstance(cause, BaseException) and (not text or len(text) < 12):
+        text = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    return printable(text)
+
+
+_DISK_FULL_ERRNOS = {28, 122}  # ENOSPC, EDQUOT
+_DISK_FULL_TEXT = ("no space left on device", "database or disk is full", "disk quota exceeded")
+_FILE_TOO_LARGE_ERRNO = 27  # EFBIG: the process's file size limit (ulimit -f) or the filesystem's
+_FILE_TOO_LARGE_TEXT = "file too large"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes and contexts, each once."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return seen
+
+
+def is_disk_full(exc: BaseException | str) -> bool:
+    """Whether ``exc`` (or any exception in its chain) says a disk is full or a write went over
+    the size limit: OSError ENOSPC/EDQUOT/EFBIG, sqlite's and DuckDB's messages of the same."""
+    if isinstance(exc, str):
+        lowered = exc.lower()
+        return any(t in lowered for t in (*_DISK_FULL_TEXT, _FILE_TOO_LARGE_TEXT))
+    for item in _chain(exc):
+        if isinstance(item, OSError) and item.errno in (*_DISK_FULL_ERRNOS, _FILE_TOO_LARGE_ERRNO):
+            return True
+        if is_disk_full(str(item)):
+            return True
+    return False
+
+
+def disk_full(exc: BaseException | str, state_dir: Path, *, doing: str) -> MeshError:
+    """The error of a write that found no space: the disk (its mount point, free and total
+    space), the path when the exception names one, and the fix. ``exc``: the exception, or
+    the message a failed step reported (``is_disk_full`` said yes to it)."""
+    import os
+    import re
+    import shutil
+
+    chain: list[BaseException] = [] if isinstance(exc, str) else _chain(exc)
+    path = next((Path(e.filename) for e in chain if isinstance(e, OSError) and e.filename), None)
+    if path is None and (quoted := re.search(r"[\"'](/[^\"']+)[\"']", str(exc))):
+        path = Path(quoted.group(1))  # DuckDB's 'Could not write file "<path>"'
+
+    target = path if path is not None else state_dir
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    mount = probe
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        usage = shutil.disk_usage(probe)
+        space = f"{usage.free / 2**20:,.1f} MiB free of {usage.total / 2**20:,.1f} MiB"
+    except OSError:
+        space = "free space unknown"
+    limit = any(
+        (isinstance(e, OSError) and e.errno == _FILE_TOO_LARGE_ERRNO)
+        or _FILE_TOO_LARGE_TEXT in str(e).lower()
+        for e in chain or [exc]
+    )
+    kind = (
+        "a file reached the size limit (the process's `ulimit -f`, or the filesystem's)"
+        if limit
+        else "the disk is full"
+    )
+    causes = [e for e in chain if is_disk_full(str(e)) or isinstance(e, OSError)]
+    cause = min(causes, key=lambda e: len(str(e))) if causes else exc  # sqlite's, not its wrapper's
+    return DiskFullError(
+        f"{doing} failed: {kind}: the disk holding {target} (filesystem mounted at {mount}: "
+        f"{space}) [{one_line(cause)[:300]}]",
+        fix=f"free space on {mount} (`mesh maintain` removes expired snapshots and orphan "
+        "files; old dbt run artifacts are pruned by every run), or move state_dir in mesh.yaml "
+        "to a larger volume, then run the command again: nothing was published half (an "
+        f"Iceberg commit is all or nothing); see {runbook(DISK_FULL)}",
+    )
+
+
+DISK_SLACK_BYTES = 2 * 2**20  # less free space than this: the disk counts as full
+
+
+def nearly_full(folder: Path) -> bool:
+    """Whether the filesystem holding ``folder`` (or its nearest existing parent) has less
+    than :data:`DISK_SLACK_BYTES` free: some writes on a full disk fail with another error
+    (sqlite: "disk I/O error", "unable to open database file")."""
+    import shutil
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < DISK_SLACK_BYTES
+    except OSError:
+        return False
+
+
+class DiskFullError(MeshError):
+    """A write found no space left on the disk (or went over the file size limit)."""
+
+
 class WorkspaceError(MeshError):
     """workspace.yaml and domains/ disagree. Lists every problem at once."""
 

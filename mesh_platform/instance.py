@@ -23,13 +23,15 @@ concurrency:
       - key: mesh/domain
         value: {applyLimitPerUniqueValue: true}
         limit: 1
-# Runs whose worker crashed are retried (not runs that failed a check or a step).
+# Runs whose worker crashed are retried (not runs that failed a check or a step). The daemon
+# cannot re-execute a `mesh build` run (started outside a code location): those carry
+# dagster/max_retries 0, and the `mesh build` that reaps one rebuilds its domain instead.
 run_retries:
   enabled: true
   max_retries: 2
   retry_on_asset_or_op_failure: false
-# The daemon fails runs whose worker died; `mesh build` runs are reaped by the platform
-# (mesh_platform/build.py, reap_orphaned_runs).
+# The daemon fails runs whose worker died; a `mesh build` run holds a lease (mesh/heartbeat,
+# renewed by its process) and is reaped by the platform once it expired (mesh_platform/leases.py).
 run_monitoring:
   enabled: true
   start_timeout_seconds: 300

@@ -17,8 +17,7 @@ import dagster as dg
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.domain import Domain
-
-SNAPSHOT_METADATA = "mesh/iceberg_snapshot_id"
+from mesh_platform.products.specs import SNAPSHOT_METADATA
 
 
 def domain_schedule(domain: Domain, job_name: str) -> dg.ScheduleDefinition | None:
@@ -102,19 +101,30 @@ def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.Senso
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _monitor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        from mesh_platform.build import reap_orphaned_runs
         from mesh_platform.config import load_mesh
+        from mesh_platform.leases import reap_expired_runs
+        from mesh_platform.products.acknowledge import acknowledge_committed
         from mesh_platform.sla.freshness import evaluate_freshness
         from mesh_platform.sla.history import record_safely
 
         mesh = load_mesh(domain.code_dir.parent.parent)
-        reaped = reap_orphaned_runs(context.instance, domain.name)
+        reaped = [r.run_id for r in reap_expired_runs(context.instance, domain.name)]
+        # Batches a dead run committed and never reported: their materialisation (consumers'
+        # sensors fire on it), history row and cut, exactly once (products.acknowledge).
+        late = acknowledge_committed(context.instance, mesh, domain.name, context.log)
         events = evaluate_freshness(mesh, domain.name)
         record_safely(mesh, events, context.log)
-        stale = [e.address for e in events if not e.published]
+        stale = [e.address for e in events if e.status == "stale"]
+        unknown = [e.address for e in events if e.infrastructure_error]
         return dg.SkipReason(
             f"{len(events)} product(s) evaluated; stale: {', '.join(stale) or 'none'}"
+            + (
+                f"; freshness unknown (infrastructure error): {', '.join(unknown)}"
+                if unknown
+                else ""
+            )
             + (f"; runs of dead processes marked failed: {', '.join(reaped)}" if reaped else "")
+            + (f"; late batches acknowledged: {len(late)}" if late else "")
         )
 
     return _monitor

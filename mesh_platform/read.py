@@ -33,7 +33,13 @@ def read_product(
     mesh: Mesh | None = None,
 ) -> pa.Table:
     """The product's rows as principal ``as_`` (default $MESH_PRINCIPAL) sees them, optionally
-    time-travelled (one of snapshot_id, as_of)."""
+    time-travelled (one of snapshot_id, as_of).
+
+    Every failure is a MeshError naming the product and the fix; the ones that are not the
+    caller's: ``CatalogUnavailableError`` (the catalog cannot be read: never "not published"),
+    ``UnreadableMetadataError`` (its metadata is missing or corrupt: ``mesh repair``),
+    ``SnapshotExpiredError`` (``as_of`` before the oldest snapshot maintenance kept),
+    ``ProductNotPublishedError`` (not published yet, or not yet at ``as_of``)."""
     from mesh_platform.query.engine import QuerySession
 
     if snapshot_id is not None and as_of is not None:

@@ -106,3 +106,50 @@ def test_a_failing_sink_does_not_stop_the_others(prepared_mesh, tmp_path, caplog
     assert len((mesh.state_dir / "alerts" / "alerts.jsonl").read_text().splitlines()) == 2
     # delivery was attempted once: a retry of the run does not resend
     assert alert_on(mesh, [_event(5, False, "run-2")], LOG) == []
+
+
+def test_an_infrastructure_error_tells_consumers_the_previous_snapshot_is_still_served(
+    prepared_mesh, tmp_path, webhook
+):
+    """A publication the platform failed (publish_products' wording) is not a failed gate:
+    consumers hear that the previous snapshot is still served, the owner gets the cause."""
+    from mesh_platform.products.publish import Publication
+    from mesh_platform.query.directory import load_directory
+
+    url, received = webhook
+    mesh = _mesh(prepared_mesh, tmp_path, url)
+    descriptor = load_directory(mesh).descriptors["sales.customers"]
+    failed = Publication(
+        descriptor, error="publication to Iceberg failed: [Errno 28] No space left on device"
+    )
+    event = GateEvent.of(failed, "run-1", at=T0)
+    assert event.status == "infrastructure_error" and event.infrastructure_error
+    notes = alert_on(mesh, [event], LOG)
+    assert [(n.event, n.recipient) for n in notes] == [
+        ("infrastructure_error", "team:sales"), ("infrastructure_error", "marketing"),
+    ]  # fmt: skip
+    owner, consumer = (n.cause for n in notes)
+    assert consumer == "not published: infrastructure error, previous snapshot still served"
+    assert "No space left on device" in owner and "mesh build --domain sales" in owner
+    assert "check" not in consumer and "blocked" not in owner
+    assert [r["cause"] for r in received] == [owner, consumer]
+    retry = GateEvent.of(failed, "run-2", at=T0 + dt.timedelta(minutes=5))
+    assert alert_on(mesh, [retry], LOG) == []  # the same incident: told once
+    fixed = alert_on(mesh, [_event(10, True, "run-3")], LOG)
+    assert [n.event for n in fixed] == ["recovered", "recovered"]
+    assert fixed[0].incident == notes[0].incident
+
+
+def test_a_freshness_evaluation_that_could_not_read_the_catalog_alerts_nobody(
+    prepared_mesh, tmp_path
+):
+    mesh = _mesh(prepared_mesh, tmp_path, "http://127.0.0.1:9/unused")
+    unknown = GateEvent(T0, "sales.customers", "sla_monitor", False, None, {}, (), None, 0.0,
+                        "freshness unknown: the snapshot could not be read (OperationalError)",
+                        kind="freshness", status="infrastructure_error")  # fmt: skip
+    assert alert_on(mesh, [unknown], LOG) == []
+    stale = GateEvent(T0, "sales.customers", "sla_monitor", False, 7, {"freshness": False},
+                      ("freshness",), None, 0.0, "snapshot 7 is 30.0 h old",
+                      kind="freshness")  # fmt: skip
+    assert [n.event for n in alert_on(mesh, [stale], LOG)] == ["freshness_breached"] * 2
+    assert alert_on(mesh, [unknown], LOG) == []  # nor closes an open one

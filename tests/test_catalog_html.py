@@ -109,10 +109,10 @@ def test_catalog_is_one_self_contained_file_with_every_product(
 
 def test_writing_again_replaces_the_page_atomically(prepared_mesh, tmp_path):
     first = write_catalog(prepared_mesh, tmp_path)
-    first.write_text("stale")
+    first.write_text("left over from an earlier write")
     second = catalog_command(prepared_mesh, tmp_path)
     assert second == first.resolve() and second.is_absolute()
-    assert "stale" not in second.read_text()
+    assert "left over from an earlier write" not in second.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == [INDEX]
 
 

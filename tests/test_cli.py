@@ -6,7 +6,7 @@ from mesh_platform.cli.main import cli
 COMMANDS = [
     [], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"], ["check"], ["query"],
     ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
-    ["new", "product"], ["sla"], ["doctor"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
+    ["new", "product"], ["sla"], ["doctor"], ["repair"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
     ["deploy", "s3-policies"],
 ]  # fmt: skip
 

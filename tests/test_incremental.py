@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 
 from mesh_platform.duckdb_ext import connect
+from mesh_platform.products import incremental
 from mesh_platform.products.descriptor import descriptor_from_node
 from mesh_platform.products.publish import publish_product
 from mesh_platform.storage.iceberg import open_catalog
@@ -133,3 +138,96 @@ def test_unchanged_data_with_a_failed_check_is_not_announced(env):
     assert not again.published
     assert "unique_orders_order_key" in again.error
     assert catalog.load_table(IDENT).current_snapshot().snapshot_id == first.snapshot_id
+
+
+# --- state derived from the table, never trusted over it ------------------------------------
+
+
+def test_a_lost_data_file_means_every_partition_is_republished(env):
+    """A data file of main is gone (lost disk, hand deletion): the fingerprints still match the
+    model, but main cannot be read. The planner sees it from the manifests and republishes."""
+    catalog, conn = env
+    first = _publish(catalog, conn, "b1")
+    lost = first.stage.data_files[1]
+    Path(lost).unlink()
+    publication = _publish(catalog, conn, "b2")
+    assert publication.published and publication.stage is not None
+    assert lost in publication.partitions and "is missing" in publication.partitions
+    assert publication.partitions.endswith("republishing every partition")
+    assert catalog.load_table(IDENT).current_snapshot().summary["mesh.partitions_replaced"] == "all"
+    assert _rows(catalog) == conn.execute("SELECT * FROM main.orders ORDER BY 1").fetchall()
+    assert _publish(catalog, conn, "b3").partitions == "0 of 3 partition(s) changed"
+
+
+def test_a_truncated_data_file_means_every_partition_is_republished(env):
+    catalog, conn = env
+    first = _publish(catalog, conn, "b1")
+    damaged = Path(first.stage.data_files[0])
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    publication = _publish(catalog, conn, "b2")
+    assert "changed size" in publication.partitions and str(damaged) in publication.partitions
+    assert _rows(catalog) == conn.execute("SELECT * FROM main.orders ORDER BY 1").fetchall()
+
+
+def test_recorded_counts_that_differ_from_the_table_mean_a_full_republish(env):
+    """The recorded state says February holds other rows than main's files do (a stale or
+    damaged mesh_state): the table wins, every partition is republished."""
+    catalog, conn = env
+    _publish(catalog, conn, "b1")
+    conn.execute(
+        f"UPDATE {incremental.STATE_TABLE} SET rows = rows + 1 WHERE part = DATE '2024-02-01'"
+    )
+    publication = _publish(catalog, conn, "b2")
+    assert "partition 2024-02 holds 290 row(s)" in publication.partitions
+    assert "291 recorded" in publication.partitions
+    assert publication.stage.row_count == 900
+
+
+def test_full_refresh_republishes_every_partition(env):
+    catalog, conn = env
+    _publish(catalog, conn, "b1")
+    publication = publish_product(
+        catalog, _descriptor(), conn, "main.orders", batch_id="b2", run_id="b2", full_refresh=True
+    )
+    assert publication.partitions == "full refresh: republishing every partition"
+    assert publication.stage.row_count == 900
+    assert catalog.load_table(IDENT).current_snapshot().summary["mesh.partitions_replaced"] == "all"
+    assert _publish(catalog, conn, "b3").partitions == "0 of 3 partition(s) changed"
+
+
+# --- the raw landing the incremental models were built from ---------------------------------
+
+
+def _land(raw: Path, scale: float, rows: int) -> None:
+    raw.mkdir(exist_ok=True)
+    (raw / "orders.parquet").write_bytes(b"x" * rows)
+    digest = hashlib.sha256(b"x" * rows).hexdigest()
+    (raw / "_landing.json").write_text(
+        json.dumps({"scale_factor": scale, "tables": {"orders": {"rows": rows, "sha256": digest}}})
+    )
+
+
+def test_a_changed_landing_calls_for_a_full_refresh(tmp_path):
+    conn = connect(tmp_path / "sales.duckdb")
+    raw = tmp_path / "raw"
+    _land(raw, 0.01, 10)
+    first = incremental.landing_state(raw)
+    assert "no record" in incremental.landing_change(conn, first)
+    incremental.record_landing(conn, first)
+    assert incremental.landing_change(conn, incremental.landing_state(raw)) is None
+
+    _land(raw, 0.01, 9)  # a corrected source: one order fewer
+    why = incremental.landing_change(conn, incremental.landing_state(raw))
+    assert why.startswith("the raw landing changed since the incremental models were built")
+    assert "tables.orders.rows: 10 -> 9" in why and "tables.orders.sha256" in why
+    incremental.record_landing(conn, incremental.landing_state(raw))
+    assert incremental.landing_change(conn, incremental.landing_state(raw)) is None
+
+    _land(raw, 0.02, 9)  # another scale factor: named first
+    why = incremental.landing_change(conn, incremental.landing_state(raw))
+    assert "(scale_factor: 0.01 -> 0.02)" in why
+    conn.close()
+
+
+def test_nothing_landed_has_no_landing_state(tmp_path):
+    assert incremental.landing_state(tmp_path / "raw") is None

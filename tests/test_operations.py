@@ -1,6 +1,7 @@
 """Operations: a `mesh build` killed mid-run leaves its run STARTED; the platform marks it
-failed and releases its domain's pool (reap_orphaned_runs, run by `mesh build` and by each
-domain's SLA monitor sensor). The instance is configured for one writer per domain."""
+failed and releases its domain's pool (mesh_platform.leases.reap_expired_runs, run by `mesh
+build` and by each domain's SLA monitor sensor; the lease and its faults: tests/chaos/test_runs.py).
+The instance is configured for one writer per domain."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from mesh_platform.build import reap_orphaned_runs
 from mesh_platform.instance import prepare_dagster_home
+from mesh_platform.leases import reap_expired_runs
 
 MESH = str(Path(sys.executable).with_name("mesh"))
 
@@ -59,17 +60,17 @@ def test_a_killed_build_is_marked_failed_and_its_pool_released(mesh_copy):
                 run = started[0].dagster_run if started else None
             assert build.poll() is None, "the build ended before it could be killed"
         assert run is not None, "no run started within 300 s"
-        assert reap_orphaned_runs(instance) == []  # its process is alive: left alone
+        assert reap_expired_runs(instance) == []  # its process is alive: left alone
         time.sleep(3)  # let it claim the pool and do some work
     finally:
         os.killpg(build.pid, signal.SIGKILL)
         build.wait()
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
-    assert reap_orphaned_runs(instance) == [run.run_id]
+    assert [r.run_id for r in reap_expired_runs(instance)] == [run.run_id]
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     info = instance.event_log_storage.get_concurrency_info("mesh_domain_logistics")
     assert [s for s in info.claimed_slots if s.run_id == run.run_id] == []
-    assert reap_orphaned_runs(instance) == []  # once
+    assert reap_expired_runs(instance) == []  # once
     failure = [
         e
         for e in instance.all_logs(run.run_id)

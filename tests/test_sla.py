@@ -96,3 +96,94 @@ def test_history_round_trip(mesh):
     later = read_history(mesh, since=T0 + H, addresses=["sales.orders"])
     assert later.column("run_id").to_pylist() == ["run-1", "run-2"]
     assert read_history(mesh, addresses=["logistics.parts"]).num_rows == 0
+
+
+_OLD_COLUMNS = 12  # mesh.sla_history as first written: no event_id, no status
+
+
+def test_a_history_table_of_the_older_schema_gains_ids_and_a_status(mesh):
+    """Rows written before ``status`` existed read with a derived one (an old publication that
+    raised is an infrastructure error, not a blocked batch); the next append evolves the table."""
+    import pyarrow as pa
+
+    from mesh_platform.sla.history import HISTORY, GateEvent, _schema, read_history, record
+    from mesh_platform.storage.iceberg import ensure_namespace, open_catalog
+
+    old = pa.schema(list(_schema())[:_OLD_COLUMNS])
+    rows = [
+        ("gate", True, True, ""),
+        ("gate", False, False, "not published: expectations failed"),
+        ("gate", False, False, "publication to Iceberg failed: database is locked"),
+        ("freshness", False, False, "snapshot 1 is 30.0 h old, max age 24h"),
+    ]
+    catalog = open_catalog(mesh)
+    ensure_namespace(catalog, "mesh")
+    table = catalog.create_table(HISTORY.iceberg_identifier, schema=old)
+    table.append(pa.Table.from_pylist([
+        {"recorded_at": T0 + i * H, "kind": kind, "address": "sales.orders", "run_id": f"old-{i}",
+         "published": published, "passed": passed, "failed_checks": "", "checks": "{}",
+         "seconds": 0.1, "detail": detail}
+        for i, (kind, published, passed, detail) in enumerate(rows)
+    ], schema=old))  # fmt: skip
+    assert read_history(mesh).column("status").to_pylist() == [
+        "published", "blocked", "infrastructure_error", "stale",
+    ]  # fmt: skip
+    record(mesh, [GateEvent(T0 + 5 * H, "sales.orders", "new", True, 3, {}, (), 1, 0.1)])
+    evolved = catalog.load_table(HISTORY.iceberg_identifier)
+    assert evolved.schema().find_field("status") and evolved.schema().find_field("event_id")
+    history = read_history(mesh)
+    assert history.column("status").to_pylist()[-1] == "published"
+    assert history.column("event_id").to_pylist()[:4] == [None] * 4
+    assert history.column("event_id").to_pylist()[-1].startswith("gate:sales.orders:new:")
+    catalog.engine.dispose()
+
+
+def test_quality_counts_what_the_gate_judged_only(mesh):
+    """A publication the platform failed and a freshness evaluation are not gate runs: they
+    neither count against the quality budget nor as runs."""
+    from mesh_platform.sla.history import INFRASTRUCTURE_ERROR, GateEvent, record
+    from mesh_platform.sla.report import product_attainment
+    from tests.test_read_and_maintenance import declare_orders
+
+    declare_orders(mesh)
+    record(mesh, [
+        GateEvent(T0, "sales.orders", "r1", True, 1, {}, (), 10, 0.1),
+        GateEvent(T0 + H, "sales.orders", "r2", False, None, {"expectations": False},
+                  ("expectations",), 10, 0.1, "not published: expectations failed"),
+        GateEvent(T0 + 2 * H, "sales.orders", "r3", False, None, {}, (), None, 0.1,
+                  "publication to Iceberg failed: [Errno 28] No space left on device"),
+        GateEvent(T0 + 3 * H, "sales.orders", "sla_monitor", False, None, {}, (), None, 0.0,
+                  "freshness unknown", kind="freshness", status=INFRASTRUCTURE_ERROR),
+        GateEvent(T0 + 4 * H, "sales.orders", "sla_monitor", False, 1, {"freshness": False},
+                  ("freshness",), None, 0.0, "stale", kind="freshness"),
+    ])  # fmt: skip
+    (orders,) = product_attainment(mesh, since=24 * H, now=T0 + 12 * H)
+    assert (orders.runs, orders.failed_runs, orders.quality) == (2, 1, 0.5)
+    assert orders.last_breach.cause == "gate failed: expectations"
+
+
+def test_a_freshness_evaluation_that_cannot_read_the_snapshot_is_unknown_not_stale(mesh):
+    from mesh_platform.duckdb_ext import connect
+    from mesh_platform.sla.freshness import evaluate_freshness
+    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+    from mesh_platform.storage.warehouse import local_path
+    from tests.test_read_and_maintenance import ORDERS, declare_orders
+
+    declare_orders(mesh)
+    yml = mesh.root / "domains/sales/products/orders.yml"
+    yml.write_text(yml.read_text().replace("  version: 1.0.0\n",
+                                           "  version: 1.0.0\n  sla: {freshness: {max_age: 2h}}\n"))  # fmt: skip
+    conn = connect()
+    conn.execute("CREATE TABLE v AS SELECT range AS order_key FROM range(10)")
+    catalog = open_catalog(mesh)
+    publish_from_duckdb(catalog, ORDERS, conn, "main.v", properties={})
+    metadata = local_path(catalog.load_table(ORDERS.iceberg_identifier).metadata_location)
+    good = metadata.read_bytes()
+    metadata.write_text("{not json")  # unreadable metadata: nothing is known of its age
+    (unknown,) = evaluate_freshness(mesh, "sales")
+    assert unknown.status == "infrastructure_error" and not unknown.failed
+    assert unknown.detail.startswith("freshness unknown: the snapshot could not be read")
+    metadata.write_bytes(good)
+    (fresh,) = evaluate_freshness(mesh, "sales")
+    assert fresh.status == "fresh" and fresh.published
+    catalog.engine.dispose()

@@ -1,9 +1,12 @@
+import hashlib
+import json
+
 import duckdb
 import pytest
 
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError
-from mesh_platform.sources.tpch import check_tables, land_tpch
+from mesh_platform.sources.tpch import LANDING_FILE, check_tables, land_tpch, read_manifest
 
 SF = 0.002
 
@@ -25,6 +28,35 @@ def test_landing_matches_dbgen_and_is_idempotent(tmp_path):
     second = land_tpch(raw, ["orders", "customer", "customer_contact", "nation"], SF)
     assert not second.generated
     assert first.path("orders").stat().st_mtime_ns == mtime
+
+
+def test_the_manifest_records_each_file_as_written(tmp_path):
+    landing = land_tpch(tmp_path / "raw", ["nation", "customer", "customer_contact"], SF)
+    manifest, problem = read_manifest(tmp_path / "raw")
+    assert problem is None
+    assert manifest.tables == landing.files
+    for table, landed in manifest.tables.items():
+        path = landing.path(table)
+        assert landed.file == path.name
+        assert landed.size_bytes == path.stat().st_size
+        assert landed.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        described = duckdb.sql(f"DESCRIBE SELECT * FROM '{path}'").fetchall()
+        assert landed.columns == {name: kind for name, kind, *_ in described}
+        assert landed.rows == duckdb.sql(f"SELECT count(*) FROM '{path}'").fetchone()[0]
+
+
+def test_a_landing_from_before_verification_is_landed_again(tmp_path):
+    """A manifest of the first format (row counts only) vouches for nothing: the files are
+    landed again, and the next call verifies them."""
+    raw = tmp_path / "raw"
+    first = land_tpch(raw, ["nation", "region"], SF)
+    old = {"generator": "duckdb-tpch-dbgen", "generator_version": 1, "scale_factor": SF}
+    (raw / LANDING_FILE).write_text(json.dumps({**old, "row_counts": first.row_counts}))
+    upgraded = land_tpch(raw, ["nation", "region"], SF)
+    assert upgraded.generated
+    assert "predates verified landings" in upgraded.findings[0].problem
+    assert upgraded.row_counts == first.row_counts
+    assert not land_tpch(raw, ["nation", "region"], SF).generated
 
 
 def test_changed_scale_regenerates(tmp_path):

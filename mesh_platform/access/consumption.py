@@ -27,6 +27,7 @@ class StagedInput:
     relation: str
     masked: tuple[str, ...] = ()
     row_filter: str | None = None
+    cut: str | None = None  # the producer run whose cut was read (None: its main, no cuts)
 
 
 def consumption_problems(
@@ -56,6 +57,38 @@ def consumption_problems(
     return problems
 
 
+def pinned_inputs(
+    mesh: Mesh, session: Any, addresses: tuple[ProductAddress, ...]
+) -> dict[str, Any]:
+    """producer domain -> the consistent cut (products.cuts) a consumer of ``addresses`` reads,
+    passing over cuts whose snapshots are no longer on main's history. A catalog or metadata
+    error is raised, never read as an expired snapshot."""
+    from mesh_platform.products.cuts import consistent_snapshots, cuts_folder
+
+    def readable(address: str, snapshot_id: int) -> bool:
+        state = session.catalog.table_state(ProductAddress.parse(address))
+        return any(s.snapshot_id == snapshot_id for s in state.main_history)
+
+    pinned = consistent_snapshots(mesh, addresses, exists=readable)
+    for domain, cut in pinned.items():
+        if cut.run_id is not None:
+            continue
+        # No marker at all: fine for products published by tools; but a product a run
+        # published (its snapshot names the run) means the markers were lost or cannot be
+        # listed, and reading main could mix runs: stop.
+        for address in (a for a in addresses if a.domain == domain):
+            current = session.catalog.table_state(address).current
+            if current is not None and (current.summary or {}).get("mesh.run_id"):
+                raise MeshError(
+                    f"{address} was published by run {current.summary['mesh.run_id']} of "
+                    f"domain {domain}, but no cut marker of that domain can be read in "
+                    f"{cuts_folder(mesh, domain)}: its products cannot be read as one cut",
+                    fix=f"run the producer again (`mesh build --domain {domain}`): its run "
+                    "writes the marker; check that the warehouse folder is readable",
+                )
+    return pinned
+
+
 def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[StagedInput]:
     """Copy each consumed product, as ``domain`` may read it, into the domain's DuckDB."""
     from mesh_platform.dbt.nodes import consumed_products
@@ -67,7 +100,10 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
     if not consumed:
         return []
     session = QuerySession(domain, mesh=mesh)
-    read = session.resolve(tuple(a for a, _ in consumed))  # refusals before anything is read
+    addresses = tuple(a for a, _ in consumed)
+    pinned = pinned_inputs(mesh, session, addresses)
+    at = {a: s for p in pinned.values() for a, s in p.snapshots.items()}
+    read = session.resolve(addresses, at)  # refusals before anything is read
     salt = session.salt_for([r.plan for r in read])
     mesh.duckdb_path(domain).parent.mkdir(parents=True, exist_ok=True)
     conn = connect(mesh.duckdb_path(domain), extensions=("avro",))
@@ -89,6 +125,7 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
                     f"{schema}.{address.table}",
                     tuple(sorted(item.plan.masks)),
                     item.plan.row_filter,
+                    pinned[address.domain].run_id,
                 )
             )
     finally:
@@ -99,7 +136,12 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
             "query": "dbt run: stage consumed products",
             "status": "ok",
             "products": [
-                {"address": str(s.address), "snapshot_id": s.snapshot_id, "masked": list(s.masked)}
+                {
+                    "address": str(s.address),
+                    "snapshot_id": s.snapshot_id,
+                    "cut": s.cut,
+                    "masked": list(s.masked),
+                }
                 for s in staged
             ],
             "rows": sum(s.row_count for s in staged),

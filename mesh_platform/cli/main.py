@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.errors import MeshError, printable, printable_value
+from mesh_platform.errors import MeshError, StateDirError, printable, printable_value
 
 console = Console(stderr=True, soft_wrap=True)  # long paths in errors stay on one line
 out = Console()
@@ -35,19 +36,134 @@ def _fail(message: str) -> None:
 
 
 def mesh_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn MeshError into a clear message and exit code 1 (--debug shows the traceback)."""
+    """Turn MeshError, and the failures of the machine a command may meet anywhere (a full
+    disk, a state database that cannot be used), into a clear message and exit code 1 (--debug
+    shows the traceback). A full disk also fails the Dagster runs this process left unfinished.
+    Anything else is a fault of the platform and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
+        debug = ctx.find_root().params.get("debug")
+        if ctx.info_name in _STATE_WRITERS:
+            _keep_disk_reserve(ctx)
         try:
             return fn(*args, **kwargs)
         except MeshError as exc:
-            if ctx.find_root().params.get("debug"):
+            if debug:
                 raise
+            if isinstance(exc, StateDirError) and (error := _machine_failure(ctx, exc)):
+                _fail(str(error))  # "not writable" because the disk is full: say so
             _fail(str(exc))
+        except Exception as exc:
+            error = _machine_failure(ctx, exc)
+            if error is None or debug:
+                raise
+            _fail(str(error))
 
     return wrapper
+
+
+def _machine_failure(ctx: click.Context, exc: Exception) -> MeshError | None:
+    """The MeshError of an expected failure of the machine (not of the platform's code): no
+    space left on a disk, or a sqlite state database (the catalog, Dagster's storage) that is
+    locked or cannot be opened. None for anything else."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from mesh_platform.errors import disk_full, is_disk_full, nearly_full, one_line
+
+    try:
+        state_dir = _mesh(ctx).state_dir
+    except MeshError:
+        state_dir = Path.cwd()
+    # sqlite reports some writes on a full disk as a "disk I/O error" (its WAL's shared memory)
+    io_error = "disk i/o error" in str(exc).lower()
+    if is_disk_full(exc) or (io_error and nearly_full(state_dir)):
+        error = disk_full(exc, state_dir, doing=f"`mesh {ctx.info_name}`")
+        (state_dir / DISK_RESERVE).unlink(missing_ok=True)  # room to record the failure
+        note = _fail_unfinished_runs(error.what)
+        return MeshError(error.what + note, fix=error.fix) if note else error
+    if isinstance(exc, sqlite3.OperationalError | OperationalError):
+        return MeshError(
+            f"a state database of the mesh (under {state_dir}) could not be used: "
+            f"{one_line(exc)[:300]}",
+            fix="if it is locked, another process holds it (a stuck `mesh` command): retry in a "
+            "moment, or stop that process; otherwise check state_dir in mesh.yaml or "
+            "MESH_STATE_DIR, and that its files are yours and readable",
+        )
+    return None
+
+
+# Commands that write state (Dagster runs, the catalog, the warehouse): they keep a small file
+# in reserve in the state dir, released when a disk-full error stops them, so the failure can
+# still be recorded (the runs it left unfinished marked failed) on a disk that is full.
+_STATE_WRITERS = frozenset({"build", "maintain", "repair", "prepare", "ui"})
+DISK_RESERVE = ".disk-reserve"
+DISK_RESERVE_BYTES = 2 * 2**20
+
+
+def _keep_disk_reserve(ctx: click.Context) -> None:
+    """Create the state dir's reserve file if it is missing and there is room (best effort)."""
+    try:
+        state_dir = _mesh(ctx).state_dir
+    except MeshError:
+        return  # the command itself reports the configuration's problem
+    reserve = state_dir / DISK_RESERVE
+    if not state_dir.is_dir() or reserve.exists():
+        return
+    try:
+        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, DISK_RESERVE_BYTES)
+    except OSError:  # no room: no reserve (retried by the next command)
+        os.close(fd)
+        reserve.unlink(missing_ok=True)
+        return
+    os.close(fd)
+
+
+def _fail_unfinished_runs(why: str) -> str:
+    """Mark FAILED the Dagster runs this process started and could not finish (a full disk
+    stopped it mid-run), and free their concurrency slots. Best effort, since the disk may
+    still be full: returns a sentence for the error message."""
+    if "dagster" not in sys.modules or not os.environ.get("DAGSTER_HOME"):
+        return ""  # this command ran no Dagster run
+    import socket
+
+    import dagster as dg
+
+    failed, left = [], []
+    try:
+        from mesh_platform.build import ORPHAN_HOST_TAG, ORPHAN_PID_TAG
+
+        unfinished = [
+            dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED,
+        ]  # fmt: skip
+        tags = {ORPHAN_PID_TAG: str(os.getpid()), ORPHAN_HOST_TAG: socket.gethostname()}
+        instance = dg.DagsterInstance.get()
+        records = instance.get_run_records(filters=dg.RunsFilter(statuses=unfinished, tags=tags))
+    except Exception:  # the instance's storage cannot be read either
+        return "; its Dagster run could not be marked failed: the next `mesh build` does it"
+    for record in records:
+        run = record.dagster_run
+        try:
+            instance.report_run_failed(run, message=f"run failed: {why}")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            failed.append(run.run_id)
+        except Exception:
+            left.append(run.run_id)
+    note = f"; run {', '.join(failed)} marked failed" if failed else ""
+    if left:
+        note += (
+            f"; run {', '.join(left)} could not be marked failed (no space to write it): the "
+            "next `mesh build` does it"
+        )
+    return note
 
 
 def _mesh(ctx: click.Context, **overrides: Any) -> Mesh:
@@ -114,9 +230,29 @@ def prepare(ctx: click.Context, domains: tuple[str, ...], force: bool) -> None:
     help="TPC-H scale factor of the sources (default: scale_factor in mesh.yaml, 0.1).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Show Dagster's run log (INFO) on the console.")
+@click.option(
+    "--full-refresh",
+    is_flag=True,
+    help="Rebuild from nothing: dbt --full-refresh (incremental models rebuilt from their "
+    "sources) and every partition of partitioned products republished through the gate.",
+)
+@click.option(
+    "--product",
+    "products",
+    multiple=True,
+    metavar="DOMAIN.PRODUCT",
+    help="With --full-refresh: only this product and what it is built from (repeatable).",
+)
 @click.pass_context
 @mesh_command
-def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, verbose: bool) -> None:
+def build(
+    ctx: click.Context,
+    domains: tuple[str, ...],
+    scale: float | None,
+    verbose: bool,
+    full_refresh: bool,
+    products: tuple[str, ...],
+) -> None:
     """Land sources, build and publish every domain's products through Dagster.
 
     Domains run in dependency order (producers before consumers), one recorded Dagster run
@@ -124,23 +260,29 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
     """
     from mesh_platform.build import (
         DomainOutcome,
+        Stop,
         build_domain,
         build_order,
         domain_dependencies,
-        reap_orphaned_runs,
     )
     from mesh_platform.dbt.project import prepare
     from mesh_platform.domain import list_domain_names, load_domain
     from mesh_platform.instance import get_instance
+    from mesh_platform.leases import reap_expired_runs
     from mesh_platform.workspace import check_workspace, load_location
 
     overrides = {"scale_factor": scale} if scale else {}
     mesh = _mesh(ctx, **overrides)
     mesh.ensure_state_dir()
-    selected = _selected_domains(mesh, domains)
+    refreshed = _refreshed_products(domains, products, full_refresh)
+    selected = _selected_domains(mesh, domains or tuple(dict.fromkeys(a.domain for a in refreshed)))
+    refresh_note = ""
+    if full_refresh:
+        what = ", ".join(map(str, refreshed)) or "every product"
+        refresh_note = f" · [bold]full refresh[/] of {what} (rebuilt from the sources)"
     console.print(
         f"[bold]mesh build[/] {', '.join(selected)} · TPC-H SF {mesh.settings.scale_factor} · "
-        f"state {mesh.state_dir}"
+        f"state {mesh.state_dir}{refresh_note}"
     )
     total_start = time.perf_counter()
     locations = {loc.name: loc for loc in check_workspace(mesh)}
@@ -167,28 +309,49 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
             continue
         console.print(f"  loaded code location {name} ({time.perf_counter() - start:.1f}s)")
     order = build_order(domain_dependencies(defs))
+    # Before any domain builds: a mistyped --product must not surface after others were built.
+    for address in refreshed:
+        if address.domain not in defs:
+            continue  # not loaded: reported above
+        if address.asset_key not in defs[address.domain].resolve_asset_graph().get_all_asset_keys():
+            raise MeshError(
+                f"--product {address}: domain {address.domain} has no such product",
+                fix=f"list its products with `mesh products --domain {address.domain}`",
+            )
     instance = get_instance(mesh)
-    for run_id in reap_orphaned_runs(instance):
-        console.print(f"  run {run_id} was left STARTED by a dead process: marked failed")
+    # dead runs of the domains built here are reaped (and rebuilt) when their turn comes
+    for reaped in reap_expired_runs(instance, exclude=order):
+        console.print(f"  {escape(reaped.message)}", highlight=False)
+    stop = Stop()  # SIGINT/SIGTERM: the running domain's run is canceled, no other starts
 
     def progress(domain: str, message: str) -> None:
         console.print(f"    [dim]{domain}[/] {escape(message)}", highlight=False)
 
-    for i, name in enumerate(order, 1):
-        console.print(f"[bold]\\[{i}/{len(order)}] {name}[/]")
-        outcome = build_domain(
-            name,
-            defs[name],
-            instance,
-            scale_factor=mesh.settings.scale_factor,
-            progress=progress,
-            log_level="INFO" if verbose else "WARNING",
-        )
-        mark = "[green]ok[/]" if outcome.success else "[red]FAILED[/]"
-        console.print(f"  {name}: {mark} in {outcome.seconds:.1f}s (run {outcome.run_id})")
-        if outcome.error:
-            console.print(f"  [red]{escape(outcome.error)}[/]", highlight=False)
-        outcomes.append(outcome)
+    with stop.on_signals():
+        for i, name in enumerate(order, 1):
+            console.print(f"[bold]\\[{i}/{len(order)}] {name}[/]")
+            outcome = build_domain(
+                name,
+                defs[name],
+                instance,
+                scale_factor=mesh.settings.scale_factor,
+                progress=progress,
+                log_level="INFO" if verbose else "WARNING",
+                full_refresh=full_refresh,
+                products=[str(a) for a in refreshed if a.domain == name],
+                stop=stop,
+            )
+            if outcome.stopped and outcome.run_id == "-":
+                console.print(f"  {name}: [red]{escape(outcome.error or 'stopped')}[/]")
+                break
+            mark = "[green]ok[/]" if outcome.success else "[red]FAILED[/]"
+            mark = "[red]STOPPED[/]" if outcome.stopped else mark
+            console.print(f"  {name}: {mark} in {outcome.seconds:.1f}s (run {outcome.run_id})")
+            if outcome.error:
+                console.print(f"  [red]{escape(outcome.error)}[/]", highlight=False)
+            outcomes.append(outcome)
+            if stop.requested:
+                break
 
     table = Table(title=f"mesh build summary ({time.perf_counter() - total_start:.0f}s)")
     for col in ("domain", "asset", "status", "rows"):
@@ -205,12 +368,69 @@ def build(ctx: click.Context, domains: tuple[str, ...], scale: float | None, ver
                 f"{asset.rows:,}" if asset.rows is not None else "",
             )
     out.print(table)
-    failed = [o.domain for o in outcomes if not o.success]
-    if failed:
-        _fail(
-            f"{len(failed)} domain(s) failed: {', '.join(failed)}; the other domains' products "
-            "were published. Details above and in the Dagster UI (`mesh ui`)."
+    if stop.requested:
+        console.print(
+            f"[bold red]stopped:[/] mesh build was stopped by {stop.reason}: the domain's run "
+            "was canceled (or never started) and no later domain was built; nothing of this "
+            "build is left running.",
+            highlight=False,
         )
+        raise SystemExit(128 + stop.signum if stop.signum else 1)
+    failed = [o for o in outcomes if not o.success]
+    if failed:
+        from mesh_platform.errors import disk_full, is_disk_full
+
+        for outcome in failed:
+            if outcome.error and is_disk_full(outcome.error):
+                _fail(
+                    str(
+                        disk_full(
+                            outcome.error, mesh.state_dir, doing=f"the build of {outcome.domain}"
+                        )
+                    )
+                )
+        _fail(build_failure_summary(outcomes))
+
+
+def build_failure_summary(outcomes: list[Any]) -> str:
+    """What a failed `mesh build` really left: per domain, which products were published by this
+    build and which were not (failed, blocked or not reached), never a blanket claim."""
+    failed = [o.domain for o in outcomes if not o.success]
+    lines = [f"{len(failed)} domain(s) failed: {', '.join(failed)}."]
+    for outcome in outcomes:
+        products = [a for a in outcome.assets if "/raw/" not in a.key and "/internal/" not in a.key]
+        done = [a.key for a in products if a.status == "materialized"]
+        missing = [a.key for a in products if a.status != "materialized"]
+        if outcome.success:
+            lines.append(f"  {outcome.domain}: ok, {len(done)} product(s) published")
+        elif not outcome.assets:
+            lines.append(f"  {outcome.domain}: not run (its code location did not load)")
+        else:
+            lines.append(
+                f"  {outcome.domain}: published {', '.join(done) or 'nothing'}; not published "
+                f"(they keep their previous snapshot): {', '.join(missing) or 'none'}"
+            )
+    lines.append("Details above and in the Dagster UI (`mesh ui`).")
+    return "\n".join(lines)
+
+
+def _refreshed_products(
+    domains: tuple[str, ...], products: tuple[str, ...], full_refresh: bool
+) -> list[ProductAddress]:
+    """The products `mesh build --full-refresh --product` names, checked against --domain."""
+    if products and not full_refresh:
+        raise MeshError(
+            "--product selects what a full refresh rebuilds; a build builds whole domains",
+            fix=f"add --full-refresh (mesh build --full-refresh --product {products[0]}), or "
+            "build the domain with --domain",
+        )
+    addresses = [ProductAddress.parse(p) for p in products]
+    if domains and (outside := [str(a) for a in addresses if a.domain not in domains]):
+        raise MeshError(
+            f"product(s) {', '.join(outside)} not in the domain(s) built ({', '.join(domains)})",
+            fix="drop --domain (the products' domains are built), or name the domain too",
+        )
+    return addresses
 
 
 @cli.command()
@@ -249,6 +469,21 @@ def ui(ctx: click.Context, port: int, host: str) -> None:
     raise SystemExit(code)
 
 
+def _acknowledged(mesh: Mesh) -> Callable[[ProductAddress, int], bool]:
+    """Whether a snapshot's publication was acknowledged: a Dagster materialisation of the
+    product recorded it (materialisations are reported only after publication)."""
+
+    def check(address: ProductAddress, snapshot_id: int) -> bool:
+        if not (mesh.dagster_home / "dagster.yaml").is_file():
+            return False
+        from mesh_platform.instance import get_instance
+        from mesh_platform.products.acknowledge import known_snapshots
+
+        return snapshot_id in known_snapshots(get_instance(mesh), address.asset_key)
+
+    return check
+
+
 def _terminate_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
     """Stop the UI's whole process group: SIGINT, then SIGTERM, then SIGKILL."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
@@ -265,25 +500,47 @@ def _terminate_group(proc: subprocess.Popen, timeout: float = 20.0) -> int:
     return 0 if proc.returncode in (0, -signal.SIGINT, -signal.SIGTERM, 130) else 1
 
 
-def _duration(text: str) -> timedelta:
+def _duration(text: str, option: str | None = None) -> timedelta:
+    """A positive duration: a number and a unit s, m, h or d (``90s``, ``1.5h``, ``7d``);
+    click.BadParameter naming ``option`` (e.g. ``'--retain'``) otherwise."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     try:
-        return timedelta(**{units[text[-1]]: float(text[:-1])})
-    except (KeyError, ValueError, IndexError):
+        value = timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError, OverflowError):
         raise click.BadParameter(
-            f"{text!r}: use a number and a unit s, m, h or d (e.g. 7d)"
+            f"{text!r}: use a number and a unit s, m, h or d (e.g. 7d)", param_hint=option
         ) from None
+    if value <= timedelta(0):
+        raise click.BadParameter(f"{text!r}: must be longer than zero", param_hint=option)
+    return value
 
 
 @cli.command()
 @click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
 @click.option("--retain", default="7d", show_default=True, help="Keep snapshots this recent.")
-@click.option("--keep-last", default=5, show_default=True, help="Always keep main's last N.")
+@click.option(
+    "--keep-last", default=5, show_default=True, type=click.IntRange(min=1),
+    help="Always keep main's last N.",
+)  # fmt: skip
 @click.option(
     "--orphan-margin", default="1h", show_default=True,
-    help="Remove unreferenced files only when older than this (in-flight writes are younger).",
+    help="Remove unreferenced files only when older than this (at least 15m: a younger file "
+    "may belong to a publication about to commit it).",
 )  # fmt: skip
-@click.option("--dry-run", is_flag=True, help="Report what would be removed; change nothing.")
+@click.option(
+    "--lock-wait", default="60s", show_default=True,
+    help="Wait this long for a publication of a product in progress, then skip the product "
+    "(run again later).",
+)  # fmt: skip
+@click.option(
+    "--dry-run", is_flag=True,
+    help="Report every branch, snapshot and orphan file a run would remove (files that expiry "
+    "and dropping branches would free included); change nothing.",
+)  # fmt: skip
+@click.option(
+    "-v", "--verbose", is_flag=True,
+    help="List every branch, snapshot and file removed (with --dry-run: that would be).",
+)  # fmt: skip
 @click.pass_context
 @mesh_command
 def maintain(
@@ -292,39 +549,181 @@ def maintain(
     retain: str,
     keep_last: int,
     orphan_margin: str,
+    lock_wait: str,
     dry_run: bool,
+    verbose: bool,
 ) -> None:
-    """Expire old snapshots, drop stale audit branches and remove orphan files of products."""
+    """Expire old snapshots, drop stale audit branches and remove orphan files of products.
+
+    Each product is maintained under its publication lock: a product being published is
+    waited for (--lock-wait), then skipped and reported (run again). A product whose table
+    cannot be read is reported with the fix and left untouched; the others are maintained and
+    the command exits 1 at the end."""
     from mesh_platform.addressing import ProductAddress
+    from mesh_platform.products.cuts import load_cuts, protected_snapshots
     from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.maintenance import MIN_ORPHAN_MARGIN, MaintenanceReport
     from mesh_platform.storage.maintenance import maintain as maintain_table
 
-    retain_for, margin = _duration(retain), _duration(orphan_margin)
+    retain_for = _duration(retain, "'--retain'")
+    margin = _duration(orphan_margin, "'--orphan-margin'")
+    wait = _duration(lock_wait, "'--lock-wait'")
+    if margin < MIN_ORPHAN_MARGIN:
+        floor = f"{int(MIN_ORPHAN_MARGIN.total_seconds() // 60)}m"
+        raise click.BadParameter(
+            f"{orphan_margin!r} is below the safe floor of {floor}: a younger unreferenced file "
+            f"may belong to a publication about to commit it (use {floor} or more)",
+            param_hint="'--orphan-margin'",
+        )
+    debug = ctx.find_root().params.get("debug")
     mesh = _mesh(ctx)
     selected = _selected_domains(mesh, domains)
     catalog = open_catalog(mesh)
+    namespaces = catalog.list_namespaces()
+    reports: list[MaintenanceReport] = []
+    failed: list[tuple[str, MeshError]] = []
     table = Table(title="mesh maintain" + (" (dry run)" if dry_run else ""))
-    for col in ("product", "expired snapshots", "removed branches", "orphan files"):
+    for col in ("product", "result", "expired snapshots", "removed branches", "orphan files"):
         table.add_column(col)
     for domain in selected:
-        if (domain,) not in catalog.list_namespaces():
+        if (domain,) not in namespaces:
             continue
+        # What consumers read next (products.cuts) is never expired.
+        protected = protected_snapshots(load_cuts(mesh, domain))
         for _, name in catalog.list_tables(domain):
-            report = maintain_table(
-                catalog,
-                ProductAddress.parse(f"{domain}.{name}"),  # nations_v2: major 2 of nations
-                retain=retain_for,
-                keep_last=keep_last,
-                orphan_margin=margin,
-                dry_run=dry_run,
-            )
-            table.add_row(
-                str(report.address),
-                str(len(report.expired_snapshots)),
-                ", ".join(report.removed_branches) or "-",
-                str(len(report.orphan_files)),
-            )
+            product = f"{domain}.{name}"
+            try:
+                report = maintain_table(
+                    catalog,
+                    ProductAddress.parse(product),  # nations_v2: major 2 of nations
+                    retain=retain_for,
+                    keep_last=keep_last,
+                    orphan_margin=margin,
+                    dry_run=dry_run,
+                    lock_wait=wait,
+                    protect=protected.get(product, set()),
+                )
+            except MeshError as exc:
+                if debug:
+                    raise
+                failed.append((product, exc))
+                table.add_row(escape(printable_value(product)), "[red]failed[/]", "-", "-", "-")
+                continue
+            reports.append(report)
+            table.add_row(*_maintenance_row(report))
     out.print(table)
+    if verbose:
+        for report in reports:
+            _print_maintenance_details(report)
+    for report in reports:
+        if report.skipped:
+            console.print(
+                f"[yellow]skipped[/] {report.address}: {escape(printable(report.skipped))}",
+                highlight=False,
+            )
+    for _, exc in failed:
+        console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)
+    if failed:
+        console.print(
+            f"{len(failed)} product(s) could not be maintained: "
+            + ", ".join(escape(printable_value(p)) for p, _ in failed),
+            highlight=False,
+        )
+        raise SystemExit(1)
+
+
+def _maintenance_row(report: Any) -> tuple[str, ...]:
+    """One row of `mesh maintain`'s table (a MaintenanceReport)."""
+    if report.skipped:
+        return (str(report.address), "[yellow]skipped[/]", "-", "-", "-")
+    branches = ", ".join(escape(printable_value(b)) for b in report.removed_branches) or "-"
+    if report.kept_branches:
+        kept = ", ".join(escape(printable_value(b)) for b in report.kept_branches)
+        branches += f" (kept: {kept})"
+    counts = report.orphan_counts()
+    files = str(len(report.orphan_files))
+    if counts:
+        files += " (" + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + ")"
+    result = "dry run" if report.dry_run else "ok"
+    return (str(report.address), result, str(len(report.expired_snapshots)), branches, files)
+
+
+def _print_maintenance_details(report: Any) -> None:
+    """--verbose: each branch, snapshot and file a product's maintenance removed."""
+    if report.skipped:
+        return
+    verb = "would remove" if report.dry_run else "removed"
+    for name in report.removed_branches + report.kept_branches:
+        what = verb if name in report.removed_branches else "kept"
+        why = report.branch_reasons.get(name, "")
+        out.print(
+            f"{report.address}: {what} branch {escape(printable_value(name))} ({escape(why)})",
+            highlight=False,
+        )
+    for snapshot_id in report.expired_snapshots:
+        out.print(f"{report.address}: {verb} snapshot {snapshot_id}", highlight=False)
+    for location in report.orphan_files:
+        out.print(
+            f"{report.address}: {verb} file {escape(printable_value(location))}", highlight=False
+        )
+
+
+@cli.command()
+@click.option(
+    "--product", "products_", multiple=True, required=True, metavar="DOMAIN.PRODUCT",
+    help="The product to repair (repeatable).",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Report what would be done; change nothing.")
+@click.option(
+    "--drop", is_flag=True,
+    help="When no readable metadata file is left, remove the catalog entry (the files stay).",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def repair(ctx: click.Context, products_: tuple[str, ...], dry_run: bool, drop: bool) -> None:
+    """Bring a product whose current metadata is broken (a metadata file, manifest list,
+    manifest or data file of main's snapshot missing or corrupt) back to a readable state.
+
+    The catalog pointer is rolled back to the newest whole, committed metadata file, and every
+    snapshot the rollback drops is listed. If no such file is left, the catalog entry is
+    dropped only with --drop (never on an access error), and the command to republish the
+    product from its sources is printed (`mesh build
+    --full-refresh --product`, with the build options you use). Refused while a publication of
+    the product is running. A readable product is left alone. Runbook: docs/operations.md, "A
+    product's metadata is corrupt"."""
+    from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.repair import repair as repair_product
+
+    mesh = _mesh(ctx)
+    addresses = [ProductAddress.parse(p) for p in products_]
+    catalog = open_catalog(mesh)
+    rebuild: list[str] = []
+    try:
+        for address in addresses:
+            report = repair_product(
+                catalog, address, dry_run=dry_run, acknowledged=_acknowledged(mesh), drop=drop
+            )
+            for line in report.lines():
+                out.print(escape(printable(line)), highlight=False)
+            if report.needs_rebuild:
+                rebuild.append(str(address))
+    finally:
+        catalog.engine.dispose()
+    if not rebuild:
+        return
+    if not drop and not dry_run:
+        raise MeshError(
+            f"no readable metadata file is left for {', '.join(rebuild)}; nothing was changed",
+            fix=f"`mesh repair --drop {' '.join(f'--product {a}' for a in rebuild)}` removes "
+            "the catalog entry (the files stay), then republish from the sources with `mesh "
+            f"build --full-refresh {' '.join(f'--product {a}' for a in rebuild)}`",
+        )
+    command = "mesh build --full-refresh " + " ".join(f"--product {a}" for a in rebuild)
+    out.print(
+        f"next: republish from the sources: {command} (with the options your builds use, "
+        "e.g. --scale)",
+        highlight=False,
+    )
 
 
 @cli.command()
@@ -530,7 +929,7 @@ def products(
             f"unknown domain(s): {', '.join(unknown)} (domains: {', '.join(known)})",
             fix="pass a folder of domains/",
         )
-    records = product_records(mesh, with_lineage=False)
+    records = product_records(mesh, with_lineage=False, keep_unreadable=True)
     if domains:
         records = [r for r in records if r.domain in domains]
     if search:
@@ -564,11 +963,13 @@ def products(
                 "published_at": r.current.published_at if r.current else None,
                 "rows": r.current.rows if r.current else None,
                 "check_status": r.check_status, "sla_status": r.sla_status(),
+                "problem": r.to_dict()["problem"],
             }  # fmt: skip
             if principal:
                 row["access"], row["columns"] = access[r.address]
             rows.append(row)
         click.echo(json.dumps(rows, indent=2))
+        _unreadable(records)
         return
     title = "mesh products" + (f" as {principal.id}" if principal else "")
     table = Table(title=f"{title} ({len(records)})")
@@ -581,6 +982,8 @@ def products(
         published = (
             f"{r.current.published_at.replace('T', ' ')[:16]}\n{r.current.snapshot_id}"
             if r.current
+            else "[red]unreadable[/] (see below)"
+            if r.problem
             else "not published"
         )
         rows_text = f"{r.current.rows:,}" if r.current and r.current.rows is not None else ""
@@ -596,6 +999,16 @@ def products(
     out.print(table)
     if not records:
         out.print("no product matches" + (f" {search!r}" if search else ""))
+    _unreadable(records)
+
+
+def _unreadable(records: list[Any]) -> None:
+    """Each listed product whose table could not be read, with its file and fix; exit 1."""
+    broken = [r for r in records if r.problem is not None]
+    for r in broken:
+        console.print(f"[bold red]error:[/] {escape(printable(str(r.problem)))}", highlight=False)
+    if broken:
+        _fail(f"{len(broken)} product(s) could not be read: {', '.join(r.address for r in broken)}")
 
 
 @cli.command()

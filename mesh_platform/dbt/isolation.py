@@ -24,7 +24,11 @@ DuckDB, as the grants allow, before dbt runs.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -75,6 +79,70 @@ def lock_down(conn: duckdb.DuckDBPyConnection, directories: Iterable[str | Path]
     """Confine ``conn`` to ``directories`` (before any SQL of the domain runs on it)."""
     for statement in lockdown_statements(directories):
         conn.execute(statement)
+
+
+# -- run time: dbt dies with the process that started it ----------------------------------------
+#
+# dagster-dbt starts `dbt` with a plain subprocess.Popen (no preexec_fn, no process group of its
+# own): killing the process that runs the step (SIGKILL of `mesh build`, the OOM killer) left
+# dbt running, still writing the domain's DuckDB while the next build started. The guard is a
+# tiny executable given to DbtCliResource as its ``dbt_executable``: it asks the kernel to
+# SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG, kept across execve), checks that the
+# process that started it is still there (it may have died before the request), then becomes
+# dbt (execv): nothing stays in between, dbt's exit code, output and signals are unchanged.
+# The kernel delivers the signal when the *thread* that started dbt exits: dagster-dbt starts it
+# from the step's thread, which lives as long as the step. Linux only; elsewhere dbt runs
+# unguarded (the guard says so on stderr).
+
+DBT_PARENT_ENV = "MESH_DBT_PARENT_PID"  # the process that starts dbt (set by mesh_platform.build)
+
+_GUARD = """#!{python} -IS
+# dbt, guarded: it dies with the process that started it. Written by
+# mesh_platform/dbt/isolation.py (guarded_dbt_executable); edits are replaced.
+import ctypes, os, signal, sys
+
+DBT = {dbt!r}
+parent = os.getppid()
+expected = int(os.environ.get({env!r}) or parent)
+try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+except (OSError, AttributeError) as exc:
+    sys.stderr.write(f"mesh: dbt runs without its parent-death guard ({{exc}})\\n")
+else:
+    try:
+        os.kill(expected, 0)
+        gone = False
+    except ProcessLookupError:
+        gone = True
+    except PermissionError:
+        gone = False
+    if os.getppid() != parent or (expected != parent and gone):
+        sys.stderr.write(f"mesh: dbt's parent ({{expected}}) is gone; dbt not run\\n")
+        sys.exit(70)
+os.execv(DBT, [DBT, *sys.argv[1:]])
+"""
+
+
+def dbt_guard_script(dbt_executable: str, python: str | None = None) -> str:
+    """The guard's text for ``dbt_executable`` (run by ``python``, default this one)."""
+    return _GUARD.format(python=python or sys.executable, dbt=dbt_executable, env=DBT_PARENT_ENV)
+
+
+def guarded_dbt_executable(dbt_executable: str, directory: Path) -> str:
+    """An executable in ``directory`` that runs ``dbt_executable`` guarded (see above); named
+    by its content, written once, atomically."""
+    real = shutil.which(dbt_executable) or dbt_executable
+    text = dbt_guard_script(real)
+    path = directory / f"dbt-guard-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if not path.is_file() or path.read_text() != text:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spare = path.with_name(f".{path.name}.{os.getpid()}")
+        spare.write_text(text)
+        spare.chmod(0o700)
+        os.replace(spare, path)
+    return str(path)
 
 
 # -- load time: what a domain's dbt project may say --------------------------------------------

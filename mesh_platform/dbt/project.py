@@ -13,6 +13,13 @@ Every dbt invocation of the platform uses the profile the platform writes
 (:func:`dbt_profile`), never the project's own ``profiles.yml`` (kept for running dbt by hand):
 the domain's DuckDB file, and a dbt-duckdb plugin that confines the connection to the domain's
 own folders before any of its SQL runs.
+
+What dbt writes stays out of the source tree except the prepared manifest: the project's
+``target/`` holds only what preparing writes (``manifest.json``, the partial-parse state, the
+fingerprint), replaced on each prepare. Runs write their artifacts and logs under the state
+dir, ``<state>/dbt/<domain>/target/<invocation>`` (dagster-dbt's per-invocation folder, found
+through ``DBT_TARGET_PATH``), and only the last :data:`RUN_ARTIFACTS_KEPT` are kept; preparing
+logs to ``<state>/dbt/<domain>/logs`` and compiles into a scratch folder.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mesh_platform.config import Mesh, environment
+from mesh_platform.config import Mesh, environment, make_private_dir
 from mesh_platform.dbt.isolation import domain_directories
 from mesh_platform.domain import Domain
 from mesh_platform.errors import DbtExecutableNotFoundError, DomainError
@@ -47,8 +55,12 @@ _PREPARE_FORMAT = b"mesh-prepare/2: parse + compile in the isolated profile"
 ISOLATION_PLUGIN = "mesh_platform.dbt.duckdb_plugin"
 RUN_TARGET = "run"
 COMPILE_TARGET = "compile"
-COMPILE_TARGET_PATH = "target/mesh_compile"
 DBT_THREADS = 2
+RUN_ARTIFACTS_KEPT = 5  # dbt run artifact folders kept per domain (about 2 MB each)
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+# dagster-dbt's per-invocation target folders (<op>-<run id[:7]>-<uuid[:7]>), which older
+# versions of the platform left in the project's target/
+_INVOCATION_FOLDER = re.compile(r"^.+-[0-9a-f]{7}-[0-9a-f]{7}$")
 
 
 def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = None) -> dict:
@@ -81,7 +93,7 @@ def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = N
 
 
 @contextlib.contextmanager
-def platform_profile(mesh: Mesh, domain: Domain) -> Iterator[Path]:
+def _profiles_dir(mesh: Mesh, domain: Domain) -> Iterator[Path]:
     """A private directory holding ``profiles.yml`` with :func:`dbt_profile` (and the compile
     target's scratch database), removed afterwards. Pass ``--profile <domain>``."""
     with tempfile.TemporaryDirectory(prefix=f"mesh-dbt-{domain.name}-") as tmp:
@@ -91,6 +103,79 @@ def platform_profile(mesh: Mesh, domain: Domain) -> Iterator[Path]:
         profile = dbt_profile(mesh, domain, compile_database=scratch)
         (profiles_dir / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False))
         yield profiles_dir
+
+
+@contextlib.contextmanager
+def platform_profile(mesh: Mesh, domain: Domain) -> Iterator[Path]:
+    """The profiles directory of a dbt run of ``domain`` (see :func:`_profiles_dir`), with the
+    run's artifacts sent to the state dir: ``DBT_TARGET_PATH`` is :func:`run_target_dir` for
+    the block, so dagster-dbt puts its per-invocation folder (artifacts and logs) there and
+    finds the prepared partial-parse state there; older run folders are pruned first."""
+    target = run_target_dir(mesh, domain)
+    make_private_dir(target)
+    prune_run_artifacts(target)
+    _sync_partial_parse(domain, target)
+    with _profiles_dir(mesh, domain) as profiles_dir, environment({"DBT_TARGET_PATH": str(target)}):
+        yield profiles_dir
+
+
+def dbt_state_dir(mesh: Mesh, domain: Domain) -> Path:
+    """Where dbt's output for ``domain`` lives: ``<state>/dbt/<domain>``."""
+    return mesh.state_dir / "dbt" / domain.name
+
+
+def run_target_dir(mesh: Mesh, domain: Domain) -> Path:
+    """The target path of ``domain``'s dbt runs (one folder per invocation inside)."""
+    return dbt_state_dir(mesh, domain) / "target"
+
+
+def prune_run_artifacts(target: Path, keep: int = RUN_ARTIFACTS_KEPT) -> list[Path]:
+    """Remove all but the newest ``keep`` invocation folders under ``target`` (before a run
+    adds its own). Returns the removed folders."""
+    if not target.is_dir():
+        return []
+    folders = [p for p in target.iterdir() if p.is_dir() and not p.is_symlink()]
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = folders[max(0, keep) :]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def _sync_partial_parse(domain: Domain, target: Path) -> None:
+    """Copy the prepared partial-parse state beside the run folders (dagster-dbt copies it from
+    there into each invocation folder, so dbt does not parse the project again)."""
+    source = domain.dbt_project_dir / "target" / PARTIAL_PARSE_FILE
+    copy = target / PARTIAL_PARSE_FILE
+    try:
+        stat = source.stat()
+    except FileNotFoundError:
+        copy.unlink(missing_ok=True)  # never a stale state from an older project
+        return
+    try:
+        current = copy.stat()
+        if current.st_mtime_ns == stat.st_mtime_ns and current.st_size == stat.st_size:
+            return
+    except FileNotFoundError:
+        pass
+    scratch = copy.with_name(f".{copy.name}.{os.getpid()}")
+    shutil.copy2(source, scratch)
+    scratch.replace(copy)
+
+
+def _remove_legacy_artifacts(domain: Domain) -> None:
+    """Run folders and compile output older versions of the platform left in the project's
+    ``target/`` (they grew by about 2 MB per run)."""
+    target = domain.dbt_project_dir / "target"
+    if not target.is_dir():
+        return
+    for folder in target.iterdir():
+        if (
+            folder.is_dir()
+            and not folder.is_symlink()
+            and (folder.name == "mesh_compile" or _INVOCATION_FOLDER.match(folder.name))
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def resolve_dbt_executable(mesh: Mesh) -> str:
@@ -165,6 +250,7 @@ def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args:
             errors.append(str(event.info.msg))
 
     env = {**mesh.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    logs = make_private_dir(dbt_state_dir(mesh, domain) / "logs")
     try:
         with environment(env):
             result = dbtRunner(callbacks=[_collect]).invoke(
@@ -176,6 +262,8 @@ def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args:
                     str(profiles_dir),
                     "--profile",
                     domain.name,
+                    "--log-path",
+                    str(logs),
                     *args,
                     "--quiet",
                     "--no-use-colors",
@@ -198,16 +286,16 @@ def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args:
 
 
 def _compile_into_manifest(mesh: Mesh, domain: Domain, profiles_dir: Path) -> None:
-    """Add each node's compiled SQL (``dbt compile`` on the scratch database, into its own
-    target path) to the prepared manifest, which keeps the run target's parse state."""
+    """Add each node's compiled SQL (``dbt compile`` on the scratch database, into a scratch
+    target path beside it) to the prepared manifest, which keeps the run target's parse
+    state."""
+    compile_target = profiles_dir / "compile"
     _invoke(
         mesh, domain, profiles_dir, "compile",
-        "--target", COMPILE_TARGET, "--target-path", COMPILE_TARGET_PATH,
+        "--target", COMPILE_TARGET, "--target-path", str(compile_target),
         "--no-partial-parse",  # the scratch database's path differs on every compile
     )  # fmt: skip
-    compiled = json.loads(
-        (domain.dbt_project_dir / COMPILE_TARGET_PATH / "manifest.json").read_text()
-    )
+    compiled = json.loads((compile_target / "manifest.json").read_text())
     path = manifest_path(domain)
     manifest = json.loads(path.read_text())
     for uid, node in manifest["nodes"].items():
@@ -228,6 +316,7 @@ def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
         # Even when the manifest is current: a copied checkout can lose the link, and dbt
         # build (not parse) would then fail on "packages not installed".
         _link_platform_package(domain)
+    _remove_legacy_artifacts(domain)
     if not force and manifest_path(domain).is_file() and stamp.is_file():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == current:
@@ -236,8 +325,11 @@ def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
             pass
     from mesh_platform.dbt.isolation import text_problems
 
-    with platform_profile(mesh, domain) as profiles_dir:
-        _invoke(mesh, domain, profiles_dir, "parse", "--target", RUN_TARGET)
+    with _profiles_dir(mesh, domain) as profiles_dir:
+        _invoke(
+            mesh, domain, profiles_dir, "parse",
+            "--target", RUN_TARGET, "--target-path", str(target),
+        )  # fmt: skip
         manifest = json.loads(manifest_path(domain).read_text())
         # A project whose text is refused is not compiled: its Jinja never runs, and the
         # load-time checks report the problems from the parsed manifest.

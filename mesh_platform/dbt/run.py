@@ -2,8 +2,9 @@
 
     stage inputs -> dbt build (domain DuckDB) -> write-audit-publish products -> report
 
-1. Products the domain consumes (mesh-input sources) are copied from their producers' current
-   Iceberg snapshots into the domain's DuckDB, pinning one snapshot for the whole run.
+1. Products the domain consumes (mesh-input sources) are copied into the domain's DuckDB from
+   one consistent cut of each producer (:mod:`mesh_platform.products.cuts`: the snapshots one
+   producer run left), pinned for the whole run.
 2. ``dbt build`` runs models and tests in the domain's own DuckDB (contracts stop a model before
    it is built; tests run after), with the profile the platform writes, whatever the code
    location's dbt resource says: its connection is confined to the domain's own folders
@@ -13,14 +14,15 @@
    fast-forwarded to it only if none of the product's blocking checks failed. DuckDB allows one
    writer process, so this waits until dbt has exited; materialisations are reported after
    publication, so "materialised" in Dagster means "published in Iceberg".
-4. If any model, check or publication failed, the run fails naming each one; the products that
+4. The step writes its cut marker: what it left on main and what it did not publish.
+5. If any model, check or publication failed, the run fails naming each one; the products that
    passed stay published, the others keep their previous snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -31,9 +33,11 @@ from mesh_platform.dbt.project import RUN_TARGET, platform_profile
 from mesh_platform.dbt.translator import MeshDbtTranslator
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
+from mesh_platform.products import incremental
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result, prewarm
 from mesh_platform.products.publish import Publication, publish_in_run
+from mesh_platform.products.specs import SNAPSHOT_METADATA
 
 if TYPE_CHECKING:
     from mesh_platform.access.consumption import StagedInput
@@ -128,6 +132,8 @@ def publish_products(
     built: Mapping[str, tuple[ProductDescriptor, str]],
     inputs: Mapping[str, int],
     blocking: Mapping[str, list[str]],
+    *,
+    full_refresh: bool = False,
 ) -> dict[str, Publication]:
     """Write-audit-publish each product dbt built (unique_id -> descriptor and DuckDB relation)
     through the gate.
@@ -139,11 +145,20 @@ def publish_products(
     """
     if not built:
         return {}
-    from mesh_platform.sla.history import GateEvent, record_safely
+    from mesh_platform.sla.history import INFRASTRUCTURE_FAILURE, GateEvent, record_safely
     from mesh_platform.storage.iceberg import open_catalog
 
-    catalog = open_catalog(mesh)
     publications: dict[str, Publication] = {}
+    try:
+        catalog = open_catalog(mesh)
+    except Exception as exc:  # nothing can be published: say so for each product, on record
+        for unique_id, (descriptor, _) in built.items():
+            publications[unique_id] = Publication(
+                descriptor, error=f"{INFRASTRUCTURE_FAILURE}: {exc}"
+            )
+        events = [GateEvent.of(p, context.run_id) for p in publications.values()]
+        record_safely(mesh, events, context.log)
+        return publications
     conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
     try:
         for unique_id, (descriptor, relation) in built.items():
@@ -158,9 +173,10 @@ def publish_products(
                     run_id=context.run_id,
                     inputs=inputs,
                     failed_elsewhere=[f"dbt test {t}" for t in failed_tests],
+                    full_refresh=full_refresh,
                 )
             except Exception as exc:
-                publication = Publication(descriptor, error=f"publication to Iceberg failed: {exc}")
+                publication = Publication(descriptor, error=f"{INFRASTRUCTURE_FAILURE}: {exc}")
             publications[unique_id] = publication
             address = descriptor.address
             if publication.published:
@@ -189,6 +205,42 @@ def publish_products(
     return publications
 
 
+def acknowledge(context: Any, mesh: Mesh, domain: str) -> None:
+    """Report batches an earlier run committed and died before reporting
+    (products.acknowledge), before this run publishes anything of its own."""
+    from mesh_platform.products.acknowledge import acknowledge_committed
+
+    try:
+        acknowledge_committed(context.instance, mesh, domain, context.log)
+    except Exception as exc:  # the run itself will meet a broken catalog and say so
+        context.log.warning(f"could not look for unreported batches of {domain}: {exc}")
+
+
+def record_step_cut(
+    context: Any, mesh: Mesh, domain: str, step: str, publications: Iterable[Publication]
+) -> str | None:
+    """Write this step's cut marker (products.cuts): what it left on main, what it did not
+    publish. Returns why it could not be written (the step then fails, after reporting what
+    it published): consumers keep reading the previous cut, consistent but older."""
+    from mesh_platform.products.cuts import record_cut
+
+    publications = list(publications)
+    published = {str(p.descriptor.address): p.snapshot_id for p in publications if p.published}
+    blocked = {
+        str(p.descriptor.address): (p.error or "not published")[:300]
+        for p in publications
+        if not p.published
+    }
+    try:
+        record_cut(mesh, domain, context.run_id, step, published, blocked)
+    except Exception as exc:
+        return (
+            f"the run's cut marker could not be written ({exc}); consumers keep reading the "
+            "previous complete cut: run the domain again"
+        )
+    return None
+
+
 def _sla_figures(context: Any, mesh: Mesh, addresses: list[str]) -> dict[str, dict]:
     """The products' current SLA figures (30 days), for their materialisations."""
     if not addresses:
@@ -208,7 +260,7 @@ def materialization_metadata(publication: Publication, inputs: Mapping[str, int]
     metadata: dict[str, Any] = {
         "mesh/address": str(publication.descriptor.address),
         "mesh/version": publication.descriptor.body.version,
-        "mesh/iceberg_snapshot_id": str(publication.snapshot_id),
+        SNAPSHOT_METADATA: str(publication.snapshot_id),
         "mesh/publish_seconds": round(publication.seconds, 3),
         **({"mesh/inputs": dict(inputs)} if inputs else {}),
         **({"mesh/partitions": publication.partitions} if publication.partitions else {}),
@@ -236,6 +288,48 @@ def check_results(
             yield result
 
 
+def full_refresh_reason(
+    mesh: Mesh, domain: Domain, *, requested: bool
+) -> tuple[str | None, dict[str, Any] | None]:
+    """Why this run is a dbt ``--full-refresh`` (None: an incremental run), and the domain's
+    raw landing as it is now (None: the domain lands nothing): incremental models are rebuilt
+    from their sources when asked, or when the landing changed since they were last built (a
+    row removed from a source then leaves the products; products.incremental)."""
+    landing = None
+    if domain.spec.raw is not None:
+        landing = incremental.landing_state(mesh.raw_dir(domain.name))
+    if requested:
+        return "requested (mesh build --full-refresh)", landing
+    if landing is None or not mesh.duckdb_path(domain.name).exists():
+        return None, landing  # nothing landed, or a first build (dbt builds everything)
+    with contextlib.closing(connect(mesh.duckdb_path(domain.name))) as conn:
+        return incremental.landing_change(conn, landing), landing
+
+
+def record_landing_built(
+    mesh: Mesh,
+    domain: Domain,
+    landing: dict[str, Any],
+    run_results: Mapping[str, Any],
+    nodes: Mapping[str, Any],
+) -> None:
+    """Record ``landing`` as the one the incremental models were built from, once dbt built
+    every one of them (a subset run or a failed model leaves the record, so the next run
+    rebuilds them from the landing)."""
+    succeeded = {
+        r.get("unique_id") for r in run_results.get("results", []) if r.get("status") == "success"
+    }
+    models = [
+        uid
+        for uid, node in nodes.items()
+        if node.get("resource_type") == "model"
+        and node.get("config", {}).get("materialized") == "incremental"
+    ]
+    if all(uid in succeeded for uid in models):
+        with contextlib.closing(connect(mesh.duckdb_path(domain.name))) as conn:
+            incremental.record_landing(conn, landing)
+
+
 def run_domain_dbt(
     context: dg.AssetExecutionContext,
     dbt: DbtCliResource,
@@ -243,11 +337,14 @@ def run_domain_dbt(
     domain: Domain,
     manifest: Mapping[str, Any],
     translator: MeshDbtTranslator,
+    *,
+    full_refresh: bool = False,
 ) -> Iterator[Any]:
     prewarm(translator.descriptors.values())  # imports overlap the dbt subprocess
     # The domain's DuckDB holds clear personal data (before masking): this process, and dbt
     # started from it, create files owner-only, whoever launched the run.
     private_umask()
+    acknowledge(context, mesh, domain.name)
     staged = stage_inputs(mesh, domain, manifest)
     for item in staged:
         limits = (f", masked: {', '.join(item.masked)}" if item.masked else "") + (
@@ -255,13 +352,22 @@ def run_domain_dbt(
         )
         context.log.info(
             f"staged {item.address} snapshot {item.snapshot_id} ({item.row_count} rows{limits}) "
-            f"as {item.relation}, as the domain's grant allows"
+            f"as {item.relation}, as the domain's grant allows; "
+            + (
+                f"from the consistent cut of run {item.cut}"
+                if item.cut
+                else "at its main (its producer records no cut)"
+            )
         )
     inputs = {str(s.address): s.snapshot_id for s in staged}
 
+    refresh, landing = full_refresh_reason(mesh, domain, requested=full_refresh)
+    if refresh:
+        context.log.info(f"dbt build --full-refresh: {refresh}")
     # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
     with isolated_dbt(dbt, mesh, domain) as isolated:  # env: read by the sources' locations
-        invocation = isolated.cli(["build"], context=context, raise_on_error=False)
+        args = ["build", "--full-refresh"] if refresh else ["build"]
+        invocation = isolated.cli(args, context=context, raise_on_error=False)
         events = list(invocation.stream())
 
     nodes = manifest["nodes"]
@@ -275,12 +381,16 @@ def run_domain_dbt(
         if (uid := product_ids.get(key))
     }
     run_results = _run_results(invocation)
+    if landing is not None:
+        record_landing_built(mesh, domain, landing, run_results, nodes)
     publications = publish_products(
-        context, mesh, domain, built, inputs, blocking_failures(run_results, nodes)
-    )
+        context, mesh, domain, built, inputs, blocking_failures(run_results, nodes),
+        full_refresh=full_refresh,
+    )  # fmt: skip
     published_keys = {
         p.descriptor.address.asset_key: p for p in publications.values() if p.published
     }
+    cut_error = record_step_cut(context, mesh, domain.name, "dbt", publications.values())
     addresses = [str(p.descriptor.address) for p in publications.values()]
     figures = _sla_figures(context, mesh, addresses)
     for event in events:
@@ -327,6 +437,8 @@ def run_domain_dbt(
             if not p.published and p.error
         }
     )
+    if cut_error:
+        problems["cut marker"] = cut_error
     if problems:
         listing = "\n".join(f"  - {name}: {why}" for name, why in sorted(problems.items()))
         raise dg.Failure(

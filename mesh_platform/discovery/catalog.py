@@ -12,7 +12,9 @@ what happened to it:
   it.
 
 Reading never builds anything and never fails on a product that was not published yet: the
-record says so.
+record says so. A product whose table cannot be read (corrupt or missing metadata) is an error
+naming it, its file and the fix, never "not published"; ``mesh products`` lists the others and
+records the problem (``keep_unreadable``). A catalog that cannot be read fails every record.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mesh_platform.config import Mesh
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import CatalogUnavailableError, MeshError, ProductNotPublishedError
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.query.directory import Catalog, Directory, UnknownProductError, load_directory
 
@@ -55,6 +57,7 @@ class ProductRecord:
     checks: list[CheckInfo] = field(default_factory=list)
     upstream: list[str] = field(default_factory=list)
     downstream: list[str] = field(default_factory=list)
+    problem: MeshError | None = None  # its table could not be read (keep_unreadable)
 
     @property
     def published(self) -> bool:
@@ -74,6 +77,8 @@ class ProductRecord:
         sla = self.descriptor.body.sla.freshness
         if sla is None:
             return "no freshness SLA", ""
+        if self.problem is not None:
+            return "unknown", "its table could not be read"
         if self.current is None:
             return "not published", f"max age {sla.max_age}"
         now = now or dt.datetime.now(dt.UTC)
@@ -85,6 +90,8 @@ class ProductRecord:
     def sla_status(self, now: dt.datetime | None = None) -> str:
         """holds | violated | not published: freshness within its window and no failed check."""
         fresh, _ = self.freshness(now)
+        if self.problem is not None:
+            return "unknown"
         if fresh == "not published":
             return "not published"
         if fresh == "violated" or self.check_status == "failed":
@@ -148,6 +155,9 @@ class ProductRecord:
             "check_status": self.check_status,
             "upstream": self.upstream,
             "downstream": self.downstream,
+            "problem": None
+            if self.problem is None
+            else {"what": self.problem.what, "fix": self.problem.fix},
         }
 
 
@@ -270,8 +280,13 @@ def product_records(
     addresses: Iterable[str] | None = None,
     with_checks: bool = True,
     with_lineage: bool = True,
+    keep_unreadable: bool = False,
 ) -> list[ProductRecord]:
-    """Records of every product (or of ``addresses``), sorted by address."""
+    """Records of every product (or of ``addresses``), sorted by address.
+
+    A product whose table cannot be read raises its error (UnreadableMetadataError...), or
+    with ``keep_unreadable`` is recorded with it (``record.problem``) and the others are read.
+    A catalog that cannot be read always raises (CatalogUnavailableError)."""
     directory = load_directory(mesh)
     wanted = sorted(directory.descriptors) if addresses is None else list(addresses)
     for address in wanted:
@@ -287,8 +302,14 @@ def product_records(
             record = ProductRecord(address, d.address.urn, d.domain, d.address.table, d)
             try:
                 state = catalog.table_state(d.address)
-            except MeshError:
+            except ProductNotPublishedError:
                 state = None
+            except CatalogUnavailableError:
+                raise
+            except MeshError as exc:  # this product's metadata: unreadable, outside its folder
+                if not keep_unreadable:
+                    raise
+                record.problem, state = exc, None
             if state is not None:
                 record.history = [_snapshot_info(s) for s in state.main_history]
                 record.current = _snapshot_info(state.current) if state.current else None

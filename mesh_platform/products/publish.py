@@ -165,9 +165,11 @@ def publish_product(
     failed_elsewhere: list[str] | tuple[str, ...] = (),
     salt: str | None = None,
     exemptions: Mapping[str, str] | None = None,
+    full_refresh: bool = False,
 ) -> Publication:
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
-    check (the Publication says what failed), raises only for storage errors."""
+    check (the Publication says what failed), raises only for storage errors. ``full_refresh``:
+    a partitioned product republishes every partition (its recorded fingerprints ignored)."""
     from mesh_platform.storage.iceberg import (
         Partitioning,
         is_published,
@@ -196,7 +198,12 @@ def publish_product(
         from mesh_platform.products import incremental
 
         partition_plan = incremental.plan(
-            conn, str(address), relation, Partitioning(part.column, part.granularity), table
+            conn,
+            str(address),
+            relation,
+            Partitioning(part.column, part.granularity),
+            table,
+            full_refresh=full_refresh,
         )
         publication.partitions = partition_plan.reason
         if partition_plan.unchanged:  # nothing to stage: main already holds these rows
@@ -334,6 +341,7 @@ def publish_in_run(
     run_id: str,
     inputs: Mapping[str, int],
     failed_elsewhere: list[str] | tuple[str, ...] = (),
+    full_refresh: bool = False,
 ) -> Publication:
     """publish_product as a Dagster run does it: the run id is the batch id, the input
     snapshots are recorded, the mesh's salt masks personal data, and the council's waivers and
@@ -351,6 +359,7 @@ def publish_in_run(
         failed_elsewhere=failed_elsewhere,
         salt=mesh.pii_salt(),
         exemptions=gate_exemptions(mesh, str(descriptor.address)),
+        full_refresh=full_refresh,
     )
     if publication.quarantine is not None:
         try:

@@ -68,6 +68,7 @@ class ProductContext:
     _mesh: Mesh = field(repr=False)  # for read() only: not part of the API given to products
     domain: str  # the consuming domain: reads are decided by its grants
     read_snapshots: dict[str, int] = field(default_factory=dict)
+    _cut: dict[str, int] | None = field(default=None, repr=False)  # the inputs' consistent cuts
 
     def read(self, address: str | ProductAddress) -> pa.Table:
         """A declared input product's current published rows, as Arrow."""
@@ -78,12 +79,17 @@ class ProductContext:
                 fix=f"add '{address}' to inputs=[...] of @python_product, so lineage and "
                 "snapshot pinning know about it",
             )
+        from mesh_platform.access.consumption import pinned_inputs
         from mesh_platform.query.engine import QuerySession
 
         # Read as the consuming domain: its grant decides columns, rows and masks. The first
-        # read pins the snapshot for the whole run.
-        pinned = self.read_snapshots.get(str(address))
+        # read pins the snapshots of every input for the whole run, each producer's inputs
+        # from one consistent cut (products.cuts).
         with QuerySession(self.domain, mesh=self._mesh) as session:
+            if self._cut is None:
+                cuts = pinned_inputs(self._mesh, session, self.inputs)
+                self._cut = {a: s for p in cuts.values() for a, s in p.snapshots.items()}
+            pinned = self.read_snapshots.get(str(address), self._cut.get(str(address)))
             table = session.sql(
                 f"SELECT * FROM {address.domain}.{address.table}",
                 at={str(address): pinned} if pinned is not None else None,
@@ -239,9 +245,13 @@ def build_python_product_asset(
     def _python_product(context, mesh: MeshResource) -> Iterator[Any]:
         import duckdb
 
-        from mesh_platform.dbt.run import check_results, materialization_metadata
+        from mesh_platform.dbt.run import (
+            check_results,
+            materialization_metadata,
+            record_step_cut,
+        )
         from mesh_platform.products.publish import Publication, publish_in_run
-        from mesh_platform.sla.history import GateEvent, record_safely
+        from mesh_platform.sla.history import INFRASTRUCTURE_FAILURE, GateEvent, record_safely
         from mesh_platform.storage.iceberg import open_catalog
 
         loaded = mesh.load()
@@ -266,17 +276,23 @@ def build_python_product_asset(
                     record_safely(loaded, [GateEvent.of(blocked, context.run_id)], context.log,
                                   catalog)  # fmt: skip
                     raise dg.Failure(f"product {descriptor.address}: not published: {error}")
-                publication = publish_in_run(
-                    loaded,
-                    catalog,
-                    descriptor,
-                    conn,
-                    relation,
-                    run_id=context.run_id,
-                    inputs=pctx.read_snapshots,
-                )
+                try:
+                    publication = publish_in_run(
+                        loaded,
+                        catalog,
+                        descriptor,
+                        conn,
+                        relation,
+                        run_id=context.run_id,
+                        inputs=pctx.read_snapshots,
+                    )
+                except Exception as exc:  # storage: on record as such, not as a failed gate
+                    publication = Publication(descriptor, error=f"{INFRASTRUCTURE_FAILURE}: {exc}")
                 record_safely(loaded, [GateEvent.of(publication, context.run_id)], context.log,
                               catalog)  # fmt: skip
+                cut_error = record_step_cut(
+                    context, loaded, descriptor.domain, f"python-{product.name}", [publication]
+                )
             finally:
                 catalog.engine.dispose()
         finally:
@@ -291,5 +307,7 @@ def build_python_product_asset(
         yield dg.MaterializeResult(
             metadata=materialization_metadata(publication, pctx.read_snapshots)
         )
+        if cut_error:
+            raise dg.Failure(f"product {descriptor.address}: {cut_error}")
 
     return _python_product

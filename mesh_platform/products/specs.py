@@ -8,6 +8,10 @@ import dagster as dg
 
 from mesh_platform.products.descriptor import ProductDescriptor
 
+# The materialisation metadata that says which Iceberg snapshot a run published: sensors,
+# acknowledgement of late commits and the CLI read it.
+SNAPSHOT_METADATA = "mesh/iceberg_snapshot_id"
+
 
 def product_tags(descriptor: ProductDescriptor) -> dict[str, str]:
     body = descriptor.body

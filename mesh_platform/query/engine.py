@@ -38,7 +38,15 @@ from mesh_platform.access.masking import SALTED, bind_salt
 from mesh_platform.access.principals import AccessDeniedError, Principal, load_principals
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh, QueryLimits, load_mesh
-from mesh_platform.errors import MeshError, printable
+from mesh_platform.errors import (
+    LOST_DATA_FILE,
+    MeshError,
+    disk_full,
+    is_disk_full,
+    one_line,
+    printable,
+    runbook,
+)
 from mesh_platform.query.audit import AuditLog
 from mesh_platform.query.directory import (
     Catalog,
@@ -69,6 +77,10 @@ class QueryLimitError(MeshError):
 
 class QueryCancelledError(MeshError):
     """The reader cancelled the query (Ctrl-C)."""
+
+
+class UnreadableDataError(MeshError):
+    """A data file of a product's pinned snapshot is missing or corrupt."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +347,8 @@ class QuerySession:
             "products": [],
         }
         started = False
+        read: list[ReadProduct] = []
+        stage = "prepared"  # what failed: the query's preparation, or the user's SQL running
         try:
             principal = self.principal()
             if principal.id != self.principal_id:  # logged under the canonical id, alias kept
@@ -363,6 +377,7 @@ class QuerySession:
             # On record before it runs: a query killed mid-way (or the process) leaves its line.
             self._record({**entry, "status": "started"}, start)
             started = True
+            stage = "run"
             result = self._execute(conn, checked.sql, fetch, limits)
         except (AccessDeniedError, QueryRefusedError) as exc:
             if entry["query"] is None:  # refused before it was checked: its tokens, redacted
@@ -384,12 +399,11 @@ class QuerySession:
         except Exception as exc:  # DuckDB: a wrong column, a type error... (message not kept)
             entry["status"] = "failed"
             entry["reason"] = type(exc).__name__
+            error = self._explain(exc, read, stage)
+            if not isinstance(error, QueryFailedError):
+                entry["reason"] += f": {type(error).__name__}"
             self._record(entry, start)
-            raise MeshError(
-                f"query failed: {printable(str(exc).splitlines()[0])}",
-                fix="correct the SQL; `mesh products --as <principal>` lists the columns you "
-                "can read",
-            ) from None
+            raise error from None
         except BaseException:  # KeyboardInterrupt outside the query, SystemExit...
             if started:
                 entry["status"] = "cancelled"
@@ -399,6 +413,41 @@ class QuerySession:
         entry["rows"] = result.num_rows if hasattr(result, "num_rows") else len(result[1])
         self._record(entry, start)
         return result
+
+    def _explain(self, exc: Exception, read: list[ReadProduct], stage: str) -> MeshError:
+        """What an unexpected exception of a query means for its reader: a full disk (DuckDB
+        spills), a data file of a product missing or corrupt (named by its path in DuckDB's
+        message), an error of the platform's own preparation, or the user's SQL."""
+        if is_disk_full(exc):
+            return disk_full(exc, self.mesh.state_dir, doing="the query")
+        import duckdb
+
+        message = str(exc)
+        # a file DuckDB could not open (missing: it globs the name, which the lock-down refuses)
+        # or read (truncated, not Parquet), named by its path
+        unreadable = (duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException)
+        for item in read if isinstance(exc, unreadable) else ():
+            if _names_file_of(message, item.state.location):
+                product = item.plan.address
+                return UnreadableDataError(
+                    f"product {product}: a data file of its snapshot {item.snapshot_id} is "
+                    f"missing or corrupt ({one_line(message.splitlines()[0])[:400]})",
+                    fix=f"republish it from its sources: `mesh build --full-refresh --product "
+                    f"{product}`; or roll it back to its last readable snapshot: `mesh repair "
+                    f"--product {product}` (see {runbook(LOST_DATA_FILE)})",
+                )
+        if stage != "run":
+            return MeshError(
+                f"the query could not be prepared ({type(exc).__name__}: "
+                f"{printable(message.splitlines()[0] if message else '')})",
+                fix="this is a fault of the platform, not of the SQL: retry; if it persists, "
+                "report it with the output of `mesh --debug query ...`",
+            )
+        first = message.splitlines()[0] if message else type(exc).__name__
+        return QueryFailedError(
+            f"query failed: {printable(first)}",
+            fix="correct the SQL; `mesh products --as <principal>` lists the columns you can read",
+        )
 
     def _execute(
         self, conn: duckdb.DuckDBPyConnection, sql: str, fetch: Any, limits: QueryLimits
@@ -472,6 +521,18 @@ class QuerySession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class QueryFailedError(MeshError):
+    """The user's SQL failed in DuckDB (a wrong column, a type error...)."""
+
+
+def _names_file_of(message: str, location: str) -> bool:
+    """Whether DuckDB's ``message`` names a file in the table folder ``location``."""
+    from mesh_platform.storage.warehouse import is_remote, local_path
+
+    folder = location if is_remote(location) else str(local_path(location))
+    return f"{folder.rstrip('/')}/" in message
 
 
 def _check_rows(count: int, max_rows: int) -> None:

@@ -1,11 +1,16 @@
 """Alerts to a product's owner and to every domain that consumes it, once per incident.
 
-An incident opens when a product's gate blocks a batch (``gate_failed``) or its freshness SLA
-is breached (``freshness_breached``), and closes when a later batch publishes or a fresh
-snapshot is available again (``recovered``). Each opening and each recovery is sent to every
-recipient exactly once, whatever the number of retries in between: the open incidents and the
-deliveries are kept in ``<state>/sla/incidents.json`` (updated under a file lock, replaced
-atomically).
+An incident opens when a product's gate blocks a batch (``gate_failed``), when a publication
+fails for the platform's own reason (``infrastructure_error``: the catalog or the warehouse
+failed, no check judged the data) or when its freshness SLA is breached (``freshness_breached``),
+and closes when a later batch publishes or a fresh snapshot is available again (``recovered``).
+Consumers are told what it means for them (an infrastructure error: "not published:
+infrastructure error, previous snapshot still served", never that the data failed its checks);
+the owner gets the cause. A freshness evaluation that could not read the catalog says nothing
+about freshness: it neither opens nor closes an incident. Each opening and each recovery is
+sent to every recipient exactly once, whatever the number of retries in between: the open
+incidents and the deliveries are kept in ``<state>/sla/incidents.json`` (updated under a file
+lock, replaced atomically).
 
 Recipients: the owner (``team:<owner>`` with its contact) and each consumer domain, i.e. a
 domain whose dbt sources bind the product (the consumption mechanism) or whose Python products
@@ -33,7 +38,7 @@ from mesh_platform.sla.history import GateEvent
 @dataclass(frozen=True)
 class Notification:
     incident: str  # <address>:<kind>:<opened at>
-    event: str  # gate_failed | freshness_breached | recovered
+    event: str  # gate_failed | infrastructure_error | freshness_breached | recovered
     product: str
     recipient: str  # team:<owner> or a consumer domain
     contact: str | None
@@ -95,37 +100,57 @@ def _locked_state(mesh: Mesh) -> Iterator[dict[str, Any]]:
         os.replace(tmp, path)
 
 
+CONSUMER_INFRASTRUCTURE_CAUSE = (
+    "not published: infrastructure error, previous snapshot still served"
+)
+
+
+def _opening(event: GateEvent) -> str:
+    if event.kind == "freshness":
+        return "freshness_breached"
+    return "infrastructure_error" if event.infrastructure_error else "gate_failed"
+
+
+def _cause(event: GateEvent, owner: bool) -> str:
+    """What a recipient is told about an event that did not publish."""
+    if event.kind == "freshness":
+        return event.detail or "no fresh snapshot within the freshness SLA"
+    if event.infrastructure_error:
+        if not owner:
+            return CONSUMER_INFRASTRUCTURE_CAUSE
+        domain = event.address.split(".")[0]
+        error = (event.detail.strip().splitlines() or ["no detail recorded"])[0]
+        return (
+            f"not published: infrastructure error ({error}); no check judged the data, main "
+            f"keeps its previous snapshot (fix: correct the cause, then `mesh build --domain "
+            f"{domain}`)"
+        )
+    return (
+        f"blocked by {', '.join(event.failed)}"
+        if event.failed
+        else (event.detail or "not published")
+    ) + "; consumers keep the previous good snapshot"
+
+
 def incidents_from(mesh: Mesh, events: Iterable[GateEvent]) -> list[Notification]:
     """Open or close incidents for ``events``; the notifications not sent before."""
     out: list[Notification] = []
     with _locked_state(mesh) as state:
         sent = set(state["sent"])
         for event in sorted(events, key=lambda e: e.recorded_at):
+            if event.kind == "freshness" and event.infrastructure_error:
+                continue  # freshness unknown, not breached: the monitor's log says why
             key = f"{event.address}|{event.kind}"
             opened = state["open"].get(key)
             at = event.recorded_at.isoformat(timespec="seconds")
-            breached = "gate_failed" if event.kind == "gate" else "freshness_breached"
             if not event.published:
+                kind = _opening(event)
                 if opened is None:
-                    opened = {"id": f"{event.address}:{breached}:{at}", "at": at}
+                    opened = {"id": f"{event.address}:{kind}:{at}", "at": at}
                     state["open"][key] = opened
-                kind = breached
-                if event.kind == "gate":
-                    cause = (
-                        f"blocked by {', '.join(event.failed)}"
-                        if event.failed
-                        else (event.detail or "not published")
-                    ) + "; consumers keep the previous good snapshot"
-                else:
-                    cause = event.detail or "no fresh snapshot within the freshness SLA"
             elif opened is not None:
                 del state["open"][key]
                 kind = "recovered"
-                cause = (
-                    f"published snapshot {event.snapshot_id}"
-                    if event.kind == "gate"
-                    else f"fresh again ({event.detail})"
-                )
             else:
                 continue
             for recipient, contact in recipients(mesh, event.address):
@@ -133,6 +158,12 @@ def incidents_from(mesh: Mesh, events: Iterable[GateEvent]) -> list[Notification
                 if sent_key in sent:
                     continue  # a retry of the same incident: already told
                 sent.add(sent_key)
+                if kind != "recovered":
+                    cause = _cause(event, owner=recipient.startswith("team:"))
+                elif event.kind == "gate":
+                    cause = f"published snapshot {event.snapshot_id}"
+                else:
+                    cause = f"fresh again ({event.detail})"
                 out.append(
                     Notification(
                         opened["id"], kind, event.address, recipient, contact, at, cause,
@@ -158,7 +189,7 @@ def _send(mesh: Mesh, sink: AlertSink, note: Notification, log: Any) -> None:
     body = json.dumps(asdict(note), sort_keys=True)
     if sink.type == "log":
         line = f"SLA alert [{note.event}] {note.product} -> {note.recipient}: {note.cause}"
-        (log.warning if note.event == "gate_failed" else log.info)(line)
+        (log.info if note.event == "recovered" else log.warning)(line)
     elif sink.type == "file":
         path = sink.path or mesh.state_dir / "alerts" / "alerts.jsonl"
         path = path if path.is_absolute() else mesh.root / path

@@ -2,7 +2,9 @@
 
 Each domain's code location has a sensor (``<domain>_sla_monitor``, :mod:`mesh_platform.
 orchestration`) that evaluates its products every few minutes: the age of main's snapshot
-against the descriptor's ``max_age``. Every evaluation is recorded in the SLA history (kind
+against the descriptor's ``max_age``. A product whose snapshot cannot be read (the catalog
+is locked or down, its metadata unreadable) is not called stale: its evaluation has status
+``infrastructure_error`` and alerts nobody. Every evaluation is recorded in the SLA history (kind
 ``freshness``) and opens or closes a freshness incident (:mod:`mesh_platform.sla.alerts`).
 Dagster's own freshness policy (from the same ``max_age``) shows the state on the asset.
 """
@@ -10,10 +12,15 @@ Dagster's own freshness policy (from the same ``max_age``) shows the state on th
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from mesh_platform.config import Mesh
-from mesh_platform.errors import MeshError
-from mesh_platform.sla.history import GateEvent
+from mesh_platform.errors import ProductNotPublishedError
+from mesh_platform.sla.history import INFRASTRUCTURE_ERROR, GateEvent
+
+if TYPE_CHECKING:
+    from mesh_platform.products.descriptor import ProductDescriptor
+    from mesh_platform.query.directory import Catalog
 
 
 def _hours(delta: dt.timedelta) -> str:
@@ -30,25 +37,36 @@ def evaluate_freshness(
     catalog = Catalog(mesh)
     events = []
     try:
-        for address, d in sorted(load_directory(mesh, refresh=False).descriptors.items()):
-            sla = d.body.sla.freshness
-            if d.domain != domain or sla is None:
-                continue
-            try:
-                current = catalog.table_state(d.address).current
-            except MeshError:
-                current = None
-            if current is None:
-                fresh, snapshot, detail = False, None, f"never published (max age {sla.max_age})"
-            else:
-                published = dt.datetime.fromtimestamp(current.timestamp_ms / 1000, dt.UTC)
-                age = now - published
-                fresh, snapshot = age <= sla.timedelta, current.snapshot_id
-                detail = f"snapshot {snapshot} is {_hours(age)} old, max age {sla.max_age}"
-            events.append(
-                GateEvent(now, address, run_id, fresh, snapshot, {"freshness": fresh},
-                          () if fresh else ("freshness",), None, 0.0, detail, kind="freshness")
-            )  # fmt: skip
+        for _, d in sorted(load_directory(mesh, refresh=False).descriptors.items()):
+            if d.domain == domain and d.body.sla.freshness is not None:
+                events.append(_evaluate(catalog, d, now, run_id))
     finally:
         catalog.close()
     return events
+
+
+def _evaluate(catalog: Catalog, d: ProductDescriptor, now: dt.datetime, run_id: str) -> GateEvent:
+    sla = d.body.sla.freshness
+    assert sla is not None
+    address = str(d.address)
+    try:
+        current = catalog.table_state(d.address).current
+    except ProductNotPublishedError:
+        current = None
+    except Exception as exc:  # the catalog or the metadata could not be read: unknown, not stale
+        error = (str(exc).strip().splitlines() or [""])[0]
+        detail = (
+            f"freshness unknown: the snapshot could not be read ({type(exc).__name__}: {error})"
+        )
+        return GateEvent(now, address, run_id, False, None, {}, (), None, 0.0, detail[:500],
+                         kind="freshness", status=INFRASTRUCTURE_ERROR)  # fmt: skip
+    if current is None:
+        fresh, snapshot, detail = False, None, f"never published (max age {sla.max_age})"
+    else:
+        published = dt.datetime.fromtimestamp(current.timestamp_ms / 1000, dt.UTC)
+        age = now - published
+        fresh, snapshot = age <= sla.timedelta, current.snapshot_id
+        detail = f"snapshot {snapshot} is {_hours(age)} old, max age {sla.max_age}"
+    failed = () if fresh else ("freshness",)
+    return GateEvent(now, address, run_id, fresh, snapshot, {"freshness": fresh}, failed, None,
+                     0.0, detail, kind="freshness")  # fmt: skip

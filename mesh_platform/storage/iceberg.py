@@ -42,11 +42,17 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import DayTransform, MonthTransform, YearTransform
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh, make_private_dir, private_umask
-from mesh_platform.errors import ConcurrentPublishError, MeshError
+from mesh_platform.errors import (
+    ConcurrentPublishError,
+    MeshError,
+    UnreadableMetadataError,
+    catalog_unavailable,
+    one_line,
+)
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.maintenance import Quarantine, quarantine_batch
 from mesh_platform.storage.warehouse import local_path  # noqa: F401  (re-exported)
@@ -66,11 +72,14 @@ def open_catalog(mesh: Mesh) -> SqlCatalog:
     private_umask()
     preflight.check(mesh)
     uri = mesh.catalog_uri
-    if uri.startswith("sqlite:///"):
-        make_private_dir(Path(uri.removeprefix("sqlite:///")).parent)
-    catalog = _sql_catalog(
-        mesh.settings.catalog.name, uri, mesh.warehouse, warehouse.s3_properties(mesh)
-    )
+    try:
+        if uri.startswith("sqlite:///"):
+            make_private_dir(Path(uri.removeprefix("sqlite:///")).parent)
+        catalog = _sql_catalog(
+            mesh.settings.catalog.name, uri, mesh.warehouse, warehouse.s3_properties(mesh)
+        )
+    except (SQLAlchemyError, OSError) as exc:  # locked, disk full, not a database, no folder
+        raise catalog_unavailable(preflight.redact(uri), exc, state_dir=mesh.state_dir) from exc
     if catalog.engine.dialect.name == "sqlite":
 
         @event.listens_for(catalog.engine, "connect")
@@ -203,10 +212,45 @@ def is_published(snapshot: Snapshot | None) -> bool:
 
 
 def load_product_table(catalog: SqlCatalog, address: ProductAddress) -> Table | None:
+    """The product's table, None if the catalog has no such table (never published). A catalog
+    that cannot be read is a CatalogUnavailableError, a current metadata file that cannot be
+    loaded an UnreadableMetadataError naming it: neither ever reads as "not published"."""
     try:
         return catalog.load_table(address.iceberg_identifier)
     except NoSuchTableError:
         return None
+    except SQLAlchemyError as exc:
+        raise catalog_unavailable(
+            catalog.engine.url.render_as_string(hide_password=True), exc
+        ) from exc
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, pydantic, missing file
+        location = _catalog_row_location(catalog, address)
+        raise UnreadableMetadataError(
+            str(address),
+            f"its current metadata file {location} could not be loaded ({one_line(exc)[:300]})",
+            file=location,
+        ) from exc
+
+
+def _catalog_row_location(catalog: SqlCatalog, address: ProductAddress) -> str:
+    """The metadata location the catalog row points at (to name it in an error)."""
+    from pyiceberg.catalog.sql import IcebergTables
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    namespace, table = address.iceberg_identifier
+    try:
+        with Session(catalog.engine) as session:
+            found = session.scalar(
+                select(IcebergTables.metadata_location).where(
+                    IcebergTables.catalog_name == catalog.name,
+                    IcebergTables.table_namespace == namespace,
+                    IcebergTables.table_name == table,
+                )
+            )
+    except SQLAlchemyError:
+        found = None
+    return found or "(unknown: the catalog row could not be read)"
 
 
 def audit_branch(batch_id: str) -> str:
@@ -519,43 +563,61 @@ def write_audit_publish(
 
 
 PRODUCT_LOCK_TIMEOUT = "15min"
+PRODUCT_LOCK_TIMEOUT_S = 15 * 60  # as PRODUCT_LOCK_TIMEOUT
 
 
 @contextlib.contextmanager
-def product_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]:
+def product_lock(
+    catalog: SqlCatalog, address: ProductAddress, *, timeout: float | None = None
+) -> Iterator[bool]:
     """One publisher of a product at a time, so that concurrent publishers all publish instead
     of exhausting their attempts. PostgreSQL: a session-level advisory lock keyed by catalog and
     address (released at the end, or by the server when a killed publisher's connection drops).
     sqlite (one machine): an exclusive ``flock`` on a lock file beside the catalog database
     (released by the kernel when a killed publisher's process ends). Other catalogs: none;
-    publishers race optimistically and restage (write_audit_publish's attempts)."""
+    publishers race optimistically and restage (write_audit_publish's attempts).
+
+    Waits up to ``timeout`` seconds (default: PRODUCT_LOCK_TIMEOUT, what publishers wait; 0:
+    one try), then raises ConcurrentPublishError. Yields whether the lock excludes the other
+    holders (False on a catalog without one): ``mesh maintain`` takes it too, and only then
+    may it treat an audit branch it finds as left by a finished or dead run."""
+    wait = PRODUCT_LOCK_TIMEOUT_S if timeout is None else max(0.0, timeout)
     dialect = catalog.engine.dialect.name
     if dialect == "sqlite":
-        with _file_lock(catalog, address):
-            yield
+        with _file_lock(catalog, address, timeout=wait) as exclusive:
+            yield exclusive
         return
     if dialect != "postgresql":
-        yield
+        yield False
         return
     from sqlalchemy import text
 
     digest = hashlib.blake2b(f"{catalog.name}:{address}".encode(), digest_size=8).digest()
     key = int.from_bytes(digest, "big", signed=True)
+    busy = ConcurrentPublishError(
+        f"product {address}: another publisher held it for over {_seconds(wait)}",
+        fix="look for a stuck run of the product's domain (Dagster UI), then run again",
+    )
     with catalog.engine.connect() as connection:
         try:
-            connection.execute(text(f"SET lock_timeout = '{PRODUCT_LOCK_TIMEOUT}'"))
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            connection.execute(text("RESET lock_timeout"))  # the connection returns to a pool
-            connection.commit()
+            if wait <= 0:  # lock_timeout 0 would mean: wait forever
+                taken = connection.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
+                ).scalar()
+                connection.commit()
+                if not taken:
+                    raise busy
+            else:
+                connection.execute(text(f"SET lock_timeout = '{max(1, int(wait * 1000))}ms'"))
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                connection.execute(text("RESET lock_timeout"))  # the connection returns to a pool
+                connection.commit()
         except DBAPIError as exc:
             if type(exc.orig).__name__ == "LockNotAvailable":
-                raise ConcurrentPublishError(
-                    f"product {address}: another publisher held it for over {PRODUCT_LOCK_TIMEOUT}",
-                    fix="look for a stuck run of the product's domain (Dagster UI), then run again",
-                ) from exc
+                raise busy from exc
             raise
         try:
-            yield
+            yield True
         finally:
             try:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
@@ -566,35 +628,43 @@ def product_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]
                 connection.invalidate()
 
 
+def _seconds(wait: float) -> str:
+    return PRODUCT_LOCK_TIMEOUT if wait == PRODUCT_LOCK_TIMEOUT_S else f"{wait:g}s"
+
+
 LOCK_POLL_S = 0.05
 
 
 @contextlib.contextmanager
-def _file_lock(catalog: SqlCatalog, address: ProductAddress) -> Iterator[None]:
+def _file_lock(
+    catalog: SqlCatalog, address: ProductAddress, *, timeout: float = PRODUCT_LOCK_TIMEOUT_S
+) -> Iterator[bool]:
+    """``flock`` on ``<catalog dir>/locks/<catalog>.<address>.lock``; yields False (no lock)
+    for an in-memory catalog, which no other process can open."""
     import fcntl
 
     database = catalog.engine.url.database
     if not database or database == ":memory:":
-        yield
+        yield False
         return
     folder = Path(database).parent / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + 15 * 60  # as PRODUCT_LOCK_TIMEOUT
+    deadline = time.monotonic() + timeout
     with open(folder / f"{catalog.name}.{address}.lock", "a") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise ConcurrentPublishError(
                         f"product {address}: another publisher held it for over "
-                        f"{PRODUCT_LOCK_TIMEOUT} (lock file {handle.name})",
+                        f"{_seconds(timeout)} (lock file {handle.name})",
                         fix="look for a stuck `mesh build` of the product's domain, then run again",
                     ) from None
                 time.sleep(LOCK_POLL_S)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -1,60 +1,148 @@
 """Table maintenance: expire old snapshots, drop stale audit branches, remove orphan files;
 quarantine a blocked batch that holds personal data.
 
-Orphans are files under a table's location that no live snapshot or metadata references: left by
-a publisher killed mid-write, or freed by expiring snapshots. Only files older than a safety
-margin are removed, so a publication in flight (whose files are not committed yet) is never hit.
+Maintenance must never hurt a reader or a writer, so :func:`maintain`:
 
-A batch blocked by an ordinary check stays on its audit branch for inspection until
-:func:`maintain` drops it. A batch blocked because it holds personal data is quarantined at once
-(:func:`quarantine_batch`): kept, its clear values would be readable by any engine given the
-warehouse, in its data files and in the column bounds of its manifests.
+- takes the product's publication lock (``iceberg.product_lock``: ``flock`` on a sqlite catalog,
+  an advisory lock on PostgreSQL). While a publisher of the product is in write-audit-publish,
+  maintenance waits a bounded time and otherwise leaves the product alone, reported as skipped
+  ("publication in progress, run again"): it never races a publication;
+- under the lock no publisher of the product is mid-flight, so an audit branch it finds was left
+  by a finished run (a blocked batch, kept for inspection until it is older than ``retain``,
+  judged by the branch head's own commit time) or by a dead one (a branch still at a snapshot of
+  main's history: created, nothing staged, dropped at once);
+- never deletes a file reachable from a catalog pointer (the row's metadata location and
+  previous metadata location, the snapshot current in the latter: a reader may have just
+  resolved it), the metadata log, or any snapshot that stays (every ref's history, the
+  ``protect`` ids, main's last ``keep_last``). After listing the table's folder it reads the
+  catalog row again: if the table moved meanwhile (a writer that does not take the lock),
+  nothing of that product is deleted;
+- deletes unreferenced files only when older than ``orphan_margin`` (at least
+  :data:`MIN_ORPHAN_MARGIN`, see there), and only inside the table's own warehouse folder.
+
+A dry run takes the lock too and reports exactly what a real run would remove: the branches, the
+snapshots, and the orphan files, counting those that expiring and dropping branches would free.
+
+A blocked batch stays on its audit branch for inspection until :func:`maintain` drops it. A batch
+blocked because it holds personal data is quarantined at once (:func:`quarantine_batch`): kept,
+its clear values would be readable by any engine given the warehouse, in its data files and in
+the column bounds of its manifests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
-from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from mesh_platform.addressing import ProductAddress
+from mesh_platform.errors import ConcurrentPublishError, MeshError, UnreadableMetadataError
 from mesh_platform.storage import warehouse
 
 AUDIT_PREFIX = "audit-"
+T = TypeVar("T")
+
+# The shortest orphan margin maintenance accepts: the time a publisher may hold a product's lock
+# before the others call it stuck (iceberg.PRODUCT_LOCK_TIMEOUT). The lock already keeps
+# maintenance away from a live write-audit-publish; the margin is the second line of defence,
+# for writers the lock cannot see: a publisher whose PostgreSQL session (and so its advisory
+# lock) dropped while it still writes, a tool writing into the warehouse without the lock, an
+# object store's clock ahead of this host's. A file younger than this may be about to be
+# committed; one older is either referenced or left by a run that is dead or stuck.
+MIN_ORPHAN_MARGIN = timedelta(minutes=15)
+DEFAULT_ORPHAN_MARGIN = timedelta(hours=1)
+DEFAULT_LOCK_WAIT = timedelta(seconds=60)  # how long to wait for a publication to finish
+
+
+class MaintenanceError(MeshError):
+    """A product's table cannot be maintained (its catalog row cannot be read, its location is
+    outside its folder, a file cannot be deleted). Unreadable metadata: UnreadableMetadataError."""
 
 
 @dataclass
 class MaintenanceReport:
+    """What maintenance removed from one product (a dry run: what it would remove)."""
+
     address: ProductAddress
     expired_snapshots: list[int] = field(default_factory=list)
     removed_branches: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
     dry_run: bool = False
+    branch_reasons: dict[str, str] = field(default_factory=dict)  # branch -> why removed/kept
+    kept_branches: list[str] = field(default_factory=list)  # audit branches spared
+    table_location: str = ""
+    skipped: str | None = None  # why the product was left untouched (run again)
+
+    def orphan_counts(self) -> dict[str, int]:
+        """Orphan files by the table folder they are in: ``data``, ``metadata`` (or ``other``)."""
+        counts: dict[str, int] = {}
+        root = warehouse.normalise(self.table_location) if self.table_location else ""
+        for location in self.orphan_files:
+            relative = location.removeprefix(root).lstrip("/")
+            kind = relative.split("/", 1)[0] if "/" in relative else "other"
+            kind = kind if kind in ("data", "metadata") else "other"
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+def check_orphan_margin(margin: timedelta) -> None:
+    """Refuse a margin below :data:`MIN_ORPHAN_MARGIN` (MeshError naming the floor)."""
+    if margin < MIN_ORPHAN_MARGIN:
+        raise MeshError(
+            f"orphan margin {margin} is below the safe floor of {MIN_ORPHAN_MARGIN}: a file that "
+            "young may belong to a publication about to commit it",
+            fix=f"use an orphan margin of at least {_minutes(MIN_ORPHAN_MARGIN)}",
+        )
+
+
+def _minutes(delta: timedelta) -> str:
+    return f"{int(delta.total_seconds() // 60)}m"
 
 
 def referenced_files(table: Table, *, exclude: Collection[int] = ()) -> set[str]:
     """Every file the table's metadata still references (data, manifests, lists, metadata),
     spelled as ``warehouse.normalise`` does (local: resolved paths; object store: URLs);
     the files of the snapshots in ``exclude`` only if another snapshot references them."""
-    io = table.io
     files = {table.metadata_location}
     files |= {entry.metadata_file for entry in table.metadata.metadata_log}
     for snapshot in table.snapshots():
-        if snapshot.snapshot_id in exclude:
-            continue
-        files.add(snapshot.manifest_list)
-        for manifest in snapshot.manifests(io):
-            files.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
-                files.add(entry.data_file.file_path)
+        if snapshot.snapshot_id not in exclude:
+            files |= _snapshot_files(table, snapshot)
     return {warehouse.normalise(f) for f in files}
+
+
+def _snapshot_files(table: Table, snapshot: Snapshot) -> set[str]:
+    """A snapshot's manifest list, manifests and data files (raw spellings)."""
+    io = table.io
+    files = {snapshot.manifest_list}
+    for manifest in snapshot.manifests(io):
+        files.add(manifest.manifest_path)
+        for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+            files.add(entry.data_file.file_path)
+    return files
+
+
+@dataclass(frozen=True)
+class _Pointers:
+    """A table's catalog row: where readers resolve it."""
+
+    metadata_location: str | None
+    previous_metadata_location: str | None
 
 
 def maintain(
@@ -63,56 +151,268 @@ def maintain(
     *,
     retain: timedelta,
     keep_last: int = 5,
-    orphan_margin: timedelta = timedelta(hours=1),
+    orphan_margin: timedelta = DEFAULT_ORPHAN_MARGIN,
     dry_run: bool = False,
     now: float | None = None,
+    protect: Collection[int] = (),
+    lock_wait: timedelta = DEFAULT_LOCK_WAIT,
 ) -> MaintenanceReport:
-    """Expire snapshots older than ``retain`` (keeping main's last ``keep_last``), drop audit
-    branches older than ``retain``, then remove orphan files older than ``orphan_margin``."""
-    now_ms = int((now if now is not None else time.time()) * 1000)
+    """Drop stale audit branches, expire snapshots older than ``retain`` (keeping main's last
+    ``keep_last``, every ref's head and the ``protect`` ids), then remove orphan files older
+    than ``orphan_margin``: all under the product's publication lock (see the module's doc).
+
+    A product whose lock stays busy for ``lock_wait`` (a publication in progress), or whose
+    table moved during maintenance, is returned with ``skipped`` set and nothing deleted.
+    Raises (nothing of the product changed or deleted): UnreadableMetadataError, its metadata,
+    a manifest list or a manifest cannot be read; MaintenanceError, its catalog row cannot be
+    read or its location is outside its folder; MeshError, an orphan margin below
+    MIN_ORPHAN_MARGIN. ``now`` shifts snapshot retention only (tests).
+    """
+    # iceberg imports this module (quarantine_batch), so its lock is imported here.
+    from mesh_platform.storage.iceberg import product_lock
+
+    check_orphan_margin(orphan_margin)
     report = MaintenanceReport(address, dry_run=dry_run)
-    table = catalog.load_table(address.iceberg_identifier)
+    with contextlib.ExitStack() as stack:
+        try:
+            exclusive = stack.enter_context(
+                product_lock(catalog, address, timeout=lock_wait.total_seconds())
+            )
+        except ConcurrentPublishError:
+            report.skipped = (
+                f"publication in progress (its lock stayed busy for {lock_wait.total_seconds():g}s)"
+                "; nothing changed, run again"
+            )
+            return report
+        try:
+            _maintain_locked(
+                catalog, address, report, exclusive=exclusive, retain=retain,
+                keep_last=keep_last, orphan_margin=orphan_margin, now=now, protect=protect,
+            )  # fmt: skip
+        except NoSuchTableError:
+            report.skipped = "no longer in the catalog (dropped meanwhile)"
+        except CommitFailedException as exc:
+            report.orphan_files = []
+            report.skipped = (
+                f"the table changed while it was maintained ({exc}); nothing deleted, run again"
+            )
+    return report
+
+
+def _maintain_locked(
+    catalog: SqlCatalog,
+    address: ProductAddress,
+    report: MaintenanceReport,
+    *,
+    exclusive: bool,
+    retain: timedelta,
+    keep_last: int,
+    orphan_margin: timedelta,
+    now: float | None,
+    protect: Collection[int],
+) -> None:
+    dry_run = report.dry_run
+    pointers = _pointers(catalog, address)
+    table = _readable(
+        address,
+        pointers.metadata_location or "(no metadata location)",
+        lambda: catalog.load_table(address.iceberg_identifier),
+    )
+    report.table_location = table.location()
+    _check_location(catalog, table, address)
+    now_ms = int((now if now is not None else time.time()) * 1000)
     cutoff = now_ms - int(retain.total_seconds() * 1000)
 
-    stale = [
-        name
-        for name, ref in table.metadata.refs.items()
-        if name.startswith(AUDIT_PREFIX)
-        and table.snapshot_by_id(ref.snapshot_id).timestamp_ms < cutoff
-    ]
-    report.removed_branches = stale
-    if stale and not dry_run:
-        with table.manage_snapshots() as refs:
-            for name in stale:
-                refs.remove_branch(name)
-        table = catalog.load_table(address.iceberg_identifier)
+    main_line = [s.snapshot_id for s in _main_line(table)]
+    for name, ref in sorted(table.metadata.refs.items()):
+        if not name.startswith(AUDIT_PREFIX):
+            continue
+        head = table.snapshot_by_id(ref.snapshot_id)
+        if head is None:
+            why = "its head snapshot is gone (a quarantined batch)"
+        elif ref.snapshot_id in main_line:
+            # Created at main's head, nothing staged: a live publisher would hold the lock.
+            if not exclusive:
+                report.kept_branches.append(name)
+                report.branch_reasons[name] = (
+                    "nothing staged, but without a lock on this catalog a live run cannot be "
+                    "told from a dead one"
+                )
+                continue
+            why = "nothing staged: left by a dead run"
+        elif head.timestamp_ms < cutoff:
+            why = "older than --retain"
+        else:
+            report.kept_branches.append(name)
+            report.branch_reasons[name] = "younger than --retain: a blocked batch, kept to inspect"
+            continue
+        report.removed_branches.append(name)
+        report.branch_reasons[name] = why
 
-    keep: set[int] = set()
-    snapshot = table.current_snapshot()
-    while snapshot is not None and len(keep) < keep_last:
-        keep.add(snapshot.snapshot_id)
-        parent = snapshot.parent_snapshot_id
-        snapshot = table.snapshot_by_id(parent) if parent is not None else None
-    heads = {ref.snapshot_id for ref in table.metadata.refs.values()}
-    expire = [
+    staying = {
+        ref.snapshot_id
+        for name, ref in table.metadata.refs.items()
+        if name not in report.removed_branches
+    }
+    keep = set(main_line[:keep_last]) | staying | set(protect)
+    report.expired_snapshots = sorted(
         s.snapshot_id
         for s in table.snapshots()
-        if s.timestamp_ms < cutoff and s.snapshot_id not in keep | heads
-    ]
-    report.expired_snapshots = expire
-    if expire and not dry_run:
-        table.maintenance.expire_snapshots().by_ids(expire).commit()
-        table = catalog.load_table(address.iceberg_identifier)
+        if s.timestamp_ms < cutoff and s.snapshot_id not in keep
+    )
+    changes = bool(report.removed_branches or report.expired_snapshots)
 
-    live = referenced_files(table)
+    # What stays referenced once the branches are dropped and the snapshots expired.
+    expired = set(report.expired_snapshots)
+    live = _readable(
+        address,
+        table.metadata_location,
+        lambda: referenced_files(table, exclude=expired),
+    )
+    if not changes:  # else our own commit makes the current metadata the previous one
+        live |= _previous_pointer_files(table, address, pointers.previous_metadata_location)
+
+    if changes and not dry_run:
+        if report.removed_branches:
+            with table.manage_snapshots() as refs:
+                for name in report.removed_branches:
+                    refs.remove_branch(name)
+            table = catalog.load_table(address.iceberg_identifier)
+        if report.expired_snapshots:
+            table.maintenance.expire_snapshots().by_ids(report.expired_snapshots).commit()
+            table = catalog.load_table(address.iceberg_identifier)
+        pointers = _pointers(catalog, address)
+    expected = table.metadata_location
+    live |= {warehouse.normalise(table.metadata_location)}
+    live |= {warehouse.normalise(e.metadata_file) for e in table.metadata.metadata_log}
+    live |= {
+        warehouse.normalise(p)
+        for p in (pointers.metadata_location, pointers.previous_metadata_location)
+        if p
+    }
+
     # File ages are always judged on the real clock: `now` only shifts snapshot retention.
     margin_cutoff = time.time() - orphan_margin.total_seconds()
-    for location, mtime in warehouse.list_files(table.location(), table.io.properties):
-        if location not in live and mtime < margin_cutoff:
-            report.orphan_files.append(location)
-            if not dry_run:
+    orphans = [
+        location
+        for location, mtime in warehouse.list_files(table.location(), table.io.properties)
+        if location not in live and mtime < margin_cutoff
+    ]
+    after = _pointers(catalog, address)
+    if after.metadata_location != expected:
+        report.skipped = (
+            f"its metadata moved from {expected} to {after.metadata_location} while it was "
+            "maintained (a writer without the product's lock?); nothing deleted, run again"
+        )
+        return
+    report.orphan_files = orphans
+    if not dry_run:
+        for location in orphans:
+            try:
                 warehouse.delete(location, table.io.properties)
-    return report
+            except OSError as exc:
+                raise MaintenanceError(
+                    f"product {address}: orphan file {location} could not be deleted ({exc})",
+                    fix="give this user write access to the table's folder in the warehouse, "
+                    f"then run `mesh maintain --domain {address.domain}` again",
+                ) from exc
+        _remove_empty_folders(table.location(), orphans)
+
+
+def _pointers(catalog: SqlCatalog, address: ProductAddress) -> _Pointers:
+    """The product's catalog row, read directly (pyiceberg keeps only the metadata location)."""
+    identifier = address.iceberg_identifier
+    query = (
+        select(IcebergTables.metadata_location, IcebergTables.previous_metadata_location)
+        .where(IcebergTables.catalog_name == catalog.name)
+        .where(
+            IcebergTables.table_namespace
+            == Catalog.namespace_to_string(Catalog.namespace_from(identifier))
+        )
+        .where(IcebergTables.table_name == Catalog.table_name_from(identifier))
+    )
+    try:
+        with Session(catalog.engine) as session:
+            row = session.execute(query).first()
+    except SQLAlchemyError as exc:
+        raise _catalog_error(catalog, address, exc) from exc
+    if row is None:
+        raise NoSuchTableError(f"Table does not exist: {address}")
+    return _Pointers(row[0], row[1])
+
+
+def _catalog_error(catalog: SqlCatalog, address: ProductAddress, exc: Exception) -> MeshError:
+    return MaintenanceError(
+        f"product {address}: the catalog database {catalog.engine.url.render_as_string()} "
+        f"could not be read ({type(exc).__name__}: {exc}); nothing of it was changed",
+        fix="check the catalog (`mesh doctor`; on sqlite, a long-running writer may hold it), "
+        "then run `mesh maintain` again",
+    )
+
+
+def _readable(address: ProductAddress, location: str, read: Callable[[], T]) -> T:
+    """``read()`` (a read of the table's metadata, manifests...), or UnreadableMetadataError
+    naming the product, the file and the fix (`mesh repair`): maintenance fails closed."""
+    try:
+        return read()
+    except MeshError:
+        raise
+    except SQLAlchemyError as exc:
+        raise MaintenanceError(
+            f"product {address}: the catalog could not be read ({type(exc).__name__}: {exc}); "
+            "nothing of it was changed",
+            fix="check the catalog (`mesh doctor`), then run `mesh maintain` again",
+        ) from exc
+    except Exception as exc:  # corrupt JSON or Avro, a missing file, a refused read...
+        raise UnreadableMetadataError(
+            str(address),
+            f"its table cannot be read from {location} or a file it references "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); maintenance changed and "
+            "deleted nothing of it",
+            file=location,
+        ) from exc
+
+
+def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
+    """Maintenance deletes inside the table's location: refuse one outside the product's own
+    warehouse folder (the catalog accepts any location; a row pointing at the warehouse root
+    would make every other table's files look like orphans)."""
+    folder = warehouse.table_folder(catalog.properties["warehouse"], *address.iceberg_identifier)
+    if not warehouse.contains(folder, table.location()):
+        raise MaintenanceError(
+            f"product {address}: its table location {table.location()} is outside its warehouse "
+            f"folder {folder}; nothing of it was changed or deleted",
+            fix="drop the table from the catalog and publish it again (its location is derived "
+            "from the address)",
+        )
+
+
+def _main_line(table: Table) -> Iterator[Snapshot]:
+    """Main's head, then its parents, newest first."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        yield snapshot
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+
+
+def _previous_pointer_files(
+    table: Table, address: ProductAddress, previous: str | None
+) -> set[str]:
+    """The files of the snapshot current in the catalog's previous metadata file: a reader that
+    resolved the row just before the last commit reads them. Unreadable: none (such a reader
+    fails anyway)."""
+    if not previous:
+        return set()
+    try:
+        metadata = FromInputFile.table_metadata(table.io.new_input(previous))
+        snapshot = metadata.current_snapshot()
+        if snapshot is None:
+            return {warehouse.normalise(previous)}
+        files = _snapshot_files(table, snapshot)
+    except Exception:  # gone or corrupt: nobody can read through it
+        return {warehouse.normalise(previous)}
+    return {warehouse.normalise(f) for f in (*files, previous)}
 
 
 @dataclass(frozen=True)
@@ -145,9 +445,9 @@ def quarantine_batch(
     Metadata JSON files stay (they hold no column values). ``data_files``: the files the batch
     wrote, deleted even if the commit that would have registered them never happened. The
     caller holds the product's lock (iceberg.product_lock), so main does not move meanwhile;
-    a commit lost to another writer (``mesh maintain`` takes no lock) is retried. If the
-    metadata still cannot be changed, the files are deleted all the same (the branch is left
-    unreadable, for maintenance to drop) and CommitFailedException is raised.
+    a commit lost to another writer (one without the lock: a catalog that has none) is
+    retried. If the metadata still cannot be changed, the files are deleted all the same (the
+    branch is left unreadable, for maintenance to drop) and CommitFailedException is raised.
     """
     table = catalog.load_table(address.iceberg_identifier)
     main_line: set[int] = set()
