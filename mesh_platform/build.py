@@ -323,6 +323,9 @@ def _product_selection(
     return {k for k in selection.resolve(graph) if k in own}
 
 
+_FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
+
+
 def build_domain(
     domain: str,
     defs: dg.Definitions,
@@ -416,7 +419,8 @@ def build_domain(
         rows = mat.metadata.get("dagster/row_count")
         materialized[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
     errors = [
-        e.step_failure_data.error.message.strip()
+        # A dg.Failure raised on purpose is the message itself, not a Python exception
+        e.step_failure_data.error.message.strip().removeprefix(_FAILURE_PREFIX)
         for e in result.all_events
         if e.event_type == DagsterEventType.STEP_FAILURE
         and e.step_failure_data.error

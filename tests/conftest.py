@@ -197,3 +197,28 @@ def browser():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+def deliver_raw(mesh: Mesh, domain: str, table: str, select_sql: str) -> None:
+    """Replace the raw landing's ``table`` with ``select_sql`` (``{raw}`` names the current
+    file) as its source would deliver it: the file and its entry of the landing manifest
+    (rows, size, checksum, columns) together. A file changed without its manifest entry is
+    damage, which every build detects and lands again (sources/tpch.py)."""
+    import json
+
+    from mesh_platform.duckdb_ext import connect
+    from mesh_platform.sources.tpch import LANDING_FILE, describe_file
+
+    raw = mesh.raw_dir(domain) / f"{table}.parquet"
+    staged = raw.with_name(f".{raw.name}.delivery")
+    conn = connect()
+    try:
+        conn.execute(f"COPY ({select_sql.format(raw=raw)}) TO '{staged}' (FORMAT parquet)")
+        entry = describe_file(conn, staged).model_copy(update={"file": raw.name})
+    finally:
+        conn.close()
+    manifest_path = mesh.raw_dir(domain) / LANDING_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tables"][table] = entry.model_dump()
+    staged.replace(raw)
+    manifest_path.write_text(json.dumps(manifest, indent=2))

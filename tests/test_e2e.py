@@ -5,15 +5,15 @@ read back from Iceberg with DuckDB's own iceberg reader (any engine can read the
 """
 
 import subprocess
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
+from mesh_platform.sources.tpch import LANDING_FILE
 from mesh_platform.storage.iceberg import open_catalog
-from tests.conftest import copy_mesh, run_mesh
+from tests.conftest import copy_mesh, deliver_raw, run_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -53,18 +53,16 @@ def _snapshot(mesh, address: str) -> int:
 
 
 def _rebuild_sales_with(mesh, raw_table: str, select_sql: str) -> subprocess.CompletedProcess:
-    """Rebuild the sales domain with one raw table replaced by ``select_sql`` (``{raw}`` names
-    the original file), then restore the original landing."""
-    raw = mesh.raw_dir("sales") / f"{raw_table}.parquet"
-    original = raw.read_bytes()
-    conn = connect()
-    conn.execute(f"COPY ({select_sql.format(raw=raw)}) TO '{raw}.tmp' (FORMAT parquet)")
-    conn.close()
-    Path(f"{raw}.tmp").replace(raw)
+    """Rebuild the sales domain with one raw table delivered as ``select_sql`` by its source
+    (``{raw}`` names the original file), then restore the original landing."""
+    landing = mesh.raw_dir("sales")
+    saved = {p: p.read_bytes() for p in (landing / f"{raw_table}.parquet", landing / LANDING_FILE)}
+    deliver_raw(mesh, "sales", raw_table, select_sql)
     try:
         return run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
     finally:
-        raw.write_bytes(original)
+        for path, data in saved.items():
+            path.write_bytes(data)
 
 
 def _why(result: subprocess.CompletedProcess) -> str:
@@ -246,11 +244,11 @@ def test_describe_shows_the_whole_product(built):
 
 
 def test_a_failed_check_keeps_the_published_snapshot(built):
-    """Corrupt sales' raw orders (one order duplicated). sales.orders is incremental: the old
-    order is outside its lookback window, so no partition of it changes and nothing is
-    republished; the duplicate reaches sales.order_lines, whose blocking uniqueness check fails,
-    so its new data stays on an audit branch. Consumers keep the last good snapshots;
-    sales.customers still publishes; Dagster records the failed check."""
+    """Sales' source delivers orders with one order duplicated. The changed landing rebuilds
+    the incremental orders model in full, so the duplicate is caught twice: orders' enforced
+    contract (its primary key) stops the model, and sales.order_lines' blocking uniqueness
+    check fails, so its new data stays on an audit branch. Consumers keep the last good
+    snapshots; sales.customers still publishes; Dagster records both failed checks."""
     mesh, _ = built
     addresses = ("sales.orders", "sales.order_lines", "sales.customers")
     before = {a: _snapshot(mesh, a) for a in addresses}
@@ -271,7 +269,7 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
     assert table.scan().use_ref(audit[0]).to_arrow().num_rows > table.scan().to_arrow().num_rows
 
     failed, _ = _failed_checks(mesh, "sales")
-    assert failed == {("sales/order_lines", check)}
+    assert failed == {("sales/order_lines", check), ("sales/orders", "contract")}
 
 
 def test_the_sla_history_records_passed_and_blocked_runs(built):
@@ -461,14 +459,14 @@ def test_an_incremental_run_publishes_only_the_changed_partition(built):
     rows_before, new_day = conn.execute(
         f"SELECT count(*), max(o_orderdate) + 1 FROM '{raw}'"
     ).fetchone()
-    conn.execute(
-        f"COPY (SELECT * FROM '{raw}' UNION ALL BY NAME SELECT o_orderkey + 10000000 AS o_orderkey, "
-        f"* EXCLUDE (o_orderkey, o_orderdate), DATE '{new_day}' AS o_orderdate FROM '{raw}' "
-        f"WHERE o_orderkey <= 40) TO '{raw}.tmp' (FORMAT parquet)"
-    )
     added = conn.execute(f"SELECT count(*) FROM '{raw}' WHERE o_orderkey <= 40").fetchone()[0]
     conn.close()
-    Path(f"{raw}.tmp").replace(raw)
+    deliver_raw(
+        mesh, "sales", "orders",
+        "SELECT * FROM '{raw}' UNION ALL BY NAME SELECT o_orderkey + 10000000 AS o_orderkey, "
+        f"* EXCLUDE (o_orderkey, o_orderdate), DATE '{new_day}' AS o_orderdate FROM '{{raw}}' "
+        "WHERE o_orderkey <= 40",
+    )  # fmt: skip
     result = run_mesh(mesh.root, "build", "--domain", "sales", "--scale", str(SF))
     assert result.returncode == 0, result.stderr[-3000:]
     table = open_catalog(mesh).load_table(("sales", "orders"))

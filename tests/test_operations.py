@@ -41,9 +41,10 @@ def test_the_instance_runs_one_writer_per_domain_and_retries_crashed_runs(mesh):
 def test_a_killed_build_is_marked_failed_and_its_pool_released(mesh_copy):
     root = mesh_copy.root
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
+    log = root / "build.log"
     build = subprocess.Popen(
         [MESH, "--root", str(root), "build", "--domain", "logistics", "--scale", "0.01"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     instance = None
@@ -52,13 +53,15 @@ def test_a_killed_build_is_marked_failed_and_its_pool_released(mesh_copy):
         run = None
         while time.monotonic() < deadline and run is None:
             time.sleep(1)
-            if (mesh_copy.dagster_home / "dagster.yaml").is_file():
+            # the build has set up its instance (storage schemas) before it names the domain:
+            # opening the instance here any earlier races that set-up
+            if "[1/1] logistics" in log.read_text():
                 instance = instance or dg.DagsterInstance.from_config(str(mesh_copy.dagster_home))
                 started = instance.get_run_records(
                     filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
                 )
                 run = started[0].dagster_run if started else None
-            assert build.poll() is None, "the build ended before it could be killed"
+            assert build.poll() is None, f"the build ended first: {log.read_text()[-3000:]}"
         assert run is not None, "no run started within 300 s"
         assert reap_expired_runs(instance) == []  # its process is alive: left alone
         time.sleep(3)  # let it claim the pool and do some work

@@ -1081,10 +1081,13 @@ def sla(
     against the descriptor's targets, and the last breach with its cause."""
     import json
 
-    from mesh_platform.sla.report import product_attainment
+    from mesh_platform.sla.report import journal_note, product_attainment
 
     window = _duration(since)
-    results = product_attainment(_mesh(ctx), since=window, domains=domains, addresses=products_)
+    mesh = _mesh(ctx)
+    results = product_attainment(mesh, since=window, domains=domains, addresses=products_)
+    if note := journal_note(mesh):  # events the catalog refused: counted, not yet in the table
+        console.print(f"[yellow]note:[/] {escape(printable(note))}", highlight=False)
     if fmt == "json":
         rows = [
             {
