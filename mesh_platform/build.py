@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
 
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
@@ -43,7 +42,7 @@ from dagster._core.execution.plan.objects import ErrorSource
 from dagster._core.utils import make_new_run_id
 from dagster._utils.interrupts import pop_captured_interrupt
 
-from mesh_platform.dbt.isolation import DBT_PARENT_ENV, guarded_dbt_executable
+from mesh_platform.dbt.isolation import DBT_PARENT_ENV
 from mesh_platform.errors import MeshError
 from mesh_platform.leases import (
     DOMAIN_TAG,
@@ -59,7 +58,6 @@ from mesh_platform.leases import (
     queued_in_dagster,
     wait_for_domain,
 )
-from mesh_platform.resources import MeshResource
 
 
 def domain_dependencies(defs_by_domain: Mapping[str, dg.Definitions]) -> dict[str, set[str]]:
@@ -239,28 +237,6 @@ def domain_pools(job: dg.JobDefinition) -> list[str]:
     return sorted(p for p in pools if p)
 
 
-def _guarded_dbt(defs: dg.Definitions) -> dict[str, Any]:
-    """The code location's dbt resource, running dbt through the guard (dies with us)."""
-    from dagster_dbt import DbtCliResource  # heavy; only a domain with dbt assets needs it
-
-    resources = defs.resources or {}
-    dbt, mesh = resources.get("dbt"), resources.get("mesh")
-    if not isinstance(dbt, DbtCliResource) or not isinstance(mesh, MeshResource):
-        return {}
-    guard = guarded_dbt_executable(dbt.dbt_executable, mesh.load().state_dir / "bin")
-    return {
-        "dbt": DbtCliResource(
-            project_dir=dbt.project_dir,
-            global_config_flags=dbt.global_config_flags,
-            profiles_dir=dbt.profiles_dir,
-            profile=dbt.profile,
-            target=dbt.target,
-            dbt_executable=guard,
-            state_path=dbt.state_path,
-        )
-    }
-
-
 @contextlib.contextmanager
 def _owned(
     active: _ActiveRun, domain: str, pools: Sequence[str], lease: float, say: Callable[[str], None]
@@ -408,7 +384,6 @@ def build_domain(
             asset_selection=sorted(selection, key=lambda k: k.path) if selection else None,
             raise_on_error=False,
             tags=tags,
-            resources=_guarded_dbt(defs),
         )
     seconds = time.perf_counter() - start
     if not stop.requested and stop.signal_arrived() is not None:

@@ -29,6 +29,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from mesh_platform.config import Mesh, environment, private_umask
+from mesh_platform.dbt.isolation import guarded_dbt_executable
 from mesh_platform.dbt.project import RUN_TARGET, platform_profile
 from mesh_platform.dbt.translator import MeshDbtTranslator
 from mesh_platform.domain import Domain
@@ -65,7 +66,9 @@ def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[Db
             profiles_dir=str(profiles_dir),
             profile=domain.name,
             target=RUN_TARGET,
-            dbt_executable=dbt.dbt_executable,
+            # dbt dies with the process that runs it (a killed `mesh build` or run worker
+            # leaves no dbt writing the domain's DuckDB): dbt.isolation's guard
+            dbt_executable=guarded_dbt_executable(dbt.dbt_executable, mesh.state_dir / "bin"),
             state_path=dbt.state_path,
         )
 
