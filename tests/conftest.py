@@ -153,21 +153,32 @@ def duck():
     conn.close()
 
 
-def read_published(mesh: Mesh, address: Any, snapshot_id: int | None = None):
-    """(column names, row count) of a product's published snapshot (main's head by default),
-    through the read path's storage layer: catalog row, metadata JSON, manifests, Parquet."""
+@contextlib.contextmanager
+def published_scan(mesh: Mesh, address: Any, snapshot_id: int | None = None) -> Iterator[Any]:
+    """(DuckDB connection, relation SQL, snapshot) of a product's published snapshot (main's
+    head by default), through the read path's storage layer: catalog row, metadata JSON,
+    manifests, Parquet. The connection is closed when the block exits."""
+    from mesh_platform.addressing import ProductAddress
     from mesh_platform.duckdb_ext import connect
     from mesh_platform.query.directory import Catalog, data_files, scan_sql
 
+    if isinstance(address, str):
+        address = ProductAddress.parse(address)
     state = Catalog(mesh).table_state(address)
     snapshot = state.snapshot(snapshot_id)
     conn = connect(extensions=("avro",))
     try:
         files = data_files(conn, state, snapshot)
-        relation = conn.sql(f"SELECT * FROM {scan_sql(files, state, snapshot.columns)}")
-        return relation.columns, len(relation.fetchall())
+        yield conn, scan_sql(files, state, snapshot.columns), snapshot
     finally:
         conn.close()
+
+
+def read_published(mesh: Mesh, address: Any, snapshot_id: int | None = None):
+    """(column names, row count) of a product's published snapshot (see published_scan)."""
+    with published_scan(mesh, address, snapshot_id) as (conn, scan, _):
+        relation = conn.sql(f"SELECT * FROM {scan}")
+        return relation.columns, len(relation.fetchall())
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mesh_platform.config import Mesh, load_mesh
-from tests.conftest import copy_mesh, run_mesh
+from tests.conftest import copy_mesh, published_scan, run_mesh
 
 SF = 0.01
 
@@ -38,23 +38,12 @@ def content(mesh: Mesh, address: str, snapshot_id: int | None = None) -> dict[st
     """A product's published rows, summarised to compare two meshes: the row count and, per
     column, an order-independent sum of value hashes. (Hashed personal data differs between
     meshes: each has its own salt; compare those columns by count only.)"""
-    from mesh_platform.addressing import ProductAddress, quote_ident
-    from mesh_platform.duckdb_ext import connect
-    from mesh_platform.query.directory import Catalog, data_files, scan_sql
+    from mesh_platform.addressing import quote_ident
 
-    state = Catalog(mesh).table_state(ProductAddress.parse(address))
-    snapshot = state.snapshot(snapshot_id)
-    conn = connect(extensions=("avro",))
-    try:
-        files = data_files(conn, state, snapshot)
-        columns = snapshot.columns
-        sums = ", ".join(f"sum(hash({quote_ident(c)}))::VARCHAR" for c in columns)
-        row = conn.execute(
-            f"SELECT count(*), {sums} FROM {scan_sql(files, state, columns)}"
-        ).fetchone()
+    with published_scan(mesh, address, snapshot_id) as (conn, scan, snapshot):
+        sums = ", ".join(f"sum(hash({quote_ident(c)}))::VARCHAR" for c in snapshot.columns)
+        row = conn.execute(f"SELECT count(*), {sums} FROM {scan}").fetchone()
         return {
             "rows": int(row[0]),
-            **{c: int(v or 0) for c, v in zip(columns, row[1:], strict=True)},
+            **{c: int(v or 0) for c, v in zip(snapshot.columns, row[1:], strict=True)},
         }
-    finally:
-        conn.close()

@@ -26,7 +26,7 @@ from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError
 from mesh_platform.sources.tpch import LANDING_FILE, QUARANTINE_DIR, TpchSource, land_tpch
 from tests.chaos.conftest import SF, build_chaos_mesh
-from tests.conftest import MESH, run_mesh, user_env
+from tests.conftest import MESH, published_scan, run_mesh, user_env
 
 SALES_RAW = ("orders", "lineitem", "customer", "customer_contact")
 SMALL_SF = 0.002  # landing tests: dbgen in about a second
@@ -237,17 +237,8 @@ def test_a_source_that_cannot_regenerate_stops_naming_the_file_and_the_fix(lande
 def _fingerprint(mesh: Mesh, address: str) -> tuple[int, int]:
     """(rows, order-free sum of row hashes) of the product's main snapshot, read through the
     read path's storage layer."""
-    from mesh_platform.query.directory import Catalog, data_files, scan_sql
-
-    state = Catalog(mesh).table_state(ProductAddress.parse(address))
-    snapshot = state.snapshot(None)
-    conn = connect(extensions=("avro",))
-    try:
-        files = data_files(conn, state, snapshot)
-        scan = scan_sql(files, state, snapshot.columns)
+    with published_scan(mesh, address) as (conn, scan, _):
         return conn.sql(f"SELECT count(*), sum(hash(t)::HUGEINT) FROM {scan} AS t").fetchone()
-    finally:
-        conn.close()
 
 
 def _snapshot_ids(mesh: Mesh) -> dict[str, int]:

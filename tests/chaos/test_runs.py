@@ -27,7 +27,6 @@ import dagster as dg
 import pytest
 from dagster._core.utils import make_new_run_id
 
-from mesh_platform.addressing import ProductAddress
 from mesh_platform.build import Stop, build_domain
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.dbt.isolation import dbt_guard_script, guarded_dbt_executable
@@ -57,7 +56,7 @@ from mesh_platform.leases import (
     wait_for_domain,
 )
 from tests.chaos.conftest import SF
-from tests.conftest import MESH, copy_mesh, user_env
+from tests.conftest import MESH, copy_mesh, published_scan, user_env
 
 PRODUCTS = ("sales.order_lines", "sales.orders", "sales.customers")
 ELSEWHERE = Owner("elsewhere", 4242, "another-boot/pid:[1]", "77")
@@ -357,18 +356,8 @@ def _running(pid: int) -> bool:
 
 def _rows(mesh: Mesh, address: str) -> Counter:
     """Every row of the product's main snapshot (a multiset), through the read path."""
-    from mesh_platform.duckdb_ext import connect
-    from mesh_platform.query.directory import Catalog, data_files, scan_sql
-
-    state = Catalog(mesh).table_state(ProductAddress.parse(address))
-    snapshot = state.snapshot(None)
-    conn = connect(extensions=("avro",))
-    try:
-        files = data_files(conn, state, snapshot)
-        scan = scan_sql(files, state, snapshot.columns)
+    with published_scan(mesh, address) as (conn, scan, _):
         return Counter(conn.sql(f"SELECT * FROM {scan}").fetchall())
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
