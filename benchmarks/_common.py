@@ -1,20 +1,18 @@
-"""Helpers shared by the benchmarks: a fresh copy of the sample mesh and a timer."""
+"""Helpers shared by the benchmarks: a timer and a peak-memory reading. A copy of the sample
+mesh, the repository and a user's environment come from mesh_platform.testing."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from mesh_platform.testing import user_env
+
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO))
 
-from tests.conftest import copy_mesh  # noqa: E402  (one definition of "a copy of the mesh")
-
-__all__ = ["BIN", "REPO", "clean_env", "copy_mesh", "peak_rss_mb", "timed_run"]
+__all__ = ["BIN", "peak_rss_mb", "timed_run"]
 
 
 def peak_rss_mb() -> float:
@@ -26,11 +24,7 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-
-
 def timed_run(cmd: list[str], **kwargs) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=kwargs.pop("env", clean_env()), **kwargs)
+    subprocess.run(cmd, check=True, env=kwargs.pop("env", user_env()), **kwargs)
     return time.perf_counter() - start

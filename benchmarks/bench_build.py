@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BIN, REPO, clean_env, copy_mesh, timed_run
+from _common import BIN, timed_run
+
+from mesh_platform.testing import REPO, copy_mesh, user_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mesh_platform.config import load_mesh
@@ -39,7 +41,7 @@ def main() -> None:
         base_root = copy_mesh(Path(tmp) / "baseline")
         mesh = load_mesh(base_root, scale_factor=args.scale)
         mesh.ensure_state_dir()
-        env = {**clean_env(), **mesh.dbt_env()}
+        env = {**user_env(), **mesh.dbt_env()}
         start = time.perf_counter()
         for name in ("sales", "logistics"):
             domain = load_domain(mesh, name)

@@ -13,7 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import BIN, clean_env, copy_mesh, timed_run
+from _common import BIN, timed_run
+
+from mesh_platform.testing import copy_mesh, user_env
 
 BASELINE = "import dagster, dagster_dbt"
 LOAD = (
@@ -31,7 +33,7 @@ def main() -> None:
         subprocess.run(
             [str(BIN / "mesh"), "--root", str(root), "prepare"],
             check=True,
-            env=clean_env(),
+            env=user_env(),
             capture_output=True,
         )
         python = str(BIN / "python")

@@ -34,13 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BIN, clean_env, copy_mesh, peak_rss_mb
+from _common import BIN, peak_rss_mb
+
+from mesh_platform.testing import copy_mesh, user_env
 
 DOMAIN = "sales"
 
 
 def _env(root: Path) -> dict[str, str]:
-    return {**clean_env(), "MESH_STATE_DIR": str(root / "state")}
+    return {**user_env(), "MESH_STATE_DIR": str(root / "state")}
 
 
 def _dbt(root: Path, *args: str) -> dict:
@@ -61,8 +63,8 @@ def _fresh_catalog(root: Path) -> None:
 def _descriptor(root: Path, product: str):
     from mesh_platform.config import load_mesh
     from mesh_platform.dbt.project import load_manifest
-    from mesh_platform.dbt.translator import product_descriptors
     from mesh_platform.domain import load_domain
+    from mesh_platform.products.inventory import product_descriptors
 
     mesh = load_mesh(root)
     domain = load_domain(mesh, DOMAIN)
@@ -74,10 +76,10 @@ def _descriptor(root: Path, product: str):
 
 
 def _publish(root: Path, product: str, run_results: dict) -> tuple[float, object]:
-    from mesh_platform.dbt.run import blocking_failures
+    from mesh_platform.assets.dbt import blocking_failures
     from mesh_platform.duckdb_ext import connect
     from mesh_platform.products.publish import publish_product
-    from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.catalog import open_catalog
 
     mesh, descriptor, relation, uid, manifest = _descriptor(root, product)
     failed = blocking_failures(run_results, manifest["nodes"]).get(uid, [])
@@ -118,7 +120,7 @@ def _child(variant: str, root: Path) -> None:
         out["dbt_seconds"] = time.perf_counter() - start
         from mesh_platform.config import load_mesh
         from mesh_platform.duckdb_ext import connect
-        from mesh_platform.storage.iceberg import open_catalog
+        from mesh_platform.storage.catalog import open_catalog
 
         t = time.perf_counter()
         mesh = load_mesh(root)

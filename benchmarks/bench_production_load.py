@@ -67,7 +67,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import BIN, REPO, clean_env, copy_mesh, peak_rss_mb  # puts the repo on sys.path
+from _common import BIN, peak_rss_mb
+
+from mesh_platform.testing import REPO, copy_mesh, user_env
 
 DOMAINS = ("sales", "logistics", "marketing")
 # Products of each domain that publishers take in turn: unpartitioned (publish_from_duckdb
@@ -130,7 +132,8 @@ def publisher(spec: dict[str, Any], ready, go, start_at, out: str) -> None:
         from mesh_platform.addressing import ProductAddress
         from mesh_platform.config import load_mesh
         from mesh_platform.duckdb_ext import connect
-        from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+        from mesh_platform.storage.catalog import open_catalog
+        from mesh_platform.testing import publish_from_duckdb
 
         mesh = load_mesh(Path(spec["root"]))
         catalog = open_catalog(mesh)
@@ -235,7 +238,7 @@ def fresh_production(name: str) -> dict[str, str]:
     """The services' environment with a new database and warehouse prefix of this run."""
     import psycopg2
 
-    from mesh_platform.storage.preflight import pg_connect_args
+    from mesh_platform.urls import pg_connect_args
 
     env = services_env()
     admin = psycopg2.connect(**pg_connect_args(env["MESH_POSTGRES_URL"]), connect_timeout=10)
@@ -253,7 +256,7 @@ def drop_production(name: str, env: dict[str, str]) -> None:
     import boto3
     import psycopg2
 
-    from mesh_platform.storage.preflight import pg_connect_args
+    from mesh_platform.urls import pg_connect_args
 
     admin_args = {**pg_connect_args(env["MESH_POSTGRES_URL"]), "dbname": "mesh"}
     admin = psycopg2.connect(**admin_args, connect_timeout=10)
@@ -296,7 +299,7 @@ def build(root: Path, env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = subprocess.run(
         [str(BIN / "mesh"), "--root", str(root), "build", "--scale", str(SCALE)],
-        env={**clean_env(), **env, "COLUMNS": "200"}, cwd=root, capture_output=True, text=True,
+        env={**user_env(), **env, "COLUMNS": "200"}, cwd=root, capture_output=True, text=True,
         timeout=1800, check=False,
     )  # fmt: skip
     if done.returncode:
@@ -358,7 +361,8 @@ def main_ancestry(table) -> list:
 def verify(root: Path, results: list[dict]) -> tuple[list[str], list[str]]:
     """(losses, warnings) after the load: see the module's docstring, "nothing lost"."""
     from mesh_platform.config import load_mesh
-    from mesh_platform.storage.iceberg import BATCH_PROPERTY, open_catalog
+    from mesh_platform.storage.catalog import open_catalog
+    from mesh_platform.storage.metadata import BATCH_PROPERTY
 
     catalog = open_catalog(load_mesh(root))
     losses: list[str] = []

@@ -28,7 +28,8 @@ def _child(variant: str, db: str, root: str) -> None:
     from mesh_platform.addressing import ProductAddress, quote_literal
     from mesh_platform.config import load_mesh
     from mesh_platform.duckdb_ext import connect
-    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+    from mesh_platform.storage.catalog import open_catalog
+    from mesh_platform.testing import publish_from_duckdb
 
     # One-time import (pyiceberg.io.pyarrow pulls pyarrow.dataset and pandas: ~2 s cold). A run
     # process pays it once, whatever it publishes; it is reported, not timed as publication.

@@ -47,7 +47,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, clean_env, peak_rss_mb
+from _common import peak_rss_mb
+
+from mesh_platform.testing import REPO, user_env
 
 PRINCIPAL = "user:bench"
 DOMAINS = {
@@ -83,7 +85,8 @@ def _publish_tpch(mesh, sf: float) -> tuple[dict, dict[str, list[tuple[str, str]
     """Generate TPC-H, publish the eight tables; (publish results, columns per table, seconds)."""
     from mesh_platform.addressing import ProductAddress
     from mesh_platform.duckdb_ext import connect
-    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+    from mesh_platform.storage.catalog import open_catalog
+    from mesh_platform.testing import publish_from_duckdb
 
     conn = connect(extensions=("tpch",))
     conn.execute(f"CALL dbgen(sf = {float(sf)})")
@@ -110,7 +113,7 @@ def _publish_tpch(mesh, sf: float) -> tuple[dict, dict[str, list[tuple[str, str]
 
 def _directory(columns: dict[str, list[tuple[str, str]]]):
     from mesh_platform.products.descriptor import DescriptorBody, ProductDescriptor
-    from mesh_platform.query.directory import Directory
+    from mesh_platform.products.registry import Directory
 
     descriptors = {}
     for table, domain in TABLE_DOMAIN.items():
@@ -136,7 +139,7 @@ def _directory(columns: dict[str, list[tuple[str, str]]]):
 def _data_files(mesh, published: dict) -> dict[str, list[str]]:
     """Data files of each table's published snapshot (every table is published once, so its
     data folder holds exactly the files of that snapshot; row counts are checked by caller)."""
-    from mesh_platform.query.directory import read_table_state
+    from mesh_platform.storage.metadata import read_table_state
 
     files = {}
     for table, result in published.items():
@@ -237,7 +240,7 @@ def _startup() -> None:
         return
     cmd = [sys.executable, "-m", "mesh_platform.cli.main", "query", "--as", "sales",
            "SELECT count(*) FROM sales.orders"]  # fmt: skip
-    env = clean_env()
+    env = user_env()
     first = subprocess.run(cmd, cwd=sample, env=env, capture_output=True, text=True)
     if first.returncode != 0:
         tail = (first.stderr or first.stdout).strip().splitlines()[-5:]

@@ -49,9 +49,11 @@ def main() -> int:
     from mesh_platform.config import load_mesh
     from mesh_platform.duckdb_ext import connect
     from mesh_platform.products.descriptor import DescriptorBody, ProductDescriptor
-    from mesh_platform.query.directory import Directory, read_table_state
+    from mesh_platform.products.registry import Directory
     from mesh_platform.query.engine import QuerySession
-    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+    from mesh_platform.storage.catalog import open_catalog
+    from mesh_platform.storage.metadata import read_table_state
+    from mesh_platform.testing import publish_from_duckdb
 
     with tempfile.TemporaryDirectory(prefix="bench_row_filter_") as tmp:
         root = Path(tmp) / "mesh"

@@ -25,15 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import peak_rss_mb  # also puts the repository on sys.path
+from _common import BIN, peak_rss_mb
 
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.products.descriptor import DescriptorBody, ProductDescriptor
 from mesh_platform.products.publish import publish_product
 from mesh_platform.sla.attainment import attainment
-from mesh_platform.sla.history import GateEvent, read_history, record
-from mesh_platform.storage.iceberg import open_catalog
+from mesh_platform.sla.events import GateEvent
+from mesh_platform.sla.history import read_history, record
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.testing import copy_mesh
 
 
 def _descriptor() -> ProductDescriptor:
@@ -56,8 +58,6 @@ def real_run(tmp: Path) -> tuple[float, float]:
     """(seconds of a real sales domain run, median seconds of appending its 3 events)."""
     import os
     import subprocess
-
-    from _common import BIN, copy_mesh
 
     root = copy_mesh(tmp / "sample")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}

@@ -6,8 +6,8 @@ __all__ = ["domain_definitions"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import mesh_platform` must not pay dagster's import time (the CLI's light commands).
     if name == "domain_definitions":
+        # heavy: dagster (~1 s): `import mesh_platform` must not pay it (the CLI's light commands)
         from mesh_platform.definitions import domain_definitions
 
         return domain_definitions

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import dagster as dg
 
 from mesh_platform.errors import InvalidNameError
 
@@ -213,8 +209,9 @@ class ProductAddress:
         return f"urn:mesh:{self.domain}:{self.product}:v{self.major}"
 
     @property
-    def asset_key(self) -> dg.AssetKey:
-        return _asset_key(self.domain, self.table)
+    def key_path(self) -> tuple[str, str]:
+        """The path of the product's asset key (``mesh_platform.assets.keys.product_key``)."""
+        return (self.domain, self.table)
 
     @property
     def iceberg_identifier(self) -> tuple[str, str]:
@@ -226,16 +223,11 @@ class ProductAddress:
         return f"{catalog}.{self.domain}.{self.table}"
 
 
-def raw_asset_key(domain: str, table: str) -> dg.AssetKey:
-    return _asset_key(domain, RAW_PREFIX, table)
+def raw_key_path(domain: str, table: str) -> tuple[str, str, str]:
+    """The asset key path of a raw landed table (``mesh_platform.assets.keys.raw_asset_key``)."""
+    return (domain, RAW_PREFIX, table)
 
 
-def internal_asset_key(domain: str, model: str) -> dg.AssetKey:
-    return _asset_key(domain, INTERNAL_PREFIX, model)
-
-
-def _asset_key(*path: str) -> dg.AssetKey:
-    # Imported here: the CLI's light commands should not pay dagster's import time.
-    from dagster import AssetKey
-
-    return AssetKey(list(path))
+def internal_key_path(domain: str, model: str) -> tuple[str, str, str]:
+    """The asset key path of a domain's private model."""
+    return (domain, INTERNAL_PREFIX, model)

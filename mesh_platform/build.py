@@ -1,8 +1,7 @@
-"""``mesh build``: materialise every domain through Dagster, in dependency order across domains.
-
-Assets of different code locations cannot share one Dagster run, so each domain is one run of
-its whole asset graph, recorded in the persistent instance (the UI shows it). Domains are ordered
-by the cross-domain dependencies their assets declare; a failing domain does not stop the others.
+"""``mesh build`` of one domain: one Dagster run of its whole asset graph (or of the products a
+full refresh names), recorded in the persistent instance (the UI shows it). Assets of different
+code locations cannot share one Dagster run; :mod:`mesh_platform.build_mesh` runs the domains in
+dependency order.
 
 A run owns its domain by a lease that dies with its process (:mod:`mesh_platform.leases`): before
 a domain's run starts, what holds the domain for a dead run is reaped, and while a live run holds
@@ -30,62 +29,31 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from graphlib import CycleError, TopologicalSorter
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._core.events import DagsterEventType
-from dagster._core.execution.plan.active import ActiveExecution
-from dagster._core.execution.plan.objects import ErrorSource
-from dagster._core.utils import make_new_run_id
-from dagster._utils.interrupts import pop_captured_interrupt
+from dagster import DagsterEventType, DagsterExecutionInterruptedError
 
-from mesh_platform.dbt.isolation import DBT_PARENT_ENV
+from mesh_platform.compat.dagster import (
+    FAILURE_PREFIX,
+    ActiveExecution,
+    ErrorSource,
+    pop_captured_interrupt,
+)
+from mesh_platform.dbt.lockdown import DBT_PARENT_ENV
+from mesh_platform.definitions import build_job_name, dbt_op_name, raw_landing_op_name
 from mesh_platform.errors import MeshError
 from mesh_platform.leases import (
     DOMAIN_TAG,
-    HOST_TAG,
-    PID_TAG,
     RETRY_OF_TAG,
     Heartbeat,
     Owner,
-    inspect_domain,
     lease_seconds,
     lease_tags,
-    mark_retried,
-    queued_in_dagster,
-    wait_for_domain,
 )
-
-
-def domain_dependencies(defs_by_domain: Mapping[str, dg.Definitions]) -> dict[str, set[str]]:
-    """domain -> other domains whose assets its assets depend on."""
-    deps: dict[str, set[str]] = {}
-    for domain, defs in defs_by_domain.items():
-        graph = defs.resolve_asset_graph()
-        upstream: set[str] = set()
-        for key in graph.get_all_asset_keys():
-            for parent in graph.get(key).parent_keys:
-                owner = parent.path[0]
-                if owner != domain:
-                    upstream.add(owner)
-        deps[domain] = upstream
-    return deps
-
-
-def build_order(deps: Mapping[str, set[str]]) -> list[str]:
-    """Producers before consumers; ties in name order. Raises on a cycle between domains."""
-    sorter = TopologicalSorter({d: set(sorted(u & deps.keys())) for d, u in sorted(deps.items())})
-    try:
-        return list(sorter.static_order())
-    except CycleError as exc:
-        raise MeshError(
-            f"domains depend on each other in a cycle: {' -> '.join(exc.args[1])}",
-            fix="a consumer-aligned domain may consume a producer, never the other way round; "
-            "remove one of the mesh-input sources",
-        ) from exc
+from mesh_platform.pools import inspect_domain, mark_retried, queued_in_dagster, wait_for_domain
 
 
 @dataclass
@@ -109,9 +77,6 @@ class DomainOutcome:
 ProgressFn = Callable[[str, str], None]
 
 
-# who runs a `mesh build` run (read by the CLI's full-disk handler): see mesh_platform.leases
-ORPHAN_PID_TAG = PID_TAG
-ORPHAN_HOST_TAG = HOST_TAG
 POOL_POLL_SECONDS = 0.25  # Dagster-side wait: how often a blocked claim is looked at
 
 
@@ -299,7 +264,7 @@ def _product_selection(
     return {k for k in selection.resolve(graph) if k in own}
 
 
-_FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
+_FAILURE_PREFIX = FAILURE_PREFIX
 
 
 def build_domain(
@@ -321,18 +286,13 @@ def build_domain(
     First the domain's pool is made free of dead runs, and waited for while a live run holds
     it; ``stop`` ends that wait and cancels the run. The runs reaped there (their process
     died) are rebuilt by this run: it records them (``mesh/retry_of``), and they it."""
-    from mesh_platform.definitions import build_job_name, dbt_op_name, raw_landing_op_name
-
     job = defs.resolve_job_def(build_job_name(domain))
-    run_id = make_new_run_id()
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    raw_op = raw_landing_op_name(domain)
+    run_id = str(uuid.uuid4())
     selection = _product_selection(domain, defs, products) if products else None
-    ops = (job.get_subset(asset_selection=selection) if selection else job).graph.node_dict
-    if scale_factor is not None and raw_op in ops:
-        run_config.setdefault("ops", {})[raw_op] = {"config": {"scale_factor": scale_factor}}
-    if full_refresh and dbt_op_name(domain) in ops:
-        run_config.setdefault("ops", {})[dbt_op_name(domain)] = {"config": {"full_refresh": True}}
+    run_config = _run_config(
+        domain, job, selection, log_level=log_level, scale_factor=scale_factor,
+        full_refresh=full_refresh,
+    )  # fmt: skip
 
     stop = stop or Stop()
 
@@ -386,6 +346,41 @@ def build_domain(
             tags=tags,
         )
     seconds = time.perf_counter() - start
+    return _domain_outcome(domain, defs, instance, run_id, result, selection, stop, seconds)
+
+
+def _run_config(
+    domain: str,
+    job: dg.JobDefinition,
+    selection: set[dg.AssetKey] | None,
+    *,
+    log_level: str,
+    scale_factor: float | None,
+    full_refresh: bool,
+) -> dict:
+    """The run config of a domain's build run: its log level, the scale factor of the raw
+    landing and dbt's full refresh, for the ops the run executes."""
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    raw_op = raw_landing_op_name(domain)
+    ops = (job.get_subset(asset_selection=selection) if selection else job).graph.node_dict
+    if scale_factor is not None and raw_op in ops:
+        run_config.setdefault("ops", {})[raw_op] = {"config": {"scale_factor": scale_factor}}
+    if full_refresh and dbt_op_name(domain) in ops:
+        run_config.setdefault("ops", {})[dbt_op_name(domain)] = {"config": {"full_refresh": True}}
+    return run_config
+
+
+def _domain_outcome(
+    domain: str,
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    run_id: str,
+    result: dg.ExecuteInProcessResult,
+    selection: set[dg.AssetKey] | None,
+    stop: Stop,
+    seconds: float,
+) -> DomainOutcome:
+    """What a domain's finished run built: each asset's status and rows, its errors."""
     if not stop.requested and stop.signal_arrived() is not None:
         stop.interrupted()  # recorded by Dagster after the last step began: no later domain
     materialized: dict[str, int | None] = {}

@@ -20,29 +20,30 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
+from dagster_dbt import DbtCliResource, DbtProject
 from dagster_dbt.asset_utils import DAGSTER_DBT_SELECT_METADATA_KEY, build_dbt_specs
 from pydantic import Field
 
 from mesh_platform.access.consumption import consumption_problems
-from mesh_platform.addressing import raw_asset_key
-from mesh_platform.config import load_mesh, private_umask
+from mesh_platform.assets.checks import check_specs
+from mesh_platform.assets.dbt import run_domain_dbt
+from mesh_platform.assets.keys import raw_asset_key
+from mesh_platform.assets.python import build_python_product_asset
+from mesh_platform.assets.translator import MeshDbtTranslator
+from mesh_platform.config import Mesh, load_mesh, private_umask
 from mesh_platform.dbt.checks import manifest_problems
-from mesh_platform.dbt.project import dbt_project, load_manifest, resolve_dbt_executable
-from mesh_platform.dbt.run import run_domain_dbt
-from mesh_platform.dbt.translator import (
-    MeshDbtTranslator,
-    consumed_products,
-    product_descriptors,
-)
+from mesh_platform.dbt.nodes import consumed_products
+from mesh_platform.dbt.project import load_manifest, resolve_dbt_executable
 from mesh_platform.domain import Domain, list_domain_names, load_domain
 from mesh_platform.errors import DomainError, MeshError
-from mesh_platform.governance import data as _data_policies  # noqa: F401  (registers gate checks)
 from mesh_platform.governance.evaluate import evaluate_domain
 from mesh_platform.orchestration import domain_schedule, inputs_sensor, sla_monitor
-from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.gate import check_specs
-from mesh_platform.products.python import PythonProduct, build_python_product_asset
+from mesh_platform.products.inventory import (
+    product_descriptors,
+    python_descriptors,
+    python_products,
+)
+from mesh_platform.products.python import PythonProduct
 from mesh_platform.resources import MeshResource
 from mesh_platform.sources.tpch import TpchSource, land_tpch
 
@@ -156,7 +157,11 @@ def build_dbt_assets(
     This is what ``@dbt_assets`` builds, plus the platform's checks (schema, contract,
     expectations, volume, and any registered by governance) declared on every product.
     """
-    project = dbt_project(domain)
+    project = DbtProject(
+        project_dir=domain.dbt_project_dir,
+        profiles_dir=domain.dbt_project_dir,
+        target_path=Path("target"),
+    )
     specs, dbt_checks = build_dbt_specs(
         translator=translator,
         manifest=manifest,
@@ -193,54 +198,37 @@ def build_dbt_assets(
     return _dbt_models
 
 
-def python_descriptors(
-    domain: Domain, products: Sequence[PythonProduct], taken: set[str]
-) -> tuple[list[tuple[PythonProduct, ProductDescriptor]], list[str]]:
-    """Validated descriptors of the domain's Python products, and every problem found."""
-    found, problems = [], []
-    for product in products:
-        try:
-            descriptor = product.descriptor(domain.code_dir.parent.parent)
-        except MeshError as exc:
-            problems.append(f"{exc.what} (fix: {exc.fix})")
-            continue
-        if descriptor.domain != domain.name:
-            problems.append(
-                f"Python product {descriptor.address} is defined in domains/{descriptor.domain}/ "
-                f"but passed to domain '{domain.name}': a domain publishes only its own products"
-            )
-        elif str(descriptor.address) in taken:
-            problems.append(
-                f"product {descriptor.address} ({descriptor.source_file}) is also a dbt product "
-                "of this domain: one address, one product"
-            )
-        else:
-            taken.add(str(descriptor.address))
-            found.append((product, descriptor))
-    return found, problems
-
-
-def domain_definitions(
-    location_file: str | Path, products: Sequence[PythonProduct] = ()
-) -> dg.Definitions:
-    """Definitions of the domain whose code location file is ``location_file``.
-
-    The domain is the folder holding the file (``domains/<domain>/definitions.py``); the mesh root
-    is two levels up. ``products`` are the domain's Python-built products (@python_product).
-    """
-    code_dir = Path(location_file).resolve().parent
-    mesh = load_mesh(code_dir.parent.parent)
-    private_umask()  # Dagster processes the mesh CLI did not start write state too
-    domain = load_domain(mesh, code_dir.name)
-    manifest = load_manifest(domain)
+def _load_problems(
+    mesh: Mesh,
+    domain: Domain,
+    manifest: Mapping[str, Any],
+    products: Sequence[PythonProduct] | None,
+) -> tuple[dict, list, list[str]]:
+    """The domain's dbt and Python products, validated, and every load-time problem found."""
     problems = manifest_problems(domain, manifest, list_domain_names(mesh))
     dbt_descriptors = {} if problems else product_descriptors(domain.name, manifest)
+    found = python_products(mesh, domain.name)
+    if products is not None:  # passed explicitly: each must be one the domain defines
+        defined = {p.descriptor_path.resolve() for p in found}
+        problems += [
+            f"Python product {p.name} ({p.descriptor_path}) is passed to domain_definitions but "
+            f"not defined under domains/{domain.name}/products/: define it there"
+            for p in products
+            if p.descriptor_path.resolve() not in defined
+        ]
     python, python_problems = python_descriptors(
-        domain, products, {str(d.address) for d in dbt_descriptors.values()}
+        domain, found, {str(d.address) for d in dbt_descriptors.values()}
     )
     problems += python_problems
     if not problems:
         problems += consumption_problems(mesh, domain.name, manifest)
+    return dbt_descriptors, python, problems
+
+
+def _refuse(
+    mesh: Mesh, domain: Domain, problems: list[str], descriptors: list, nodes: dict
+) -> None:
+    """A domain with load-time problems or blocking governance violations does not deploy."""
     if problems:
         raise DomainError(
             domain.name,
@@ -250,10 +238,7 @@ def domain_definitions(
             f"then `mesh prepare --domain {domain.name}`",
             path=domain.dbt_project_dir,
         )
-    nodes = {str(d.address): manifest["nodes"][uid] for uid, d in dbt_descriptors.items()}
-    violations = evaluate_domain(
-        mesh, domain.name, [*dbt_descriptors.values(), *(d for _, d in python)], nodes
-    )
+    violations = evaluate_domain(mesh, domain.name, descriptors, nodes)
     if blocking := [v for v in violations if v.blocking]:
         raise DomainError(
             domain.name,
@@ -263,6 +248,37 @@ def domain_definitions(
             fix=f"fix each item above, then `mesh check --domain {domain.name}`",
             path=domain.dbt_project_dir,
         )
+
+
+def _job(domain: Domain, job_name: str) -> Any:
+    return dg.define_asset_job(
+        job_name,
+        selection=dg.AssetSelection.all(),
+        description=f"Land, build and publish every asset of the {domain.name} domain.",
+        tags={"mesh/domain": domain.name},
+    )
+
+
+def domain_definitions(
+    location_file: str | Path, products: Sequence[PythonProduct] | None = None
+) -> dg.Definitions:
+    """Definitions of the domain whose code location file is ``location_file``.
+
+    The domain is the folder holding the file (``domains/<domain>/definitions.py`` or its
+    ``defs.yaml``); the mesh root is two levels up. Its Python-built products are the
+    ``@python_product`` functions under ``domains/<domain>/products/``
+    (:func:`mesh_platform.products.inventory.python_products`); ``products``, if passed, must be
+    among them.
+    """
+    code_dir = Path(location_file).resolve().parent
+    mesh = load_mesh(code_dir.parent.parent)
+    private_umask()  # Dagster processes the mesh CLI did not start write state too
+    domain = load_domain(mesh, code_dir.name)
+    manifest = load_manifest(domain)
+    dbt_descriptors, python, problems = _load_problems(mesh, domain, manifest, products)
+    nodes = {str(d.address): manifest["nodes"][uid] for uid, d in dbt_descriptors.items()}
+    descriptors = [*dbt_descriptors.values(), *(d for _, d in python)]
+    _refuse(mesh, domain, problems, descriptors, nodes)
     translator = MeshDbtTranslator(
         domain,
         catalog_name=mesh.settings.catalog.name,
@@ -295,14 +311,7 @@ def domain_definitions(
         assets=assets,
         schedules=[t for t in triggers if isinstance(t, dg.ScheduleDefinition)],
         sensors=[t for t in triggers if isinstance(t, dg.SensorDefinition)],
-        jobs=[
-            dg.define_asset_job(
-                job_name,
-                selection=dg.AssetSelection.all(),
-                description=f"Land, build and publish every asset of the {domain.name} domain.",
-                tags={"mesh/domain": domain.name},
-            )
-        ],
+        jobs=[_job(domain, job_name)],
         resources={
             "dbt": DbtCliResource(
                 project_dir=str(domain.dbt_project_dir),

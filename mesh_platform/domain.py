@@ -6,12 +6,13 @@ a whole. Every field has a type, a description and an example, so validation err
 
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mesh_platform.addressing import (
     email_problem,
@@ -21,7 +22,8 @@ from mesh_platform.addressing import (
     team_problem,
 )
 from mesh_platform.config import Mesh
-from mesh_platform.errors import DomainError, format_validation_error
+from mesh_platform.errors import DomainError
+from mesh_platform.formats import load_yaml_model
 from mesh_platform.sources.tpch import AVAILABLE_TABLES, table_problems
 
 DOMAIN_FILE = "domain.yaml"
@@ -69,7 +71,6 @@ class Schedule(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, zone: str) -> str:
-        import zoneinfo
 
         try:
             zoneinfo.ZoneInfo(zone)
@@ -187,16 +188,7 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
             fix=f"add domains/{name}/{DOMAIN_FILE} with name, description, kind and owners",
             path=descriptor,
         )
-    try:
-        text = descriptor.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DomainError(
-            name,
-            f"{DOMAIN_FILE} cannot be read ({exc})",
-            fix="make it a readable UTF-8 text file",
-            path=descriptor,
-        ) from exc
-    spec = parse_domain_spec(name, text, path=descriptor)
+    spec = parse_domain_spec(name, None, path=descriptor)
     dbt_dir = mesh.dbt_projects_dir / name
     if not (dbt_dir / "dbt_project.yml").is_file():
         raise DomainError(
@@ -209,24 +201,16 @@ def load_domain(mesh: Mesh, name: str) -> Domain:
     return Domain(spec=spec, code_dir=code_dir, dbt_project_dir=dbt_dir)
 
 
-def parse_domain_spec(name: str, text: str, *, path: Path) -> DomainSpec:
-    """Validate the text of ``domains/<name>/domain.yaml`` (the scaffolder checks the file it is
-    about to write with this too). Raises :class:`DomainError` naming the field and the fix."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DomainError(
-            name, f"{DOMAIN_FILE} is not valid YAML: {exc}", fix="fix the YAML", path=path
-        ) from exc
-    try:
-        spec = DomainSpec.model_validate(data if data is not None else {})
-    except ValidationError as exc:
-        raise DomainError(
-            name,
-            f"invalid {DOMAIN_FILE}: {format_validation_error(exc)}",
-            fix="correct the fields listed (documented in mesh_platform/domain.py, DomainSpec)",
-            path=path,
-        ) from exc
+def parse_domain_spec(name: str, text: str | None, *, path: Path) -> DomainSpec:
+    """Validate ``domains/<name>/domain.yaml``: ``text``, or the file at ``path`` when ``text`` is
+    None (the scaffolder checks the text it is about to write with this too). Raises
+    :class:`DomainError` naming the field and the fix."""
+    spec = load_yaml_model(
+        path, DomainSpec, what=DOMAIN_FILE, error=partial(DomainError, name), text=text, empty={},
+        syntax="{what} is not valid YAML: {exc}", syntax_fix="fix the YAML",
+        invalid="invalid {what}: {problems}",
+        fix="correct the fields listed (documented in mesh_platform/domain.py, DomainSpec)",
+    )  # fmt: skip
     if spec.name != name:
         raise DomainError(
             name,

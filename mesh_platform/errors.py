@@ -7,6 +7,10 @@ once (a workspace, a set of descriptors) collect every problem before raising.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +30,6 @@ def printable(text: object) -> str:
     """``text`` safe for a terminal: control and format characters (escape sequences, carriage
     returns, bidi overrides...) are shown escaped (``\\x1b``, ``\\u202e``); newlines and tabs
     are kept only when ``text`` is not a single value (use :func:`printable_value`)."""
-    import unicodedata
 
     out = []
     for char in str(text):
@@ -108,7 +111,7 @@ def catalog_unavailable(
 ) -> CatalogUnavailableError:
     """The error of a catalog that could not be read, with the fix its cause calls for.
 
-    ``uri``: the catalog's URI with no password (``preflight.redact``); ``state_dir``: the
+    ``uri``: the catalog's URI with no password (``urls.redact``); ``state_dir``: the
     mesh's, named in the fix when the catalog is the default sqlite file inside it."""
     text = one_line(cause)
     lowered = text.lower()
@@ -201,9 +204,6 @@ def disk_full(exc: BaseException | str, state_dir: Path, *, doing: str) -> MeshE
     """The error of a write that found no space: the disk (its mount point, free and total
     space), the path when the exception names one, and the fix. ``exc``: the exception, or
     the message a failed step reported (``is_disk_full`` said yes to it)."""
-    import os
-    import re
-    import shutil
 
     chain: list[BaseException] = [] if isinstance(exc, str) else _chain(exc)
     path = next((Path(e.filename) for e in chain if isinstance(e, OSError) and e.filename), None)
@@ -251,7 +251,6 @@ def nearly_full(folder: Path) -> bool:
     """Whether the filesystem holding ``folder`` (or its nearest existing parent) has less
     than :data:`DISK_SLACK_BYTES` free: some writes on a full disk fail with another error
     (sqlite: "disk I/O error", "unable to open database file")."""
-    import shutil
 
     probe = folder
     while not probe.exists() and probe != probe.parent:

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from mesh_platform.config import Mesh
+from mesh_platform.storage import preflight
 
 DAGSTER_YAML = """\
 # Dagster instance of the mesh's embedded default (written by mesh_platform/instance.py: edits
@@ -59,7 +60,6 @@ def dagster_yaml(mesh: Mesh) -> str:
 def prepare_dagster_home(mesh: Mesh) -> str:
     """Create DAGSTER_HOME with its dagster.yaml and export it for this process and children.
     Production profile: the servers are checked first (a clear error, not a trace mid-run)."""
-    from mesh_platform.storage import preflight
 
     preflight.check(mesh)
     mesh.ensure_state_dir()

@@ -16,8 +16,14 @@ from collections.abc import Sequence
 import dagster as dg
 
 from mesh_platform.addressing import ProductAddress
+from mesh_platform.assets.acknowledge import acknowledge_committed
+from mesh_platform.assets.keys import product_key
+from mesh_platform.assets.specs import SNAPSHOT_METADATA
+from mesh_platform.config import load_mesh
 from mesh_platform.domain import Domain
-from mesh_platform.products.specs import SNAPSHOT_METADATA
+from mesh_platform.pools import reap_expired_runs
+from mesh_platform.sla.freshness import evaluate_freshness
+from mesh_platform.sla.record import record_safely
 
 
 def domain_schedule(domain: Domain, job_name: str) -> dg.ScheduleDefinition | None:
@@ -40,7 +46,7 @@ def inputs_sensor(
     """Run ``job_name`` when any of ``inputs`` publishes a new snapshot."""
     if not inputs:
         return None
-    keys = sorted({a.asset_key for a in inputs}, key=lambda k: k.to_user_string())
+    keys = sorted({product_key(a) for a in inputs}, key=lambda k: k.to_user_string())
 
     @dg.sensor(
         name=f"{domain.name}_on_inputs_published",
@@ -101,11 +107,6 @@ def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.Senso
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _monitor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        from mesh_platform.config import load_mesh
-        from mesh_platform.leases import reap_expired_runs
-        from mesh_platform.products.acknowledge import acknowledge_committed
-        from mesh_platform.sla.freshness import evaluate_freshness
-        from mesh_platform.sla.history import record_safely
 
         mesh = load_mesh(domain.code_dir.parent.parent)
         reaped = [r.run_id for r in reap_expired_runs(context.instance, domain.name)]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError
+from mesh_platform.query.engine import QuerySession
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,7 +41,6 @@ def read_product(
     ``UnreadableMetadataError`` (its metadata is missing or corrupt: ``mesh repair``),
     ``SnapshotExpiredError`` (``as_of`` before the oldest snapshot maintenance kept),
     ``ProductNotPublishedError`` (not published yet, or not yet at ``as_of``)."""
-    from mesh_platform.query.engine import QuerySession
 
     if snapshot_id is not None and as_of is not None:
         raise MeshError("pass snapshot_id or as_of, not both", fix="choose one way to travel")

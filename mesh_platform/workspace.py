@@ -110,7 +110,7 @@ def check_workspace(mesh: Mesh) -> list[CodeLocation]:
 
 def load_location(mesh: Mesh, location: CodeLocation) -> dg.Definitions:
     """Load a code location's Definitions the way Dagster does (module attribute ``defs``)."""
-    import dagster as dg
+    import dagster as dg  # heavy: dagster (~1 s), kept off the import path of light commands
 
     # Like Dagster's `working_directory: .`: the mesh root comes first on sys.path, so a mesh
     # checked out (or scaffolded) elsewhere loads its own domains.

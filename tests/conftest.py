@@ -1,100 +1,34 @@
 """Shared fixtures. Tests are hermetic: every mesh they touch is a copy in a tmp dir with its own
 state (DuckDB files, catalog, warehouse, Dagster instance); no ~/.dagster, no ~/.dbt, no chdir.
+The helpers (copy a mesh, run `mesh`, read what was published) are in mesh_platform.testing.
 
 Tiers: pure functions (ms) -> Iceberg on a tmp sqlite catalog (< 1 s) -> definitions of a prepared
-mesh copy (one dbt parse per domain, shared by the session) -> end to end (marked e2e).
+mesh copy (one dbt parse per domain, shared by the session) -> end to end (marked e2e; one
+read-only build of the sample mesh, ``sample_build``, is shared by the session) -> the fault
+injection and adversarial suites (marked chaos and security) -> the production profile (marked
+production). The fast tier for the edit-test loop leaves out everything but the first three:
+``pytest -m "not e2e and not production and not chaos and not security"``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mesh_platform.config import Mesh, load_mesh
-
-REPO = Path(__file__).resolve().parents[1]
-MESH_FILES = (
-    "mesh.yaml",
-    "governance.yaml",
-    "principals.yaml",
-    "workspace.yaml",
-    "domains",
-    "dbt_projects",
+from mesh_platform.dbt.project import prepare
+from mesh_platform.domain import list_domain_names, load_domain
+from mesh_platform.duckdb_ext import connect
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.testing import (
+    build_sample_mesh,
+    copy_mesh,
+    drop_profile,
+    fresh_profile,
+    services_env,
 )
-_IGNORE = shutil.ignore_patterns(
-    "target", "dbt_packages", "logs", "__pycache__", ".user.yml", "package-lock.yml"
-)
-
-
-MESH = str(Path(sys.executable).with_name("mesh"))
-
-
-def user_env() -> dict[str, str]:
-    """The environment a user's `mesh` command runs with: none of the test process's MESH_* or
-    DAGSTER_HOME."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
-
-
-def run_mesh(
-    root: Path, *args: str, timeout: int = 1200, **env_extra: str
-) -> subprocess.CompletedProcess:
-    """The `mesh` command on the mesh at ``root``, as a user runs it (no MESH_* or DAGSTER_HOME
-    of the test process)."""
-    env = {**user_env(), "COLUMNS": "1000", **env_extra}  # rich tables: one line per row
-    return subprocess.run(
-        [MESH, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=root,
-        check=False,
-    )
-
-
-@contextlib.contextmanager
-def edited(path: Path, old: str, new: str) -> Iterator[None]:
-    """``path`` with ``old`` (present exactly once) replaced by ``new``; restored after."""
-    original = path.read_text()
-    assert original.count(old) == 1, f"{old!r} is not in {path} exactly once"
-    path.write_text(original.replace(old, new))
-    try:
-        yield
-    finally:
-        path.write_text(original)
-
-
-def mesh_files(root: Path) -> dict[str, bytes]:
-    """Every file of a mesh's own folders and files, with its content (to prove a refused
-    command changed nothing)."""
-    files = {}
-    for top in ("domains", "dbt_projects", "tests"):
-        for path in sorted((root / top).rglob("*")) if (root / top).exists() else []:
-            if path.is_file() and "__pycache__" not in path.parts and "target" not in path.parts:
-                files[str(path.relative_to(root))] = path.read_bytes()
-    for name in ("workspace.yaml", "principals.yaml"):
-        files[name] = (root / name).read_bytes()
-    return files
-
-
-def copy_mesh(dest: Path) -> Path:
-    """Copy the sample mesh's own files (not its state) to ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in MESH_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=_IGNORE)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 @pytest.fixture(autouse=True)
@@ -125,9 +59,6 @@ def mesh_copy(tmp_path: Path) -> Mesh:
 @pytest.fixture(scope="session")
 def prepared_mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
     """A copy of the sample mesh with every domain's dbt manifest prepared (shared, read-only)."""
-    from mesh_platform.dbt.project import prepare
-    from mesh_platform.domain import list_domain_names, load_domain
-
     mesh = load_mesh(copy_mesh(tmp_path_factory.mktemp("prepared") / "mesh"))
     mesh.ensure_state_dir()
     for name in list_domain_names(mesh):
@@ -135,50 +66,50 @@ def prepared_mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
     return mesh
 
 
+@pytest.fixture(scope="session")
+def sample_build(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
+    """The sample mesh built once for the session by `mesh build --scale SF`: every product
+    published, never rebuilt. Shared by the modules that only read it (and that edit a file
+    only inside ``edited``, which restores it); a module that rebuilds, injects faults or runs
+    the daemon builds its own copy."""
+    return build_sample_mesh(tmp_path_factory.mktemp("sample_build") / "mesh")
+
+
 @pytest.fixture
 def catalog(mesh: Mesh):
     """The tmp mesh's Iceberg catalog (sqlite, local warehouse)."""
-    from mesh_platform.storage.iceberg import open_catalog
-
     return open_catalog(mesh)
 
 
 @pytest.fixture
 def duck():
     """An empty in-memory DuckDB connection."""
-    from mesh_platform.duckdb_ext import connect
-
     conn = connect()
     yield conn
     conn.close()
 
 
-@contextlib.contextmanager
-def published_scan(mesh: Mesh, address: Any, snapshot_id: int | None = None) -> Iterator[Any]:
-    """(DuckDB connection, relation SQL, snapshot) of a product's published snapshot (main's
-    head by default), through the read path's storage layer: catalog row, metadata JSON,
-    manifests, Parquet. The connection is closed when the block exits."""
-    from mesh_platform.addressing import ProductAddress
-    from mesh_platform.duckdb_ext import connect
-    from mesh_platform.query.directory import Catalog, data_files, scan_sql
-
-    if isinstance(address, str):
-        address = ProductAddress.parse(address)
-    state = Catalog(mesh).table_state(address)
-    snapshot = state.snapshot(snapshot_id)
-    conn = connect(extensions=("avro",))
-    try:
-        files = data_files(conn, state, snapshot)
-        yield conn, scan_sql(files, state, snapshot.columns), snapshot
-    finally:
-        conn.close()
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    """The production profile's loopback servers' environment (started if not running)."""
+    return services_env()
 
 
-def read_published(mesh: Mesh, address: Any, snapshot_id: int | None = None):
-    """(column names, row count) of a product's published snapshot (see published_scan)."""
-    with published_scan(mesh, address, snapshot_id) as (conn, scan, _):
-        relation = conn.sql(f"SELECT * FROM {scan}")
-        return relation.columns, len(relation.fetchall())
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.production)],
+)
+def profile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The storage profile this test's process runs on: the embedded default (sqlite catalog,
+    local warehouse; no variable set) or production (its own PostgreSQL database and warehouse
+    prefix on the loopback servers). Its MESH_* variables, which child processes inherit."""
+    if request.param == "sqlite":
+        return {}
+    services = request.getfixturevalue("services")
+    env = fresh_profile(services)
+    request.addfinalizer(lambda: drop_profile(services, env))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -191,13 +122,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
 def browser():
     """Headless Debian Chromium driven by Playwright (scripts/bootstrap.sh installs it)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # heavy: only the browser tests need it
 
     if not CHROMIUM.is_file():
         pytest.fail(
@@ -208,28 +138,3 @@ def browser():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-def deliver_raw(mesh: Mesh, domain: str, table: str, select_sql: str) -> None:
-    """Replace the raw landing's ``table`` with ``select_sql`` (``{raw}`` names the current
-    file) as its source would deliver it: the file and its entry of the landing manifest
-    (rows, size, checksum, columns) together. A file changed without its manifest entry is
-    damage, which every build detects and lands again (sources/tpch.py)."""
-    import json
-
-    from mesh_platform.duckdb_ext import connect
-    from mesh_platform.sources.tpch import LANDING_FILE, describe_file
-
-    raw = mesh.raw_dir(domain) / f"{table}.parquet"
-    staged = raw.with_name(f".{raw.name}.delivery")
-    conn = connect()
-    try:
-        conn.execute(f"COPY ({select_sql.format(raw=raw)}) TO '{staged}' (FORMAT parquet)")
-        entry = describe_file(conn, staged).model_copy(update={"file": raw.name})
-    finally:
-        conn.close()
-    manifest_path = mesh.raw_dir(domain) / LANDING_FILE
-    manifest = json.loads(manifest_path.read_text())
-    manifest["tables"][table] = entry.model_dump()
-    staged.replace(raw)
-    manifest_path.write_text(json.dumps(manifest, indent=2))

@@ -34,7 +34,7 @@ from mesh_platform.query.audit import AuditLog
 from mesh_platform.query.engine import QuerySession, parse_at, query
 from mesh_platform.query.sql import QueryRefusedError, check_query
 from mesh_platform.read import read_product
-from tests.conftest import copy_mesh, edited, run_mesh
+from mesh_platform.testing import copy_mesh, edited, run_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -61,11 +61,9 @@ MARKETING_GRANT = (
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
-    root = copy_mesh(tmp_path_factory.mktemp("access") / "mesh")
-    result = run_mesh(root, "build", "--scale", str(SF))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return load_mesh(root)
+def built(sample_build: Mesh) -> Mesh:
+    """The session's build of the sample mesh (shared: every file edited here is restored)."""
+    return sample_build
 
 
 @pytest.fixture(scope="module")

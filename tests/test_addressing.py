@@ -2,13 +2,12 @@ import pytest
 
 from mesh_platform.addressing import (
     ProductAddress,
-    internal_asset_key,
     name_problem,
     quote_ident,
-    raw_asset_key,
     suggest_name,
     validate_name,
 )
+from mesh_platform.assets.keys import internal_asset_key, product_key, raw_asset_key
 from mesh_platform.errors import InvalidNameError
 
 
@@ -58,7 +57,7 @@ def test_suggestions_follow_the_rule(raw, suggested):
 def test_product_address_maps_to_one_key_and_one_table():
     address = ProductAddress.parse("sales.orders")
     assert str(address) == "sales.orders"
-    assert address.asset_key.path == ["sales", "orders"]
+    assert product_key(address).path == ["sales", "orders"]
     assert address.iceberg_identifier == ("sales", "orders")
     assert address.table_name("mesh") == "mesh.sales.orders"
 

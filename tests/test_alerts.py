@@ -14,7 +14,7 @@ import pytest
 
 from mesh_platform.config import load_mesh
 from mesh_platform.sla.alerts import alert_on, recipients
-from mesh_platform.sla.history import GateEvent
+from mesh_platform.sla.events import GateEvent
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 LOG = logging.getLogger("test_alerts")
@@ -114,7 +114,7 @@ def test_an_infrastructure_error_tells_consumers_the_previous_snapshot_is_still_
     """A publication the platform failed (publish_products' wording) is not a failed gate:
     consumers hear that the previous snapshot is still served, the owner gets the cause."""
     from mesh_platform.products.publish import Publication
-    from mesh_platform.query.directory import load_directory
+    from mesh_platform.products.registry import load_directory
 
     url, received = webhook
     mesh = _mesh(prepared_mesh, tmp_path, url)

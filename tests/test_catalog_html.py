@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mesh_platform.config import load_mesh
+from mesh_platform.dbt.project import prepare
 from mesh_platform.discovery.catalog import CheckInfo, SnapshotInfo, product_records, search
 from mesh_platform.discovery.html import (
     INDEX,
@@ -25,9 +26,9 @@ from mesh_platform.discovery.html import (
     script_json,
     write_catalog,
 )
-from mesh_platform.domain import list_domain_names
+from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
-from tests.conftest import ARTIFACTS, copy_mesh
+from mesh_platform.testing import ARTIFACTS, copy_mesh
 
 HOSTILE = "</script><script>window.pwned=1</script><b>bold</b> &amp; <!-- x"
 HOSTILE_PURPOSE = '<img src=x onerror="window.pwned=2"> "quoted" & more'
@@ -325,9 +326,6 @@ def test_grants_owner_contact_and_descriptor_file_are_shown(opened, records):
 
 @pytest.fixture(scope="module")
 def hostile_catalog(tmp_path_factory) -> Path:
-    from mesh_platform.dbt.project import prepare
-    from mesh_platform.domain import load_domain
-
     root = copy_mesh(tmp_path_factory.mktemp("hostile") / "mesh")
     yml = root / "dbt_projects" / "sales" / "models" / "products" / "products.yml"
     text = yml.read_text()

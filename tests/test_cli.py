@@ -1,3 +1,8 @@
+import re
+import subprocess
+import sys
+
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -13,15 +18,45 @@ COMMANDS = [
 
 def test_every_command_is_listed_here():
     """A new command gets its --help tested: COMMANDS covers every command and subcommand."""
-    import click
 
     def walk(group: click.Group, prefix: list[str]):
-        for name, command in group.commands.items():
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
             yield [*prefix, name]
             if isinstance(command, click.Group):
                 yield from walk(command, [*prefix, name])
 
     assert sorted(walk(cli, [])) == sorted(c for c in COMMANDS if c)
+
+
+def test_mesh_help_lists_each_command_with_its_own_short_help():
+    """`mesh --help` reads the short help from the commands' source without importing them:
+    it is the short help of the command itself, at any terminal width."""
+    ctx = click.Context(cli)
+    for width in (60, 80, 200):
+        formatter = click.HelpFormatter(width=width)
+        cli.format_commands(ctx, formatter)
+        listed = formatter.getvalue()
+        names = cli.list_commands(ctx)
+        limit = width - 6 - max(map(len, names))
+        for name in names:
+            short = cli.get_command(ctx, name).get_short_help_str(limit)
+            assert re.search(rf"^  {name} +{re.escape(short)}$", listed, flags=re.M), (name, listed)
+
+
+def test_mesh_help_imports_no_command():
+    """Listing the commands imports none of their modules (nor Dagster): `mesh --help` is quick."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from mesh_platform.cli.main import COMMANDS, cli\n"
+        "result = CliRunner().invoke(cli, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "loaded = {f'mesh_platform.cli.{m}' for m in COMMANDS.values()} & set(sys.modules)\n"
+        "assert not loaded and 'dagster' not in sys.modules, (loaded, result.output)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "mesh")

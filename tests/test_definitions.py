@@ -241,9 +241,9 @@ def test_product_specs_come_from_the_descriptor(prepared_mesh, loaded):
 
 
 def test_a_scheduled_product_whose_max_age_fits_gets_a_cron_freshness_policy():
+    from mesh_platform.assets.specs import freshness_policy
     from mesh_platform.domain import Schedule
     from mesh_platform.products.descriptor import DescriptorBody, ProductDescriptor
-    from mesh_platform.products.specs import freshness_policy
 
     def descriptor(max_age: str) -> ProductDescriptor:
         return ProductDescriptor(

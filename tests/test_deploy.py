@@ -27,7 +27,7 @@ from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.deploy.helm import helm_config, k8s_name
 from mesh_platform.deploy.trino import access_rules, trino_config, trino_group
 from mesh_platform.domain import list_domain_names
-from mesh_platform.query.directory import load_directory
+from mesh_platform.products.registry import load_directory
 from mesh_platform.workspace import read_locations
 
 PASSWORD = "secretpw"

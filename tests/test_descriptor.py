@@ -11,15 +11,11 @@ from typing import Any
 import pytest
 
 from mesh_platform.addressing import ProductAddress, name_problem, validate_name
+from mesh_platform.assets.keys import product_key
 from mesh_platform.errors import InvalidNameError
-from mesh_platform.products.descriptor import (
-    SUPPORTED_EXPECTATIONS,
-    DescriptorError,
-    Expectation,
-    Freshness,
-    descriptor_from_node,
-    parse_duration,
-)
+from mesh_platform.formats import parse_duration
+from mesh_platform.products.descriptor import DescriptorError, descriptor_from_node
+from mesh_platform.products.descriptor_sla import SUPPORTED_EXPECTATIONS, Expectation, Freshness
 
 YAML_FILE = "dbt_projects/sales/models/products/schema.yml"
 SQL_FILE = "dbt_projects/sales/models/products/orders.sql"
@@ -278,7 +274,7 @@ def test_major_two_address():
     address = ProductAddress("sales", "orders", 2)
     assert address.table == "orders_v2"
     assert str(address) == "sales.orders_v2"
-    assert address.asset_key.path == ["sales", "orders_v2"]
+    assert product_key(address).path == ["sales", "orders_v2"]
     assert address.iceberg_identifier == ("sales", "orders_v2")
     assert address.urn == "urn:mesh:sales:orders:v2"
     assert address.table_name("mesh") == "mesh.sales.orders_v2"

@@ -3,8 +3,8 @@ import yaml
 
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import DomainError, WorkspaceError
+from mesh_platform.testing import REPO
 from mesh_platform.workspace import check_workspace, render_workspace
-from tests.conftest import REPO
 
 
 def test_sample_domains_load(mesh_copy):

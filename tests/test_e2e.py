@@ -11,9 +11,9 @@ import pytest
 
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.sources.tpch import LANDING_FILE
-from mesh_platform.storage.iceberg import open_catalog
-from tests.conftest import copy_mesh, deliver_raw, run_mesh
+from mesh_platform.sources.landing import LANDING_FILE
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.testing import copy_mesh, deliver_raw, run_mesh, why
 
 pytestmark = pytest.mark.e2e
 
@@ -63,17 +63,6 @@ def _rebuild_sales_with(mesh, raw_table: str, select_sql: str) -> subprocess.Com
     finally:
         for path, data in saved.items():
             path.write_bytes(data)
-
-
-def _why(result: subprocess.CompletedProcess) -> str:
-    """The lines of a `mesh` command's output that say what went wrong (for assertion messages:
-    pytest cuts long output, and CI shows only the end of the log)."""
-    lines = (result.stdout + result.stderr).splitlines()
-    keep = [
-        line for line in lines
-        if any(w in line for w in ("error", "Error", "ERROR", "failed", "FAILED", "not published"))
-    ]  # fmt: skip
-    return "\n".join(keep)[-4000:]
 
 
 def _failed_checks(mesh, domain: str) -> tuple[set[tuple[str, str]], list]:
@@ -257,9 +246,9 @@ def test_a_failed_check_keeps_the_published_snapshot(built):
     )
     output = result.stdout + result.stderr
     check = "mesh_unique_combination_order_lines_order_key__line_number"
-    assert result.returncode == 1, _why(result)
+    assert result.returncode == 1, why(result)
     expected = f"sales.order_lines: not published: blocking check(s) failed: dbt test {check}"
-    assert expected in output, _why(result)
+    assert expected in output, why(result)
     assert _snapshot(mesh, "sales.orders") == before["sales.orders"]
     assert _snapshot(mesh, "sales.order_lines") == before["sales.order_lines"]
     assert _snapshot(mesh, "sales.customers") != before["sales.customers"]

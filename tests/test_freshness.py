@@ -11,8 +11,8 @@ from mesh_platform.duckdb_ext import connect
 from mesh_platform.sla.alerts import alert_on
 from mesh_platform.sla.freshness import evaluate_freshness
 from mesh_platform.sla.history import read_history, record
-from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
-from tests.test_read_and_maintenance import ORDERS, declare_orders
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.testing import ORDERS, declare_orders, publish_from_duckdb
 
 LOG = logging.getLogger("test_freshness")
 

@@ -3,24 +3,27 @@ a failing blocking check keeps main where it was, and check results never carry 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from mesh_platform.addressing import ProductAddress
+from mesh_platform.assets.checks import check_result, check_specs
+from mesh_platform.assets.keys import product_key
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.gate import (
-    CheckOutcome,
     GateCheck,
     GateContext,
-    check_result,
-    check_specs,
     register_gate_check,
     unregister_gate_check,
 )
+from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import publish_product
-from mesh_platform.storage.iceberg import audit_branch, is_published
-from tests.conftest import read_published
+from mesh_platform.storage.metadata import is_published
+from mesh_platform.storage.wap import audit_branch
+from mesh_platform.testing import read_published
 
 SECRET = "leaked-secret-value"
 IDENT = ("sales", "orders")
@@ -640,5 +643,21 @@ def test_check_result_maps_blocking_to_severity():
     assert error.severity == dg.AssetCheckSeverity.ERROR
     assert warn.severity == dg.AssetCheckSeverity.WARN
     assert error.passed is False
-    assert error.asset_key == d.address.asset_key
+    assert error.asset_key == product_key(d.address)
     assert error.metadata["rows"].value == 1
+
+
+@pytest.mark.parametrize(
+    "module", ["mesh_platform.assets.checks", "mesh_platform.products.publish"]
+)
+def test_the_data_policies_are_gate_checks_wherever_the_gate_is_used(module):
+    """Whoever declares (assets) or runs (publication) the gate gets the governance data
+    policies among its checks, in a process that imported nothing else: no product is declared
+    or published without them."""
+    probe = (
+        f"import {module}; from mesh_platform.products.gate import gate_checks, _REGISTRY; "
+        "print(' '.join(c.name for c in _REGISTRY))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert {"pii_detection", "pii_masking_verified"} <= set(result.stdout.split())

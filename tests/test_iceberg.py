@@ -4,8 +4,8 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError, ProductNotPublishedError
-from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
-from tests.conftest import read_published
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.testing import publish_from_duckdb, read_published
 
 ORDERS = ProductAddress("sales", "orders")
 

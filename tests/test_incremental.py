@@ -12,7 +12,7 @@ from mesh_platform.duckdb_ext import connect
 from mesh_platform.products import incremental
 from mesh_platform.products.descriptor import descriptor_from_node
 from mesh_platform.products.publish import publish_product
-from mesh_platform.storage.iceberg import open_catalog
+from mesh_platform.storage.catalog import open_catalog
 
 IDENT = ("sales", "orders")
 

@@ -1,5 +1,5 @@
 """Operations: a `mesh build` killed mid-run leaves its run STARTED; the platform marks it
-failed and releases its domain's pool (mesh_platform.leases.reap_expired_runs, run by `mesh
+failed and releases its domain's pool (mesh_platform.pools.reap_expired_runs, run by `mesh
 build` and by each domain's SLA monitor sensor; the lease and its faults: tests/chaos/test_runs.py).
 The instance is configured for one writer per domain."""
 
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mesh_platform.instance import prepare_dagster_home
-from mesh_platform.leases import reap_expired_runs
+from mesh_platform.pools import reap_expired_runs
 
 MESH = str(Path(sys.executable).with_name("mesh"))
 

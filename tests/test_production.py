@@ -4,14 +4,14 @@ started by scripts/services.sh (idempotent; .ci/run starts them too).
 
 Each test gets its own database and warehouse prefix. The sample mesh is built end to end on the
 profile through the `mesh` command, queried across domains, read by an independent engine
-straight from the object store, and the write-path reliability tests run against PostgreSQL.
+straight from the object store. The write-path reliability tests (concurrent and killed
+publishers) run against PostgreSQL in tests/test_wap.py, parametrised over both profiles.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -19,69 +19,12 @@ import pytest
 
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.storage.iceberg import open_catalog
-from mesh_platform.storage.preflight import pg_connect_args
+from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.storage.warehouse import configure_duckdb, s3_properties
-from tests.conftest import MESH, REPO, copy_mesh
-from tests.test_e2e import SF, _why
-from tests.test_wap import concurrent_publishers, killed_publisher
+from mesh_platform.testing import MESH, SF, copy_mesh, drop_profile, fresh_profile, why
+from mesh_platform.urls import pg_connect_args
 
 pytestmark = pytest.mark.production
-
-SERVICES = REPO / "scripts" / "services.sh"
-
-
-@pytest.fixture(scope="session")
-def services() -> dict[str, str]:
-    """The loopback servers' environment (starting them if they are not running)."""
-    started = subprocess.run(
-        [str(SERVICES), "start"], capture_output=True, text=True, timeout=900, check=False
-    )
-    assert started.returncode == 0, started.stderr[-3000:]
-    env_file = Path(os.environ.get("MESH_SERVICES_DIR", REPO / ".services")) / "env"
-    env = {}
-    for line in env_file.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value
-    return env
-
-
-def fresh_profile(services: dict[str, str], name: str | None = None) -> dict[str, str]:
-    """The services' environment with a new database and a new warehouse prefix of its own."""
-    name = name or f"t_{uuid.uuid4().hex[:12]}"
-    _admin(services, f"CREATE DATABASE {name}")
-    env = dict(services)
-    for key in ("MESH_POSTGRES_URL", "MESH_CATALOG__URI"):
-        env[key] = env[key].rsplit("/", 1)[0] + f"/{name}"
-    env["MESH_CATALOG__WAREHOUSE"] = f"s3://mesh-warehouse/{name}"
-    return env
-
-
-def _admin(services: dict[str, str], statement: str) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(**pg_connect_args(services["MESH_POSTGRES_URL"]), connect_timeout=10)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(statement)
-    admin.close()
-
-
-def drop_profile(services: dict[str, str], env: dict[str, str]) -> None:
-    """Drop a fresh profile's database (its objects live in moto's memory)."""
-    name = env["MESH_POSTGRES_URL"].rsplit("/", 1)[1]
-    _admin(services, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def production(services, monkeypatch) -> dict[str, str]:
-    """This test's process runs on the production profile (own database and prefix)."""
-    env = fresh_profile(services)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield env
-    drop_profile(services, env)
 
 
 def run_mesh(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -95,23 +38,6 @@ def run_mesh(root: Path, env: dict[str, str], *args: str) -> subprocess.Complete
         cwd=root,
         check=False,
     )
-
-
-# -- the write path against PostgreSQL --------------------------------------------------------
-
-
-def test_concurrent_publishers_all_succeed_on_postgresql(production, tmp_path):
-    """Four writers, three batches each, one product: on PostgreSQL every batch publishes
-    (restaging after a lost race), each once, and nothing is lost."""
-    acknowledged, failed = concurrent_publishers(tmp_path)
-    assert failed == []
-    assert len(acknowledged) == 12
-    table = open_catalog(load_mesh(tmp_path)).load_table(("sales", "orders"))
-    assert table.metadata_location.startswith(production["MESH_CATALOG__WAREHOUSE"])
-
-
-def test_a_killed_publisher_leaves_a_readable_table_on_postgresql(production, tmp_path):
-    assert killed_publisher(tmp_path)
 
 
 # -- the sample mesh end to end ---------------------------------------------------------------
@@ -136,7 +62,7 @@ def test_the_sample_mesh_builds_on_postgresql_and_object_storage(built, monkeypa
     import psycopg2
 
     root, env, result = built
-    assert result.returncode == 0, _why(result)
+    assert result.returncode == 0, why(result)
     mesh = _mesh(root, env, monkeypatch)
     # the catalog rows are in PostgreSQL, every file in the bucket, nothing in the local state
     conn = psycopg2.connect(**pg_connect_args(env["MESH_CATALOG__URI"]))
@@ -167,7 +93,7 @@ def test_an_independent_engine_reads_the_products_from_the_object_store(built, m
     from mesh_platform.query.engine import QuerySession
 
     root, env, result = built
-    assert result.returncode == 0, _why(result)
+    assert result.returncode == 0, why(result)
     mesh = _mesh(root, env, monkeypatch)
     catalog = open_catalog(mesh)
     conn = connect(extensions=("iceberg",))
@@ -187,7 +113,7 @@ def test_federated_query_joins_domains_under_grants_on_the_production_profile(bu
     import json
 
     root, env, result = built
-    assert result.returncode == 0, _why(result)
+    assert result.returncode == 0, why(result)
     joined = run_mesh(root, env, "query", "--as", "marketing", "--format", "json",
                       "SELECT n.region, count(*) AS customers FROM sales.customers c "
                       "JOIN logistics.nations_v2 n USING (nation_key) GROUP BY ALL")  # fmt: skip

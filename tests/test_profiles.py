@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from mesh_platform.config import load_mesh
-from mesh_platform.discovery.standards import safe_uri
+from mesh_platform.discovery.standard_fields import safe_uri
 from mesh_platform.errors import MeshConfigError
-from mesh_platform.storage.preflight import pg_connect_args, redact, url_secrets
 from mesh_platform.storage.warehouse import contains, local_path
+from mesh_platform.urls import pg_connect_args, redact, url_secrets
 
 # Passwords as SQLAlchemy accepts them unencoded; urllib would cut the first two at '/' and '#'.
 URLS = [

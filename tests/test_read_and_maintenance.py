@@ -5,22 +5,17 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 
-from mesh_platform.addressing import ProductAddress
-from mesh_platform.cli.main import _duration
+from mesh_platform.cli.options import duration_option as _duration
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError, ProductNotPublishedError, UnreadableMetadataError
 from mesh_platform.read import read_product
 from mesh_platform.storage import warehouse
-from mesh_platform.storage.iceberg import (
-    local_path,
-    open_catalog,
-    product_lock,
-    publish_from_duckdb,
-    stage_to_audit,
-)
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.maintenance import maintain
-
-ORDERS = ProductAddress("sales", "orders")
+from mesh_platform.storage.wap import stage_to_audit
+from mesh_platform.storage.warehouse import local_path
+from mesh_platform.testing import ORDERS, declare_orders, publish_from_duckdb
 
 
 @pytest.fixture
@@ -30,30 +25,6 @@ def conn():
         conn.execute(f"CREATE TABLE v{n} AS SELECT range AS order_key FROM range({n})")
     yield conn
     conn.close()
-
-
-def declare_orders(mesh) -> None:
-    """Declare sales.orders (one column) so the read path knows its descriptor and owner."""
-    domain = mesh.root / "domains" / "sales"
-    (domain / "products").mkdir(parents=True)
-    (domain / "domain.yaml").write_text(
-        "name: sales\ndescription: Orders domain for the read tests.\nkind: source-aligned\n"
-        "owners: [team:sales]\n"
-    )
-    (domain / "products" / "orders.yml").write_text(
-        "name: orders\ndescription: Order keys for the read tests.\nmesh:\n"
-        "  purpose: Time travel tests of the read path.\n"
-        "  owner: {team: sales, contact: sales@example.com}\n  version: 1.0.0\n"
-        "columns:\n  - {name: order_key, data_type: bigint}\n"
-    )
-    project = mesh.root / "dbt_projects" / "sales"  # a domain has a dbt project, here empty
-    project.mkdir(parents=True)
-    (project / "dbt_project.yml").write_text(
-        "name: sales\nversion: '1.0.0'\nconfig-version: 2\nprofile: sales\n"
-    )
-    (project / "profiles.yml").write_text(
-        "sales:\n  target: local\n  outputs:\n    local: {type: duckdb, path: ':memory:'}\n"
-    )
 
 
 def test_read_current_at_snapshot_and_as_of(mesh, conn):

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mesh_platform import scaffold
 from mesh_platform.config import load_mesh
 from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
-from tests.conftest import copy_mesh, mesh_files
+from mesh_platform.testing import copy_mesh, mesh_files
 
 BIN = Path(sys.executable).parent
 
@@ -70,6 +71,13 @@ def test_a_scaffolded_domain_builds_validates_and_passes_its_test(tmp_path):
     assert "Validation successful for code location finance" in (
         validated.stdout + validated.stderr
     )
+    code = root / "domains" / "finance"  # the domain as a Dagster component, a dg project
+    assert yaml.safe_load((code / "defs" / "domain" / "defs.yaml").read_text()) == {
+        "type": "mesh_platform.components.DomainComponent"
+    }
+    assert (code / "dg.toml").is_file()
+    checked = _run(code, str(BIN / "dg"), "check", "defs")
+    assert "All definitions loaded successfully." in checked.stdout
     generated = _run(root, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                      "tests/test_domain_finance.py")  # fmt: skip
     assert "2 passed" in generated.stdout
@@ -120,12 +128,11 @@ def test_a_failure_midway_rolls_everything_back(mesh, monkeypatch):
     """The catalog step fails after the files were moved: they are removed again and the
     shared files restored."""
     before = mesh_files(mesh.root)
-    import mesh_platform.storage.iceberg as iceberg
 
     def broken(*args, **kwargs):
         raise OSError("catalog unreachable")
 
-    monkeypatch.setattr(iceberg, "open_catalog", broken)
+    monkeypatch.setattr(scaffold, "open_catalog", broken)  # where new_domain opens it
     with pytest.raises(ScaffoldError, match="catalog unreachable"):
         new_domain(mesh, "finance", team="finance")
     assert mesh_files(mesh.root) == before

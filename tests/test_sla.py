@@ -10,6 +10,7 @@ from mesh_platform.sla.attainment import (
     freshness_attainment,
     quality_attainment,
 )
+from mesh_platform.testing import ORDERS, declare_orders
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 H = dt.timedelta(hours=1)
@@ -81,7 +82,8 @@ def test_attainment_combines_both_and_reports_the_latest_breach():
 
 
 def test_history_round_trip(mesh):
-    from mesh_platform.sla.history import GateEvent, read_history, record
+    from mesh_platform.sla.events import GateEvent
+    from mesh_platform.sla.history import read_history, record
 
     events = [
         GateEvent(T0 + i * H, "sales.orders", f"run-{i}", i != 1, None if i == 1 else i,
@@ -106,8 +108,10 @@ def test_a_history_table_of_the_older_schema_gains_ids_and_a_status(mesh):
     raised is an infrastructure error, not a blocked batch); the next append evolves the table."""
     import pyarrow as pa
 
-    from mesh_platform.sla.history import HISTORY, GateEvent, _schema, read_history, record
-    from mesh_platform.storage.iceberg import ensure_namespace, open_catalog
+    from mesh_platform.products.platform import HISTORY
+    from mesh_platform.sla.events import GateEvent
+    from mesh_platform.sla.history import _schema, read_history, record
+    from mesh_platform.storage.catalog import ensure_namespace, open_catalog
 
     old = pa.schema(list(_schema())[:_OLD_COLUMNS])
     rows = [
@@ -141,9 +145,9 @@ def test_a_history_table_of_the_older_schema_gains_ids_and_a_status(mesh):
 def test_quality_counts_what_the_gate_judged_only(mesh):
     """A publication the platform failed and a freshness evaluation are not gate runs: they
     neither count against the quality budget nor as runs."""
-    from mesh_platform.sla.history import INFRASTRUCTURE_ERROR, GateEvent, record
+    from mesh_platform.sla.events import INFRASTRUCTURE_ERROR, GateEvent
+    from mesh_platform.sla.history import record
     from mesh_platform.sla.report import product_attainment
-    from tests.test_read_and_maintenance import declare_orders
 
     declare_orders(mesh)
     record(mesh, [
@@ -165,9 +169,9 @@ def test_quality_counts_what_the_gate_judged_only(mesh):
 def test_a_freshness_evaluation_that_cannot_read_the_snapshot_is_unknown_not_stale(mesh):
     from mesh_platform.duckdb_ext import connect
     from mesh_platform.sla.freshness import evaluate_freshness
-    from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+    from mesh_platform.storage.catalog import open_catalog
     from mesh_platform.storage.warehouse import local_path
-    from tests.test_read_and_maintenance import ORDERS, declare_orders
+    from mesh_platform.testing import publish_from_duckdb
 
     declare_orders(mesh)
     yml = mesh.root / "domains/sales/products/orders.yml"

@@ -20,13 +20,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mesh_platform.discovery import standards
+from mesh_platform import files
+from mesh_platform.cli.main import cli
+from mesh_platform.discovery import odcs_quality, odcs_types, standards, validation
 from mesh_platform.discovery.catalog import product_records
+from mesh_platform.discovery.standard_fields import FORMATS, safe_uri
 from mesh_platform.errors import MeshError
-from mesh_platform.query.directory import UnknownProductError, load_directory
+from mesh_platform.products.registry import UnknownProductError, load_directory
 
 TODAY = dt.date(2026, 11, 25)
-ODPS_SCHEMA = Path(standards.__file__).parent / "schemas" / "odps-json-schema-v1.0.0.json"
+ODPS_SCHEMA = Path(validation.__file__).parent / "schemas" / "odps-json-schema-v1.0.0.json"
 
 
 def _official_schema(fmt: str) -> dict:
@@ -37,7 +40,7 @@ def _official_schema(fmt: str) -> dict:
     return json.loads(text)
 
 
-@pytest.fixture(scope="module", params=standards.FORMATS)
+@pytest.fixture(scope="module", params=FORMATS)
 def fmt(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -45,12 +48,12 @@ def fmt(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def validators() -> dict[str, jsonschema.protocols.Validator]:
     found = {}
-    for fmt in standards.FORMATS:
+    for fmt in FORMATS:
         schema = _official_schema(fmt)
         cls = jsonschema.validators.validator_for(schema)  # the draft its $schema names
         assert cls is jsonschema.Draft201909Validator
         cls.check_schema(schema)
-        found[fmt] = cls(schema, format_checker=standards.format_checker(cls))
+        found[fmt] = cls(schema, format_checker=validation.format_checker(cls))
     return found
 
 
@@ -64,7 +67,7 @@ def documents(prepared_mesh, records) -> dict[str, dict[str, dict]]:
     """fmt -> address -> document, for every product of the sample mesh."""
     return {
         fmt: standards.export_all(prepared_mesh, records.values(), fmt, today=TODAY)
-        for fmt in standards.FORMATS
+        for fmt in FORMATS
     }
 
 
@@ -104,7 +107,7 @@ def test_every_product_validates_against_the_official_schema(
     }
     assert not problems, json.dumps(problems, indent=2)
     for address, doc in documents[fmt].items():
-        assert standards.validation_errors(doc, fmt) == [], address  # what --validate runs
+        assert validation.validation_errors(doc, fmt) == [], address  # what --validate runs
         assert yaml.safe_load(standards.to_yaml(doc, header="a comment")) == doc, address
 
 
@@ -133,14 +136,14 @@ def test_every_expectation_becomes_one_quality_rule(prepared_mesh, documents):
             continue
         rules = _rules(documents["odcs"][address])
         exported = [
-            json.dumps(_custom(r["customProperties"])[standards.GX_PROPERTY], sort_keys=True)
+            json.dumps(_custom(r["customProperties"])[odcs_quality.GX_PROPERTY], sort_keys=True)
             for r in rules
-            if standards.GX_PROPERTY in _custom(r.get("customProperties", []))
+            if odcs_quality.GX_PROPERTY in _custom(r.get("customProperties", []))
         ]
         declared = [json.dumps(e.model_dump(), sort_keys=True) for e in d.body.sla.expectations]
         assert collections.Counter(exported) == collections.Counter(declared), address
         assert len(exported) == len(d.body.sla.expectations) > 0
-        volume = [r for r in rules if r.get("engine") == standards.MESH_ENGINE]
+        volume = [r for r in rules if r.get("engine") == odcs_quality.MESH_ENGINE]
         assert len(volume) == (1 if d.body.sla.volume else 0)
 
 
@@ -183,9 +186,9 @@ def test_customers_contract_carries_personal_data_grants_and_sla(prepared_mesh, 
     (server,) = doc["servers"]
     assert server["type"] == "iceberg"
     assert server["catalog"] == prepared_mesh.settings.catalog.name
-    assert server["catalogUrl"] == standards.safe_uri(prepared_mesh.catalog_uri)
+    assert server["catalogUrl"] == safe_uri(prepared_mesh.catalog_uri)
     assert server["namespace"] == "sales"
-    assert server["warehouse"] == standards.safe_uri(prepared_mesh.warehouse)
+    assert server["warehouse"] == safe_uri(prepared_mesh.warehouse)
     assert _custom(doc["customProperties"])["meshAddress"] == "sales.customers"
 
 
@@ -206,7 +209,7 @@ def test_orders_contract_keys_partitioning_and_rules(documents):
     assert in_set["metric"] == "invalidValues"
     assert in_set["arguments"] == {"validValues": ["F", "O", "P"]}
     (between,) = props["total_price"]["quality"]  # no library metric: the GE rule as is
-    assert between["type"] == "custom" and between["engine"] == standards.GX_ENGINE
+    assert between["type"] == "custom" and between["engine"] == odcs_quality.GX_ENGINE
     assert between["implementation"] == {
         "type": "expect_column_values_to_be_between",
         "kwargs": {"column": "total_price", "min_value": 0},
@@ -226,7 +229,7 @@ def test_deprecated_nations_maps_to_deprecated_then_retired(prepared_mesh, recor
     assert documents["odcs"]["logistics.nations_v2"]["status"] == "active"
     after_sunset = dt.date(2027, 7, 1)
     record = records["logistics.nations"]
-    for fmt in standards.FORMATS:
+    for fmt in FORMATS:
         doc = standards.build_document(prepared_mesh, record, fmt, today=after_sunset)
         assert doc["status"] == "retired"
 
@@ -269,7 +272,7 @@ def test_broken_documents_fail_validation(documents, validators, fmt):
     missing_id = copy.deepcopy(doc)
     del missing_id["id"]
     assert any("'id' is a required property" in e for e in _errors(validators[fmt], missing_id))
-    assert standards.validation_errors(missing_id, fmt)
+    assert validation.validation_errors(missing_id, fmt)
 
     wrong_kind = copy.deepcopy(doc)
     wrong_kind["kind"] = "DataSet"
@@ -328,15 +331,13 @@ def test_broken_documents_fail_validation(documents, validators, fmt):
     ],
 )  # fmt: skip
 def test_duckdb_types_map_to_logical_types(data_type, expected):
-    assert standards.logical_type(data_type) == expected
+    assert odcs_types.logical_type(data_type) == expected
 
 
 def test_published_locations_never_carry_a_password():
     uri = "postgresql+psycopg://mesh:s3cret@db:5432/mesh"
-    assert standards.safe_uri(uri) == "postgresql+psycopg://mesh@db:5432/mesh"
-    assert (
-        standards.safe_uri("sqlite:////srv/mesh state/c.db") == "sqlite:////srv/mesh%20state/c.db"
-    )
+    assert safe_uri(uri) == "postgresql+psycopg://mesh@db:5432/mesh"
+    assert safe_uri("sqlite:////srv/mesh state/c.db") == "sqlite:////srv/mesh%20state/c.db"
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -383,7 +384,7 @@ def test_a_failed_write_keeps_the_previous_file(prepared_mesh, tmp_path, monkeyp
     def refuse(src, dst):
         raise PermissionError(errno.EACCES, "Permission denied", str(dst))
 
-    monkeypatch.setattr(standards.os, "replace", refuse)
+    monkeypatch.setattr(files.os, "replace", refuse)
     with pytest.raises(MeshError) as exc:
         standards.export_product(prepared_mesh, "sales.customers", "odcs", output=out)
     assert str(out) in str(exc.value) and "nothing was written" in str(exc.value)
@@ -393,8 +394,6 @@ def test_a_failed_write_keeps_the_previous_file(prepared_mesh, tmp_path, monkeyp
 
 def test_mesh_export_command(prepared_mesh, tmp_path):
     """Through the CLI: `mesh export ADDRESS --format odps --output FILE --validate`."""
-    from mesh_platform.cli.main import cli
-
     root = ["--root", str(prepared_mesh.root)]
     out = tmp_path / "segments.odps.yaml"
     result = CliRunner().invoke(

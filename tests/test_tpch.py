@@ -6,7 +6,8 @@ import pytest
 
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError
-from mesh_platform.sources.tpch import LANDING_FILE, check_tables, land_tpch, read_manifest
+from mesh_platform.sources.landing import LANDING_FILE, read_manifest
+from mesh_platform.sources.tpch import check_tables, land_tpch
 
 SF = 0.002
 

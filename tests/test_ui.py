@@ -1,42 +1,20 @@
 """`mesh ui` starts the Dagster UI on the workspace, shows the three code locations and marketing's
 lineage into sales and logistics, and stops cleanly (whole process tree) on Ctrl-C."""
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from mesh_platform.testing import LOCATIONS, MESH, free_port, graphql
+
 pytestmark = pytest.mark.e2e
 
-MESH = str(Path(sys.executable).with_name("mesh"))
-
-LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
-  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 ASSETS = """{ assetNodes { assetKey { path } dependencyKeys { path }
   repository { location { name } } } }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["data"]
 
 
 def _port_open(port: int) -> bool:
@@ -45,7 +23,7 @@ def _port_open(port: int) -> bool:
 
 
 def test_ui_shows_domains_and_cross_domain_lineage_and_stops_on_ctrl_c(prepared_mesh):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESH_", "DAGSTER_HOME"))}
     proc = subprocess.Popen(
         [MESH, "--root", str(prepared_mesh.root), "ui", "--port", str(port)],
@@ -61,7 +39,7 @@ def test_ui_shows_domains_and_cross_domain_lineage_and_stops_on_ctrl_c(prepared_
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
             try:
-                workspace = _graphql(port, LOCATIONS)["workspaceOrError"]
+                workspace = graphql(port, LOCATIONS)["workspaceOrError"]
                 entries = workspace.get("locationEntries") or []
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
                     break
@@ -73,7 +51,7 @@ def test_ui_shows_domains_and_cross_domain_lineage_and_stops_on_ctrl_c(prepared_
         errors = [e for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
         assert not errors, errors
 
-        nodes = _graphql(port, ASSETS)["assetNodes"]
+        nodes = graphql(port, ASSETS)["assetNodes"]
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
         impact = by_key["marketing/late_delivery_impact"]
         assert impact["repository"]["location"]["name"] == "marketing"

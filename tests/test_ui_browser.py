@@ -25,8 +25,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from mesh_platform.config import load_mesh
-from tests.conftest import ARTIFACTS, copy_mesh
-from tests.test_ui import LOCATIONS, MESH, _free_port, _graphql
+from mesh_platform.testing import ARTIFACTS, LOCATIONS, MESH, copy_mesh, free_port, graphql
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +69,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUI]:
     )
     assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
 
-    port = _free_port()
+    port = free_port()
     log = work / "mesh-ui.log"  # a file, not a pipe: the UI logs for minutes, nobody reads it
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -87,7 +86,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUI]:
         while time.monotonic() < deadline and not loaded:
             assert proc.poll() is None, log.read_text()[-4000:]
             try:
-                entries = _graphql(port, LOCATIONS)["workspaceOrError"].get("locationEntries")
+                entries = graphql(port, LOCATIONS)["workspaceOrError"].get("locationEntries")
                 loaded = bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
             except OSError:
                 pass
@@ -304,7 +303,7 @@ def test_marketing_lineage_leads_back_to_the_sales_product(page):
 
 
 def test_storage_shows_where_the_table_really_lives(page, ui: RunningUI):
-    from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.catalog import open_catalog
 
     location = open_catalog(load_mesh(ui.root)).load_table(("sales", "customers")).location()
     _open(page, f"/assets/{PRODUCT}", ready="Definition")

@@ -1,5 +1,7 @@
 """Write-audit-publish on a tmp sqlite catalog: staged data is invisible until published, a
-publish never drops a concurrent commit, a retried batch is not written twice."""
+publish never drops a concurrent commit, a retried batch is not written twice. Concurrent and
+killed publishers run on both profiles (``profile``: sqlite, and PostgreSQL with S3, marked
+production)."""
 
 import pytest
 from pyiceberg.exceptions import NoSuchTableError
@@ -8,14 +10,10 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import ConcurrentPublishError, MeshError, ProductNotPublishedError
-from mesh_platform.storage.iceberg import (
-    is_published,
-    open_catalog,
-    publish_audited,
-    publish_from_duckdb,
-    stage_to_audit,
-)
-from tests.conftest import read_published
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.storage.metadata import is_published
+from mesh_platform.storage.wap import publish_audited, stage_to_audit
+from mesh_platform.testing import publish_from_duckdb, read_published
 
 ORDERS = ProductAddress("sales", "orders")
 
@@ -88,11 +86,15 @@ def test_publishing_never_drops_a_concurrent_commit(catalog, conn):
     assert _rows(catalog) == 20
 
 
-def test_concurrent_publishers_lose_nothing(tmp_path):
-    """Four writers publish the same product at once, each from its own catalog and DuckDB.
-    They take turns (a lock file beside the sqlite catalog): every batch publishes, once."""
+def test_concurrent_publishers_lose_nothing(tmp_path, profile):
+    """Four writers publish the same product at once, each from its own catalog and DuckDB:
+    every batch publishes, once. On sqlite they take turns (a lock file beside the catalog); on
+    PostgreSQL a writer that lost a race restages and publishes."""
     acknowledged, failed = concurrent_publishers(tmp_path)
     assert failed == [] and len(acknowledged) == 12
+    if profile:  # production: the table's metadata is in the profile's own warehouse prefix
+        table = open_catalog(load_mesh(tmp_path)).load_table(("sales", "orders"))
+        assert table.metadata_location.startswith(profile["MESH_CATALOG__WAREHOUSE"])
 
 
 def concurrent_publishers(tmp_path, writers: int = 4, batches: int = 3):
@@ -159,10 +161,10 @@ def concurrent_publishers(tmp_path, writers: int = 4, batches: int = 3):
     return acknowledged, clean_failures
 
 
-def test_a_killed_publisher_leaves_a_readable_table(tmp_path):
+def test_a_killed_publisher_leaves_a_readable_table(tmp_path, profile):
     """A publisher killed with SIGKILL at random moments: the table always loads and main is
     always a batch the publisher had acknowledged (or the one being published)."""
-    killed_publisher(tmp_path)
+    assert killed_publisher(tmp_path)
 
 
 def killed_publisher(tmp_path) -> list[str]:
@@ -180,7 +182,8 @@ import sys
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.storage.iceberg import open_catalog, publish_from_duckdb
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.testing import publish_from_duckdb
 mesh = load_mesh({str(tmp_path)!r}); mesh.ensure_state_dir()
 catalog = open_catalog(mesh)
 conn = connect()

@@ -1,11 +1,12 @@
-"""Code location of the domain in this folder: the platform builds it from domain.yaml and the
-domain's dbt project (dbt_projects/<domain>/)."""
+"""Code location of the domain in this folder: the components of its defs/ folder (the platform's
+domain component, defs/domain/defs.yaml, built from domain.yaml, the domain's dbt project and its
+Python products), loaded as `dg` loads them."""
 
 import dagster as dg
 
-from mesh_platform import domain_definitions
+from mesh_platform.components import load_domain_defs
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return domain_definitions(__file__)
+    return load_domain_defs(__file__)

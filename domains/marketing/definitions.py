@@ -1,12 +1,12 @@
-"""Code location of the domain in this folder: the platform builds it from domain.yaml, the
-domain's dbt project (dbt_projects/<domain>/) and its Python-built products."""
+"""Code location of the domain in this folder: the components of its defs/ folder (the platform's
+domain component, defs/domain/defs.yaml, built from domain.yaml, the domain's dbt project and its
+Python products), loaded as `dg` loads them."""
 
 import dagster as dg
 
-from domains.marketing.products.segment_summary import segment_summary
-from mesh_platform import domain_definitions
+from mesh_platform.components import load_domain_defs
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return domain_definitions(__file__, products=[segment_summary])
+    return load_domain_defs(__file__)

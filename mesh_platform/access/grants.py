@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from mesh_platform.access.masking import SESSION_SALT, mask_expression
 from mesh_platform.access.principals import AccessDeniedError, Principal
 from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress, quote_ident
-from mesh_platform.products.descriptor import Grant, ProductDescriptor
+from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.descriptor_grants import Grant
 
 ROW_FENCE = "mesh_row_fence"  # the volatile column of a row-filter barrier (select_sql)
 

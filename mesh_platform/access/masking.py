@@ -1,20 +1,22 @@
 """Masking rules for personal data, as DuckDB SQL: one definition for every path that masks.
 
-Publication (``masking_at: publication``) stores the masked value; the read paths (federated
-query, cross-domain staging) apply the same expression to columns stored in clear
-(``masking_at: read``) for readers not cleared for their class. The same salt gives the same
-hash on both paths, so masked keys still join.
+Publication (``masking_at: publication``) stores the masked value (:func:`masked_relation`);
+the read paths (federated query, cross-domain staging) apply the same expression to columns
+stored in clear (``masking_at: read``) for readers not cleared for their class. The same salt
+gives the same hash on both paths, so masked keys still join.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mesh_platform.addressing import quote_literal
+from mesh_platform.addressing import quote_ident, quote_literal
 from mesh_platform.errors import MeshError
 
 if TYPE_CHECKING:
     import duckdb
+
+    from mesh_platform.products.descriptor import ProductDescriptor
 
 # masking rule -> (DuckDB expression of {v} and {salt}, pattern a masked value matches); both
 # are str.format templates, hence the doubled braces of regex repetitions.
@@ -79,3 +81,33 @@ def mask_expression(
 def masked_shape(rule: str) -> str:
     """The regular expression every value masked by ``rule`` matches."""
     return MASKS[rule][1].format()  # un-double the braces
+
+
+def masked_relation(
+    conn: Any, descriptor: ProductDescriptor, relation: str, salt: str | None
+) -> str:
+    """A view of ``relation`` with every column masked on publication masked; ``relation`` if
+    none is. Columns masked at read (``masking_at: read``) are stored in clear."""
+    masked = [c for c in descriptor.columns if c.masked_on_publication]
+    if not masked:
+        return relation
+    schema, table = relation.split(".")
+    what = f"product {descriptor.address}"
+    for column in masked:
+        require_salt(column.masking, salt, what=what)
+    bind_salt(conn, salt)  # the SQL names the session's salt variable, never the salt
+    replaces = [
+        mask_expression(c.masking, quote_ident(c.name), SESSION_SALT, what=what)
+        + f" AS {quote_ident(c.name)}"
+        for c in masked
+    ]
+    # A temporary view: nothing of it is written into the domain's DuckDB file. Older
+    # versions kept a view there whose SQL held the salt: dropped.
+    conn.execute("DROP SCHEMA IF EXISTS mesh_publish CASCADE")
+    name = f"mesh_publish_{descriptor.address.table}"
+    conn.execute(
+        f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS "
+        f"SELECT * REPLACE ({', '.join(replaces)}) "
+        f"FROM {quote_ident(schema)}.{quote_ident(table)}"
+    )
+    return f"temp.{name}"

@@ -22,12 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mesh_platform.addressing import name_problem
-from mesh_platform.errors import MeshError, format_validation_error
-from mesh_platform.products.descriptor import PII_KINDS, normalise_principal
+from mesh_platform.errors import MeshError
+from mesh_platform.formats import load_yaml_model
+from mesh_platform.products.descriptor_columns import PII_KINDS
+from mesh_platform.products.descriptor_grants import normalise_principal
 
 PRINCIPALS_FILE = "principals.yaml"
 
@@ -154,26 +155,11 @@ def load_principals(root: Path, domains: set[str]) -> Principals:
     cached = _CACHE.get(path)
     if cached is not None and cached[0] == (st.st_mtime_ns, st.st_size):
         return Principals(cached[1], domains, path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        parsed = PrincipalsFile.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise MeshError(
-            f"{PRINCIPALS_FILE} is not valid YAML ({exc})", fix="fix its syntax", path=path
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MeshError(
-            f"{PRINCIPALS_FILE} cannot be read ({exc})",
-            fix="make it a readable UTF-8 text file",
-            path=path,
-        ) from exc
-    except ValidationError as exc:
-        raise MeshError(
-            f"{PRINCIPALS_FILE} is invalid: {format_validation_error(exc)}",
-            fix="each entry needs `id` (domain, team:<t>, user:<u>); optional description, "
-            "member_of, clearances (pii, pii:<kind>)",
-            path=path,
-        ) from exc
+    parsed = load_yaml_model(
+        path, PrincipalsFile, what=PRINCIPALS_FILE, empty={}, syntax_fix="fix its syntax",
+        fix="each entry needs `id` (domain, team:<t>, user:<u>); optional description, "
+        "member_of, clearances (pii, pii:<kind>)",
+    )  # fmt: skip
     specs: dict[str, PrincipalSpec] = {}
     for spec in parsed.principals:
         if spec.id in specs:

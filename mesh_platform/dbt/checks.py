@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_platform.addressing import ProductAddress, name_problem
+from mesh_platform.config import load_mesh
 from mesh_platform.dbt.isolation import isolation_problems
 from mesh_platform.dbt.nodes import input_domain, is_product
 from mesh_platform.domain import Domain
@@ -25,7 +26,6 @@ def _where(node: Mapping[str, Any]) -> str:
 
 
 def _raw_dir(domain: Domain) -> Path:
-    from mesh_platform.config import load_mesh
 
     return load_mesh(domain.code_dir.parent.parent).raw_dir(domain.name)
 

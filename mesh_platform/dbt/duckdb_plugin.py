@@ -14,7 +14,7 @@ from typing import Any
 from dbt.adapters.duckdb.plugins import BasePlugin
 from duckdb import DuckDBPyConnection
 
-from mesh_platform.dbt.isolation import lock_down
+from mesh_platform.dbt.lockdown import lock_down
 
 
 class Plugin(BasePlugin):

@@ -7,7 +7,7 @@ other:
    so the code location and ``mesh check`` say the same): allowlists over the prepared manifest
    and over sqlglot's tree of every node's compiled SQL (see the comment above
    :data:`READ_FIX`). Each problem names the node, its file and the fix.
-2. At run time (:func:`lock_down`, applied by the dbt-duckdb plugin
+2. At run time (:func:`mesh_platform.dbt.lockdown.lock_down`, applied by the dbt-duckdb plugin
    :mod:`mesh_platform.dbt.duckdb_plugin` named in the profile the platform writes): every
    DuckDB connection the domain's SQL runs in has external access off except the domain's own
    state folder (its raw area and its DuckDB file), no extension loading, and its configuration
@@ -15,22 +15,18 @@ other:
    cannot be read, written or ATTACHed, whatever got past the load check (a Jinja branch not
    taken at compile time, a string built at run time).
 
-DuckDB refuses ``allowed_directories`` before the database has started and after external
-access is off, so the order of :func:`lockdown_statements` is the only one that works; DuckDB
-adds the database's own temporary directory (``<file>.tmp``) to the allowed ones by itself.
 Consumed products never need the warehouse here: the platform stages them into the domain's
 DuckDB, as the grants allow, before dbt runs.
+
+Longer than 450 lines because it is one allowlist, reviewed as a whole: every kind of node,
+config, macro and compiled query a dbt project can hold is decided here, in one place.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +37,6 @@ with warnings.catch_warnings():  # sqlglotrs (pulled in by a dependency) warns o
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from mesh_platform.addressing import quote_literal
 from mesh_platform.dbt.nodes import input_domain
 
 # The query guard's function decisions: one reviewed allowlist for both read paths.
@@ -49,100 +44,7 @@ from mesh_platform.query.sql import DIALECT, function_name, refused_function
 from mesh_platform.query.surface import ALLOWED_TABLE_FUNCTIONS
 
 if TYPE_CHECKING:
-    import duckdb
-
-    from mesh_platform.config import Mesh
-
-
-def domain_directories(mesh: Mesh, domain: str) -> tuple[Path, ...]:
-    """The folders a domain's SQL may read and write: its state folder (raw area + DuckDB)."""
-    return (mesh.domain_state_dir(domain),)
-
-
-def lockdown_statements(directories: Iterable[str | Path]) -> list[str]:
-    """The statements that confine a fresh DuckDB connection to ``directories``, in order.
-
-    A directory is allowed with its trailing separator: DuckDB matches prefixes, and
-    ``/state/domains/sales`` would otherwise allow ``/state/domains/sales_eu``.
-    """
-    dirs = ", ".join(quote_literal(str(d).rstrip("/") + "/") for d in sorted(map(str, directories)))
-    return [
-        "SET autoinstall_known_extensions = false",
-        "SET autoload_known_extensions = false",
-        f"SET allowed_directories = [{dirs}]",
-        "SET enable_external_access = false",
-        "SET lock_configuration = true",
-    ]
-
-
-def lock_down(conn: duckdb.DuckDBPyConnection, directories: Iterable[str | Path]) -> None:
-    """Confine ``conn`` to ``directories`` (before any SQL of the domain runs on it)."""
-    for statement in lockdown_statements(directories):
-        conn.execute(statement)
-
-
-# -- run time: dbt dies with the process that started it ----------------------------------------
-#
-# dagster-dbt starts `dbt` with a plain subprocess.Popen (no preexec_fn, no process group of its
-# own): killing the process that runs the step (SIGKILL of `mesh build`, the OOM killer) left
-# dbt running, still writing the domain's DuckDB while the next build started. The guard is a
-# tiny executable given to DbtCliResource as its ``dbt_executable``: it asks the kernel to
-# SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG, kept across execve), checks that the
-# process that started it is still there (it may have died before the request), then becomes
-# dbt (execv): nothing stays in between, dbt's exit code, output and signals are unchanged.
-# The kernel delivers the signal when the *thread* that started dbt exits: dagster-dbt starts it
-# from the step's thread, which lives as long as the step. Linux only; elsewhere dbt runs
-# unguarded (the guard says so on stderr).
-
-DBT_PARENT_ENV = "MESH_DBT_PARENT_PID"  # the process that starts dbt (set by mesh_platform.build)
-
-_GUARD = """#!{python} -IS
-# dbt, guarded: it dies with the process that started it. Written by
-# mesh_platform/dbt/isolation.py (guarded_dbt_executable); edits are replaced.
-import ctypes, os, signal, sys
-
-DBT = {dbt!r}
-parent = os.getppid()
-expected = int(os.environ.get({env!r}) or parent)
-try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-except (OSError, AttributeError) as exc:
-    sys.stderr.write(f"mesh: dbt runs without its parent-death guard ({{exc}})\\n")
-else:
-    try:
-        os.kill(expected, 0)
-        gone = False
-    except ProcessLookupError:
-        gone = True
-    except PermissionError:
-        gone = False
-    if os.getppid() != parent or (expected != parent and gone):
-        sys.stderr.write(f"mesh: dbt's parent ({{expected}}) is gone; dbt not run\\n")
-        sys.exit(70)
-os.execv(DBT, [DBT, *sys.argv[1:]])
-"""
-
-
-def dbt_guard_script(dbt_executable: str, python: str | None = None) -> str:
-    """The guard's text for ``dbt_executable`` (run by ``python``, default this one)."""
-    return _GUARD.format(python=python or sys.executable, dbt=dbt_executable, env=DBT_PARENT_ENV)
-
-
-def guarded_dbt_executable(dbt_executable: str, directory: Path) -> str:
-    """An executable in ``directory`` that runs ``dbt_executable`` guarded (see above); named
-    by its content, written once, atomically."""
-    real = shutil.which(dbt_executable) or dbt_executable
-    text = dbt_guard_script(real)
-    path = directory / f"dbt-guard-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    if not path.is_file() or path.read_text() != text:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        spare = path.with_name(f".{path.name}.{os.getpid()}")
-        spare.write_text(text)
-        spare.chmod(0o700)
-        os.replace(spare, path)
-    return str(path)
+    pass
 
 
 # -- load time: what a domain's dbt project may say --------------------------------------------
@@ -164,6 +66,7 @@ def guarded_dbt_executable(dbt_executable: str, directory: Path) -> str:
 # dbt compile runs against): the Jinja text of every node and macro is also searched for file
 # functions, file paths after FROM/JOIN and statements, and whatever still gets through meets
 # the locked connection at run time.
+
 
 READ_FIX = (
     "declare the data as a source in your raw area (raw.tables in domains/{domain}/domain.yaml) "
@@ -558,6 +461,32 @@ def isolation_problems(domain: str, manifest: Mapping[str, Any], *, raw_dir: Pat
     return _problems(domain, manifest, raw_dir=raw_dir, compiled=True)
 
 
+def _other_problems(domain: str, project: str, manifest: Mapping[str, Any], fix: str) -> list[str]:
+    """Unit-test fixtures written in SQL, user-defined functions and the project's macros."""
+    problems: list[str] = []
+    for props in manifest.get("unit_tests", {}).values():
+        node = _node(domain, project, props, "unit test")
+        for fixture in [*(props.get("given") or []), props.get("expect") or {}]:
+            if fixture.get("format") == "sql" and isinstance(fixture.get("rows"), str):
+                problems += _text_problems(node, fixture["rows"], fix)
+    for props in manifest.get("functions", {}).values():
+        problems.append(
+            _node(domain, project, props, "function").problem(
+                "is a user-defined function (SQL run outside any model)",
+                "compute it in the model's SELECT",
+            )
+        )
+    reserved = {
+        str(m.get("name"))
+        for m in manifest.get("macros", {}).values()
+        if m.get("package_name") in _ADAPTER_PACKAGES
+    } | _BUILTINS
+    for props in manifest.get("macros", {}).values():
+        if props.get("package_name") not in _ADAPTER_PACKAGES:
+            problems += _macro_problems(domain, project, props, reserved)
+    return problems
+
+
 def _problems(
     domain: str, manifest: Mapping[str, Any], *, raw_dir: Path, compiled: bool
 ) -> list[str]:
@@ -598,26 +527,7 @@ def _problems(
         problems += found
         if not found and props.get("language", "sql") == "sql":
             pending.append((node, props))
-    for props in manifest.get("unit_tests", {}).values():
-        node = _node(domain, project, props, "unit test")
-        for fixture in [*(props.get("given") or []), props.get("expect") or {}]:
-            if fixture.get("format") == "sql" and isinstance(fixture.get("rows"), str):
-                problems += _text_problems(node, fixture["rows"], fix)
-    for props in manifest.get("functions", {}).values():
-        problems.append(
-            _node(domain, project, props, "function").problem(
-                "is a user-defined function (SQL run outside any model)",
-                "compute it in the model's SELECT",
-            )
-        )
-    reserved = {
-        str(m.get("name"))
-        for m in manifest.get("macros", {}).values()
-        if m.get("package_name") in _ADAPTER_PACKAGES
-    } | _BUILTINS
-    for props in manifest.get("macros", {}).values():
-        if props.get("package_name") not in _ADAPTER_PACKAGES:
-            problems += _macro_problems(domain, project, props, reserved)
+    problems += _other_problems(domain, project, manifest, fix)
     if not compiled:
         return problems
     uncompiled = [node.name for node, props in pending if props.get("compiled_code") is None]

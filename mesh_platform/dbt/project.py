@@ -35,17 +35,16 @@ import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from mesh_platform.config import Mesh, environment, make_private_dir
-from mesh_platform.dbt.isolation import domain_directories
+from mesh_platform.dbt.isolation import text_problems
+from mesh_platform.dbt.lockdown import domain_directories
 from mesh_platform.domain import Domain
 from mesh_platform.errors import DbtExecutableNotFoundError, DomainError
-
-if TYPE_CHECKING:
-    from dagster_dbt import DbtProject
+from mesh_platform.files import write_atomically
 
 PLATFORM_DBT_PACKAGE = Path(__file__).parent / "dbt_package"
 FINGERPRINT_FILE = "mesh_prepared.json"
@@ -196,16 +195,6 @@ def resolve_dbt_executable(mesh: Mesh) -> str:
     )
 
 
-def dbt_project(domain: Domain) -> DbtProject:
-    from dagster_dbt import DbtProject
-
-    return DbtProject(
-        project_dir=domain.dbt_project_dir,
-        profiles_dir=domain.dbt_project_dir,
-        target_path=Path("target"),
-    )
-
-
 def manifest_path(domain: Domain) -> Path:
     return domain.dbt_project_dir / "target" / "manifest.json"
 
@@ -241,7 +230,7 @@ def _link_platform_package(domain: Domain) -> None:
 
 def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args: str) -> None:
     """``dbt <command>`` in this process (dbtRunner): dbt is imported once for all domains."""
-    from dbt.cli.main import dbtRunner
+    from dbt.cli.main import dbtRunner  # heavy: dbt-core (~2 s), only when a manifest is prepared
 
     errors: list[str] = []
 
@@ -302,9 +291,7 @@ def _compile_into_manifest(mesh: Mesh, domain: Domain, profiles_dir: Path) -> No
         if (code := compiled["nodes"].get(uid, {}).get("compiled_code")) is not None:
             node["compiled_code"] = code
             node["compiled"] = True
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(manifest))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(manifest))
 
 
 def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
@@ -323,7 +310,6 @@ def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
                 return False
         except ValueError:
             pass
-    from mesh_platform.dbt.isolation import text_problems
 
     with _profiles_dir(mesh, domain) as profiles_dir:
         _invoke(

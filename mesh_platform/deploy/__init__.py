@@ -17,13 +17,12 @@ personal-data masks inside Trino's ``rules.json``, which is written readable by 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_platform.errors import MeshError
+from mesh_platform.files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -32,20 +31,6 @@ class GeneratedFile:
 
     text: str
     mode: int = 0o644
-
-
-def _write_atomically(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # mkstemp creates 0600; never wider than asked, even briefly
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_files(output: Path, files: Mapping[str, GeneratedFile], *, what: str) -> list[Path]:
@@ -58,7 +43,7 @@ def write_files(output: Path, files: Mapping[str, GeneratedFile], *, what: str) 
         for relative, generated in files.items():
             path = output / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, generated.text, generated.mode)
+            write_atomically(path, generated.text, mode=generated.mode)
             written.append(path)
     except OSError as exc:
         raise MeshError(

@@ -28,6 +28,8 @@ import yaml
 from mesh_platform.config import Mesh
 from mesh_platform.deploy import GeneratedFile, write_files
 from mesh_platform.errors import MeshError
+from mesh_platform.instance import DAGSTER_YAML
+from mesh_platform.workspace import check_workspace
 
 CHART_VERSION = "1.13"
 WORKDIR = "/opt/mesh"  # where the image holds the mesh checkout (its root: mesh.yaml)
@@ -74,7 +76,6 @@ def k8s_name(domain: str) -> str:
 def _instance_settings() -> dict[str, Any]:
     """The local instance's dagster.yaml (mesh_platform/instance.py), the source of the run
     queue, pool, retry and monitoring settings mirrored on Kubernetes."""
-    from mesh_platform.instance import DAGSTER_YAML
 
     return yaml.safe_load(DAGSTER_YAML) or {}
 
@@ -95,7 +96,7 @@ def _camel_keys(value: Any) -> Any:
 def _postgres(mesh: Mesh) -> tuple[dict[str, Any], list[str]]:
     """The chart's external PostgreSQL (host, port, user, database; never the password) from
     the instance's URL (MESH_POSTGRES_URL), else the catalog's when it is PostgreSQL."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # heavy: sqlalchemy (~0.5 s), only for a SQL catalog
 
     candidates = [mesh.postgres_url, mesh.catalog_uri]
     for candidate in candidates:
@@ -121,7 +122,6 @@ def _postgres(mesh: Mesh) -> tuple[dict[str, Any], list[str]]:
 
 
 def user_deployment_values(mesh: Mesh, image: Image, secret: str) -> dict[str, Any]:
-    from mesh_platform.workspace import check_workspace
 
     deployments = []
     for location in check_workspace(mesh):
@@ -157,7 +157,6 @@ def user_deployment_values(mesh: Mesh, image: Image, secret: str) -> dict[str, A
 def dagster_values(
     mesh: Mesh, user_values: dict[str, Any], secret: str
 ) -> tuple[dict[str, Any], list[str]]:
-    from mesh_platform.workspace import check_workspace
 
     instance = _instance_settings()
     postgresql, warnings = _postgres(mesh)

@@ -31,11 +31,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from mesh_platform.access.grants import plan_read
+from mesh_platform.access.principals import load_principals
 from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress
 from mesh_platform.config import Mesh
+from mesh_platform.dbt.nodes import consumed_products
+from mesh_platform.dbt.project import load_manifest
 from mesh_platform.deploy import GeneratedFile, write_files
+from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
-from mesh_platform.sla.history import HISTORY
+from mesh_platform.products.inventory import python_products
+from mesh_platform.products.platform import HISTORY
+from mesh_platform.products.registry import load_directory
+from mesh_platform.workspace import check_workspace
 
 POLICY_VERSION = "2012-10-17"
 # What the platform's engines do with objects of a prefix they write (pyiceberg, DuckDB httpfs,
@@ -133,16 +141,9 @@ def granted_inputs(
 ) -> tuple[list[ProductAddress], list[str]]:
     """Products of other domains that ``domain`` consumes and is granted today, and a note for
     each one it consumes without a grant (left out of its policy)."""
-    from mesh_platform.access.grants import plan_read
-    from mesh_platform.access.principals import load_principals
-    from mesh_platform.dbt.nodes import consumed_products
-    from mesh_platform.dbt.project import load_manifest
-    from mesh_platform.domain import list_domain_names, load_domain
-    from mesh_platform.governance.evaluate import python_products_of
-    from mesh_platform.query.directory import load_directory
 
     consumed = {a for a, _ in consumed_products(load_manifest(load_domain(mesh, domain)))}
-    consumed |= {a for p in python_products_of(mesh, domain) for a in p.inputs}
+    consumed |= {a for p in python_products(mesh, domain) for a in p.inputs}
     principal = load_principals(mesh.root, set(list_domain_names(mesh))).resolve(domain)
     directory = load_directory(mesh, refresh=False)
     granted, notes = [], []
@@ -206,7 +207,6 @@ class S3Policies:
 
 def s3_policies(mesh: Mesh, *, today: dt.date | None = None) -> S3Policies:
     """One policy per domain of workspace.yaml and a README, rendered (nothing written)."""
-    from mesh_platform.workspace import check_workspace
 
     warehouse = Warehouse.parse(mesh.warehouse)
     files: dict[str, GeneratedFile] = {}

@@ -37,12 +37,19 @@ from typing import Any
 
 from mesh_platform.access.grants import ReadPlan, plan_read
 from mesh_platform.access.masking import mask_expression
-from mesh_platform.access.principals import AccessDeniedError, Principal, Principals
+from mesh_platform.access.principals import (
+    AccessDeniedError,
+    Principal,
+    Principals,
+    load_principals,
+)
 from mesh_platform.addressing import PLATFORM_NAMESPACE, quote_ident
 from mesh_platform.config import Mesh
 from mesh_platform.deploy import GeneratedFile, write_files
+from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import MeshError
 from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.registry import load_directory
 
 DEFAULT_ETC = "/etc/trino"  # the configuration directory of Trino's container image
 CATALOG_USER_ENV = "MESH_TRINO_CATALOG_USER"
@@ -119,8 +126,8 @@ def _any_of(names: Iterable[str]) -> str:
 def to_trino(sql: str, *, what: str) -> str:
     """A DuckDB expression as Trino SQL. DuckDB's ``sha256`` hashes text; Trino's hashes bytes,
     so its argument is encoded (``to_utf8``): both give the same lower-case hex digest."""
-    import sqlglot
-    from sqlglot import exp
+    import sqlglot  # heavy: sqlglot (~0.3 s), only when SQL is checked
+    from sqlglot import exp  # heavy: sqlglot (~0.3 s), only when SQL is checked
 
     def encode_hashed(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.SHA2 | exp.SHA | exp.MD5) and not isinstance(node.this, exp.Encode):
@@ -226,9 +233,6 @@ def access_rules(
     principals: Principals | None = None,
 ) -> tuple[dict[str, Any], Identities, list[str]]:
     """(rules.json content, identities, notes on what could not be expressed or resolved)."""
-    from mesh_platform.access.principals import load_principals
-    from mesh_platform.domain import list_domain_names
-    from mesh_platform.query.directory import load_directory
 
     today = today or dt.date.today()
     domains = set(list_domain_names(mesh))
@@ -307,8 +311,8 @@ def group_file(ids: Identities) -> str:
 
 def jdbc_url(catalog_uri: str) -> tuple[str, str | None]:
     """(JDBC URL without credentials, why Trino cannot use it or None) of an SQLAlchemy URL."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.engine import make_url  # heavy: sqlalchemy (~0.5 s), only for a SQL catalog
+    from sqlalchemy.exc import ArgumentError  # heavy: sqlalchemy (~0.5 s), only for a SQL catalog
 
     try:
         url = make_url(catalog_uri)

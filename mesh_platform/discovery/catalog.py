@@ -24,10 +24,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mesh_platform.addressing import ProductAddress
+from mesh_platform.assets.checks import check_specs
 from mesh_platform.config import Mesh
+from mesh_platform.dbt.nodes import input_domain, is_product
+from mesh_platform.dbt.project import load_manifest
+from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import CatalogUnavailableError, MeshError, ProductNotPublishedError
-from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.query.directory import Catalog, Directory, UnknownProductError, load_directory
+from mesh_platform.instance import get_instance
+from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
+from mesh_platform.products.inventory import python_inputs
+from mesh_platform.products.registry import Directory, UnknownProductError, load_directory
+from mesh_platform.storage.metadata import Catalog
 
 
 @dataclass(frozen=True)
@@ -176,10 +184,6 @@ def _snapshot_info(snapshot: Any) -> SnapshotInfo:
 
 def _lineage(mesh: Mesh, directory: Directory) -> dict[str, set[str]]:
     """address -> the product addresses it is built from."""
-    from mesh_platform.dbt.nodes import input_domain, is_product
-    from mesh_platform.dbt.project import load_manifest
-    from mesh_platform.domain import list_domain_names, load_domain
-    from mesh_platform.products.descriptor import descriptor_from_node
 
     upstream: dict[str, set[str]] = {a: set() for a in directory.descriptors}
     for name in list_domain_names(mesh):
@@ -211,43 +215,16 @@ def _lineage(mesh: Mesh, directory: Directory) -> dict[str, set[str]]:
                     upstream.setdefault(address, set()).add(addresses[dep])
                 elif dep in nodes:  # a private model: look through it
                     todo.extend((nodes[dep].get("depends_on") or {}).get("nodes") or [])
-    for address, inputs in _python_inputs(mesh).items():
+    for address, inputs in python_inputs(mesh).items():
         upstream.setdefault(address, set()).update(inputs)
     return upstream
-
-
-def _python_inputs(mesh: Mesh) -> dict[str, set[str]]:
-    """Declared inputs of Python products (their modules are imported to read them)."""
-    from mesh_platform.domain import list_domain_names
-
-    found: dict[str, set[str]] = {}
-    for domain in list_domain_names(mesh):
-        if not any((mesh.domains_dir / domain / "products").glob("*.py")):
-            continue
-        from mesh_platform.governance.evaluate import python_products_of
-
-        try:
-            products = python_products_of(mesh, domain)
-        except Exception:  # a broken module: its lineage is unknown, the load error says why
-            continue
-        for product in products:
-            try:
-                address = str(product.descriptor(mesh.root).address)
-            except MeshError:
-                continue
-            found[address] = {str(a) for a in product.inputs}
-    return found
 
 
 def _check_results(mesh: Mesh, records: Iterable[ProductRecord]) -> None:
     """Fill each record's latest check results from the Dagster instance (if it has runs)."""
     if not (mesh.dagster_home / "dagster.yaml").is_file():
         return
-    import dagster as dg
-
-    from mesh_platform.governance import data as _data_policies  # noqa: F401 - registers them
-    from mesh_platform.instance import get_instance
-    from mesh_platform.products.gate import check_specs
+    import dagster as dg  # heavy: dagster (~1 s), kept off the import path of light commands
 
     records = list(records)
     keys = {
@@ -291,8 +268,6 @@ def product_records(
     wanted = sorted(directory.descriptors) if addresses is None else list(addresses)
     for address in wanted:
         if address not in directory.descriptors:
-            from mesh_platform.addressing import ProductAddress
-
             directory.get(ProductAddress.parse(address))  # raises with the closest match
     catalog = Catalog(mesh)
     records = []

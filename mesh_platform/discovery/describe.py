@@ -12,13 +12,13 @@ from rich.text import Text
 
 from mesh_platform.config import Mesh
 from mesh_platform.discovery.catalog import ProductRecord
+from mesh_platform.products.registry import load_directory
 
 HISTORY_SHOWN = 10
 
 
 def sibling_versions(mesh: Mesh, record: ProductRecord) -> list[tuple[str, str, str]]:
     """(address, version, status) of every major version of the same product."""
-    from mesh_platform.query.directory import load_directory
 
     name = record.descriptor.name
     return sorted(
@@ -28,14 +28,9 @@ def sibling_versions(mesh: Mesh, record: ProductRecord) -> list[tuple[str, str, 
     )
 
 
-def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = None) -> Any:
+def _facts(record: ProductRecord) -> Any:
     d = record.descriptor
     body = d.body
-    now = now or dt.datetime.now(dt.UTC)
-    head = Text.assemble(
-        (f"{record.address}", "bold"),
-        f"  {record.urn}  version {body.version} ({body.status})\n",
-    )
     lines = [
         f"[bold]purpose[/]      {escape(body.purpose)}",
         f"[bold]description[/]  {escape(d.description.strip())}",
@@ -53,6 +48,11 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
     if body.tags:
         lines.append(f"[bold]tags[/]         {escape(', '.join(body.tags))}")
 
+    return "\n".join(lines)
+
+
+def _schema_table(record: ProductRecord) -> Any:
+    d = record.descriptor
     schema = Table(title="schema (the enforced contract)", title_justify="left")
     for column in ("column", "type", "classification", "masking", "description"):
         schema.add_column(column, overflow="fold")
@@ -62,6 +62,11 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
             c.name, c.data_type or "", c.classification or "", masking, escape(c.description)
         )
 
+    return schema
+
+
+def _sla_table(record: ProductRecord, now: dt.datetime) -> Any:
+    body = record.descriptor.body
     fresh, detail = record.freshness(now)
     sla = Table(title=f"SLA: {record.sla_status(now)}", title_justify="left")
     sla.add_column("promise")
@@ -76,6 +81,11 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
         at = f" at {check.at}" if check.at else ""
         sla.add_row(f"check {check.name}", f"{check.status}{at}")
 
+    return sla
+
+
+def _grants_table(record: ProductRecord, now: dt.datetime) -> Any:
+    body = record.descriptor.body
     grants = Table(title="who may read it (deny by default; owners always)", title_justify="left")
     for column in ("principal", "purpose", "expires", "columns", "rows"):
         grants.add_column(column, overflow="fold")
@@ -86,6 +96,10 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
             ", ".join(g.columns) if g.columns else "all", escape(g.rows or "all"),
         )  # fmt: skip
 
+    return grants
+
+
+def _lineage(record: ProductRecord, mesh: Mesh) -> Any:
     upstream = ", ".join(record.upstream) or "(none: built from its domain's own sources)"
     downstream = ", ".join(record.downstream) or "(no product is built from it)"
     lineage = [f"[bold]upstream[/]     {upstream}", f"[bold]downstream[/]   {downstream}"]
@@ -95,6 +109,10 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
             "[bold]versions[/]     " + ", ".join(f"{a} {v} ({s})" for a, v, s in versions)
         )
 
+    return "\n".join(lineage)
+
+
+def _history_table(record: ProductRecord) -> Any:
     history = Table(
         title=f"snapshots on main (last {HISTORY_SHOWN} of {len(record.history)})",
         title_justify="left",
@@ -108,12 +126,24 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
         )  # fmt: skip
     if not record.history:
         history.add_row("not published yet", "", "", "")
+    return history
+
+
+def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = None) -> Any:
+    d = record.descriptor
+    body = d.body
+    now = now or dt.datetime.now(dt.UTC)
+    head = Text.assemble(
+        (f"{record.address}", "bold"),
+        f"  {record.urn}  version {body.version} ({body.status})\n",
+    )
     access = (
         f'read it: mesh query --as <principal> "SELECT * FROM {record.address}"; to get '
         f"access, ask team {body.owner.team} ({body.owner.contact}) for a grant in "
         f"{d.source_file}"
     )
     return Group(
-        head, "\n".join(lines), "", schema, sla, grants, "\n".join(lineage), "", history,
+        head, _facts(record), "", _schema_table(record), _sla_table(record, now),
+        _grants_table(record, now), _lineage(record, mesh), "", _history_table(record),
         escape(access),
     )  # fmt: skip

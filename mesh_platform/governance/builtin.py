@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from mesh_platform.access.principals import load_principals
 from mesh_platform.addressing import name_problem
 from mesh_platform.governance.policy import Policy, PolicyContext, Violation, register_policy
 
@@ -197,7 +198,6 @@ class Access(Policy):
 def _principals(ctx: PolicyContext) -> Any:
     if ctx.mesh_root is None:
         return None
-    from mesh_platform.access.principals import load_principals
 
     return load_principals(ctx.mesh_root, set(ctx.domains))
 

@@ -20,11 +20,14 @@
   like a hash, a redaction is redacted...), and none of its values still looks like the
   personal data it was.
 
-Masking (:func:`masked_relation`, rules in :mod:`mesh_platform.access.masking`) happens on
+Masking (:func:`mesh_platform.access.masking.masked_relation`) happens on
 publication, before staging: the audit branch holds no clear personal data, except columns the
 descriptor masks at read (``masking_at: read``), which the read paths mask per reader. Scans
 run in DuckDB over the staged Parquet files; text candidates for the checksum recognisers are
 validated in memory and dropped, numbers are validated in SQL.
+
+Longer than 450 lines because the two data policies share one walk of the schema and one scan
+of the staged rows; what a value may hide is decided in one place.
 """
 
 from __future__ import annotations
@@ -35,16 +38,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from mesh_platform.access.masking import (
-    SESSION_SALT,
-    bind_salt,
     mask_expression,
     masked_shape,
-    require_salt,
 )
 from mesh_platform.addressing import quote_ident, quote_literal
+from mesh_platform.duckdb_ext import connect
 from mesh_platform.governance.builtin import pii_name_kind
 from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.gate import CheckOutcome, GateCheck, GateContext, register_gate_check
+from mesh_platform.products.gate import GateCheck, GateContext, register_gate_check
+from mesh_platform.products.outcomes import CheckOutcome
+from mesh_platform.storage.warehouse import configure_duckdb
 
 if TYPE_CHECKING:
     from pyiceberg.types import IcebergType
@@ -84,39 +87,7 @@ def iban_valid(text: str) -> bool:
 _VALIDATORS = {"credit_card": luhn_valid, "iban": iban_valid}
 
 
-def masked_relation(
-    conn: Any, descriptor: ProductDescriptor, relation: str, salt: str | None
-) -> str:
-    """A view of ``relation`` with every column masked on publication masked; ``relation`` if
-    none is. Columns masked at read (``masking_at: read``) are stored in clear."""
-    masked = [c for c in descriptor.columns if c.masked_on_publication]
-    if not masked:
-        return relation
-    schema, table = relation.split(".")
-    what = f"product {descriptor.address}"
-    for column in masked:
-        require_salt(column.masking, salt, what=what)
-    bind_salt(conn, salt)  # the SQL names the session's salt variable, never the salt
-    replaces = [
-        mask_expression(c.masking, quote_ident(c.name), SESSION_SALT, what=what)
-        + f" AS {quote_ident(c.name)}"
-        for c in masked
-    ]
-    # A temporary view: nothing of it is written into the domain's DuckDB file. Older
-    # versions kept a view there whose SQL held the salt: dropped.
-    conn.execute("DROP SCHEMA IF EXISTS mesh_publish CASCADE")
-    name = f"mesh_publish_{descriptor.address.table}"
-    conn.execute(
-        f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS "
-        f"SELECT * REPLACE ({', '.join(replaces)}) "
-        f"FROM {quote_ident(schema)}.{quote_ident(table)}"
-    )
-    return f"temp.{name}"
-
-
 def _staged_view(ctx: GateContext) -> tuple[Any, str]:
-    from mesh_platform.duckdb_ext import connect
-    from mesh_platform.storage.warehouse import configure_duckdb
 
     conn = connect()
     configure_duckdb(conn, ctx.table.io.properties)  # s3:// warehouse: httpfs
@@ -209,7 +180,12 @@ def _walk(
     t: IcebergType, expr: str, path: str, depth: int
 ) -> Iterator[tuple[str, IcebergType, str, bool]]:
     """(path, type, expression, repeated) of each primitive under ``expr`` of type ``t``."""
-    from pyiceberg.types import ListType, MapType, StructType  # heavy; the gate has it loaded
+    # heavy: pyiceberg (~2 s), only when Iceberg is read or written; heavy; the gate has it loaded
+    from pyiceberg.types import (
+        ListType,
+        MapType,
+        StructType,
+    )
 
     if isinstance(t, StructType):
         for f in t.fields:

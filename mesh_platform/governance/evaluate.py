@@ -7,23 +7,30 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mesh_platform.access.consumption import consumption_problems
 from mesh_platform.config import Mesh
+from mesh_platform.dbt.checks import manifest_problems
+from mesh_platform.dbt.nodes import is_product
+from mesh_platform.dbt.project import load_manifest, prepare
+from mesh_platform.domain import list_domain_names, load_domain
+from mesh_platform.errors import MeshError
 from mesh_platform.governance.policy import (
+    DATA_POLICY_IDS,
     PolicyContext,
     Violation,
     evaluate_static,
     load_policy_set,
 )
-from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
+from mesh_platform.products.inventory import (
+    product_descriptors,
+    python_descriptors,
+    python_products,
+)
 
 
 def all_product_addresses(mesh: Mesh) -> set[str]:
     """Addresses declared anywhere in the mesh (prepared manifests), for waiver validation."""
-    from mesh_platform.dbt.project import load_manifest
-    from mesh_platform.dbt.translator import is_product
-    from mesh_platform.domain import list_domain_names, load_domain
-    from mesh_platform.errors import MeshError
-    from mesh_platform.products.descriptor import descriptor_from_node
 
     found: set[str] = set()
     for name in list_domain_names(mesh):
@@ -51,7 +58,6 @@ def evaluate_domain(
     today: dt.date | None = None,
 ) -> list[Violation]:
     policy_set = load_policy_set(mesh.root, known_products=all_product_addresses(mesh))
-    from mesh_platform.domain import list_domain_names
 
     ctx = PolicyContext(
         domain,
@@ -64,32 +70,9 @@ def evaluate_domain(
     return evaluate_static(policy_set, ctx)
 
 
-def python_products_of(mesh: Mesh, domain: str) -> list[Any]:
-    """The @python_product objects defined under domains/<domain>/products/ (imported by path,
-    so a mesh checked out anywhere is checked as it is on disk)."""
-    import importlib.util
-
-    from mesh_platform.products.python import PythonProduct
-
-    found = []
-    for path in sorted((mesh.domains_dir / domain / "products").glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"_mesh_check_{domain}_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            continue
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        found += [v for v in vars(module).values() if isinstance(v, PythonProduct)]
-    return found
-
-
 def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list[Violation]:
     """Everything that would stop the domain from deploying, without building anything:
     load-time problems of its dbt project and descriptors, then every static policy."""
-    from mesh_platform.dbt.checks import manifest_problems
-    from mesh_platform.dbt.project import load_manifest, prepare
-    from mesh_platform.dbt.translator import product_descriptors
-    from mesh_platform.definitions import python_descriptors
-    from mesh_platform.domain import list_domain_names, load_domain
 
     domain = load_domain(mesh, name)
     prepare(mesh, domain)
@@ -98,12 +81,10 @@ def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list
     problems = manifest_problems(domain, manifest, list_domain_names(mesh))
     descriptors = {} if problems else product_descriptors(name, manifest)
     python, python_problems = python_descriptors(
-        domain, python_products_of(mesh, name), {str(d.address) for d in descriptors.values()}
+        domain, python_products(mesh, name), {str(d.address) for d in descriptors.values()}
     )
     problems += python_problems
     if not problems:
-        from mesh_platform.access.consumption import consumption_problems
-
         problems += consumption_problems(mesh, name, manifest, today=today)
     found = [
         Violation("descriptor", f"domain {name}", p, "see the message", where) for p in problems
@@ -118,7 +99,6 @@ def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list
 def gate_exemptions(mesh: Mesh, address: str, *, today: dt.date | None = None) -> dict[str, str]:
     """Data policies (gate checks) that do not block ``address``: set to 'warn' by the council,
     or waived for this product. check name -> why."""
-    from mesh_platform.governance.policy import DATA_POLICY_IDS
 
     policy_set = load_policy_set(mesh.root)
     today = today or dt.date.today()

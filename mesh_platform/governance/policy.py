@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh_platform.errors import MeshError
+from mesh_platform.formats import load_yaml_model
 
 if TYPE_CHECKING:
     from mesh_platform.products.descriptor import ProductDescriptor
@@ -108,8 +109,8 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 
 
 def registered_policies() -> dict[str, Policy]:
-    from mesh_platform.governance import builtin  # noqa: F401  (registers the shipped set)
-
+    """Every registered policy: the shipped set (registered by the package, governance/builtin.py)
+    and any a deployment registers."""
     return dict(_POLICIES)
 
 
@@ -188,6 +189,19 @@ def _line_numbers(text: str) -> dict[tuple[str, int], int]:
     return lines
 
 
+def _located_problems(exc: ValidationError, lines: Mapping[tuple[str, int], int]) -> str:
+    """The pydantic problems of governance.yaml, each with the line of its waiver or policy."""
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        line = (
+            lines.get((str(loc[0]), loc[1])) if len(loc) > 1 and isinstance(loc[1], int) else None
+        )
+        where = f"line {line}: " if line else ""
+        problems.append(f"{where}{'.'.join(str(p) for p in loc)}: {err['msg']}")
+    return "; ".join(problems)
+
+
 def load_policy_set(root: Path, *, known_products: Iterable[str] | None = None) -> PolicySet:
     """Read and validate ``governance.yaml`` (missing file: every policy at its default)."""
     path = root / GOVERNANCE_FILE
@@ -195,35 +209,13 @@ def load_policy_set(root: Path, *, known_products: Iterable[str] | None = None) 
     if not path.is_file():
         return PolicySet({}, [], shown)
     text = path.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise GovernanceError(
-            f"{shown}{line} is not valid YAML ({getattr(exc, 'problem', exc)})",
-            fix="fix the YAML syntax",
-            path=path,
-        ) from exc
     lines = _line_numbers(text)
-    try:
-        parsed = GovernanceFile.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = err["loc"]
-            line = (
-                lines.get((str(loc[0]), loc[1]))
-                if len(loc) > 1 and isinstance(loc[1], int)
-                else None
-            )
-            where = f"line {line}: " if line else ""
-            problems.append(f"{where}{'.'.join(str(p) for p in loc)}: {err['msg']}")
-        raise GovernanceError(
-            f"{shown} is invalid: " + "; ".join(problems),
-            fix="see mesh_platform/governance/policy.py for the file's format",
-            path=path,
-        ) from exc
+    parsed = load_yaml_model(
+        path, GovernanceFile, what=shown, error=GovernanceError, text=text, empty={},
+        syntax="{what}{line} is not valid YAML ({problem})",
+        problems=lambda exc: _located_problems(exc, lines),
+        fix="see mesh_platform/governance/policy.py for the file's format",
+    )  # fmt: skip
     known_ids = set(registered_policies()) | DATA_POLICY_IDS
     problems = []
     policy_keys = list(parsed.policies)

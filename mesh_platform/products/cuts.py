@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import tempfile
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import MeshError
+from mesh_platform.files import write_atomically
 from mesh_platform.storage import warehouse
 
 if TYPE_CHECKING:
@@ -97,16 +95,8 @@ def record_cut(
     else:
         path = warehouse.local_path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old state or the whole marker
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # atomic: readers see the old state or the whole marker
+        write_atomically(path, data, mode=0o600)
     _prune(mesh, domain)
     return location
 
@@ -242,4 +232,35 @@ def consistent_snapshots(
                 "their gates in one run; see docs/operations.md, 'A consumer waits for a "
                 "complete cut'",
             )
+    return pinned
+
+
+def pinned_inputs(
+    mesh: Mesh, session: Any, addresses: tuple[ProductAddress, ...]
+) -> dict[str, Any]:
+    """producer domain -> the consistent cut (products.cuts) a consumer of ``addresses`` reads,
+    passing over cuts whose snapshots are no longer on main's history. A catalog or metadata
+    error is raised, never read as an expired snapshot."""
+
+    def readable(address: str, snapshot_id: int) -> bool:
+        state = session.catalog.table_state(ProductAddress.parse(address))
+        return any(s.snapshot_id == snapshot_id for s in state.main_history)
+
+    pinned = consistent_snapshots(mesh, addresses, exists=readable)
+    for domain, cut in pinned.items():
+        if cut.run_id is not None:
+            continue
+        # No marker at all: fine for products published by tools; but a product a run
+        # published (its snapshot names the run) means the markers were lost or cannot be
+        # listed, and reading main could mix runs: stop.
+        for address in (a for a in addresses if a.domain == domain):
+            current = session.catalog.table_state(address).current
+            if current is not None and (current.summary or {}).get("mesh.run_id"):
+                raise MeshError(
+                    f"{address} was published by run {current.summary['mesh.run_id']} of "
+                    f"domain {domain}, but no cut marker of that domain can be read in "
+                    f"{cuts_folder(mesh, domain)}: its products cannot be read as one cut",
+                    fix=f"run the producer again (`mesh build --domain {domain}`): its run "
+                    "writes the marker; check that the warehouse folder is readable",
+                )
     return pinned

@@ -31,6 +31,11 @@ The contract (column names and types) is dbt's enforced contract; a Python produ
 columns in its own YAML file (:mod:`mesh_platform.products.python`). Everything else the platform
 shows or enforces (asset specs, Iceberg properties, the gate's checks) is derived from the
 :class:`ProductDescriptor` built here.
+
+The parts of a descriptor live beside it: the columns, their classification and masking in
+:mod:`~mesh_platform.products.descriptor_columns`, the grants in
+:mod:`~mesh_platform.products.descriptor_grants`, the service levels (freshness, expectations,
+volume, targets) in :mod:`~mesh_platform.products.descriptor_sla`.
 """
 
 from __future__ import annotations
@@ -41,67 +46,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mesh_platform.addressing import (
-    ProductAddress,
-    email_problem,
-    principal_problem,
-    suggest_team,
-    team_problem,
-)
+from mesh_platform.addressing import ProductAddress, email_problem, suggest_team, team_problem
 from mesh_platform.errors import MeshError, format_validation_error
+from mesh_platform.formats import load_yaml_model
+from mesh_platform.products.descriptor_columns import (
+    CLASSIFICATION_META_KEY,
+    MASKING_AT_META_KEY,
+    MASKING_META_KEY,
+    Column,
+)
+from mesh_platform.products.descriptor_grants import Grant
+from mesh_platform.products.descriptor_sla import Sla
+from mesh_platform.query.sql import check_row_filter
 
 DESCRIPTOR_META_KEY = "mesh"
-CLASSIFICATION_META_KEY = "classification"
-MASKING_META_KEY = "masking"
-MASKING_AT_META_KEY = "masking_at"
 
-# Full-match patterns (\A...\Z, fullmatch): `$` would accept a trailing newline. Names, teams,
+# Full-match pattern (\A...\Z, fullmatch): `$` would accept a trailing newline. Names, teams,
 # contacts and principals follow the rules of mesh_platform/addressing.py.
 _SEMVER = re.compile(r"\A(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\Z", re.ASCII)
-_DURATION = re.compile(r"\A([0-9]+) *(m|h|d)\Z", re.ASCII)
-_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
-
-PII_KINDS = frozenset(
-    {"email", "phone", "name", "address", "national_id", "date_of_birth", "ip_address",
-     "credit_card", "iban", "other"}
-)  # fmt: skip
-CLASS_LEVELS = frozenset({"public", "internal", "confidential"})
-
-# Great Expectations (1.x) expectations a descriptor may declare, by their snake_case type.
-# tests/test_products.py checks each against the installed Great Expectations.
-SUPPORTED_EXPECTATIONS = frozenset(
-    {
-        "expect_column_values_to_not_be_null",
-        "expect_column_values_to_be_null",
-        "expect_column_values_to_be_unique",
-        "expect_compound_columns_to_be_unique",
-        "expect_column_values_to_be_between",
-        "expect_column_values_to_be_in_set",
-        "expect_column_values_to_not_be_in_set",
-        "expect_column_values_to_match_regex",
-        "expect_column_values_to_not_match_regex",
-        "expect_column_value_lengths_to_be_between",
-        "expect_column_min_to_be_between",
-        "expect_column_max_to_be_between",
-        "expect_column_mean_to_be_between",
-        "expect_column_sum_to_be_between",
-        "expect_column_distinct_values_to_be_in_set",
-        "expect_column_proportion_of_unique_values_to_be_between",
-        "expect_table_row_count_to_be_between",
-        "expect_table_columns_to_match_set",
-    }
-)
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """'90m', '26h', '7d' -> timedelta."""
-    match = _DURATION.fullmatch(str(text).strip())
-    if not match:
-        raise ValueError(f"duration {text!r} must look like '90m', '26h' or '7d'")
-    return dt.timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
 
 
 class Owner(BaseModel):
@@ -136,107 +100,6 @@ class Owner(BaseModel):
         return [f"team:{self.team}", self.contact]
 
 
-class Freshness(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_age: str = Field(
-        description="Oldest a published snapshot may be: '90m', '26h', '7d'.", examples=["26h"]
-    )
-
-    @field_validator("max_age")
-    @classmethod
-    def _max_age(cls, value: str) -> str:
-        parse_duration(value)
-        return value
-
-    @property
-    def timedelta(self) -> dt.timedelta:
-        return parse_duration(self.max_age)
-
-
-class Volume(BaseModel):
-    """Row count of the new snapshot against the published one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_ratio: float | None = Field(
-        default=0.5, ge=0, description="Block if new rows < min_ratio x published rows."
-    )
-    max_ratio: float | None = Field(
-        default=None, gt=0, description="Block if new rows > max_ratio x published rows."
-    )
-    blocking: bool = Field(default=True, description="False: report only (a warning).")
-
-
-class Expectation(BaseModel):
-    """One Great Expectations expectation: its snake_case type and its arguments."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short_form(cls, value: Any) -> Any:
-        # `- expect_column_values_to_not_be_null: {column: id}` is the form used in YAML.
-        if isinstance(value, Mapping) and len(value) == 1 and "type" not in value:
-            ((name, kwargs),) = value.items()
-            return {"type": name, "kwargs": kwargs or {}}
-        return value
-
-    @field_validator("type")
-    @classmethod
-    def _supported(cls, name: str) -> str:
-        if name not in SUPPORTED_EXPECTATIONS:
-            raise ValueError(
-                f"unknown expectation {name!r}; supported: "
-                + ", ".join(sorted(SUPPORTED_EXPECTATIONS))
-            )
-        return name
-
-    @property
-    def column(self) -> str | None:
-        return self.kwargs.get("column")
-
-    @property
-    def columns(self) -> list[str]:
-        """Every column the expectation reads (to load only those)."""
-        cols = [self.kwargs["column"]] if "column" in self.kwargs else []
-        cols += list(self.kwargs.get("column_list") or [])
-        return cols
-
-    def label(self) -> str:
-        target = self.column or ",".join(self.kwargs.get("column_list") or []) or "table"
-        return f"{self.type}({target})"
-
-
-class Targets(BaseModel):
-    """Attainment the owners promise over time; what falls short spends the error budget."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    freshness: float = Field(
-        default=0.99, gt=0, le=1, description="Share of time a fresh snapshot is available."
-    )
-    quality: float = Field(
-        default=0.95, gt=0, le=1, description="Share of gate runs that pass every blocking check."
-    )
-
-
-class Sla(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    freshness: Freshness | None = Field(default=None, description="Maximum age.")
-    targets: Targets = Field(default_factory=Targets, description="Attainment targets.")
-    expectations: list[Expectation] = Field(
-        default_factory=list, description="Quality expectations, checked before publication."
-    )
-    volume: Volume | None = Field(
-        default=None, description="Row-count change allowed between two snapshots."
-    )
-
-
 class PartitionBy(BaseModel):
     """Partition the Iceberg table by a date column: a run republishes only the partitions
     whose rows changed (an incremental product)."""
@@ -245,51 +108,6 @@ class PartitionBy(BaseModel):
 
     column: str = Field(description="A date or timestamp column.", examples=["order_date"])
     granularity: Literal["day", "month", "year"] = "month"
-
-
-def normalise_principal(value: str) -> str:
-    """'domain:sales' -> 'sales'; a principal is a domain, 'team:<t>' or 'user:<u>'."""
-    value = str(value)
-    if value.startswith("domain:"):
-        value = value[len("domain:") :]
-    if problem := principal_problem(value):
-        raise ValueError(f"principal {value!r} {problem}")
-    return value
-
-
-class Grant(BaseModel):
-    """Read access to a product for one principal: what for, until when, which columns and rows.
-
-    ``rows`` is a SQL predicate over the product's columns (DuckDB dialect), checked when the
-    descriptor loads; readers see only the rows it keeps.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    to: str = Field(description="A domain, 'team:<t>' or 'user:<u>' declared in principals.yaml.")
-    purpose: str = Field(min_length=5, description="Why the principal reads the product.")
-    expires: dt.date = Field(description="Last day the grant is valid (YYYY-MM-DD).")
-    columns: list[str] | None = Field(
-        default=None, description="Columns the grant covers; all when omitted."
-    )
-    rows: str | None = Field(
-        default=None, description="SQL predicate on the product's columns; all rows if omitted."
-    )
-
-    @field_validator("to")
-    @classmethod
-    def _principal(cls, value: str) -> str:
-        return normalise_principal(value)
-
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("an empty column list grants nothing: omit 'columns' for all")
-        return value
-
-    def expired(self, today: dt.date) -> bool:
-        return today > self.expires
 
 
 class DescriptorBody(BaseModel):
@@ -347,56 +165,6 @@ class DescriptorBody(BaseModel):
         return int(self.version.split(".")[0])
 
 
-class Column(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    data_type: str | None = None
-    description: str = ""
-    classification: str | None = Field(
-        default=None,
-        description="'public', 'internal', 'confidential' or 'pii:<kind>' "
-        f"(kinds: {', '.join(sorted(PII_KINDS))}).",
-    )
-
-    masking: Literal["hash", "redact", "truncate", "tokenise"] | None = Field(
-        default=None,
-        description="How a personal-data column is masked (pii_masking policy).",
-    )
-    masking_at: Literal["publication", "read"] = Field(
-        default="publication",
-        description="'publication': stored masked, every reader sees the mask. 'read': stored "
-        "in clear, masked by the mesh's read paths for readers not cleared for its class.",
-    )
-
-    @field_validator("classification")
-    @classmethod
-    def _classification(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if value in CLASS_LEVELS:
-            return value
-        if value.startswith("pii:") and value[4:] in PII_KINDS:
-            return value
-        raise ValueError(
-            f"classification {value!r} must be one of {', '.join(sorted(CLASS_LEVELS))} "
-            f"or pii:<kind> with kind in {', '.join(sorted(PII_KINDS))}"
-        )
-
-    @property
-    def pii_kind(self) -> str | None:
-        c = self.classification or ""
-        return c[4:] if c.startswith("pii:") else None
-
-    @property
-    def masked_on_publication(self) -> bool:
-        return self.masking is not None and self.masking_at == "publication"
-
-    @property
-    def masked_on_read(self) -> bool:
-        return self.masking is not None and self.masking_at == "read"
-
-
 class ProductDescriptor(BaseModel):
     """A validated product descriptor: identity, promises and contract of one product."""
 
@@ -430,8 +198,6 @@ class ProductDescriptor(BaseModel):
             if unknown:
                 raise ValueError(f"{where}: column(s) {', '.join(unknown)} are not columns")
             if grant.rows is not None:
-                from mesh_platform.query.sql import check_row_filter  # sqlglot: only if used
-
                 check_row_filter(grant.rows, names, what=f"{where}.rows")
         return self
 
@@ -468,18 +234,15 @@ class ProductDescriptor(BaseModel):
 
     def classification_record(self) -> dict[str, dict[str, str | None]]:
         """The columns' classification and masking, as published with each snapshot (summary
-        property :data:`CLASSIFICATION_PROPERTY`, JSON): reads at a snapshot are masked by the
-        strictest of its record and the current descriptor, so time travel never unmasks."""
+        property :data:`~mesh_platform.storage.metadata.CLASSIFICATION_PROPERTY`, JSON): reads
+        at a snapshot are masked by the strictest of its record and the current descriptor, so
+        time travel never unmasks."""
         return {
             col.name: {"classification": col.classification, "masking": col.masking,
                        "at": col.masking_at if col.masking else None}
             for col in self.columns
             if col.classification
         }  # fmt: skip
-
-
-# Snapshot summary property: the classification and masking each snapshot was published under.
-CLASSIFICATION_PROPERTY = "mesh.classification"
 
 
 class DescriptorError(MeshError):
@@ -572,35 +335,24 @@ class PythonDescriptorFile(BaseModel):
 
 
 def load_python_descriptor(path: Path, domain: str, source_file: str) -> ProductDescriptor:
+    """Read and validate the YAML descriptor of a Python product (``source_file``: ``path``
+    relative to the mesh root, as errors name it)."""
     label = f"Python product descriptor {source_file}"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    fix = f"edit {source_file} (fields: see mesh_platform/products/descriptor.py)"
+    parsed = load_yaml_model(
+        path, PythonDescriptorFile, what=label, fix=fix, error=DescriptorError, shown=source_file,
+        invalid="{what}: invalid descriptor: {problems}",
+        missing_fix="create it beside the product's module (name, description, mesh, columns)",
+    )  # fmt: skip
+    missing = [c.name for c in parsed.columns if not c.data_type]
+    if missing:
         raise DescriptorError(
-            f"{label} does not exist",
-            fix="create it beside the product's module (name, description, mesh, columns)",
+            f"{label}: column(s) {', '.join(missing)} have no data_type",
+            fix="give every column a DuckDB type (bigint, varchar, decimal(18,2), date...): "
+            "the columns are the product's enforced contract",
             path=source_file,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise DescriptorError(
-            f"{label} is not valid YAML ({exc})", fix="fix the YAML syntax", path=source_file
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DescriptorError(
-            f"{label} cannot be read ({exc})",
-            fix="make it a readable UTF-8 text file",
-            path=source_file,
-        ) from exc
+        )
     try:
-        parsed = PythonDescriptorFile.model_validate(raw)
-        missing = [c.name for c in parsed.columns if not c.data_type]
-        if missing:
-            raise DescriptorError(
-                f"{label}: column(s) {', '.join(missing)} have no data_type",
-                fix="give every column a DuckDB type (bigint, varchar, decimal(18,2), date...): "
-                "the columns are the product's enforced contract",
-                path=source_file,
-            )
         descriptor = ProductDescriptor(
             domain=domain,
             name=parsed.name,
@@ -611,14 +363,12 @@ def load_python_descriptor(path: Path, domain: str, source_file: str) -> Product
             built_with="python",
         )
         descriptor.address  # noqa: B018 - validates the domain and product names
-        return descriptor
     except ValidationError as exc:
         raise DescriptorError(
             f"{label}: invalid descriptor: {format_validation_error(exc)}",
-            fix=f"edit {source_file} (fields: see mesh_platform/products/descriptor.py)",
+            fix=fix,
             path=source_file,
         ) from exc
-    except DescriptorError:
-        raise
     except MeshError as exc:  # a bad name
         raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc
+    return descriptor

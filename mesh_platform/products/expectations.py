@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.gate import CheckOutcome
+from mesh_platform.products.outcomes import CheckOutcome
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,6 +37,7 @@ _TABLE_COLUMNS = frozenset({"expect_table_columns_to_match_set"})
 
 def _quiet_gx() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # heavy: Great Expectations (5-9 s), only for products with expectations
     import great_expectations as gx
 
     for name in ("great_expectations", "great_expectations.core"):
@@ -44,7 +45,10 @@ def _quiet_gx() -> Any:
     # GE fingerprints every in-memory DataFrame under 1 GB (an md5 of pandas' row hashes) just
     # to label the batch; the staged snapshot is already identified by its Iceberg snapshot id.
     # Measured on 6M rows x 3 columns: 1.0 s -> 0.25 s per suite.
-    from great_expectations.execution_engine import pandas_execution_engine
+    # heavy: Great Expectations (5-9 s), only for products with expectations
+    from great_expectations.execution_engine import (
+        pandas_execution_engine,
+    )
 
     pandas_execution_engine.HASH_THRESHOLD = 0
     return gx
@@ -71,7 +75,7 @@ def _decimals_as_float(data: pa.Table) -> pa.Table:
     """Decimal columns become float64 for the pandas path: as Python Decimal objects (pandas'
     object dtype) every expectation runs row by row in Python, ~20x slower (measured: 3.8 s vs
     0.2 s on 600k rows). Bounds in expectations are floats anyway."""
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: pyarrow (~0.3 s), kept off the import path of light commands
 
     for i, f in enumerate(data.schema):
         if pa.types.is_decimal(f.type):
@@ -92,6 +96,7 @@ def run_suite(
     frame = _decimals_as_float(data).to_pandas()
 
     gx = _quiet_gx()
+    # heavy: Great Expectations (5-9 s), only for products with expectations
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )
@@ -146,7 +151,10 @@ class _no_progress_bars:
 
     def __enter__(self) -> None:
         try:
-            from great_expectations.data_context.types.base import ProgressBarsConfig
+            # heavy: Great Expectations (5-9 s), only for products with expectations
+            from great_expectations.data_context.types.base import (
+                ProgressBarsConfig,
+            )
 
             self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         except Exception:  # pragma: no cover - older layouts; bars only cost log noise

@@ -35,25 +35,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.descriptor_sla import Volume
+from mesh_platform.products.expectations import _quiet_gx, run_suite
+from mesh_platform.products.outcomes import CheckOutcome
+from mesh_platform.storage import warehouse
+from mesh_platform.storage.metadata import is_published
 
 if TYPE_CHECKING:
-    import dagster as dg
     import pyarrow as pa
     from pyiceberg.table import Table
 
-    from mesh_platform.storage.iceberg import AuditStage
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    passed: bool
-    description: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    blocking: bool = True  # a failed non-blocking check is a warning
-
-    @property
-    def blocks(self) -> bool:
-        return self.blocking and not self.passed
+    from mesh_platform.storage.wap import AuditStage
 
 
 @dataclass
@@ -74,7 +66,6 @@ class GateContext:
     @property
     def published_rows(self) -> int | None:
         """Rows of main's current snapshot, None when nothing was published yet."""
-        from mesh_platform.storage.iceberg import is_published
 
         if self.stage.base_snapshot_id is None:
             return None
@@ -85,12 +76,11 @@ class GateContext:
 
     def staged_data(self, columns: Iterable[str] | None = None) -> pa.Table:
         """The rows this batch staged (its new data files), only ``columns`` if given."""
+        # heavy: pyarrow (~0.3 s), kept off the import path of light commands
         import pyarrow.parquet as pq
 
         key = tuple(columns) if columns is not None else ("*",)
         if key not in self._cache:
-            from mesh_platform.storage import warehouse
-
             files = [str(f) for f in self.stage.data_files]
             cols = list(columns) if columns is not None else None
             filesystem = None
@@ -105,7 +95,9 @@ class GateContext:
         return self._cache[key]
 
     def _empty(self, columns: list[str] | None) -> pa.Table:
-        from pyiceberg.io.pyarrow import schema_to_pyarrow
+        from pyiceberg.io.pyarrow import (
+            schema_to_pyarrow,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
+        )
 
         schema = schema_to_pyarrow(self.table.schema())
         empty = schema.empty_table()
@@ -141,7 +133,6 @@ class ExpectationsCheck(GateCheck):
         return bool(descriptor.body.sla.expectations)
 
     def evaluate(self, ctx: GateContext) -> CheckOutcome:
-        from mesh_platform.products.expectations import run_suite
 
         return run_suite(ctx.descriptor, ctx.staged_data)
 
@@ -155,7 +146,6 @@ class VolumeCheck(GateCheck):
         return volume is not None and volume.blocking
 
     def evaluate(self, ctx: GateContext) -> CheckOutcome:
-        from mesh_platform.products.descriptor import Volume
 
         volume = ctx.descriptor.body.sla.volume or Volume(blocking=False)
         new, old = ctx.staged_rows, ctx.published_rows
@@ -212,39 +202,6 @@ def gate_checks(descriptor: ProductDescriptor) -> list[GateCheck]:
     return [c for c in _REGISTRY if c.applies(descriptor)]
 
 
-def check_specs(descriptor: ProductDescriptor, *, contract: bool = True) -> list[dg.AssetCheckSpec]:
-    """The Dagster asset checks the gate evaluates for ``descriptor``'s product."""
-    import dagster as dg
-
-    key = descriptor.address.asset_key
-    specs = [
-        dg.AssetCheckSpec(
-            SCHEMA_CHECK,
-            asset=key,
-            description="New schema is compatible with the published one (added columns "
-            "evolve it; dropped, renamed or narrowed columns need a new major version).",
-            blocking=True,
-        )
-    ]
-    if contract:  # dbt's enforced contract, or a Python product's declared columns
-        specs.append(
-            dg.AssetCheckSpec(
-                CONTRACT_CHECK,
-                asset=key,
-                description="The rows match the declared columns and types (dbt's enforced "
-                "contract; a Python product's declared columns).",
-                blocking=True,
-            )
-        )
-    specs += [
-        dg.AssetCheckSpec(
-            c.name, asset=key, description=c.description, blocking=c.blocking(descriptor)
-        )
-        for c in gate_checks(descriptor)
-    ]
-    return specs
-
-
 def run_gate(ctx: GateContext) -> dict[str, CheckOutcome]:
     """Evaluate every registered check that applies; an error in a check fails that check."""
     outcomes: dict[str, CheckOutcome] = {}
@@ -275,28 +232,9 @@ def prewarm(descriptors: Iterable[ProductDescriptor]) -> threading.Thread:
 
     def _imports() -> None:
         with contextlib.suppress(Exception):  # the gate imports again and reports any error
-            import pyiceberg.io.pyarrow  # noqa: F401
-
             if need_gx:
-                from mesh_platform.products.expectations import _quiet_gx
-
                 _quiet_gx()
 
     thread = threading.Thread(target=_imports, name="mesh-prewarm", daemon=True)
     thread.start()
     return thread
-
-
-def check_result(
-    descriptor: ProductDescriptor, name: str, outcome: CheckOutcome
-) -> dg.AssetCheckResult:
-    import dagster as dg
-
-    return dg.AssetCheckResult(
-        asset_key=descriptor.address.asset_key,
-        check_name=name,
-        passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
-        description=outcome.description or None,
-        metadata=outcome.metadata,
-    )

@@ -33,13 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 from mesh_platform.addressing import quote_ident
 from mesh_platform.storage import warehouse
+from mesh_platform.storage.metadata import is_published
+from mesh_platform.storage.partitioning import partition_transform
 
 if TYPE_CHECKING:
     import duckdb
     from pyiceberg.table import Table
     from pyiceberg.table.snapshots import Snapshot
 
-    from mesh_platform.storage.iceberg import Partitioning
+    from mesh_platform.storage.partitioning import Partitioning
 
 STATE_SCHEMA = "mesh_state"
 STATE_TABLE = f"{STATE_SCHEMA}.partition_fingerprints"
@@ -130,12 +132,12 @@ def verify(
     only: every live data file exists with its recorded size, the snapshot has no delete files,
     every file is partitioned by the product's column and granularity, and each partition's
     row count (the sum of its files' record counts) is the recorded one."""
-    from pyiceberg.manifest import ManifestContent
-
-    from mesh_platform.storage.iceberg import PARTITION_TRANSFORMS
+    from pyiceberg.manifest import (
+        ManifestContent,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
+    )
 
     column_id = table.schema().find_field(partitioning.column).field_id
-    transform = PARTITION_TRANSFORMS[partitioning.granularity]()
+    transform = partition_transform(partitioning.granularity)
     specs = table.specs()
     snapshot_id = snapshot.snapshot_id
     counts: dict[dt.date | None, int] = {}
@@ -198,7 +200,6 @@ def plan(
     full_refresh: bool = False,
 ) -> PartitionPlan:
     """The partitions to replace: all (``changed=None``), some, or none (``changed=()``)."""
-    from mesh_platform.storage.iceberg import is_published
 
     current = fingerprint(conn, relation, partitioning)
     everything = replace(partitioning, changed=None)

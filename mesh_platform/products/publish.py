@@ -20,22 +20,24 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mesh_platform.access.masking import masked_relation
 from mesh_platform.addressing import quote_ident
+from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.config import PRIVATE_FILE_MODE, make_private_dir
-from mesh_platform.governance.data import masked_relation  # also registers the data policies
-from mesh_platform.products.descriptor import CLASSIFICATION_PROPERTY, ProductDescriptor
-from mesh_platform.products.gate import (
-    SCHEMA_CHECK,
-    CheckOutcome,
-    GateContext,
-    is_personal_data_policy,
-    run_gate,
-)
+from mesh_platform.governance.evaluate import gate_exemptions
+from mesh_platform.products import incremental
+from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.gate import SCHEMA_CHECK, GateContext, is_personal_data_policy, run_gate
+from mesh_platform.products.outcomes import CheckOutcome
+from mesh_platform.storage.catalog import load_product_table
+from mesh_platform.storage.metadata import CLASSIFICATION_PROPERTY, is_published
+from mesh_platform.storage.partitioning import Partitioning
+from mesh_platform.storage.wap import write_audit_publish
 
 if TYPE_CHECKING:
     import duckdb
@@ -44,8 +46,8 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
 
     from mesh_platform.config import Mesh
-    from mesh_platform.storage.iceberg import AuditStage
-    from mesh_platform.storage.maintenance import Quarantine
+    from mesh_platform.storage.quarantine import Quarantine
+    from mesh_platform.storage.wap import AuditStage
 
 
 @dataclass
@@ -107,13 +109,16 @@ class Publication:
 
 def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
     """Compare the new rows' schema with the published table's (Iceberg's promotion rules)."""
-    from pyiceberg.exceptions import ResolveError
-    from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
-    from pyiceberg.schema import promote
+    from pyiceberg.exceptions import (
+        ResolveError,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
+    )
+    from pyiceberg.schema import (
+        promote,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
+    )
 
     if table is None:
         return CheckOutcome(True, "first publication: the table is created with this schema")
-    new = {f.name: f.field_type for f in _pyarrow_to_schema_without_ids(new_schema).fields}
+    new = {f.name: f.field_type for f in pyarrow_to_schema_without_ids(new_schema).fields}
     old = {f.name: f.field_type for f in table.schema().fields}
     dropped = sorted(set(old) - set(new))
     added = sorted(set(new) - set(old))
@@ -170,12 +175,6 @@ def publish_product(
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
     check (the Publication says what failed), raises only for storage errors. ``full_refresh``:
     a partitioned product republishes every partition (its recorded fingerprints ignored)."""
-    from mesh_platform.storage.iceberg import (
-        Partitioning,
-        is_published,
-        load_product_table,
-        write_audit_publish,
-    )
 
     start = time.perf_counter()
     address = descriptor.address
@@ -194,17 +193,8 @@ def publish_product(
         return publication
 
     partition_plan = None
-    if (part := descriptor.body.partition_by) is not None:
-        from mesh_platform.products import incremental
-
-        partition_plan = incremental.plan(
-            conn,
-            str(address),
-            relation,
-            Partitioning(part.column, part.granularity),
-            table,
-            full_refresh=full_refresh,
-        )
+    if descriptor.body.partition_by is not None:
+        partition_plan = _plan_partitions(conn, descriptor, relation, table, full_refresh)
         publication.partitions = partition_plan.reason
         if partition_plan.unchanged:  # nothing to stage: main already holds these rows
             publication.seconds = time.perf_counter() - start
@@ -216,17 +206,6 @@ def publish_product(
                 return publication
             publication.snapshot_id = table.current_snapshot().snapshot_id
             return publication
-
-    def gate(stage: AuditStage) -> list[str]:
-        table = catalog.load_table(address.iceberg_identifier)
-        outcomes = run_gate(GateContext(descriptor, stage, table))
-        for name, why in (exemptions or {}).items():  # governance: waived or set to warn
-            if (o := outcomes.get(name)) is not None and not o.passed:
-                outcomes[name] = CheckOutcome(False, f"{o.description} [{why}]", o.metadata, False)
-        publication.outcomes.update(outcomes)
-        return sorted(failed_elsewhere) + [
-            name for name, o in publication.outcomes.items() if o.blocks
-        ]
 
     result = write_audit_publish(
         catalog,
@@ -243,47 +222,105 @@ def publish_product(
         },
         table_properties=descriptor.iceberg_properties(),
         partitioning=partition_plan.partitioning if partition_plan else None,
-        gate=gate,
+        gate=_gate(catalog, publication, exemptions),
         quarantine_if=lambda failures: any(is_personal_data_policy(n) for n in failures),
     )
     publication.stage = result.stage
     publication.snapshot_id = result.published_snapshot_id
     publication.quarantine = result.quarantine
     if partition_plan is not None and publication.published:
-        # The fingerprints describe main only if this batch was staged on the main the plan
-        # was made from. Otherwise (a concurrent writer published in between, perhaps while
-        # this one waited for the product's lock) the other partitions hold another writer's
-        # rows: record nothing, so the next run republishes everything.
-        planned = table.current_snapshot() if table is not None else None
-        base = result.stage.base_snapshot_id
-        if is_published(planned):
-            same_base = planned is not None and base == planned.snapshot_id
-        else:  # planned on an unpublished table: staged on its (empty) initial snapshot?
-            staged_on = catalog.load_table(address.iceberg_identifier).snapshot_by_id(base or 0)
-            same_base = not is_published(staged_on)
-        if same_base and result.attempts == 1:
-            incremental.record(
-                conn, str(address), partition_plan.fingerprints, publication.snapshot_id
-            )
+        _record_fingerprints(catalog, conn, address, table, partition_plan, result)
     publication.seconds = time.perf_counter() - start
     if not publication.published:
-        publication.error = (
-            f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
-            f"Main stays at snapshot {result.stage.base_snapshot_id}; "
-        )
-        if (quarantine := result.quarantine) is None:
-            publication.error += f"the rejected data is on branch {result.stage.branch}"
-        else:
-            publication.error += (
-                f"the batch held personal data ({_describe(publication.findings())}) and was "
-                f"quarantined at once: branch {quarantine.branch} dropped, its "
-                f"{len(quarantine.deleted_files)} data and manifest file(s) deleted"
-            )
-            for name in publication.personal_data_failures:  # shown with the Dagster check
-                publication.outcomes[name].metadata.update(
-                    {"quarantined": True, "deleted_files": len(quarantine.deleted_files)}
-                )
+        _explain_block(publication, result)
     return publication
+
+
+def _gate(
+    catalog: SqlCatalog, publication: Publication, exemptions: Mapping[str, str] | None
+) -> Callable[[AuditStage], list[str]]:
+    """The audit of a staged batch: every gate check, exemptions applied; the blocking failures
+    (with those of dbt's tests, ``publication.failed_elsewhere``)."""
+    descriptor = publication.descriptor
+
+    def gate(stage: AuditStage) -> list[str]:
+        table = catalog.load_table(descriptor.address.iceberg_identifier)
+        outcomes = run_gate(GateContext(descriptor, stage, table))
+        for name, why in (exemptions or {}).items():  # governance: waived or set to warn
+            if (o := outcomes.get(name)) is not None and not o.passed:
+                outcomes[name] = CheckOutcome(False, f"{o.description} [{why}]", o.metadata, False)
+        publication.outcomes.update(outcomes)
+        return sorted(publication.failed_elsewhere) + [
+            name for name, o in publication.outcomes.items() if o.blocks
+        ]
+
+    return gate
+
+
+def _plan_partitions(
+    conn: duckdb.DuckDBPyConnection,
+    descriptor: ProductDescriptor,
+    relation: str,
+    table: Any,
+    full_refresh: bool,
+) -> Any:
+    """Which partitions of a ``partition_by`` product changed (products/incremental.py)."""
+    part = descriptor.body.partition_by
+    return incremental.plan(
+        conn,
+        str(descriptor.address),
+        relation,
+        Partitioning(part.column, part.granularity),
+        table,
+        full_refresh=full_refresh,
+    )
+
+
+def _record_fingerprints(
+    catalog: SqlCatalog,
+    conn: duckdb.DuckDBPyConnection,
+    address: Any,
+    table: Any,
+    partition_plan: Any,
+    result: Any,
+) -> None:
+    """Record the published partitions' fingerprints, only if they describe main.
+
+    They do only if this batch was staged on the main the plan was made from. Otherwise (a
+    concurrent writer published in between, perhaps while this one waited for the product's
+    lock) the other partitions hold another writer's rows: record nothing, so the next run
+    republishes everything."""
+    planned = table.current_snapshot() if table is not None else None
+    base = result.stage.base_snapshot_id
+    if is_published(planned):
+        same_base = planned is not None and base == planned.snapshot_id
+    else:  # planned on an unpublished table: staged on its (empty) initial snapshot?
+        staged_on = catalog.load_table(address.iceberg_identifier).snapshot_by_id(base or 0)
+        same_base = not is_published(staged_on)
+    if same_base and result.attempts == 1:
+        incremental.record(
+            conn, str(address), partition_plan.fingerprints, result.published_snapshot_id
+        )
+
+
+def _explain_block(publication: Publication, result: Any) -> None:
+    """Say why the batch was not published, where main stays and where the data went."""
+    publication.error = (
+        f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
+        f"Main stays at snapshot {result.stage.base_snapshot_id}; "
+    )
+    if (quarantine := result.quarantine) is None:
+        publication.error += f"the rejected data is on branch {result.stage.branch}"
+        return
+    publication.error += (
+        f"the batch held personal data ({_describe(publication.findings())}) and was "
+        f"quarantined at once: branch {quarantine.branch} dropped, its "
+        f"{len(quarantine.deleted_files)} data and manifest file(s) deleted"
+    )
+    for name in publication.personal_data_failures:  # shown with the Dagster check
+        publication.outcomes[name].metadata.update(
+            {"quarantined": True, "deleted_files": len(quarantine.deleted_files)}
+        )
 
 
 def _describe(findings: list[dict[str, Any]]) -> str:
@@ -346,7 +383,6 @@ def publish_in_run(
     """publish_product as a Dagster run does it: the run id is the batch id, the input
     snapshots are recorded, the mesh's salt masks personal data, and the council's waivers and
     severities apply to the data policies."""
-    from mesh_platform.governance.evaluate import gate_exemptions
 
     publication = publish_product(
         catalog,

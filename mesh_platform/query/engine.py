@@ -20,6 +20,10 @@ no extension installation, and ``lock_configuration`` so ``SET`` cannot undo it;
 the file lists are session variables the SQL names, never values in it. A grant's row filter is
 a barrier (:meth:`ReadPlan.select_sql`). Every query, allowed or not, is written to the audit
 log (:mod:`mesh_platform.query.audit`), once before it runs and once with its outcome.
+
+Longer than 450 lines because it is the one enforcement point of every read (queries, Python
+products' inputs, cross-domain staging): the session's lock-down, resolution, plans, limits and
+audit are reviewed together, and splitting them would let a read path skip one.
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from mesh_platform.access.grants import ReadPlan, plan_read
 from mesh_platform.access.masking import SALTED, bind_salt
 from mesh_platform.access.principals import AccessDeniedError, Principal, load_principals
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
-from mesh_platform.config import Mesh, QueryLimits, load_mesh
+from mesh_platform.config import Mesh, load_mesh
+from mesh_platform.domain import list_domain_names
+from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import (
     LOST_DATA_FILE,
     MeshError,
@@ -47,16 +55,12 @@ from mesh_platform.errors import (
     printable,
     runbook,
 )
+from mesh_platform.products.registry import Directory, load_directory
 from mesh_platform.query.audit import AuditLog
-from mesh_platform.query.directory import (
-    Catalog,
-    Directory,
-    TableState,
-    data_files,
-    load_directory,
-    scan_sql,
-)
 from mesh_platform.query.sql import QueryRefusedError, check_query, redact
+from mesh_platform.settings import QueryLimits
+from mesh_platform.storage.metadata import Catalog, TableState, data_files, scan_sql
+from mesh_platform.storage.warehouse import configure_duckdb, is_remote, local_path
 
 if TYPE_CHECKING:
     import duckdb
@@ -184,7 +188,6 @@ class QuerySession:
     def principal(self) -> Principal:
         """The session's principal, canonical (``domain:sales`` and `` sales`` are ``sales``),
         re-read with principals.yaml on every query; its query limits with it."""
-        from mesh_platform.domain import list_domain_names
 
         principals = load_principals(self.mesh.root, set(list_domain_names(self.mesh)))
         principal = principals.resolve(self.principal_id)
@@ -235,9 +238,6 @@ class QuerySession:
         """The connection that reads Avro manifests to plan snapshots' data files. User SQL
         never runs on it, so the query connection can be limited to the data files alone."""
         if self._plan_conn is None:
-            from mesh_platform.duckdb_ext import connect
-            from mesh_platform.storage.warehouse import configure_duckdb
-
             conn = connect(extensions=("avro",))
             try:
                 configure_duckdb(conn, dict(self.catalog.storage))  # s3:// warehouse: httpfs
@@ -257,8 +257,6 @@ class QuerySession:
         settings = (threads, limits.memory_limit)
         if self._conn is not None and files <= self._allowed and self._settings == settings:
             return self._conn
-        from mesh_platform.duckdb_ext import connect
-        from mesh_platform.storage.warehouse import configure_duckdb
 
         allowed = frozenset(files | self._allowed)  # queries alternating products: one connection
         if len(allowed) > PATHS_KEPT:
@@ -315,6 +313,7 @@ class QuerySession:
         """Run one query as the session's principal; the result as an Arrow table."""
 
         def fetch(cursor: Any, max_rows: int) -> pa.Table:
+            # heavy: pyarrow (~0.3 s), kept off the import path of light commands
             import pyarrow as pa
 
             reader = cursor.to_arrow_reader(min(max_rows + 1, 1_000_000))
@@ -420,7 +419,6 @@ class QuerySession:
         message), an error of the platform's own preparation, or the user's SQL."""
         if is_disk_full(exc):
             return disk_full(exc, self.mesh.state_dir, doing="the query")
-        import duckdb
 
         message = str(exc)
         # a file DuckDB could not open (missing: it globs the name, which the lock-down refuses)
@@ -529,7 +527,6 @@ class QueryFailedError(MeshError):
 
 def _names_file_of(message: str, location: str) -> bool:
     """Whether DuckDB's ``message`` names a file in the table folder ``location``."""
-    from mesh_platform.storage.warehouse import is_remote, local_path
 
     folder = location if is_remote(location) else str(local_path(location))
     return f"{folder.rstrip('/')}/" in message

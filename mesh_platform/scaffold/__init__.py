@@ -1,6 +1,8 @@
 """Scaffolding: a new domain, or a new product in a domain, in one command.
 
-``new_domain`` writes the code location (``domains/<name>/``), the dbt project
+``new_domain`` writes the code location (``domains/<name>/``: ``domain.yaml``, the domain
+component ``defs/domain/defs.yaml`` and the ``dg.toml`` that make the folder a dg project, and the
+``definitions.py`` workspace.yaml loads), the dbt project
 (``dbt_projects/<name>/``: profiles for the embedded default, one example product with an
 enforced contract, classification, SLA and a grant, passing every policy), a test
 (``tests/test_domain_<name>.py``), the owning team in ``principals.yaml``, the
@@ -28,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any
 
 import yaml
 
@@ -40,18 +41,20 @@ from mesh_platform.addressing import (
     team_problem,
 )
 from mesh_platform.config import Mesh
-from mesh_platform.errors import MeshError, format_validation_error
+from mesh_platform.domain import list_domain_names, load_domain
+from mesh_platform.errors import MeshError
+from mesh_platform.files import write_atomically
+from mesh_platform.scaffold.validate import (
+    ScaffoldError,
+    validate_domain_scaffold,
+    validate_principals,
+    validate_product_yaml,
+)
+from mesh_platform.storage.catalog import ensure_namespace, open_catalog
+from mesh_platform.workspace import render_workspace
 
 TEMPLATES = Path(__file__).parent / "templates"
-_INPUT_FIX = (
-    "pass NAME in snake_case, --owner a lower-case team name (e.g. finance) and --contact one "
-    "plain email address (e.g. finance-data@example.com)"
-)
 GRANT_YEARS = 1  # scaffolded grants expire a year after creation
-
-
-class ScaffoldError(MeshError):
-    """The scaffold cannot be written; nothing was changed."""
 
 
 @dataclass
@@ -133,17 +136,6 @@ def _writable(path: Path) -> None:
         )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _with_team(text: str, team: str, domain: str) -> str | None:
     """principals.yaml with ``team:<team>`` declared (None if it already is)."""
     try:
@@ -165,36 +157,56 @@ def _with_team(text: str, team: str, domain: str) -> str | None:
     return (text if text.endswith("\n") or not text else text + "\n") + header + entry
 
 
-def new_domain(
-    mesh: Mesh, name: str, *, team: str, contact: str | None = None, description: str | None = None
-) -> Scaffolded:
-    """Scaffold the domain ``name`` owned by ``team``; see the module docstring."""
-    from mesh_platform.domain import list_domain_names
-
-    _check_name("domain", name)
-    contact = f"{team}@example.com" if contact is None else contact
-    _check_team(team, contact)
-    code_dir, dbt_dir = mesh.domains_dir / name, mesh.dbt_projects_dir / name
-    test_file = mesh.root / "tests" / f"test_domain_{name}.py"
-    existing = [p for p in (code_dir, dbt_dir, test_file) if p.exists()]
+def _check_new_domain(mesh: Mesh, name: str, paths: tuple[Path, ...]) -> None:
+    """A new domain's name is free: no domain and none of its files exist yet."""
+    existing = [p for p in paths if p.exists()]
     if name in list_domain_names(mesh) or existing:
         raise ScaffoldError(
             f"domain {name!r} already exists ({', '.join(str(p) for p in existing)}); "
             "nothing was written",
             fix=f"choose another name, or add a product with `mesh new product {name} <product>`",
         )
-    description = _check_description(
-        f"The {name} domain, owned by team {team}." if description is None else description
-    )
-    workspace, principals = mesh.workspace_file, mesh.root / "principals.yaml"
-    for shared in (workspace, principals):
-        _writable(shared)
-    for folder in (mesh.domains_dir, mesh.dbt_projects_dir, test_file.parent):
+
+
+def _check_writable(mesh: Mesh, shared: tuple[Path, ...], tests_dir: Path) -> None:
+    """Every file and folder the scaffold writes is writable, before anything is written."""
+    for path in shared:
+        _writable(path)
+    for folder in (mesh.domains_dir, mesh.dbt_projects_dir, tests_dir):
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
             raise ScaffoldError(
                 f"{folder} is not writable; nothing was written", fix="fix its permissions"
             )
+
+
+def _roll_back(moved: list[Path], backups: dict[Path, str | None]) -> None:
+    """Remove what a failed scaffold moved into place; restore the shared files it changed."""
+    for target in reversed(moved):
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+    for shared, text in backups.items():
+        if text is not None and shared.is_file() and shared.read_text() != text:
+            write_atomically(shared, text)
+
+
+def new_domain(
+    mesh: Mesh, name: str, *, team: str, contact: str | None = None, description: str | None = None
+) -> Scaffolded:
+    """Scaffold the domain ``name`` owned by ``team``; see the module docstring."""
+    _check_name("domain", name)
+    contact = f"{team}@example.com" if contact is None else contact
+    _check_team(team, contact)
+    code_dir, dbt_dir = mesh.domains_dir / name, mesh.dbt_projects_dir / name
+    test_file = mesh.root / "tests" / f"test_domain_{name}.py"
+    _check_new_domain(mesh, name, (code_dir, dbt_dir, test_file))
+    description = _check_description(
+        f"The {name} domain, owned by team {team}." if description is None else description
+    )
+    workspace, principals = mesh.workspace_file, mesh.root / "principals.yaml"
+    _check_writable(mesh, (workspace, principals), test_file.parent)
     values = {
         "name": name,
         "team": team,
@@ -212,8 +224,8 @@ def new_domain(
         (staging / "test.py").write_text(
             _render(TEMPLATES / "domain" / "test_domain.py.tmpl", values)
         )
-        _validate_domain_scaffold(mesh, name, staging, code_dir, dbt_dir, test_file)
-        _validate_principals(
+        validate_domain_scaffold(mesh, name, staging, code_dir, dbt_dir, test_file)
+        validate_principals(
             _with_team(principals.read_text() if principals.is_file() else "", team, name),
             principals,
         )
@@ -229,14 +241,10 @@ def new_domain(
             backups[shared] = shared.read_text() if shared.is_file() else None
         team_text = _with_team(backups[principals] or "", team, name)
         if team_text is not None:
-            _write_atomic(principals, team_text)
+            write_atomically(principals, team_text)
             result.changed.append(principals)
-        from mesh_platform.workspace import render_workspace
-
-        _write_atomic(workspace, render_workspace(mesh))
+        write_atomically(workspace, render_workspace(mesh))
         result.changed.append(workspace)
-        from mesh_platform.storage.iceberg import ensure_namespace, open_catalog
-
         mesh.ensure_state_dir()
         catalog = open_catalog(mesh)
         try:
@@ -244,14 +252,7 @@ def new_domain(
         finally:
             catalog.engine.dispose()
     except BaseException as exc:
-        for target in reversed(moved):
-            if target.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                target.unlink(missing_ok=True)
-        for shared, text in backups.items():
-            if text is not None and shared.is_file() and shared.read_text() != text:
-                _write_atomic(shared, text)
+        _roll_back(moved, backups)
         if isinstance(exc, OSError):
             raise ScaffoldError(
                 f"could not scaffold domain {name!r}: {exc}; nothing was left behind",
@@ -274,8 +275,6 @@ def new_domain(
 
 def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
     """Add a product skeleton ``domain.name`` to an existing domain."""
-    from mesh_platform.domain import load_domain
-
     _check_name("product", name)
     spec = load_domain(mesh, domain)  # a clear error for an unknown domain
     products_dir = spec.dbt_project_dir / "models" / "products"
@@ -315,21 +314,21 @@ def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
     _writable(principals)
     old_principals = principals.read_text() if principals.is_file() else ""
     team_text = _with_team(old_principals, team, domain)  # the skeleton grants the team
-    _validate_product_yaml(mesh, domain, name, new_text, yml)
-    _validate_principals(team_text, principals)
+    validate_product_yaml(mesh, domain, name, new_text, yml)
+    validate_principals(team_text, principals)
     products_dir.mkdir(parents=True, exist_ok=True)
     sql.write_text(_render(TEMPLATES / "product" / "model.sql.tmpl", values))
     old_yml = yml.read_text() if yml.is_file() else None
     try:
-        _write_atomic(yml, new_text)
+        write_atomically(yml, new_text)
         if team_text is not None:
-            _write_atomic(principals, team_text)
+            write_atomically(principals, team_text)
     except BaseException:
         sql.unlink(missing_ok=True)
         if old_yml is None:
             yml.unlink(missing_ok=True)
         else:
-            _write_atomic(yml, old_yml)
+            write_atomically(yml, old_yml)
         raise
     changed = [yml] + ([principals] if team_text is not None else [])
     return Scaffolded(
@@ -362,110 +361,3 @@ def _declared_models(yml: Path) -> set[str] | None:
 
 
 # -- reading back what would be written ---------------------------------------------------------
-
-
-def _refuse(relative: str, what: str, *, path: Path | None = None) -> ScaffoldError:
-    return ScaffoldError(
-        f"the scaffold would write an invalid {relative}: {what}; nothing was written",
-        fix=_INPUT_FIX,
-        path=path,
-    )
-
-
-def _parse_yaml(text: str, relative: str, *, path: Path | None = None) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise _refuse(relative, f"not valid YAML ({exc})", path=path) from exc
-
-
-def _validate_domain_scaffold(
-    mesh: Mesh, name: str, staging: Path, code_dir: Path, dbt_dir: Path, test_file: Path
-) -> None:
-    """Read the staged files back as the platform will: every YAML parses, ``domain.yaml``
-    passes the loader's validation, every product descriptor passes ``descriptor_from_node``,
-    the Python compiles. Raises before anything is moved into place."""
-    from mesh_platform.domain import DOMAIN_FILE, parse_domain_spec
-    from mesh_platform.errors import DomainError
-
-    staged = {staging / "code": code_dir, staging / "dbt": dbt_dir, staging / "test.py": test_file}
-    for source, target in staged.items():
-        files = sorted(source.rglob("*")) if source.is_dir() else [source]
-        for path in (f for f in files if f.is_file()):
-            final = target / path.relative_to(source) if source.is_dir() else target
-            relative = str(final.relative_to(mesh.root))
-            text = path.read_text()
-            if path.suffix in (".yml", ".yaml"):
-                _parse_yaml(text, relative, path=final)
-            elif path.suffix == ".py":
-                try:
-                    compile(text, relative, "exec")
-                except SyntaxError as exc:
-                    raise _refuse(relative, f"not valid Python ({exc})", path=final) from exc
-    descriptor = staging / "code" / DOMAIN_FILE
-    try:
-        parse_domain_spec(name, descriptor.read_text(), path=code_dir / DOMAIN_FILE)
-    except DomainError as exc:
-        raise _refuse(f"domains/{name}/{DOMAIN_FILE}", exc.what, path=exc.path) from exc
-    products = staging / "dbt" / "models" / "products" / "products.yml"
-    relative = f"dbt_projects/{name}/models/products/products.yml"
-    data = _parse_yaml(products.read_text(), relative)
-    models = data.get("models") if isinstance(data, Mapping) else None
-    if not isinstance(models, list) or not models:
-        raise _refuse(relative, "no `models:` list")
-    for model in models:
-        _validate_descriptor(name, model, relative, path=dbt_dir / products.relative_to(staging))
-
-
-def _validate_product_yaml(mesh: Mesh, domain: str, product: str, text: str, yml: Path) -> None:
-    """The products.yml ``new_product`` would write: valid YAML whose ``models:`` list holds
-    the new product exactly once, with a descriptor the loader accepts."""
-    relative = str(yml.relative_to(mesh.root))
-    data = _parse_yaml(text, relative, path=yml)
-    models = data.get("models") if isinstance(data, Mapping) else None
-    entries = [m for m in models or () if isinstance(m, Mapping) and m.get("name") == product]
-    if len(entries) != 1:
-        raise ScaffoldError(
-            f"adding {domain}.{product} to {relative} would not put it in the file's `models:` "
-            "list (another top-level block follows the list); nothing was written",
-            fix=f"move `models:` to the end of {relative}, or add the product by hand",
-            path=yml,
-        )
-    _validate_descriptor(domain, entries[0], relative, path=yml)
-
-
-def _validate_descriptor(domain: str, model: Any, relative: str, *, path: Path) -> None:
-    """A model of a dbt YAML file, checked by the function that loads it from the manifest."""
-    from mesh_platform.products.descriptor import descriptor_from_node
-
-    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
-        raise _refuse(relative, f"a `models:` entry is not a mapping with a name: {model!r}")
-    columns = model.get("columns") or []
-    node = {
-        "name": model["name"],
-        "description": model.get("description"),
-        "config": model.get("config") or {},
-        "meta": model.get("meta") or {},
-        "columns": {c.get("name"): c for c in columns if isinstance(c, Mapping)},
-        "original_file_path": relative.split("/", 2)[2],
-        "patch_path": f"{domain}://{relative.split('/', 2)[2]}",
-    }
-    try:
-        descriptor_from_node(domain, node)
-    except MeshError as exc:
-        raise _refuse(relative, exc.what, path=path) from exc
-
-
-def _validate_principals(text: str | None, path: Path) -> None:
-    """principals.yaml as it would be written, through the loader's model."""
-    if text is None:  # unchanged
-        return
-    from pydantic import ValidationError
-
-    from mesh_platform.access.principals import PrincipalsFile
-
-    data = _parse_yaml(text, path.name, path=path)
-    try:
-        PrincipalsFile.model_validate(data or {})
-    except ValidationError as exc:
-        raise _refuse(path.name, format_validation_error(exc), path=path) from exc

@@ -25,14 +25,21 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mesh_platform.config import AlertSink, Mesh
-from mesh_platform.sla.history import GateEvent
+from mesh_platform.config import Mesh
+from mesh_platform.dbt.nodes import consumed_products
+from mesh_platform.dbt.project import load_manifest
+from mesh_platform.domain import list_domain_names, load_domain
+from mesh_platform.errors import MeshError
+from mesh_platform.files import write_atomically
+from mesh_platform.products.inventory import python_inputs
+from mesh_platform.products.registry import load_directory
+from mesh_platform.settings import AlertSink
+from mesh_platform.sla.events import GateEvent
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,6 @@ class Notification:
 
 def recipients(mesh: Mesh, address: str) -> list[tuple[str, str | None]]:
     """(recipient, contact) for the product's owner and every consumer domain."""
-    from mesh_platform.discovery.catalog import _python_inputs
-    from mesh_platform.query.directory import load_directory
 
     directory = load_directory(mesh, refresh=False)
     descriptor = directory.descriptors.get(address)
@@ -58,9 +63,7 @@ def recipients(mesh: Mesh, address: str) -> list[tuple[str, str | None]]:
     if descriptor is not None:
         found.append((f"team:{descriptor.body.owner.team}", descriptor.body.owner.contact))
     consumers = set(_consumer_domains(mesh).get(address, set()))
-    consumers |= {
-        a.split(".")[0] for a, inputs in _python_inputs(mesh).items() if address in inputs
-    }
+    consumers |= {a.split(".")[0] for a, inputs in python_inputs(mesh).items() if address in inputs}
     if descriptor is not None:
         consumers.discard(descriptor.domain)
     found += [(domain, None) for domain in sorted(consumers)]
@@ -68,10 +71,6 @@ def recipients(mesh: Mesh, address: str) -> list[tuple[str, str | None]]:
 
 
 def _consumer_domains(mesh: Mesh) -> dict[str, set[str]]:
-    from mesh_platform.dbt.nodes import consumed_products
-    from mesh_platform.dbt.project import load_manifest
-    from mesh_platform.domain import list_domain_names, load_domain
-    from mesh_platform.errors import MeshError
 
     found: dict[str, set[str]] = {}
     for name in list_domain_names(mesh):
@@ -94,10 +93,7 @@ def _locked_state(mesh: Mesh) -> Iterator[dict[str, Any]]:
         state.setdefault("open", {})
         state.setdefault("sent", [])
         yield state
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incidents.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(state, indent=1, sort_keys=True), mode=0o600)
 
 
 CONSUMER_INFRASTRUCTURE_CAUSE = (

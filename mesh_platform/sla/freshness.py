@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 
 from mesh_platform.config import Mesh
 from mesh_platform.errors import ProductNotPublishedError
-from mesh_platform.sla.history import INFRASTRUCTURE_ERROR, GateEvent
+from mesh_platform.products.registry import load_directory
+from mesh_platform.sla.events import INFRASTRUCTURE_ERROR, GateEvent
+from mesh_platform.storage.metadata import Catalog
 
 if TYPE_CHECKING:
     from mesh_platform.products.descriptor import ProductDescriptor
-    from mesh_platform.query.directory import Catalog
+    from mesh_platform.storage.metadata import Catalog
 
 
 def _hours(delta: dt.timedelta) -> str:
@@ -31,7 +33,6 @@ def evaluate_freshness(
     mesh: Mesh, domain: str, *, now: dt.datetime | None = None, run_id: str = "sla_monitor"
 ) -> list[GateEvent]:
     """One freshness evaluation per product of ``domain`` that declares a freshness SLA."""
-    from mesh_platform.query.directory import Catalog, load_directory
 
     now = now or dt.datetime.now(dt.UTC)
     catalog = Catalog(mesh)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
+from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress
 from mesh_platform.config import Mesh
+from mesh_platform.errors import ProductNotPublishedError
+from mesh_platform.products.platform import HISTORY
+from mesh_platform.products.registry import load_directory
 from mesh_platform.sla.attainment import Attainment, attainment
+from mesh_platform.sla.events import INFRASTRUCTURE_ERROR
+from mesh_platform.sla.history import read_history
+from mesh_platform.sla.journal import journal_dir, pending
+from mesh_platform.storage.metadata import Catalog
 
 
 def product_attainment(
@@ -18,10 +26,6 @@ def product_attainment(
     now: dt.datetime | None = None,
 ) -> list[Attainment]:
     """Attainment of every selected product over ``[now - since, now)``."""
-    from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress
-    from mesh_platform.errors import ProductNotPublishedError
-    from mesh_platform.query.directory import Catalog, load_directory
-    from mesh_platform.sla.history import INFRASTRUCTURE_ERROR, read_history
 
     now = now or dt.datetime.now(dt.UTC)
     start = now - since
@@ -82,7 +86,6 @@ def product_attainment(
 def journal_note(mesh: Mesh) -> str | None:
     """What `mesh sla` must add when SLA events wait in the local journal (the catalog refused
     them): they are counted in the attainment, but not yet queryable in ``mesh.sla_history``."""
-    from mesh_platform.sla.history import HISTORY, journal_dir, pending
 
     waiting = pending(mesh)
     notes = []

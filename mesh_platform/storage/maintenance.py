@@ -1,9 +1,8 @@
-"""Table maintenance: expire old snapshots, drop stale audit branches, remove orphan files;
-quarantine a blocked batch that holds personal data.
+"""Table maintenance: expire old snapshots, drop stale audit branches, remove orphan files.
 
 Maintenance must never hurt a reader or a writer, so :func:`maintain`:
 
-- takes the product's publication lock (``iceberg.product_lock``: ``flock`` on a sqlite catalog,
+- takes the product's publication lock (``locks.product_lock``: ``flock`` on a sqlite catalog,
   an advisory lock on PostgreSQL). While a publisher of the product is in write-audit-publish,
   maintenance waits a bounded time and otherwise leaves the product alone, reported as skipped
   ("publication in progress, run again"): it never races a publication;
@@ -23,42 +22,43 @@ Maintenance must never hurt a reader or a writer, so :func:`maintain`:
 A dry run takes the lock too and reports exactly what a real run would remove: the branches, the
 snapshots, and the orphan files, counting those that expiring and dropping branches would free.
 
-A blocked batch stays on its audit branch for inspection until :func:`maintain` drops it. A batch
-blocked because it holds personal data is quarantined at once (:func:`quarantine_batch`): kept,
-its clear values would be readable by any engine given the warehouse, in its data files and in
-the column bounds of its manifests.
+A blocked batch stays on its audit branch for inspection until :func:`maintain` drops it (a batch
+blocked because it holds personal data is quarantined at once instead:
+:mod:`mesh_platform.storage.quarantine`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
-from pyiceberg.catalog import Catalog
-from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
-from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import Table
-from pyiceberg.table.snapshots import Snapshot
-from sqlalchemy import select
+from pyiceberg.table.snapshots import ancestors_of
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import ConcurrentPublishError, MeshError, UnreadableMetadataError
 from mesh_platform.storage import warehouse
+from mesh_platform.storage.catalog import CatalogRow, catalog_row
+from mesh_platform.storage.locks import product_lock
+from mesh_platform.storage.references import (
+    referenced_files,
+    remove_empty_folders,
+    snapshot_files,
+)
 
 AUDIT_PREFIX = "audit-"
 T = TypeVar("T")
 
 # The shortest orphan margin maintenance accepts: the time a publisher may hold a product's lock
-# before the others call it stuck (iceberg.PRODUCT_LOCK_TIMEOUT). The lock already keeps
+# before the others call it stuck (locks.PRODUCT_LOCK_TIMEOUT). The lock already keeps
 # maintenance away from a live write-audit-publish; the margin is the second line of defence,
 # for writers the lock cannot see: a publisher whose PostgreSQL session (and so its advisory
 # lock) dropped while it still writes, a tool writing into the warehouse without the lock, an
@@ -114,37 +114,6 @@ def _minutes(delta: timedelta) -> str:
     return f"{int(delta.total_seconds() // 60)}m"
 
 
-def referenced_files(table: Table, *, exclude: Collection[int] = ()) -> set[str]:
-    """Every file the table's metadata still references (data, manifests, lists, metadata),
-    spelled as ``warehouse.normalise`` does (local: resolved paths; object store: URLs);
-    the files of the snapshots in ``exclude`` only if another snapshot references them."""
-    files = {table.metadata_location}
-    files |= {entry.metadata_file for entry in table.metadata.metadata_log}
-    for snapshot in table.snapshots():
-        if snapshot.snapshot_id not in exclude:
-            files |= _snapshot_files(table, snapshot)
-    return {warehouse.normalise(f) for f in files}
-
-
-def _snapshot_files(table: Table, snapshot: Snapshot) -> set[str]:
-    """A snapshot's manifest list, manifests and data files (raw spellings)."""
-    io = table.io
-    files = {snapshot.manifest_list}
-    for manifest in snapshot.manifests(io):
-        files.add(manifest.manifest_path)
-        for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
-            files.add(entry.data_file.file_path)
-    return files
-
-
-@dataclass(frozen=True)
-class _Pointers:
-    """A table's catalog row: where readers resolve it."""
-
-    metadata_location: str | None
-    previous_metadata_location: str | None
-
-
 def maintain(
     catalog: SqlCatalog,
     address: ProductAddress,
@@ -168,9 +137,6 @@ def maintain(
     read or its location is outside its folder; MeshError, an orphan margin below
     MIN_ORPHAN_MARGIN. ``now`` shifts snapshot retention only (tests).
     """
-    # iceberg imports this module (quarantine_batch), so its lock is imported here.
-    from mesh_platform.storage.iceberg import product_lock
-
     check_orphan_margin(orphan_margin)
     report = MaintenanceReport(address, dry_run=dry_run)
     with contextlib.ExitStack() as stack:
@@ -223,31 +189,8 @@ def _maintain_locked(
     now_ms = int((now if now is not None else time.time()) * 1000)
     cutoff = now_ms - int(retain.total_seconds() * 1000)
 
-    main_line = [s.snapshot_id for s in _main_line(table)]
-    for name, ref in sorted(table.metadata.refs.items()):
-        if not name.startswith(AUDIT_PREFIX):
-            continue
-        head = table.snapshot_by_id(ref.snapshot_id)
-        if head is None:
-            why = "its head snapshot is gone (a quarantined batch)"
-        elif ref.snapshot_id in main_line:
-            # Created at main's head, nothing staged: a live publisher would hold the lock.
-            if not exclusive:
-                report.kept_branches.append(name)
-                report.branch_reasons[name] = (
-                    "nothing staged, but without a lock on this catalog a live run cannot be "
-                    "told from a dead one"
-                )
-                continue
-            why = "nothing staged: left by a dead run"
-        elif head.timestamp_ms < cutoff:
-            why = "older than --retain"
-        else:
-            report.kept_branches.append(name)
-            report.branch_reasons[name] = "younger than --retain: a blocked batch, kept to inspect"
-            continue
-        report.removed_branches.append(name)
-        report.branch_reasons[name] = why
+    main_line = [s.snapshot_id for s in ancestors_of(table.current_snapshot(), table.metadata)]
+    _judge_branches(table, report, main_line, exclusive=exclusive, cutoff=cutoff)
 
     staying = {
         ref.snapshot_id
@@ -273,14 +216,7 @@ def _maintain_locked(
         live |= _previous_pointer_files(table, address, pointers.previous_metadata_location)
 
     if changes and not dry_run:
-        if report.removed_branches:
-            with table.manage_snapshots() as refs:
-                for name in report.removed_branches:
-                    refs.remove_branch(name)
-            table = catalog.load_table(address.iceberg_identifier)
-        if report.expired_snapshots:
-            table.maintenance.expire_snapshots().by_ids(report.expired_snapshots).commit()
-            table = catalog.load_table(address.iceberg_identifier)
+        table = _commit_changes(catalog, table, address, report)
         pointers = _pointers(catalog, address)
     expected = table.metadata_location
     live |= {warehouse.normalise(table.metadata_location)}
@@ -307,38 +243,76 @@ def _maintain_locked(
         return
     report.orphan_files = orphans
     if not dry_run:
-        for location in orphans:
-            try:
-                warehouse.delete(location, table.io.properties)
-            except OSError as exc:
-                raise MaintenanceError(
-                    f"product {address}: orphan file {location} could not be deleted ({exc})",
-                    fix="give this user write access to the table's folder in the warehouse, "
-                    f"then run `mesh maintain --domain {address.domain}` again",
-                ) from exc
-        _remove_empty_folders(table.location(), orphans)
+        _delete_orphans(table, address, orphans)
 
 
-def _pointers(catalog: SqlCatalog, address: ProductAddress) -> _Pointers:
-    """The product's catalog row, read directly (pyiceberg keeps only the metadata location)."""
-    identifier = address.iceberg_identifier
-    query = (
-        select(IcebergTables.metadata_location, IcebergTables.previous_metadata_location)
-        .where(IcebergTables.catalog_name == catalog.name)
-        .where(
-            IcebergTables.table_namespace
-            == Catalog.namespace_to_string(Catalog.namespace_from(identifier))
-        )
-        .where(IcebergTables.table_name == Catalog.table_name_from(identifier))
-    )
+def _judge_branches(
+    table: Table, report: MaintenanceReport, main_line: list[int], *, exclusive: bool, cutoff: int
+) -> None:
+    """Sort the table's audit branches into the report's removed and kept ones, with why."""
+    for name, ref in sorted(table.metadata.refs.items()):
+        if not name.startswith(AUDIT_PREFIX):
+            continue
+        head = table.snapshot_by_id(ref.snapshot_id)
+        if head is None:
+            why = "its head snapshot is gone (a quarantined batch)"
+        elif ref.snapshot_id in main_line:
+            # Created at main's head, nothing staged: a live publisher would hold the lock.
+            if not exclusive:
+                report.kept_branches.append(name)
+                report.branch_reasons[name] = (
+                    "nothing staged, but without a lock on this catalog a live run cannot be "
+                    "told from a dead one"
+                )
+                continue
+            why = "nothing staged: left by a dead run"
+        elif head.timestamp_ms < cutoff:
+            why = "older than --retain"
+        else:
+            report.kept_branches.append(name)
+            report.branch_reasons[name] = "younger than --retain: a blocked batch, kept to inspect"
+            continue
+        report.removed_branches.append(name)
+        report.branch_reasons[name] = why
+
+
+def _commit_changes(
+    catalog: SqlCatalog, table: Table, address: ProductAddress, report: MaintenanceReport
+) -> Table:
+    """Drop the report's branches, then expire its snapshots; the table as it is after."""
+    if report.removed_branches:
+        with table.manage_snapshots() as refs:
+            for name in report.removed_branches:
+                refs.remove_branch(name)
+        table = catalog.load_table(address.iceberg_identifier)
+    if report.expired_snapshots:
+        table.maintenance.expire_snapshots().by_ids(report.expired_snapshots).commit()
+        table = catalog.load_table(address.iceberg_identifier)
+    return table
+
+
+def _delete_orphans(table: Table, address: ProductAddress, orphans: list[str]) -> None:
+    for location in orphans:
+        try:
+            warehouse.delete(location, table.io.properties)
+        except OSError as exc:
+            raise MaintenanceError(
+                f"product {address}: orphan file {location} could not be deleted ({exc})",
+                fix="give this user write access to the table's folder in the warehouse, "
+                f"then run `mesh maintain --domain {address.domain}` again",
+            ) from exc
+    remove_empty_folders(table.location(), orphans)
+
+
+def _pointers(catalog: SqlCatalog, address: ProductAddress) -> CatalogRow:
+    """The product's catalog row (where readers resolve it)."""
     try:
-        with Session(catalog.engine) as session:
-            row = session.execute(query).first()
+        row = catalog_row(catalog, address)
     except SQLAlchemyError as exc:
         raise _catalog_error(catalog, address, exc) from exc
     if row is None:
         raise NoSuchTableError(f"Table does not exist: {address}")
-    return _Pointers(row[0], row[1])
+    return row
 
 
 def _catalog_error(catalog: SqlCatalog, address: ProductAddress, exc: Exception) -> MeshError:
@@ -387,15 +361,6 @@ def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) 
         )
 
 
-def _main_line(table: Table) -> Iterator[Snapshot]:
-    """Main's head, then its parents, newest first."""
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        yield snapshot
-        parent = snapshot.parent_snapshot_id
-        snapshot = table.snapshot_by_id(parent) if parent is not None else None
-
-
 def _previous_pointer_files(
     table: Table, address: ProductAddress, previous: str | None
 ) -> set[str]:
@@ -409,116 +374,7 @@ def _previous_pointer_files(
         snapshot = metadata.current_snapshot()
         if snapshot is None:
             return {warehouse.normalise(previous)}
-        files = _snapshot_files(table, snapshot)
+        files = snapshot_files(table, snapshot)
     except Exception:  # gone or corrupt: nobody can read through it
         return {warehouse.normalise(previous)}
     return {warehouse.normalise(f) for f in (*files, previous)}
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """What quarantining a batch removed (never what the batch held)."""
-
-    address: ProductAddress
-    branch: str
-    snapshot_ids: tuple[int, ...]  # the batch's snapshots, expired from the table's metadata
-    deleted_files: tuple[str, ...]  # its data files, manifests and manifest lists
-
-
-QUARANTINE_ATTEMPTS = 3
-
-
-def quarantine_batch(
-    catalog: SqlCatalog,
-    address: ProductAddress,
-    branch: str,
-    data_files: Iterable[str] = (),
-    *,
-    attempts: int = QUARANTINE_ATTEMPTS,
-) -> Quarantine:
-    """Remove a blocked batch from the warehouse now: drop its audit branch, expire the
-    snapshots it committed, delete the data files it added and the manifests and manifest
-    lists written for it (their column bounds are values of its rows).
-
-    Main is untouched: only snapshots off main's history are expired, only files no other
-    snapshot references are deleted (a manifest the batch carried over from main is main's).
-    Metadata JSON files stay (they hold no column values). ``data_files``: the files the batch
-    wrote, deleted even if the commit that would have registered them never happened. The
-    caller holds the product's lock (iceberg.product_lock), so main does not move meanwhile;
-    a commit lost to another writer (one without the lock: a catalog that has none) is
-    retried. If the metadata still cannot be changed, the files are deleted all the same (the
-    branch is left unreadable, for maintenance to drop) and CommitFailedException is raised.
-    """
-    table = catalog.load_table(address.iceberg_identifier)
-    main_line: set[int] = set()
-    snapshot = table.current_snapshot()
-    while snapshot is not None:
-        main_line.add(snapshot.snapshot_id)
-        parent = snapshot.parent_snapshot_id
-        snapshot = table.snapshot_by_id(parent) if parent is not None else None
-
-    batch = []
-    ref = table.metadata.refs.get(branch)
-    current = ref.snapshot_id if ref is not None else None
-    while current is not None and current not in main_line:
-        snapshot = table.snapshot_by_id(current)
-        if snapshot is None:
-            break
-        batch.append(snapshot)
-        current = snapshot.parent_snapshot_id
-    ids = {s.snapshot_id for s in batch}
-
-    written = set(data_files)
-    for snapshot in batch:
-        written.add(snapshot.manifest_list)
-        for manifest in snapshot.manifests(table.io):
-            if manifest.added_snapshot_id not in ids:
-                continue  # carried over from main
-            written.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
-                # ADDED: written by the batch; EXISTING and DELETED entries are main's files
-                if entry.status == ManifestEntryStatus.ADDED:
-                    written.add(entry.data_file.file_path)
-
-    failure: CommitFailedException | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            table = catalog.load_table(address.iceberg_identifier)
-            if branch in table.metadata.refs:
-                with table.manage_snapshots() as refs:
-                    refs.remove_branch(branch)
-                table = catalog.load_table(address.iceberg_identifier)
-            if left := sorted(i for i in ids if table.snapshot_by_id(i) is not None):
-                table.maintenance.expire_snapshots().by_ids(left).commit()
-            failure = None
-            break
-        except CommitFailedException as exc:
-            failure = exc
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
-
-    table = catalog.load_table(address.iceberg_identifier)
-    live = referenced_files(table, exclude=ids)
-    deleted = sorted(f for f in written if warehouse.normalise(f) not in live)
-    for location in deleted:
-        warehouse.delete(location, table.io.properties)
-    _remove_empty_folders(table.location(), deleted)
-    if failure is not None:
-        raise failure
-    return Quarantine(address, branch, tuple(sorted(ids)), tuple(deleted))
-
-
-def _remove_empty_folders(table_location: str, deleted: Iterable[str]) -> None:
-    """Local warehouse: remove the folders the deleted files leave empty, up to the table's
-    data/ and metadata/ folders (a partitioned batch's folder names carry partition values)."""
-    if warehouse.is_remote(table_location):
-        return  # object stores have no folders
-    root = warehouse.local_path(table_location).resolve()
-    keep = {root, root / "data", root / "metadata"}
-    for location in deleted:
-        folder = warehouse.local_path(location).resolve().parent
-        while folder not in keep and folder.is_relative_to(root):
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (another batch's files) or gone
-                break
-            folder = folder.parent

@@ -8,15 +8,13 @@ failure names what was tried (host, port, database, user, endpoint, bucket) and 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from mesh_platform.errors import MeshConfigError, MeshError
-
-if TYPE_CHECKING:
-    from mesh_platform.config import Mesh
+from mesh_platform.config import Mesh
+from mesh_platform.errors import MeshError
+from mesh_platform.storage.warehouse import arrow_filesystem, s3_properties
+from mesh_platform.urls import parse_url, pg_connect_args, url_secrets
 
 CONNECT_TIMEOUT_S = 5
 
@@ -31,57 +29,6 @@ class Probe:
     target: str  # what was tried, without secrets
     ok: bool
     detail: str = ""
-
-
-def libpq_url(sqlalchemy_url: str) -> str:
-    """``postgresql+psycopg2://...`` (SQLAlchemy) as the ``postgresql://...`` libpq reads."""
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", sqlalchemy_url)
-
-
-def parse_url(url: str) -> Any:
-    """The URL as SQLAlchemy (and so Dagster and pyiceberg) reads it: a password may hold
-    '/', '#' or '?' unencoded, which urllib would split on. Errors never quote the URL."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url)
-    except Exception:
-        raise MeshConfigError(
-            "a database URL of the profile cannot be parsed (not shown: it may hold a password)",
-            fix="write it as postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE, with "
-            "special characters of the password percent-encoded",
-        ) from None
-
-
-def pg_connect_args(url: str) -> dict[str, Any]:
-    """psycopg2.connect keyword arguments of a SQLAlchemy PostgreSQL URL."""
-    parsed = parse_url(url)
-    args = parsed.translate_connect_args(username="user", database="dbname")
-    args.update({k: v for k, v in parsed.query.items() if isinstance(v, str)})
-    return args
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secrets a URL holds (its password, a password query parameter)."""
-    try:
-        parsed = parse_url(url)
-    except MeshConfigError:
-        return []
-    found = [parsed.password, parsed.query.get("password")]
-    return [str(s) for s in found if s]
-
-
-def redact(url: str) -> str:
-    """A URL with its password (and any password parameter) replaced by ***."""
-    if "://" not in url:
-        return url
-    try:
-        parsed = parse_url(url)
-    except MeshConfigError:
-        return "<unparsable URL>"
-    if "password" in parsed.query:
-        parsed = parsed.update_query_dict({"password": "***"})
-    return parsed.render_as_string(hide_password=True)
 
 
 def _describe_pg(url: str) -> str:
@@ -100,7 +47,7 @@ def _scrub(message: str, *secrets: str | None) -> str:
 
 
 def probe_postgres(service: str, url: str) -> Probe:
-    import psycopg2
+    import psycopg2  # heavy: ~0.1 s, and only the production profile probes PostgreSQL
 
     target = _describe_pg(url)
     try:
@@ -112,9 +59,7 @@ def probe_postgres(service: str, url: str) -> Probe:
 
 
 def probe_s3(mesh: Mesh) -> Probe:
-    from pyarrow import fs
-
-    from mesh_platform.storage.warehouse import arrow_filesystem, s3_properties
+    from pyarrow import fs  # heavy: pyarrow (~0.4 s), and only the production profile's S3
 
     props = s3_properties(mesh)
     location = urlsplit(mesh.warehouse)

@@ -5,7 +5,7 @@ snapshot: its manifest list, manifests and data files. A full disk, a bad copy, 
 a hand edit can leave one of them missing or corrupt; every reader then fails closed, naming the
 file (:class:`~mesh_platform.errors.UnreadableMetadataError`). :func:`repair`:
 
-1. takes the product's publication lock without waiting (``iceberg.product_lock``): while a
+1. takes the product's publication lock without waiting (``locks.product_lock``): while a
    publication holds it, nothing is touched and the repair is refused;
 2. checks the current state as a reader needs it: the metadata file loads (pyiceberg's own
    parser), and main's snapshot is whole (manifest list and manifests read, data files exist).
@@ -30,166 +30,39 @@ file (:class:`~mesh_platform.errors.UnreadableMetadataError`). :func:`repair`:
    the history is unreadable anyway) so that ``mesh build --full-refresh --product P``
    recreates the table from its sources (the CLI prints that command).
 
-Nothing here deletes a file.
+Nothing here deletes a file. Longer than ~450 lines because each of these steps guards a healthy
+product against a wrong repair, and they are checked by reading them together (the report is in
+:mod:`mesh_platform.storage.repair_report`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.io import FileIO, load_file_io
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table.metadata import TableMetadata
-from sqlalchemy import select, update
+from pyiceberg.table.snapshots import ancestors_of
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mesh_platform.addressing import ProductAddress
-from mesh_platform.errors import (
-    CORRUPT_METADATA,
-    ConcurrentPublishError,
-    MeshError,
-    catalog_unavailable,
-    one_line,
-    runbook,
-)
+from mesh_platform.errors import ConcurrentPublishError, MeshError, catalog_unavailable, one_line
 from mesh_platform.storage import warehouse
+from mesh_platform.storage.catalog import catalog_row
+from mesh_platform.storage.locks import product_lock
+from mesh_platform.storage.metadata import INITIAL_PROPERTY
+from mesh_platform.storage.repair_report import RepairReport, SnapshotNote, snapshot_note
 
-INITIAL_PROPERTY = "mesh.initial"
-BATCH_PROPERTY = "mesh.batch_id"
 _VERSION = re.compile(r"^(\d+)-.*\.metadata\.json$")
 _MANIFEST_LIST = re.compile(r"^snap-(-?\d+)-")
 
 
 class RepairRefusedError(MeshError):
     """The repair cannot act now (a publication holds the product's lock, the table moved)."""
-
-
-@dataclass(frozen=True)
-class SnapshotNote:
-    snapshot_id: int
-    when: str  # ISO time (UTC), "" when unknown
-    batch_id: str | None
-    refs: tuple[str, ...] = ()  # the refs (main, audit-...) that pointed at it
-
-    def describe(self) -> str:
-        parts = [str(self.snapshot_id)]
-        if self.when:
-            parts.append(f"written {self.when}")
-        if self.batch_id:
-            parts.append(f"batch {self.batch_id}")
-        if self.refs:
-            parts.append(f"head of {', '.join(self.refs)}")
-        return " ".join(parts)
-
-
-@dataclass
-class RepairReport:
-    address: ProductAddress
-    broken: str  # the metadata location the catalog pointed at
-    problem: str | None  # why it is not whole; None: nothing to repair
-    action: str = "none"  # none | rolled back | would roll back | dropped | would drop
-    restored: str | None = None  # the metadata file the catalog points at now
-    restored_from: str = ""  # how that file is known to have been committed
-    main_before: SnapshotNote | None = None
-    main_after: SnapshotNote | None = None
-    lost: list[SnapshotNote] = field(default_factory=list)  # snapshots the rollback drops
-    lost_unknown: list[int] = field(default_factory=list)  # written after; broken file unparsed
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why not whole)
-    republished: SnapshotNote | None = None  # an acknowledged batch main was moved to again
-    staged: list[tuple[SnapshotNote, str]] = field(default_factory=list)  # left on a branch: why
-
-    @property
-    def needs_rebuild(self) -> bool:
-        return self.action in ("dropped", "would drop")
-
-    def lines(self) -> list[str]:
-        """What happened, for people."""
-        product = str(self.address)
-        if self.problem is None:
-            main = self.main_before.describe() if self.main_before else "no published snapshot"
-            return [
-                f"{product}: nothing to repair: its metadata {self.broken} and main's snapshot "
-                f"({main}) are readable"
-            ]
-        out = [f"{product}: current metadata {self.broken} is broken: {self.problem}"]
-        for location, why in self.skipped:
-            out.append(f"  passed over {location}: {why}")
-        if self.action in ("rolled back", "would roll back"):
-            before = (
-                self.main_before.describe()
-                if self.main_before
-                else "unknown (its metadata cannot be read)"
-            )
-            after = self.main_after.describe() if self.main_after else "nothing published"
-            out.append(
-                f"  {self.action} the catalog pointer to {self.restored} ({self.restored_from})"
-            )
-            out.append(f"  main before: {before}")
-            out.append(f"  main after:  {after}")
-            if self.lost:
-                out.append("  snapshots only the broken metadata knew, no longer in the table:")
-                out += [f"    - {note.describe()}" for note in self.lost]
-            if self.lost_unknown:
-                ids = ", ".join(str(i) for i in self.lost_unknown)
-                out.append(
-                    "  snapshots written after the restored file (the broken file cannot say "
-                    f"whether it committed them): {ids}"
-                )
-            if self.republished is not None:
-                verb = "republished" if self.action == "rolled back" else "would republish"
-                out.append(
-                    f"  {verb} {self.republished.describe()}: it had been published and "
-                    "acknowledged (a Dagster materialisation recorded it) before its metadata "
-                    "broke; main is at it again"
-                )
-            for note, why in self.staged:
-                out.append(f"  not published: {note.describe()}, staged ahead of main: {why}")
-            known = self.main_before is not None
-            if not known and not self.lost_unknown:
-                out.append(
-                    "  no snapshot was written after the restored file: every snapshot the "
-                    "broken commit can have held is in it"
-                )
-            if self.lost or self.lost_unknown or self.staged:
-                out.append(
-                    "  the data is not lost from the sources: `mesh build --domain "
-                    f"{self.address.domain}` publishes the current sources again"
-                )
-            elif known:
-                out.append("  no published snapshot was lost")
-        elif self.needs_rebuild:
-            out.append(
-                f"  no readable metadata file is left: {self.action} the catalog entry (the "
-                "table's history is unreadable; its files stay in the warehouse until `mesh "
-                f"maintain` removes them); the table is recreated by `mesh build --full-refresh "
-                f"--product {product}`"
-            )
-        return out
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
-
-
-def _note(metadata: TableMetadata, snapshot_id: int | None) -> SnapshotNote | None:
-    if snapshot_id is None:
-        return None
-    snapshot = metadata.snapshot_by_id(snapshot_id)
-    refs = tuple(sorted(n for n, r in metadata.refs.items() if r.snapshot_id == snapshot_id))
-    if snapshot is None:
-        return SnapshotNote(snapshot_id, "", None, refs)
-    summary = snapshot.summary.additional_properties if snapshot.summary else {}
-    return SnapshotNote(
-        snapshot_id, _when(snapshot.timestamp_ms), summary.get(BATCH_PROPERTY), refs
-    )
 
 
 def _main_id(metadata: TableMetadata) -> int | None:
@@ -215,21 +88,11 @@ class _Table:
         self.io: FileIO = load_file_io(catalog.properties, self.folder)
 
     def row(self) -> tuple[str, str | None] | None:
-        namespace, table = self.address.iceberg_identifier
         try:
-            with Session(self.catalog.engine) as session:
-                found = session.execute(
-                    select(
-                        IcebergTables.metadata_location, IcebergTables.previous_metadata_location
-                    ).where(
-                        IcebergTables.catalog_name == self.catalog.name,
-                        IcebergTables.table_namespace == namespace,
-                        IcebergTables.table_name == table,
-                    )
-                ).first()
+            found = catalog_row(self.catalog, self.address)
         except SQLAlchemyError as exc:
             raise self._unavailable(exc) from exc
-        return (found[0], found[1]) if found else None
+        return (found.metadata_location, found.previous_metadata_location) if found else None
 
     def _unavailable(self, exc: Exception) -> MeshError:
         return catalog_unavailable(
@@ -400,8 +263,6 @@ def repair(
     refuses while a publication holds the product's lock. ``acknowledged(address, snapshot)``:
     whether that snapshot's publication was acknowledged (the orchestrator's record); a batch
     it vouches for is published again. See the module's docstring."""
-    from mesh_platform.storage.iceberg import product_lock
-
     table = _Table(catalog, address)
     try:
         with product_lock(catalog, address, timeout=0):
@@ -439,30 +300,11 @@ def _repair(
         problem = f"it cannot be loaded ({one_line(exc)[:300]})"
     report = RepairReport(address, broken, problem)
     if current is not None:
-        report.main_before = _note(current, _main_id(current))
+        report.main_before = snapshot_note(current, _main_id(current))
     if problem is None:
         return report
 
-    chosen: tuple[str, str, TableMetadata] | None = None
-    tried: set[str] = set()
-    while chosen is None:
-        pending = [c for c in _candidates(table, broken, previous, parsed) if c[0] not in tried]
-        if not pending:
-            break
-        location, why = pending[0]
-        tried.add(location)
-        try:
-            metadata = table.load(location)
-        except Exception as exc:
-            _refuse_if_storage(exc, location)
-            report.skipped.append((location, f"cannot be loaded ({one_line(exc)[:200]})"))
-            continue
-        parsed[location] = metadata  # its metadata log names older committed files
-        if why_not := table.problem(metadata):
-            report.skipped.append((location, why_not))
-            continue
-        chosen = (location, why, metadata)
-
+    chosen = _choose(table, report, previous, parsed)
     if chosen is None:
         report.action = "dropped" if drop and not dry_run else "would drop"
         if drop and not dry_run:
@@ -475,36 +317,22 @@ def _repair(
     location, why, metadata = chosen
     report.restored, report.restored_from = location, why
     main_after = _main_id(metadata)
-    report.main_after = _note(metadata, main_after) if _published(metadata, main_after) else None
+    report.main_after = (
+        snapshot_note(metadata, main_after) if _published(metadata, main_after) else None
+    )
     kept = {s.snapshot_id for s in metadata.snapshots}
     if current is not None:
         report.lost = [
             note
             for s in current.snapshots
             if s.snapshot_id not in kept
-            and (note := _note(current, s.snapshot_id)) is not None
+            and (note := snapshot_note(current, s.snapshot_id)) is not None
             and _published(current, s.snapshot_id)
         ]
     else:
         report.lost_unknown = sorted(i for i in table.manifest_lists() if i not in kept)
     report.action = "would roll back" if dry_run else "rolled back"
-    ahead = _staged_ahead(metadata)
-    vouched, left = [], []
-    for note in ahead:
-        if acknowledged is None or not acknowledged(address, note.snapshot_id):
-            why = "no acknowledged publication records it (the broken commit may have published it)"
-        elif broken_batch := table.problem(metadata, note.snapshot_id):
-            why = f"it was published, but cannot be read whole: {broken_batch}"
-        else:
-            vouched.append(note)
-            continue
-        left.append((note, why))
-    chosen_batch = max(vouched, key=lambda s: s.when) if vouched else None
-    report.staged = left + [
-        (n, "a newer acknowledged batch was published instead")
-        for n in vouched
-        if n is not chosen_batch
-    ]
+    chosen_batch = _acknowledged_batch(table, report, metadata, acknowledged)
     if chosen_batch is not None:
         report.republished = chosen_batch
         report.main_after = SnapshotNote(
@@ -519,6 +347,62 @@ def _repair(
     return report
 
 
+def _choose(
+    table: _Table, report: RepairReport, previous: str | None, parsed: dict[str, TableMetadata]
+) -> tuple[str, str, TableMetadata] | None:
+    """The newest whole committed metadata file (location, how it is known to be committed,
+    its metadata), or None; the files passed over are added to the report, the files parsed
+    to ``parsed`` (their metadata logs name older committed files)."""
+    tried: set[str] = set()
+    while True:
+        pending = [
+            c for c in _candidates(table, report.broken, previous, parsed) if c[0] not in tried
+        ]
+        if not pending:
+            return None
+        location, why = pending[0]
+        tried.add(location)
+        try:
+            metadata = table.load(location)
+        except Exception as exc:
+            _refuse_if_storage(exc, location)
+            report.skipped.append((location, f"cannot be loaded ({one_line(exc)[:200]})"))
+            continue
+        parsed[location] = metadata  # its metadata log names older committed files
+        if why_not := table.problem(metadata):
+            report.skipped.append((location, why_not))
+            continue
+        return location, why, metadata
+
+
+def _acknowledged_batch(
+    table: _Table,
+    report: RepairReport,
+    metadata: TableMetadata,
+    acknowledged: Acknowledged | None,
+) -> SnapshotNote | None:
+    """The newest batch staged ahead of main in ``metadata`` whose publication was
+    acknowledged and which reads whole (to publish again); every other one staged ahead is
+    added to the report with why it stays on its branch."""
+    vouched, left = [], []
+    for note in _staged_ahead(metadata):
+        if acknowledged is None or not acknowledged(table.address, note.snapshot_id):
+            why = "no acknowledged publication records it (the broken commit may have published it)"
+        elif broken_batch := table.problem(metadata, note.snapshot_id):
+            why = f"it was published, but cannot be read whole: {broken_batch}"
+        else:
+            vouched.append(note)
+            continue
+        left.append((note, why))
+    chosen_batch = max(vouched, key=lambda s: s.when) if vouched else None
+    report.staged = left + [
+        (n, "a newer acknowledged batch was published instead")
+        for n in vouched
+        if n is not chosen_batch
+    ]
+    return chosen_batch
+
+
 def _staged_ahead(metadata: TableMetadata) -> list[SnapshotNote]:
     """Heads of audit branches that descend from main and are not main: batches staged and not
     (or no longer) published in ``metadata``."""
@@ -527,11 +411,12 @@ def _staged_ahead(metadata: TableMetadata) -> list[SnapshotNote]:
     for name, ref in sorted(metadata.refs.items()):
         if name == "main" or ref.snapshot_id == main:
             continue
-        current: int | None = ref.snapshot_id
-        while current is not None and current != main:
-            snapshot = metadata.snapshot_by_id(current)
-            current = snapshot.parent_snapshot_id if snapshot is not None else None
-        if current == main and (note := _note(metadata, ref.snapshot_id)) is not None:
+        # Without main, every branch's walk ends where main is (nowhere): all are ahead.
+        descends = main is None or any(
+            s.snapshot_id == main
+            for s in ancestors_of(metadata.snapshot_by_id(ref.snapshot_id), metadata)
+        )
+        if descends and (note := snapshot_note(metadata, ref.snapshot_id)) is not None:
             found.append(note)
     return found
 
@@ -572,20 +457,3 @@ def _move_pointer(table: _Table, expected: str, location: str, previous: str) ->
             "that does not take the product's lock); nothing was changed",
             fix=f"run `mesh repair --product {table.address}` again",
         )
-
-
-def repair_summary(report: RepairReport) -> dict[str, Any]:
-    """The report as JSON-ready data."""
-    return {
-        "product": str(report.address),
-        "metadata": report.broken,
-        "problem": report.problem,
-        "action": report.action,
-        "restored": report.restored,
-        "main_before": report.main_before.describe() if report.main_before else None,
-        "main_after": report.main_after.describe() if report.main_after else None,
-        "lost": [n.describe() for n in report.lost],
-        "lost_unknown": report.lost_unknown,
-        "skipped": [{"file": f, "why": w} for f, w in report.skipped],
-        "runbook": runbook(CORRUPT_METADATA),
-    }

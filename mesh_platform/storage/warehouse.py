@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from mesh_platform.addressing import quote_literal
+from mesh_platform.duckdb_ext import load_extensions
 from mesh_platform.errors import MeshError
 
 if TYPE_CHECKING:
@@ -79,8 +80,6 @@ def configure_duckdb(conn: duckdb.DuckDBPyConnection, properties: Mapping[str, s
     wheel, and a temporary (in-memory) secret. Call before locking the configuration."""
     if not any(k.startswith("s3.") for k in properties):
         return
-    from mesh_platform.duckdb_ext import load_extensions
-
     load_extensions(conn, "httpfs")
     options = [
         "TYPE s3",
@@ -107,7 +106,7 @@ def arrow_filesystem(properties: Mapping[str, str]) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _arrow_filesystem(items: tuple[tuple[str, str], ...]) -> Any:
-    from pyarrow import fs
+    from pyarrow import fs  # heavy: pyarrow (~0.4 s), only for an object store
 
     properties = dict(items)
     endpoint = properties.get("s3.endpoint")
@@ -154,7 +153,7 @@ def list_files(location: str, properties: Mapping[str, str]) -> list[tuple[str, 
         if not root.is_dir():
             return []
         return sorted((str(p.resolve()), p.stat().st_mtime) for p in root.rglob("*") if p.is_file())
-    from pyarrow import fs
+    from pyarrow import fs  # heavy: pyarrow (~0.4 s), only for an object store
 
     filesystem = arrow_filesystem(properties)
     parsed = urlparse(location)

@@ -1,10 +1,12 @@
 """The fault-injection suite's meshes: real builds of the sample mesh (TPC-H SF 0.01).
 
-Each module that injects faults builds its own copy once (``build_chaos_mesh`` in a
-module-scoped fixture), injects one fault per test and asserts that the next `mesh build`
-recovers with no manual step, so the copy is healthy again for the module's next test.
-``fresh_build`` builds the same sources in a separate copy: the reference a recovered product
-must equal, row for row.
+Each module that injects faults builds its own copy once (``build_sample_mesh`` of
+mesh_platform.testing, in a module-scoped fixture), injects one fault per test and asserts that
+the next `mesh build` recovers with no manual step, so the copy is healthy again for the
+module's next test. ``reference_mesh`` is the session's fresh build of the same sources: the
+reference a recovered product must equal, row for row (``published_content``).
+
+Every test here is marked ``chaos`` (by path, below): the fast tier leaves the suite out.
 """
 
 from __future__ import annotations
@@ -13,37 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from mesh_platform.config import Mesh, load_mesh
-from tests.conftest import copy_mesh, published_scan, run_mesh
+from mesh_platform.config import Mesh
 
-SF = 0.01
+HERE = Path(__file__).parent
 
 
-def build_chaos_mesh(folder: Path, *args: str) -> Mesh:
-    """A copy of the sample mesh at ``folder``, built by `mesh build --scale SF` (+ ``args``)."""
-    root = copy_mesh(folder)
-    result = run_mesh(root, "build", "--scale", str(SF), *args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return load_mesh(root)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.chaos)
 
 
 @pytest.fixture(scope="session")
-def reference_mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
+def reference_mesh(sample_build: Mesh) -> Mesh:
     """A fresh full build of the sample sources, never touched: what every product must equal
-    after a recovery (read it with tests.conftest.read_published)."""
-    return build_chaos_mesh(tmp_path_factory.mktemp("reference") / "mesh")
-
-
-def content(mesh: Mesh, address: str, snapshot_id: int | None = None) -> dict[str, int]:
-    """A product's published rows, summarised to compare two meshes: the row count and, per
-    column, an order-independent sum of value hashes. (Hashed personal data differs between
-    meshes: each has its own salt; compare those columns by count only.)"""
-    from mesh_platform.addressing import quote_ident
-
-    with published_scan(mesh, address, snapshot_id) as (conn, scan, snapshot):
-        sums = ", ".join(f"sum(hash({quote_ident(c)}))::VARCHAR" for c in snapshot.columns)
-        row = conn.execute(f"SELECT count(*), {sums} FROM {scan}").fetchone()
-        return {
-            "rows": int(row[0]),
-            **{c: int(v or 0) for c, v in zip(snapshot.columns, row[1:], strict=True)},
-        }
+    after a recovery (the session's read-only ``sample_build``)."""
+    return sample_build

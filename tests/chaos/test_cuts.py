@@ -24,11 +24,20 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from mesh_platform.assets.acknowledge import ACKNOWLEDGED_LATE, acknowledge_committed
+from mesh_platform.assets.keys import product_key
 from mesh_platform.config import Mesh
-from mesh_platform.products.acknowledge import ACKNOWLEDGED_LATE, acknowledge_committed
 from mesh_platform.products.cuts import load_cuts
-from tests.chaos.conftest import SF, build_chaos_mesh, content
-from tests.conftest import MESH, run_mesh, user_env
+from mesh_platform.testing import (
+    MESH,
+    SF,
+    build_sample_mesh,
+    published_content,
+    run_mesh,
+    user_env,
+)
+
+pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
 SALES = ("sales.customers", "sales.order_lines", "sales.orders")
 MARKETING = (
@@ -41,7 +50,7 @@ MARKETING = (
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
-    return build_chaos_mesh(tmp_path_factory.mktemp("cuts") / "mesh")
+    return build_sample_mesh(tmp_path_factory.mktemp("cuts") / "mesh")
 
 
 def _heads(mesh: Mesh) -> dict[str, int | None]:
@@ -64,7 +73,7 @@ def _heads(mesh: Mesh) -> dict[str, int | None]:
 
 def _main_snapshots(mesh: Mesh) -> dict[str, int]:
     from mesh_platform.addressing import ProductAddress
-    from mesh_platform.query.directory import Catalog
+    from mesh_platform.storage.metadata import Catalog
 
     catalog = Catalog(mesh)
     return {a: catalog.table_state(ProductAddress.parse(a)).current.snapshot_id for a in SALES}
@@ -93,7 +102,7 @@ def _kill_after_first_commit(mesh: Mesh) -> tuple[str, str]:
         proc.wait()
     assert len(moved) == 1, f"expected one product committed at the kill, got {moved}"
     from mesh_platform.addressing import ProductAddress
-    from mesh_platform.query.directory import Catalog
+    from mesh_platform.storage.metadata import Catalog
 
     snapshot = Catalog(mesh).table_state(ProductAddress.parse(moved[0])).current
     return moved[0], snapshot.summary["mesh.run_id"]
@@ -108,7 +117,7 @@ def _instance(mesh: Mesh) -> dg.DagsterInstance:
 def _inputs_of_last_run(instance: dg.DagsterInstance, address: str) -> dict[str, int]:
     from mesh_platform.addressing import ProductAddress
 
-    key = ProductAddress.parse(address).asset_key
+    key = product_key(ProductAddress.parse(address))
     record = instance.fetch_materializations(key, limit=1).records[0]
     return {
         a: int(s) for a, s in record.asset_materialization.metadata["mesh/inputs"].value.items()
@@ -145,7 +154,7 @@ def test_a_killed_producer_is_neither_mixed_nor_forgotten(
     sensor = load_location(built, location).get_sensor_def("marketing_on_inputs_published")
     first = sensor(dg.build_sensor_context(instance=instance))  # remembers where inputs are
     cursor = first.cursor
-    key = ProductAddress.parse(product).asset_key
+    key = product_key(ProductAddress.parse(product))
     assert dead_run not in {
         r.asset_materialization.metadata.get("mesh/batch_id", dg.TextMetadataValue("")).value
         for r in instance.fetch_materializations(key, limit=20).records
@@ -180,7 +189,9 @@ def test_a_killed_producer_is_neither_mixed_nor_forgotten(
     staged = _inputs_of_last_run(instance, "marketing.revenue_by_nation_segment")
     assert {a: s for a, s in staged.items() if a.startswith("sales.")} == newest.products
     for address in MARKETING:
-        assert content(built, address) == content(reference_mesh, address), address
+        assert published_content(built, address) == published_content(reference_mesh, address), (
+            address
+        )
     late_after = [
         r
         for r in instance.fetch_materializations(key, limit=50).records

@@ -38,9 +38,17 @@ import pytest
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.project import RUN_ARTIFACTS_KEPT, prune_run_artifacts
-from mesh_platform.query.directory import Catalog
-from tests.chaos.conftest import SF, build_chaos_mesh, content
-from tests.conftest import MESH, run_mesh, user_env
+from mesh_platform.storage.metadata import Catalog
+from mesh_platform.testing import (
+    MESH,
+    SF,
+    build_sample_mesh,
+    published_content,
+    run_mesh,
+    user_env,
+)
+
+pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
 CUSTOMERS = ProductAddress.parse("sales.customers")
 SALES = ("sales.customers", "sales.order_lines", "sales.orders")
@@ -79,7 +87,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, bool
     state.mkdir(parents=True, mode=0o700)
     small_disk = _mount_tmpfs(state)
     try:
-        yield build_chaos_mesh(root, "--domain", "sales"), small_disk
+        yield build_sample_mesh(root, "--domain", "sales"), small_disk
     finally:
         if small_disk:
             subprocess.run(["umount", "-l", str(state)], check=False)
@@ -156,9 +164,10 @@ def test_a_mistyped_state_dir_says_so_in_every_read_command(mesh, command):
 
 
 def test_corrupt_metadata_names_product_file_and_fix_and_mesh_repair_recovers(mesh):
-    from mesh_platform.storage.iceberg import open_catalog, product_lock
+    from mesh_platform.storage.catalog import open_catalog
+    from mesh_platform.storage.locks import product_lock
 
-    before = content(mesh, str(CUSTOMERS))
+    before = published_content(mesh, str(CUSTOMERS))
     current, _ = _catalog_row(mesh, CUSTOMERS)
     path = Path(current.removeprefix("file://"))
     data = path.read_bytes()
@@ -197,7 +206,9 @@ def test_corrupt_metadata_names_product_file_and_fix_and_mesh_repair_recovers(me
     # The broken file was the publication commit: the batch it published is published again.
     assert "republished" in report or "no published snapshot was lost" in report
     assert _catalog_row(mesh, CUSTOMERS)[0] != current
-    assert content(mesh, str(CUSTOMERS)) == before  # the same rows, read through the engine
+    assert (
+        published_content(mesh, str(CUSTOMERS)) == before
+    )  # the same rows, read through the engine
     assert _count(mesh) == before["rows"]
     again = run_mesh(mesh.root, "repair", "--product", "sales.customers")
     assert again.returncode == 0 and "nothing to repair" in again.stdout
@@ -300,7 +311,9 @@ def test_a_full_disk_fails_the_build_cleanly_and_the_next_build_recovers(built):
         state = Catalog(mesh).table_state(ProductAddress.parse(address))
         assert state.current is not None
         assert before.snapshot_id in {s.snapshot_id for s in state.main_history}
-        assert content(mesh, address)["rows"] == int(state.current.summary["total-records"])
+        assert published_content(mesh, address)["rows"] == int(
+            state.current.summary["total-records"]
+        )
     if small_disk:  # the disk reserve let the failed build record its run's failure
         unfinished = {
             run: status
@@ -315,7 +328,7 @@ def test_a_full_disk_fails_the_build_cleanly_and_the_next_build_recovers(built):
     assert "SUCCESS" in statuses.values()
     assert not {"NOT_STARTED", "STARTING", "STARTED"} & set(statuses.values()), statuses
     for address in SALES:
-        assert content(mesh, address)["rows"] > 0
+        assert published_content(mesh, address)["rows"] > 0
 
 
 # -- 4. time travel after expiry ------------------------------------------------------------------

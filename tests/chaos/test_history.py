@@ -29,17 +29,13 @@ from collections.abc import Iterator
 import pytest
 
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.sla.history import (
-    HISTORY,
-    GateEvent,
-    journal_dir,
-    pending,
-    read_history,
-    record,
-    record_safely,
-    replay_journal,
-)
-from mesh_platform.storage import iceberg
+from mesh_platform.products.platform import HISTORY
+from mesh_platform.sla.events import GateEvent
+from mesh_platform.sla.history import read_history, record, replay_journal
+from mesh_platform.sla.journal import journal_dir, pending
+from mesh_platform.sla.record import record_safely
+from mesh_platform.storage import catalog as storage_catalog
+from mesh_platform.testing import publish_from_duckdb
 
 LOG = logging.getLogger("test_history")
 WRITERS, APPENDS = 8, 8
@@ -48,7 +44,8 @@ _WRITER = """
 import datetime as dt, json, sys
 from pathlib import Path
 from mesh_platform.config import load_mesh
-from mesh_platform.sla.history import GateEvent, record
+from mesh_platform.sla.history import record
+from mesh_platform.sla.events import GateEvent
 
 root, writer, appends = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 mesh = load_mesh(root)
@@ -82,7 +79,7 @@ def _event(run: str, *, minutes: int = 0, published: bool = True) -> GateEvent:
 
 def _table_rows(mesh: Mesh) -> list[dict]:
     """The rows of the Iceberg table itself (not the journal): event id, product, run."""
-    catalog = iceberg.open_catalog(mesh)
+    catalog = storage_catalog.open_catalog(mesh)
     try:
         table = catalog.load_table(HISTORY.iceberg_identifier)
         columns = ("event_id", "address", "run_id")
@@ -99,8 +96,8 @@ def _table_ids(mesh: Mesh) -> list[str]:
 def _catalog_locked(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Another connection holds the sqlite catalog's write lock: every commit is refused (after
     a busy timeout shortened for the test); reads go on (WAL)."""
-    monkeypatch.setattr(iceberg, "SQLITE_BUSY_TIMEOUT_MS", 200)
-    iceberg.open_catalog(mesh).engine.dispose()  # the catalog exists, in WAL mode
+    monkeypatch.setattr(storage_catalog, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    storage_catalog.open_catalog(mesh).engine.dispose()  # the catalog exists, in WAL mode
     holder = sqlite3.connect(mesh.state_dir / "catalog" / "catalog.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
@@ -192,10 +189,10 @@ def test_an_infrastructure_failure_is_not_reported_as_a_failed_gate(
     cause, main is untouched, and the history row says infrastructure_error, not blocked."""
     import dagster as dg
 
-    from mesh_platform.dbt.run import publish_products
+    from mesh_platform.assets.dbt import publish_products
     from mesh_platform.domain import load_domain
     from mesh_platform.duckdb_ext import connect
-    from mesh_platform.query.directory import load_directory
+    from mesh_platform.products.registry import load_directory
 
     mesh = load_mesh(prepared_mesh.root, state_dir=tmp_path / "state")  # its own state
     mesh.ensure_state_dir()
@@ -208,8 +205,8 @@ def test_an_infrastructure_failure_is_not_reported_as_a_failed_gate(
             "1::INTEGER AS nation_key, 'BUILDING' AS market_segment, 1.5::DECIMAL(15, 2) AS "
             "account_balance FROM range(20)"
         )
-        catalog = iceberg.open_catalog(mesh)
-        previous = iceberg.publish_from_duckdb(
+        catalog = storage_catalog.open_catalog(mesh)
+        previous = publish_from_duckdb(
             catalog, customers.address, conn, "main.customers", properties={}
         ).snapshot_id
         catalog.engine.dispose()
@@ -229,7 +226,7 @@ def test_an_infrastructure_failure_is_not_reported_as_a_failed_gate(
     assert consumer == "not published: infrastructure error, previous snapshot still served"
     assert "database is locked" in owner and "mesh build --domain sales" in owner
     assert not any("check" in c and "blocked" in c for c in (consumer, owner))
-    catalog = iceberg.open_catalog(mesh)
+    catalog = storage_catalog.open_catalog(mesh)
     assert catalog.load_table(customers.address.iceberg_identifier).current_snapshot().snapshot_id \
         == previous  # fmt: skip
     catalog.engine.dispose()

@@ -20,8 +20,9 @@ import pytest
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.duckdb_ext import connect
-from tests.chaos.conftest import SF, build_chaos_mesh
-from tests.conftest import read_published, run_mesh
+from mesh_platform.testing import SF, build_sample_mesh, read_published, run_mesh
+
+pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
 ORDERS = "sales.orders"
 COLUMNS = (
@@ -36,7 +37,7 @@ RAW_AS_PRODUCT = (  # stg_orders + orders: a rename of the raw columns
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
-    return build_chaos_mesh(tmp_path_factory.mktemp("incremental") / "mesh", "--domain", "sales")
+    return build_sample_mesh(tmp_path_factory.mktemp("incremental") / "mesh", "--domain", "sales")
 
 
 def _build(mesh: Mesh, *args: str, scale: float = SF) -> str:
@@ -53,7 +54,7 @@ def _header(output: str) -> str:
 
 def _published(mesh: Mesh, address: str = ORDERS) -> set[tuple]:
     """Every row of the product's main snapshot, through the read path's storage layer."""
-    from mesh_platform.query.directory import Catalog, data_files, scan_sql
+    from mesh_platform.storage.metadata import Catalog, data_files, scan_sql
 
     state = Catalog(mesh).table_state(ProductAddress.parse(address))
     snapshot = state.snapshot(None)
@@ -85,7 +86,7 @@ def _assert_same(published: set[tuple], expected: set[tuple]) -> None:
 
 def _main_summary(mesh: Mesh) -> Any:
     """The summary of sales.orders' main snapshot (``summary[key]``)."""
-    from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.catalog import open_catalog
 
     catalog = open_catalog(mesh)
     try:
@@ -100,7 +101,7 @@ def reference_orders(reference_mesh: Mesh) -> set[tuple]:
 
 
 def test_a_lost_data_file_is_noticed_and_every_partition_republished(mesh, reference_orders):
-    from mesh_platform.query.directory import Catalog, data_files
+    from mesh_platform.storage.metadata import Catalog, data_files
 
     state = Catalog(mesh).table_state(ProductAddress.parse(ORDERS))
     conn = connect(extensions=("avro",))
@@ -225,7 +226,7 @@ def test_full_refresh_of_one_product_builds_only_what_it_needs(mesh):
 
 
 def _snapshot_id(mesh: Mesh, product: str) -> int:
-    from mesh_platform.storage.iceberg import open_catalog
+    from mesh_platform.storage.catalog import open_catalog
 
     catalog = open_catalog(mesh)
     try:

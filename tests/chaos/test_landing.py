@@ -24,9 +24,11 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import MeshError
-from mesh_platform.sources.tpch import LANDING_FILE, QUARANTINE_DIR, TpchSource, land_tpch
-from tests.chaos.conftest import SF, build_chaos_mesh
-from tests.conftest import MESH, published_scan, run_mesh, user_env
+from mesh_platform.sources.landing import LANDING_FILE, QUARANTINE_DIR
+from mesh_platform.sources.tpch import TpchSource, land_tpch
+from mesh_platform.testing import MESH, SF, build_sample_mesh, published_scan, run_mesh, user_env
+
+pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
 SALES_RAW = ("orders", "lineitem", "customer", "customer_contact")
 SMALL_SF = 0.002  # landing tests: dbgen in about a second
@@ -242,7 +244,7 @@ def _fingerprint(mesh: Mesh, address: str) -> tuple[int, int]:
 
 
 def _snapshot_ids(mesh: Mesh) -> dict[str, int]:
-    from mesh_platform.query.directory import Catalog
+    from mesh_platform.storage.metadata import Catalog
 
     catalog = Catalog(mesh)
     return {
@@ -253,7 +255,7 @@ def _snapshot_ids(mesh: Mesh) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def sales(tmp_path_factory: pytest.TempPathFactory) -> tuple[Mesh, dict]:
     """A built mesh (sales only) and what its fresh build published: the reference."""
-    mesh = build_chaos_mesh(tmp_path_factory.mktemp("landing") / "mesh", "--domain", "sales")
+    mesh = build_sample_mesh(tmp_path_factory.mktemp("landing") / "mesh", "--domain", "sales")
     return mesh, {a: _fingerprint(mesh, a) for a in PRODUCTS}
 
 

@@ -25,10 +25,13 @@ from watchdog.observers import Observer
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
-from mesh_platform.storage.iceberg import local_path, open_catalog, product_lock
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.maintenance import MIN_ORPHAN_MARGIN, maintain
-from tests.chaos.conftest import SF, build_chaos_mesh
-from tests.conftest import read_published, run_mesh
+from mesh_platform.storage.warehouse import local_path
+from mesh_platform.testing import SF, build_sample_mesh, read_published, run_mesh
+
+pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
 SALES_BUILD = ("build", "--domain", "sales", "--scale", str(SF))
 CUSTOMERS = ProductAddress("sales", "customers")
@@ -37,7 +40,7 @@ ORDERS = ProductAddress("sales", "orders")
 
 @pytest.fixture(scope="module")
 def sales_mesh(tmp_path_factory: pytest.TempPathFactory) -> Mesh:
-    return build_chaos_mesh(tmp_path_factory.mktemp("maintenance") / "mesh", "--domain", "sales")
+    return build_sample_mesh(tmp_path_factory.mktemp("maintenance") / "mesh", "--domain", "sales")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +211,8 @@ import pyiceberg.table
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import load_mesh
 from mesh_platform.duckdb_ext import connect
-from mesh_platform.storage.iceberg import open_catalog, write_audit_publish
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.storage.wap import write_audit_publish
 
 address = ProductAddress.parse(sys.argv[2])
 catalog = open_catalog(load_mesh(sys.argv[1]))

@@ -20,16 +20,16 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.utils import make_new_run_id
 
 from mesh_platform.build import Stop, build_domain
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.dbt.isolation import dbt_guard_script, guarded_dbt_executable
+from mesh_platform.dbt.lockdown import dbt_guard_script, guarded_dbt_executable
 from mesh_platform.errors import MeshConfigError
 from mesh_platform.instance import prepare_dagster_home
 from mesh_platform.leases import (
@@ -52,11 +52,11 @@ from mesh_platform.leases import (
     lease_tags,
     process_alive,
     read_lease,
-    reap_expired_runs,
-    wait_for_domain,
 )
-from tests.chaos.conftest import SF
-from tests.conftest import MESH, copy_mesh, published_scan, user_env
+from mesh_platform.pools import reap_expired_runs, wait_for_domain
+from mesh_platform.testing import MESH, SF, copy_mesh, published_scan, user_env
+
+pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
 PRODUCTS = ("sales.order_lines", "sales.orders", "sales.customers")
 ELSEWHERE = Owner("elsewhere", 4242, "another-boot/pid:[1]", "77")
@@ -145,7 +145,7 @@ def _fake_run(
     lease: float = 10,
     status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED,
 ) -> str:
-    run_id = make_new_run_id()
+    run_id = str(uuid.uuid4())
     tags = {DOMAIN_TAG: domain}
     if owner is not None:
         tags.update(lease_tags(owner, now=heartbeat or time.time(), seconds=lease))

@@ -9,8 +9,7 @@ import pytest
 from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import QuerySession
 from mesh_platform.query.sql import check_query, redact
-from tests.conftest import run_mesh
-from tests.security.conftest import audit_lines, start_heavy_query, wait_until_started
+from mesh_platform.testing import audit_lines, run_mesh, start_heavy_query, wait_until_started
 
 SECRET_LITERALS = [
     "'secret-a@x.com'",

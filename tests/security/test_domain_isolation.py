@@ -25,14 +25,16 @@ import pytest
 
 from mesh_platform.access.principals import AccessDeniedError
 from mesh_platform.addressing import ProductAddress
+from mesh_platform.assets.python import PinnedReads
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.dbt.checks import manifest_problems
-from mesh_platform.dbt.isolation import READ_FIX, lock_down, lockdown_statements
+from mesh_platform.dbt.isolation import READ_FIX
+from mesh_platform.dbt.lockdown import lock_down, lockdown_statements
 from mesh_platform.dbt.project import load_manifest, prepare, resolve_dbt_executable
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.products.python import ProductContext, python_product
-from tests.conftest import copy_mesh, run_mesh
+from mesh_platform.testing import copy_mesh, run_mesh
 
 STAGING = "dbt_projects/logistics/models/staging"
 FIX = READ_FIX.format(domain="logistics")
@@ -254,7 +256,7 @@ def test_the_domains_dbt_connection_cannot_leave_its_own_folder(bypassed: Mesh):
     """dbt build through the very seam a run uses (run.isolated_dbt: the platform's profile)."""
     from dagster_dbt import DbtCliResource
 
-    from mesh_platform.dbt.run import isolated_dbt
+    from mesh_platform.assets.dbt import isolated_dbt
 
     domain = load_domain(bypassed, "logistics")
     refused = manifest_problems(domain, load_manifest(domain), list_domain_names(bypassed))
@@ -306,7 +308,8 @@ def test_a_locked_connection_reaches_only_its_folders_and_cannot_be_unlocked(tmp
 @pytest.mark.e2e
 def test_a_python_product_gets_no_path_and_reads_only_what_it_is_granted(attacked_mesh: Mesh):
     customers = ProductAddress.parse("sales.customers")
-    ctx = ProductContext(logging.getLogger("test"), "run", (customers,), attacked_mesh, "logistics")
+    reads = PinnedReads(attacked_mesh, "logistics", (customers,))
+    ctx = ProductContext(logging.getLogger("test"), "run", (customers,), reads.read, "logistics")
 
     @python_product("unused.yml", inputs=["sales.customers"])
     def snoop(ctx: ProductContext):
@@ -323,7 +326,7 @@ def test_a_python_product_gets_no_path_and_reads_only_what_it_is_granted(attacke
 
 
 def test_a_python_products_column_types_cannot_carry_sql(tmp_path):
-    from mesh_platform.definitions import python_descriptors
+    from mesh_platform.products.inventory import python_descriptors
 
     mesh = load_mesh(copy_mesh(tmp_path / "mesh"))
     folder = mesh.domains_dir / "logistics" / "products"
@@ -339,9 +342,9 @@ def test_a_python_products_column_types_cannot_carry_sql(tmp_path):
         "from mesh_platform.products.python import python_product\n\n"
         "@python_product('leak.yml')\ndef leak(ctx):\n    return None\n"
     )
-    from mesh_platform.governance.evaluate import python_products_of
+    from mesh_platform.products.inventory import python_products
 
-    (product,) = python_products_of(mesh, "logistics")
+    (product,) = python_products(mesh, "logistics")
     _, problems = python_descriptors(load_domain(mesh, "logistics"), [product], set())
     (problem,) = problems
     assert "logistics.leak" in problem and "column x: data_type" in problem

@@ -22,10 +22,12 @@ from mesh_platform.addressing import ProductAddress, email_problem, name_problem
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.domain import DomainSpec
 from mesh_platform.errors import InvalidNameError, MeshError
-from mesh_platform.products.descriptor import DescriptorBody, Grant, Owner, parse_duration
-from mesh_platform.query.directory import load_directory
+from mesh_platform.formats import parse_duration
+from mesh_platform.products.descriptor import DescriptorBody, Owner
+from mesh_platform.products.descriptor_grants import Grant
+from mesh_platform.products.registry import load_directory
 from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
-from tests.conftest import copy_mesh, edited, mesh_files, run_mesh
+from mesh_platform.testing import copy_mesh, edited, mesh_files, run_mesh
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,7 @@ import pytest
 
 from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import QueryCancelledError, QueryLimitError, QuerySession
-from tests.conftest import edited
-from tests.security.conftest import HEAVY, audit_lines, start_heavy_query, wait_until_started
+from mesh_platform.testing import HEAVY, audit_lines, edited, start_heavy_query, wait_until_started
 
 
 @pytest.mark.e2e

@@ -26,11 +26,11 @@ import pytest
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.errors import MeshError
-from mesh_platform.query.directory import Catalog
 from mesh_platform.read import read_product
 from mesh_platform.storage import warehouse
+from mesh_platform.storage.metadata import Catalog
 from mesh_platform.storage.warehouse import LocationError, contains, inside
-from tests.conftest import read_published, run_mesh
+from mesh_platform.testing import read_published, run_mesh
 
 pytestmark = pytest.mark.e2e
 

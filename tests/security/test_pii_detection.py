@@ -34,7 +34,8 @@ from mesh_platform.governance.policy import (
     load_policy_set,
 )
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
-from mesh_platform.products.gate import CheckOutcome, GateContext
+from mesh_platform.products.gate import GateContext
+from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_product
 
 SOURCE = "dbt_projects/sales/models/products/products.yml"
@@ -174,7 +175,8 @@ def test_nested_harmless_values_pass(catalog, conn):
 
 def test_a_json_typed_parquet_column_is_scanned_as_text(catalog, conn, tmp_path):
     """A JSON column (DuckDB writes Parquet's JSON logical type; Iceberg stores a string)."""
-    from mesh_platform.storage.iceberg import AuditStage, ensure_namespace
+    from mesh_platform.storage.catalog import ensure_namespace
+    from mesh_platform.storage.wap import AuditStage
 
     path = tmp_path / "json.parquet"
     conn.execute(

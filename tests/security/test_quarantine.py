@@ -24,16 +24,16 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.gate import (
-    CheckOutcome,
     GateCheck,
     GateContext,
     register_gate_check,
     unregister_gate_check,
 )
+from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import publish_in_run
-from mesh_platform.storage.iceberg import audit_branch
+from mesh_platform.storage.wap import audit_branch
 from mesh_platform.storage.warehouse import local_path
-from tests.conftest import read_published
+from mesh_platform.testing import read_published
 
 EMAIL = "jo@example.com"  # under Iceberg's 16-character bound truncation: whole in the bounds
 NOTES = ProductAddress("sales", "notes")
@@ -371,7 +371,7 @@ def test_if_the_branch_cannot_be_dropped_the_files_are_deleted_all_the_same(
         raise CommitFailedException("another writer committed first")
 
     monkeypatch.setattr(ExpireSnapshots, "commit", lost)
-    monkeypatch.setattr("mesh_platform.storage.maintenance.random.uniform", lambda a, b: 0.0)
+    monkeypatch.setattr("mesh_platform.storage.quarantine.random.uniform", lambda a, b: 0.0)
     with pytest.raises(MeshError) as error:
         publish(mesh, catalog, NOTES_PRODUCT, conn, notes(conn, "dirty", EMAIL), "run-dirty")
 

@@ -19,7 +19,7 @@ import pytest
 from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import QuerySession
 from mesh_platform.query.sql import QueryRefusedError
-from tests.security.conftest import ATTACKER, CUSTOMERS_FILTER, ORDER_LINES_FILTER
+from mesh_platform.testing import ATTACKER, CUSTOMERS_FILTER, ORDER_LINES_FILTER
 
 pytestmark = pytest.mark.e2e
 

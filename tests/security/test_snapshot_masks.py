@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 
 from mesh_platform.query.engine import QuerySession
-from tests.conftest import edited, run_mesh
-from tests.security.conftest import ATTACKER, CUSTOMERS_DESCRIPTOR
+from mesh_platform.testing import (
+    ATTACKER,
+    CUSTOMERS_DESCRIPTOR,
+    SF,
+    add_attacker,
+    copy_mesh,
+    edited,
+    run_mesh,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +70,6 @@ def test_a_column_newly_classified_personal_is_masked_before_the_next_build(atta
 def sales_only(tmp_path_factory):
     """A copy of the mesh with only sales built (its own: the test republishes it)."""
     from mesh_platform.config import load_mesh
-    from tests.conftest import copy_mesh
-    from tests.security.conftest import SF, add_attacker
 
     root = copy_mesh(tmp_path_factory.mktemp("masks") / "mesh")
     add_attacker(root)

@@ -20,30 +20,12 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings
 
-from mesh_platform.addressing import ProductAddress, internal_asset_key, raw_asset_key
-from mesh_platform.dbt.nodes import (  # noqa: F401 - re-exported
-    MESH_INPUT_META,
-    consumed_products,
-    input_domain,
-    is_product,
-    node_meta,
-)
+from mesh_platform.addressing import ProductAddress
+from mesh_platform.assets.keys import internal_asset_key, product_key, raw_asset_key
+from mesh_platform.assets.specs import freshness_policy, product_metadata, product_tags
+from mesh_platform.dbt.nodes import input_domain, is_product
 from mesh_platform.domain import Domain
-from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
-from mesh_platform.products.specs import freshness_policy, product_metadata, product_tags
-
-
-def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, ProductDescriptor]:
-    """unique_id -> validated descriptor, for every product of a domain's manifest.
-
-    Raises DescriptorError for the first invalid one; load-time checks (dbt/checks.py) report
-    all of them first.
-    """
-    return {
-        uid: descriptor_from_node(domain, node)
-        for uid, node in manifest.get("nodes", {}).items()
-        if is_product(node)
-    }
+from mesh_platform.products.descriptor import ProductDescriptor
 
 
 class MeshDbtTranslator(DagsterDbtTranslator):
@@ -69,9 +51,9 @@ class MeshDbtTranslator(DagsterDbtTranslator):
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         name = dbt_resource_props["name"]
         if descriptor := self.descriptor(dbt_resource_props):
-            return descriptor.address.asset_key
+            return product_key(descriptor.address)
         if producer := input_domain(dbt_resource_props):
-            return ProductAddress.parse(f"{producer}.{name}").asset_key
+            return product_key(ProductAddress.parse(f"{producer}.{name}"))
         if dbt_resource_props.get("resource_type") == "source":
             return raw_asset_key(self.domain.name, name)
         return internal_asset_key(self.domain.name, name)

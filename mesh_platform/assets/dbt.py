@@ -22,35 +22,39 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
+from mesh_platform.assets.checks import check_result
+from mesh_platform.assets.keys import product_key
+from mesh_platform.assets.reporting import (
+    acknowledge,
+    check_results,
+    materialization_metadata,
+    record_step_cut,
+    sla_figures,
+)
+from mesh_platform.assets.translator import MeshDbtTranslator
 from mesh_platform.config import Mesh, environment, private_umask
-from mesh_platform.dbt.isolation import guarded_dbt_executable
+from mesh_platform.dbt.inputs import stage_inputs
+from mesh_platform.dbt.lockdown import guarded_dbt_executable
 from mesh_platform.dbt.project import RUN_TARGET, platform_profile
-from mesh_platform.dbt.translator import MeshDbtTranslator
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.products import incremental
 from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.gate import CONTRACT_CHECK, CheckOutcome, check_result, prewarm
+from mesh_platform.products.gate import CONTRACT_CHECK, prewarm
+from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
-from mesh_platform.products.specs import SNAPSHOT_METADATA
+from mesh_platform.sla.events import INFRASTRUCTURE_FAILURE, GateEvent
+from mesh_platform.sla.record import record_safely
+from mesh_platform.storage.catalog import open_catalog
 
-if TYPE_CHECKING:
-    from mesh_platform.access.consumption import StagedInput
-
-# mesh_platform.storage.iceberg (pyiceberg, pyarrow, sqlalchemy: ~3 s) is imported inside the
+# mesh_platform.storage.wap (pyiceberg, pyarrow, sqlalchemy: ~3 s) is imported inside the
 # functions below: code locations load without it; only runs pay for it.
-
-
-def stage_inputs(mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> list[StagedInput]:
-    from mesh_platform.access.consumption import stage_inputs as stage
-
-    return stage(mesh, domain.name, manifest)
 
 
 @contextlib.contextmanager
@@ -148,8 +152,6 @@ def publish_products(
     """
     if not built:
         return {}
-    from mesh_platform.sla.history import INFRASTRUCTURE_FAILURE, GateEvent, record_safely
-    from mesh_platform.storage.iceberg import open_catalog
 
     publications: dict[str, Publication] = {}
     try:
@@ -208,89 +210,6 @@ def publish_products(
     return publications
 
 
-def acknowledge(context: Any, mesh: Mesh, domain: str) -> None:
-    """Report batches an earlier run committed and died before reporting
-    (products.acknowledge), before this run publishes anything of its own."""
-    from mesh_platform.products.acknowledge import acknowledge_committed
-
-    try:
-        acknowledge_committed(context.instance, mesh, domain, context.log)
-    except Exception as exc:  # the run itself will meet a broken catalog and say so
-        context.log.warning(f"could not look for unreported batches of {domain}: {exc}")
-
-
-def record_step_cut(
-    context: Any, mesh: Mesh, domain: str, step: str, publications: Iterable[Publication]
-) -> str | None:
-    """Write this step's cut marker (products.cuts): what it left on main, what it did not
-    publish. Returns why it could not be written (the step then fails, after reporting what
-    it published): consumers keep reading the previous cut, consistent but older."""
-    from mesh_platform.products.cuts import record_cut
-
-    publications = list(publications)
-    published = {str(p.descriptor.address): p.snapshot_id for p in publications if p.published}
-    blocked = {
-        str(p.descriptor.address): (p.error or "not published")[:300]
-        for p in publications
-        if not p.published
-    }
-    try:
-        record_cut(mesh, domain, context.run_id, step, published, blocked)
-    except Exception as exc:
-        return (
-            f"the run's cut marker could not be written ({exc}); consumers keep reading the "
-            "previous complete cut: run the domain again"
-        )
-    return None
-
-
-def _sla_figures(context: Any, mesh: Mesh, addresses: list[str]) -> dict[str, dict]:
-    """The products' current SLA figures (30 days), for their materialisations."""
-    if not addresses:
-        return {}
-    try:
-        from mesh_platform.sla.report import asset_figures
-
-        return asset_figures(mesh, addresses)
-    except Exception as exc:  # figures are informative: never fail a run for them
-        context.log.warning(f"SLA figures not computed: {exc}")
-        return {}
-
-
-def materialization_metadata(publication: Publication, inputs: Mapping[str, int]) -> dict[str, Any]:
-    stage = publication.stage
-    assert publication.snapshot_id is not None
-    metadata: dict[str, Any] = {
-        "mesh/address": str(publication.descriptor.address),
-        "mesh/version": publication.descriptor.body.version,
-        SNAPSHOT_METADATA: str(publication.snapshot_id),
-        "mesh/publish_seconds": round(publication.seconds, 3),
-        **({"mesh/inputs": dict(inputs)} if inputs else {}),
-        **({"mesh/partitions": publication.partitions} if publication.partitions else {}),
-    }
-    if stage is not None:  # None: a partitioned product with no changed partition
-        metadata.update(
-            {
-                "dagster/row_count": stage.total_rows,
-                "mesh/rows_written": stage.row_count,
-                "mesh/iceberg_metadata": stage.metadata_location,
-                "mesh/batch_id": stage.batch_id,
-            }
-        )
-    return metadata
-
-
-def check_results(
-    context: dg.AssetExecutionContext, publication: Publication
-) -> Iterator[dg.AssetCheckResult]:
-    """One result per gate check evaluated, only for checks selected in this run."""
-    selected = context.selected_asset_check_keys
-    for name, outcome in publication.outcomes.items():
-        result = check_result(publication.descriptor, name, outcome)
-        if dg.AssetCheckKey(result.asset_key, name) in selected:
-            yield result
-
-
 def full_refresh_reason(
     mesh: Mesh, domain: Domain, *, requested: bool
 ) -> tuple[str | None, dict[str, Any] | None]:
@@ -333,22 +252,9 @@ def record_landing_built(
             incremental.record_landing(conn, landing)
 
 
-def run_domain_dbt(
-    context: dg.AssetExecutionContext,
-    dbt: DbtCliResource,
-    mesh: Mesh,
-    domain: Domain,
-    manifest: Mapping[str, Any],
-    translator: MeshDbtTranslator,
-    *,
-    full_refresh: bool = False,
-) -> Iterator[Any]:
-    prewarm(translator.descriptors.values())  # imports overlap the dbt subprocess
-    # The domain's DuckDB holds clear personal data (before masking): this process, and dbt
-    # started from it, create files owner-only, whoever launched the run.
-    private_umask()
-    acknowledge(context, mesh, domain.name)
-    staged = stage_inputs(mesh, domain, manifest)
+def _stage_and_log(context: Any, mesh: Mesh, domain: Domain, manifest: Mapping[str, Any]) -> dict:
+    """Stage the domain's inputs (as its grants allow) and log each; address -> snapshot id."""
+    staged = stage_inputs(mesh, domain.name, manifest)
     for item in staged:
         limits = (f", masked: {', '.join(item.masked)}" if item.masked else "") + (
             f", rows where {item.row_filter}" if item.row_filter else ""
@@ -362,60 +268,46 @@ def run_domain_dbt(
                 else "at its main (its producer records no cut)"
             )
         )
-    inputs = {str(s.address): s.snapshot_id for s in staged}
+    return {str(s.address): s.snapshot_id for s in staged}
 
-    refresh, landing = full_refresh_reason(mesh, domain, requested=full_refresh)
-    if refresh:
-        context.log.info(f"dbt build --full-refresh: {refresh}")
-    # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
-    with isolated_dbt(dbt, mesh, domain) as isolated:  # env: read by the sources' locations
-        args = ["build", "--full-refresh"] if refresh else ["build"]
-        invocation = isolated.cli(args, context=context, raise_on_error=False)
-        events = list(invocation.stream())
 
-    nodes = manifest["nodes"]
-    product_ids = {d.address.asset_key: uid for uid, d in translator.descriptors.items()}
-    output_keys = [
-        context.asset_key_for_output(e.output_name) for e in events if isinstance(e, dg.Output)
-    ]
-    built = {
-        uid: (translator.descriptors[uid], f"{nodes[uid]['schema']}.{nodes[uid]['alias']}")
-        for key in output_keys
-        if (uid := product_ids.get(key))
-    }
-    run_results = _run_results(invocation)
-    if landing is not None:
-        record_landing_built(mesh, domain, landing, run_results, nodes)
-    publications = publish_products(
-        context, mesh, domain, built, inputs, blocking_failures(run_results, nodes),
-        full_refresh=full_refresh,
-    )  # fmt: skip
-    published_keys = {
-        p.descriptor.address.asset_key: p for p in publications.values() if p.published
-    }
-    cut_error = record_step_cut(context, mesh, domain.name, "dbt", publications.values())
-    addresses = [str(p.descriptor.address) for p in publications.values()]
-    figures = _sla_figures(context, mesh, addresses)
+def _materialisations(
+    context: Any,
+    events: list[Any],
+    product_ids: Mapping[Any, str],
+    publications: Mapping[str, Publication],
+    inputs: Mapping[str, int],
+    figures: Mapping[str, dict],
+) -> Iterator[Any]:
+    """dbt's events, with a product's output only if it was published (with its metadata)."""
+    published = {product_key(p.descriptor.address): p for p in publications.values() if p.published}
     for event in events:
         if isinstance(event, dg.Output):
             key = context.asset_key_for_output(event.output_name)
-            if key in product_ids and key not in published_keys:
+            if key in product_ids and key not in published:
                 continue  # built by dbt but not published: not a materialisation
-            if key in published_keys:
+            if key in published:
                 event = event.with_metadata(
                     {
                         **event.metadata,
-                        **materialization_metadata(published_keys[key], inputs),
-                        **figures.get(str(published_keys[key].descriptor.address), {}),
+                        **materialization_metadata(published[key], inputs),
+                        **figures.get(str(published[key].descriptor.address), {}),
                     }
                 )
         yield event
 
-    # The contract check: the model built under its enforced contract (or why not).
+
+def _contract_checks(
+    context: Any,
+    translator: MeshDbtTranslator,
+    run_results: Mapping[str, Any],
+    built: Mapping[str, Any],
+) -> Iterator[dg.AssetCheckResult]:
+    """The contract check: the model built under its enforced contract (or why not)."""
     model_errors = _model_errors(run_results)
     selected = context.selected_asset_check_keys
     for uid, descriptor in translator.descriptors.items():
-        key = dg.AssetCheckKey(descriptor.address.asset_key, CONTRACT_CHECK)
+        key = dg.AssetCheckKey(product_key(descriptor.address), CONTRACT_CHECK)
         if key not in selected or (uid not in model_errors and uid not in built):
             continue
         error = model_errors.get(uid)
@@ -427,9 +319,17 @@ def run_domain_dbt(
                 "built under the enforced contract" if error is None else error[:2000],
             ),
         )
-    for publication in publications.values():
-        yield from check_results(context, publication)
 
+
+def _fail_on_problems(
+    domain: Domain,
+    invocation: Any,
+    run_results: Mapping[str, Any],
+    nodes: Mapping[str, Any],
+    publications: Mapping[str, Publication],
+    cut_error: str | None,
+) -> None:
+    """Fail the step naming every model, test or product that failed (the others published)."""
     problems = {
         name: f"dbt status {status}" for name, status in _failed_nodes(run_results, nodes).items()
     }
@@ -456,3 +356,55 @@ def run_domain_dbt(
             description=f"domain '{domain.name}': dbt build failed before building anything; "
             f"nothing was published.\n  {invocation.get_error()}",
         )
+
+
+def run_domain_dbt(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    mesh: Mesh,
+    domain: Domain,
+    manifest: Mapping[str, Any],
+    translator: MeshDbtTranslator,
+    *,
+    full_refresh: bool = False,
+) -> Iterator[Any]:
+    prewarm(translator.descriptors.values())  # imports overlap the dbt subprocess
+    # The domain's DuckDB holds clear personal data (before masking): this process, and dbt
+    # started from it, create files owner-only, whoever launched the run.
+    private_umask()
+    acknowledge(context, mesh, domain.name)
+    inputs = _stage_and_log(context, mesh, domain, manifest)
+
+    refresh, landing = full_refresh_reason(mesh, domain, requested=full_refresh)
+    if refresh:
+        context.log.info(f"dbt build --full-refresh: {refresh}")
+    # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
+    with isolated_dbt(dbt, mesh, domain) as isolated:  # env: read by the sources' locations
+        args = ["build", "--full-refresh"] if refresh else ["build"]
+        invocation = isolated.cli(args, context=context, raise_on_error=False)
+        events = list(invocation.stream())
+
+    nodes = manifest["nodes"]
+    product_ids = {product_key(d.address): uid for uid, d in translator.descriptors.items()}
+    output_keys = [
+        context.asset_key_for_output(e.output_name) for e in events if isinstance(e, dg.Output)
+    ]
+    built = {
+        uid: (translator.descriptors[uid], f"{nodes[uid]['schema']}.{nodes[uid]['alias']}")
+        for key in output_keys
+        if (uid := product_ids.get(key))
+    }
+    run_results = _run_results(invocation)
+    if landing is not None:
+        record_landing_built(mesh, domain, landing, run_results, nodes)
+    publications = publish_products(
+        context, mesh, domain, built, inputs, blocking_failures(run_results, nodes),
+        full_refresh=full_refresh,
+    )  # fmt: skip
+    cut_error = record_step_cut(context, mesh, domain.name, "dbt", publications.values())
+    figures = sla_figures(context, mesh, [str(p.descriptor.address) for p in publications.values()])
+    yield from _materialisations(context, events, product_ids, publications, inputs, figures)
+    yield from _contract_checks(context, translator, run_results, built)
+    for publication in publications.values():
+        yield from check_results(context, publication)
+    _fail_on_problems(domain, invocation, run_results, nodes, publications, cut_error)

@@ -6,11 +6,11 @@ the two leaves main at its new snapshot with no materialisation, no history row 
 event: consumers never run on it, and the UI shows the product as not materialised.
 
 The commit is the truth: every snapshot a run publishes carries its batch id and run id in its
-summary (storage.iceberg). :func:`acknowledge_committed` walks each product's main back from its
+summary (storage.wap). :func:`acknowledge_committed` walks each product's main back from its
 head to the newest snapshot Dagster knows (a materialisation with its snapshot id) and reports
 each snapshot in between whose run has ended, as a runless materialisation with the same
 metadata a run reports (the consumers' sensors fire on it), plus its SLA history row. The
-product's lock (storage.iceberg.product_lock) makes two acknowledgers (the next run, the SLA
+product's lock (storage.locks.product_lock) makes two acknowledgers (the next run, the SLA
 monitor) take turns, and each looks again under the lock: exactly once.
 
 Runs still going are left alone: they report their own materialisations.
@@ -19,13 +19,22 @@ Runs still going are left alone: they report their own materialisations.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from mesh_platform.addressing import ProductAddress
-from mesh_platform.products.specs import SNAPSHOT_METADATA
+from mesh_platform.assets.keys import product_key
+from mesh_platform.assets.specs import SNAPSHOT_METADATA
+from mesh_platform.products.cuts import record_cut
+from mesh_platform.sla.events import GateEvent
+from mesh_platform.sla.history import read_history
+from mesh_platform.sla.record import record_safely
+from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.storage.locks import product_lock
+from mesh_platform.storage.metadata import BATCH_PROPERTY, is_published
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -69,14 +78,14 @@ def unacknowledged(
     them. The walk stops at the newest snapshot Dagster knows, and at the first one that cannot
     be judged yet (its run still going, or written by a tool without a run): an older batch is
     never reported above a newer one."""
-    from mesh_platform.storage.iceberg import BATCH_PROPERTY, is_published
+    from pyiceberg.table.snapshots import ancestors_of  # heavy: pyiceberg (~3 s)
 
-    known = known_snapshots(instance, address.asset_key)
+    known = known_snapshots(instance, product_key(address))
     missing: list[Acknowledged] = []
     seen: set[str] = set()
-    snapshot = table.current_snapshot()
-    for _ in range(MAX_WALK):
-        if snapshot is None or snapshot.snapshot_id in known or not is_published(snapshot):
+    main_line = ancestors_of(table.current_snapshot(), table.metadata)
+    for snapshot in itertools.islice(main_line, MAX_WALK):
+        if snapshot.snapshot_id in known or not is_published(snapshot):
             break
         summary = snapshot.summary or {}
         run_id, batch_id = summary.get(RUN_PROPERTY), summary.get(BATCH_PROPERTY)
@@ -96,8 +105,6 @@ def unacknowledged(
                     dt.datetime.fromtimestamp(snapshot.timestamp_ms / 1000, dt.UTC),
                 )
             )
-        parent = snapshot.parent_snapshot_id
-        snapshot = table.snapshot_by_id(parent) if parent is not None else None
     return missing[::-1]
 
 
@@ -113,7 +120,6 @@ def acknowledge_committed(
     Per batch, under the product's lock: its history row (unless the dead run wrote it), its
     cut marker, then the materialisation, last, because it is what marks the batch as known: a
     crash in between leaves the batch to be acknowledged again, never half-done and forgotten."""
-    from mesh_platform.storage.iceberg import open_catalog, product_lock
 
     own = catalog is None
     catalog = catalog or open_catalog(mesh)
@@ -138,8 +144,6 @@ def acknowledge_committed(
 
 
 def _acknowledge(instance: dg.DagsterInstance, mesh: Mesh, item: Acknowledged, log: Any) -> None:
-    from mesh_platform.products.cuts import record_cut
-    from mesh_platform.sla.history import GateEvent, read_history, record_safely
 
     history = read_history(mesh, since=item.committed_at, addresses=[str(item.address)])
     if not any(
@@ -184,7 +188,7 @@ def _materialization(item: Acknowledged) -> dg.AssetMaterialization:
     if item.rows is not None:
         metadata["dagster/row_count"] = item.rows
     return dg.AssetMaterialization(
-        asset_key=item.address.asset_key,
+        asset_key=product_key(item.address),
         description=f"Snapshot {item.snapshot_id}, published by run {item.run_id} (which ended "
         "before reporting it), recorded by the platform.",
         metadata=metadata,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from dagster_shared.check import CheckError
 
 from mesh_platform.products.descriptor import ProductDescriptor
 
@@ -101,9 +102,6 @@ def freshness_policy(descriptor: ProductDescriptor, schedule: Any = None) -> Any
     domain whose max age fits in one schedule interval: a cron policy (by each scheduled time,
     a snapshot at most max age old); otherwise a time window of max age. None without a
     freshness SLA."""
-    import dagster as dg
-    from dagster_shared.check import CheckError
-
     freshness = descriptor.body.sla.freshness
     if freshness is None:
         return None

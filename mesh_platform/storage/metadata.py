@@ -1,37 +1,36 @@
-"""Where the read paths find products: descriptors (what a product promises and who may read it)
-and Iceberg table state (which snapshot is published, which columns it holds).
+"""Iceberg table metadata, read with the standard library: which snapshot of a product is
+published, which columns it holds, which data files it reads.
 
-Descriptors are read from the domains' prepared dbt manifests and Python products' YAML files,
-re-prepared when a project file changed, so an edited grant applies to the next query. A domain
-whose files are broken is recorded as a problem of that domain (``<domain>.*``): its products
-cannot be resolved, with the file and the fix, and every other domain's still can. Table
-state is read from the catalog row and the table's metadata JSON with the standard library:
-importing pyiceberg costs ~3 s and loading DuckDB's iceberg extension ~0.3 s, which would make
-every ``mesh query`` feel slow. The snapshot's data files are planned from its Avro manifests
-(DuckDB's avro extension) and read as Parquet.
+Table state is read from the catalog row (:class:`Catalog`: sqlite3, or psycopg2 on
+PostgreSQL) and the table's metadata JSON: importing pyiceberg costs ~3 s and loading DuckDB's
+iceberg extension ~0.3 s, which would make every ``mesh query`` feel slow. The snapshot's data
+files are planned from its Avro manifests (DuckDB's avro extension) and read as Parquet.
 
 Every path taken from the catalog row or the table's metadata (the metadata file, the table's
 location, manifest lists, manifests, data files) is checked to lie inside the table's warehouse
 folder ``<warehouse>/<domain>/<table>`` before anything is read from it
 (:func:`mesh_platform.storage.warehouse.check_inside`); :attr:`TableState.location` is the
 checked location, the one folder the query engine lets DuckDB read.
+
+Longer than ~450 lines because the table state, the snapshot's file plan and the catalog row
+reader are the one read path the query engine trusts; kept together, each check is seen once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
+import datetime as dt
 import functools
 import gzip
 import json
-import os
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh_platform.addressing import ProductAddress
+import duckdb
+
+from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.config import Mesh
 from mesh_platform.errors import (
     MeshError,
@@ -41,13 +40,21 @@ from mesh_platform.errors import (
     catalog_unavailable,
     one_line,
 )
-from mesh_platform.products.descriptor import CLASSIFICATION_PROPERTY, ProductDescriptor
+from mesh_platform.storage import preflight, warehouse
+from mesh_platform.storage.catalog import load_product_table, open_catalog
+from mesh_platform.urls import pg_connect_args, redact
 
-INITIAL_PROPERTY = "mesh.initial"  # the empty snapshot audit branches start from (storage)
+# Snapshot summary properties the platform writes.
+INITIAL_PROPERTY = "mesh.initial"  # the empty snapshot audit branches start from
+BATCH_PROPERTY = "mesh.batch_id"  # the batch (run) a snapshot committed
+# The columns' classification and masking a snapshot was published under (JSON).
+CLASSIFICATION_PROPERTY = "mesh.classification"
 
 
-class UnknownProductError(MeshError):
-    """No product has this address."""
+def is_published(snapshot: Any) -> bool:
+    """Whether a main snapshot (pyiceberg's, or a :class:`Snapshot`) holds published data (not
+    the empty initial one)."""
+    return snapshot is not None and (snapshot.summary or {}).get(INITIAL_PROPERTY) != "true"
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,6 @@ class TableState:
     created_ms: int | None = None  # when the table was created, if its metadata log still says
 
     def _when(self, ms: int) -> str:
-        import datetime as dt
-
         return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
     def snapshot(self, snapshot_id: int | None = None, as_of_ms: int | None = None) -> Snapshot:
@@ -180,16 +185,16 @@ def read_table_state(
     it (a caller holding a metadata location the platform just wrote), the folder is the one
     the metadata file's own path implies (``<folder>/metadata/<file>``).
     """
-    from mesh_platform.storage.warehouse import check_inside, table_folder
-
     if warehouse_root is not None:
-        folder = table_folder(warehouse_root, *address.iceberg_identifier)
+        folder = warehouse.table_folder(warehouse_root, *address.iceberg_identifier)
     else:
         folder = str(metadata_location).rsplit("/", 2)[0]
     product = str(address)
-    location = check_inside(folder, metadata_location, product=product, what="its metadata file")
+    location = warehouse.check_inside(
+        folder, metadata_location, product=product, what="its metadata file"
+    )
     meta = _read_metadata(product, location, storage or {})
-    table_location = check_inside(
+    table_location = warehouse.check_inside(
         folder,
         meta.get("location", location.rsplit("/", 2)[0]),
         product=product,
@@ -209,10 +214,8 @@ def read_table_state(
 def _read_metadata(product: str, location: str, storage: dict[str, str]) -> dict[str, Any]:
     """The metadata file's JSON object; a missing, unreadable or corrupt file is an
     UnreadableMetadataError naming the product and the file (never a parse error)."""
-    from mesh_platform.storage.warehouse import read_bytes
-
     try:
-        raw = read_bytes(location, storage)
+        raw = warehouse.read_bytes(location, storage)
     except FileNotFoundError:
         raise UnreadableMetadataError(
             product, f"its current metadata file {location} is missing", file=location
@@ -337,13 +340,9 @@ def data_files(conn: Any, state: TableState, snapshot: Snapshot) -> list[str]:
     manifest list, each manifest and each data file must lie in the table's (checked) location:
     each is checked before it is read, and the files returned are the checked paths.
     """
-    import duckdb
-
-    from mesh_platform.addressing import quote_literal
-    from mesh_platform.storage.warehouse import check_inside
 
     def checked(path: str, what: str) -> str:
-        return check_inside(state.location, path, product=str(state.address), what=what)
+        return warehouse.check_inside(state.location, path, product=str(state.address), what=what)
 
     def read(sql: str, what: str, files: list[str]) -> list[Any]:
         try:
@@ -403,8 +402,6 @@ def scan_sql(
     """A relation reading ``files``; an empty snapshot is an empty relation of its columns.
     ``listing``: SQL naming the file list instead of the literal list (the query engine binds
     it to a session variable, so no statement text carries a path)."""
-    from mesh_platform.addressing import quote_ident, quote_literal
-
     if not files:
         nulls = ", ".join(f"NULL AS {quote_ident(c)}" for c in columns) or "NULL AS _"
         return f"(SELECT {nulls} WHERE false)"
@@ -423,13 +420,11 @@ class Catalog:
     """Metadata locations of product tables (the pyiceberg SqlCatalog's own table)."""
 
     def __init__(self, mesh: Mesh) -> None:
-        from mesh_platform.storage import preflight
-        from mesh_platform.storage.warehouse import s3_properties
-
         preflight.check(mesh)  # production: the servers answer (a clear error, once per process)
         self.mesh = mesh
         self.uri = mesh.catalog_uri
-        self.storage = tuple(sorted(s3_properties(mesh).items()))  # for remote metadata files
+        # The warehouse's s3.* properties, for remote metadata files.
+        self.storage = tuple(sorted(warehouse.s3_properties(mesh).items()))
         self._sqlite: sqlite3.Connection | None = None  # read-only; each SELECT sees commits
         self._postgres: Any = None  # psycopg2 connection (autocommit: each SELECT sees commits)
 
@@ -442,14 +437,11 @@ class Catalog:
             return self._sqlite_location(address, namespace, table)
         if self.uri.startswith("postgresql"):
             return self._postgres_location(namespace, table)
-        from mesh_platform.storage.iceberg import load_product_table, open_catalog  # other URIs
-
+        # Other URIs: through pyiceberg.
         found = load_product_table(open_catalog(self.mesh), address)
         return found.metadata_location if found is not None else None
 
     def _unavailable(self, cause: BaseException | str) -> MeshError:
-        from mesh_platform.storage.preflight import redact
-
         return catalog_unavailable(redact(self.uri), cause, state_dir=self.mesh.state_dir)
 
     def _sqlite_location(self, address: ProductAddress, namespace: str, table: str) -> str | None:
@@ -489,12 +481,10 @@ class Catalog:
     def _postgres_location(self, namespace: str, table: str) -> str | None:
         """The catalog row on PostgreSQL, read with psycopg2 (not pyiceberg: its import costs
         seconds); pyiceberg's SqlCatalog and Iceberg's JdbcCatalog share this table."""
-        import psycopg2
+        import psycopg2  # heavy: ~0.1 s, and only a PostgreSQL catalog needs it
 
         try:
             if self._postgres is None:
-                from mesh_platform.storage.preflight import pg_connect_args
-
                 self._postgres = psycopg2.connect(**pg_connect_args(self.uri), connect_timeout=10)
                 self._postgres.autocommit = True
             with self._postgres.cursor() as cursor:
@@ -530,207 +520,3 @@ class Catalog:
                 fix=f"build its domain: `mesh build --domain {address.domain}`",
             )
         return _table_state(address, location, self.storage, self.mesh.warehouse)
-
-
-def _project_stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
-    """(file, mtime, size) of every file that can change a domain's descriptors."""
-    stamp = []
-    for root in paths:
-        if not root.exists():
-            continue
-        if root.is_file():
-            st = root.stat()
-            stamp.append((str(root), st.st_mtime_ns, st.st_size))
-            continue
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if d not in _NOT_SOURCES]
-            for name in files:
-                if name.endswith((".yml", ".yaml", ".sql", ".py")):
-                    st = os.stat(os.path.join(folder, name))
-                    stamp.append((os.path.join(folder, name), st.st_mtime_ns, st.st_size))
-    return tuple(sorted(stamp))
-
-
-_NOT_SOURCES = frozenset({"target", "dbt_packages", "logs", "__pycache__"})
-# (root, domain) -> (stamp, descriptors, problems, fixes)
-_CACHE: dict[
-    tuple[str, str], tuple[Any, dict[str, ProductDescriptor], dict[str, str], dict[str, str]]
-] = {}
-
-
-class Directory:
-    """Every product of the mesh by address: its descriptor (or why it is unusable).
-
-    ``problems`` maps ``<domain>.<product>`` (an invalid descriptor) or ``<domain>.*`` (a
-    domain that cannot be loaded: its products cannot be resolved) to what is wrong, with the
-    file; ``fixes`` gives the fix of each, where known.
-    """
-
-    def __init__(
-        self,
-        descriptors: dict[str, ProductDescriptor],
-        problems: dict[str, str] | None = None,
-        fixes: dict[str, str] | None = None,
-    ) -> None:
-        self.descriptors = descriptors
-        self.problems = problems or {}
-        self.fixes = fixes or {}
-
-    def get(self, address: ProductAddress) -> ProductDescriptor:
-        key = str(address)
-        if key in self.descriptors:
-            return self.descriptors[key]
-        if key in self.problems:
-            raise MeshError(
-                f"product {key} cannot be read: its descriptor is invalid ({self.problems[key]})",
-                fix=self.fixes.get(key)
-                or f"its owners fix the descriptor (`mesh check --domain {address.domain}`)",
-            )
-        if why := self.problems.get(f"{address.domain}.*"):
-            raise MeshError(
-                f"product {key} cannot be resolved: domain {address.domain} cannot be loaded: "
-                f"{why}",
-                fix=self.fixes.get(f"{address.domain}.*")
-                or f"run `mesh prepare --domain {address.domain}`",
-            )
-        close = difflib.get_close_matches(key, list(self.descriptors), n=1)
-        raise UnknownProductError(
-            f"no product {key} in the mesh",
-            fix=(f"did you mean {close[0]}? " if close else "")
-            + "list products with `mesh products`",
-        )
-
-
-def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
-    """Descriptors of every domain's products. ``refresh``: re-prepare a dbt project whose files
-    changed (an edited grant applies at once); else read the manifests as prepared.
-
-    One domain's broken file (domain.yaml, dbt YAML, a Python product's YAML) never fails the
-    whole directory: it is recorded as that domain's problem (see :class:`Directory`)."""
-    from mesh_platform.domain import list_domain_names
-
-    descriptors: dict[str, ProductDescriptor] = {}
-    problems: dict[str, str] = {}
-    fixes: dict[str, str] = {}
-    for name in list_domain_names(mesh):
-        key = (str(mesh.root), name)
-        try:
-            stamp = _domain_stamp(mesh, name)
-        except OSError as exc:  # an unreadable file or a dangling link in the project
-            cached = ({}, {f"{name}.*": f"its files cannot be read ({exc})"}, {})
-        else:
-            hit = _CACHE.get(key)
-            if hit is None or hit[0] != stamp:
-                _CACHE[key] = (stamp, *_load_domain(mesh, name, refresh=refresh))
-            cached = _CACHE[key][1:]
-        descriptors.update(cached[0])
-        problems.update(cached[1])
-        fixes.update(cached[2])
-    from mesh_platform.sla.history import history_descriptor  # the platform's own product
-
-    platform = history_descriptor()
-    descriptors[str(platform.address)] = platform
-    return Directory(descriptors, problems, fixes)
-
-
-def _domain_stamp(mesh: Mesh, name: str) -> Any:
-    project = mesh.dbt_projects_dir / name
-    return _project_stamp(
-        [mesh.domains_dir / name / "domain.yaml", project, project / "target" / "manifest.json",
-         mesh.domains_dir / name / "products"]
-    )  # fmt: skip
-
-
-def _where(mesh: Mesh, exc: MeshError) -> str:
-    """The error's message with its file, relative to the mesh root when inside it."""
-    if exc.path is None:
-        return exc.what
-    path = exc.path
-    if path.is_absolute() and path.is_relative_to(mesh.root):
-        path = path.relative_to(mesh.root)
-    return f"{exc.what} [{path}]"
-
-
-def _load_domain(
-    mesh: Mesh, name: str, *, refresh: bool
-) -> tuple[dict[str, ProductDescriptor], dict[str, str], dict[str, str]]:
-    """One domain's descriptors and problems; whatever breaks is that domain's problem."""
-    from mesh_platform.domain import load_domain
-
-    try:
-        domain = load_domain(mesh, name)
-        return _domain_products(mesh, domain, mesh.domains_dir / name / "products", refresh=refresh)
-    except MeshError as exc:
-        return {}, {f"{name}.*": _where(mesh, exc)}, {f"{name}.*": exc.fix}
-    except Exception as exc:  # isolation: a domain's files must not break the other domains
-        what = f"its files could not be loaded ({type(exc).__name__}: {exc})"
-        return {}, {f"{name}.*": what}, {}
-
-
-def _domain_products(
-    mesh: Mesh, domain: Any, python_dir: Path, *, refresh: bool
-) -> tuple[dict[str, ProductDescriptor], dict[str, str], dict[str, str]]:
-    from mesh_platform.dbt.nodes import is_product
-    from mesh_platform.dbt.project import load_manifest, prepare
-    from mesh_platform.products.descriptor import descriptor_from_node, load_python_descriptor
-
-    found: dict[str, ProductDescriptor] = {}
-    problems: dict[str, str] = {}
-    fixes: dict[str, str] = {}
-    domain_wide: list[MeshError] = []  # what keeps products of the domain from resolving
-    if domain.dbt_project_dir.is_dir():
-        nodes: dict[str, Any] = {}
-        try:
-            if refresh:
-                # A failed parse leaves the previous manifest behind: never read it (its
-                # grants may be the ones just revoked).
-                prepare(mesh, domain)
-            nodes = load_manifest(domain).get("nodes", {})
-        except MeshError as exc:  # a broken dbt project, or not prepared
-            domain_wide.extend([*_unparsable_yaml(mesh, domain.dbt_project_dir), exc])
-        for node in nodes.values():
-            if not is_product(node):
-                continue
-            try:
-                descriptor = descriptor_from_node(domain.name, node)
-                found[str(descriptor.address)] = descriptor
-            except MeshError as exc:
-                problems[f"{domain.name}.{node['name']}"] = _where(mesh, exc)
-                fixes[f"{domain.name}.{node['name']}"] = exc.fix
-    for path in sorted(python_dir.glob("*.yml")):
-        source = str(path.relative_to(mesh.root))
-        try:
-            descriptor = load_python_descriptor(path, domain.name, source)
-            found[str(descriptor.address)] = descriptor
-        except MeshError as exc:
-            problems[f"{domain.name}.{path.stem}"] = _where(mesh, exc)
-            fixes[f"{domain.name}.{path.stem}"] = exc.fix
-            domain_wide.append(exc)  # its product's name is unknown: name the file for all
-    if domain_wide:
-        problems[f"{domain.name}.*"] = "; ".join(_where(mesh, e) for e in domain_wide)
-        fixes[f"{domain.name}.*"] = "; ".join(dict.fromkeys(e.fix for e in domain_wide))
-    return found, problems, fixes
-
-
-def _unparsable_yaml(mesh: Mesh, project: Path) -> list[MeshError]:
-    """The project's YAML files that do not parse, each named (dbt's own message may lose the
-    file name in its long report)."""
-    import yaml
-
-    found = []
-    for folder, dirs, files in os.walk(project):
-        dirs[:] = sorted(d for d in dirs if d not in _NOT_SOURCES)
-        for name in sorted(f for f in files if f.endswith((".yml", ".yaml"))):
-            path = Path(folder, name)
-            try:
-                yaml.safe_load(path.read_text())
-            except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-                where = path.relative_to(mesh.root) if path.is_relative_to(mesh.root) else path
-                found.append(
-                    MeshError(
-                        f"{where} is not valid YAML ({' '.join(str(exc).split())})",
-                        fix=f"fix the YAML syntax of {where}",
-                        path=path,
-                    )
-                )
-    return found

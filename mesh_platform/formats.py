@@ -1,0 +1,140 @@
+"""Text formats the platform reads: durations, and YAML files validated into pydantic models.
+
+Ground layer: imports only the standard library, yaml, pydantic and :mod:`mesh_platform.errors`.
+
+Durations come in two grammars:
+
+* a descriptor's (``sla.freshness.max_age``): a whole number and a unit m, h or d (``90m``,
+  ``26h``, ``7d``, ``12 h``); zero is allowed. :func:`parse_duration`.
+* a command-line option's (``--retain``, ``--since``): any decimal number and a unit s, m, h or
+  d (``90s``, ``1.5h``, ``7d``), longer than zero. ``parse_duration(text, command_line=True)``.
+
+domain.yaml, principals.yaml, governance.yaml and a Python product's descriptor are read and
+validated by :func:`load_yaml_model`; mesh.yaml (validated later, merged with the environment) is
+parsed by :func:`read_yaml`. The caller chooses the
+error class and the wording, so each file keeps the messages its users know; the loader does the
+reading, the parsing and the catching once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mesh_platform.errors import MeshError, format_validation_error
+
+__all__ = ["load_yaml_model", "parse_duration", "read_yaml"]
+
+# Full match (\A...\Z, fullmatch): `$` would accept a trailing newline; ASCII: no other digits.
+_DURATION = re.compile(r"\A([0-9]+) *(m|h|d)\Z", re.ASCII)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str, *, command_line: bool = False) -> dt.timedelta:
+    """``'90m'``, ``'26h'``, ``'7d'`` -> timedelta; ValueError naming the accepted form otherwise.
+
+    ``command_line=True``: the grammar of a command-line option (``'90s'``, ``'1.5h'``), which
+    must be longer than zero; the ValueError's text is the message to show the user.
+    """
+    if command_line:
+        try:
+            value = dt.timedelta(**{_UNITS[text[-1]]: float(text[:-1])})
+        except (KeyError, ValueError, IndexError, OverflowError):
+            raise ValueError(f"{text!r}: use a number and a unit s, m, h or d (e.g. 7d)") from None
+        if value <= dt.timedelta(0):
+            raise ValueError(f"{text!r}: must be longer than zero")
+        return value
+    match = _DURATION.fullmatch(str(text).strip())
+    if not match:
+        raise ValueError(f"duration {text!r} must look like '90m', '26h' or '7d'")
+    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+# Builds the error to raise from (message, fix=..., path=...): an error class of the platform, or
+# a functools.partial of one (``partial(DomainError, name)``).
+ErrorFactory = Callable[..., MeshError]
+
+
+def read_yaml(
+    path: Path,
+    *,
+    what: str,
+    error: ErrorFactory = MeshError,
+    shown: Path | str | None = None,
+    text: str | None = None,
+    syntax: str = "{what} is not valid YAML ({exc})",
+    syntax_fix: str = "fix the YAML syntax",
+    missing_fix: str | None = None,
+) -> Any:
+    """The parsed YAML document of ``path`` (or of ``text``, already read from it).
+
+    Errors are ``error(message, fix=..., path=shown or path)``. ``what`` names the file in
+    messages; ``syntax`` words a YAML error, with the fields ``what``, ``exc`` (the YAML error),
+    ``problem`` (its short problem) and ``line`` (``' line N'``, or ``''`` when unknown).
+    ``missing_fix``: say a missing file "does not exist" with this fix (otherwise a missing file
+    is a file that "cannot be read").
+    """
+    where = path if shown is None else shown
+    if text is None:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            if missing_fix is not None and isinstance(exc, FileNotFoundError):
+                raise error(f"{what} does not exist", fix=missing_fix, path=where) from None
+            message = f"{what} cannot be read ({exc})"
+            raise error(message, fix="make it a readable UTF-8 text file", path=where) from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        message = syntax.format(
+            what=what,
+            exc=exc,
+            problem=getattr(exc, "problem", exc),
+            line=f" line {mark.line + 1}" if mark else "",
+        )
+        raise error(message, fix=syntax_fix, path=where) from exc
+
+
+def load_yaml_model(
+    path: Path,
+    model: type[ModelT],
+    *,
+    what: str,
+    fix: str,
+    error: ErrorFactory = MeshError,
+    invalid: str = "{what} is invalid: {problems}",
+    problems: Callable[[ValidationError], str] = format_validation_error,
+    empty: Any = None,
+    shown: Path | str | None = None,
+    text: str | None = None,
+    syntax: str = "{what} is not valid YAML ({exc})",
+    syntax_fix: str = "fix the YAML syntax",
+    missing_fix: str | None = None,
+) -> ModelT:
+    """Read ``path`` and validate it into ``model`` (reading and YAML errors: :func:`read_yaml`,
+    which takes ``what``, ``error``, ``shown``, ``text``, ``syntax``, ``syntax_fix`` and
+    ``missing_fix``).
+
+    An invalid document raises ``error(message, fix=fix, path=shown or path)``, the message being
+    ``invalid`` formatted with ``what`` and ``problems`` (the pydantic errors, by default
+    ``field.path: message`` joined by '; '). ``empty``: what an empty document (nothing, or a false
+    value such as ``[]``) is validated as, e.g. ``{}`` when every field has a default; by default
+    the document is validated as it is.
+    """
+    raw = read_yaml(
+        path, what=what, error=error, shown=shown, text=text, syntax=syntax,
+        syntax_fix=syntax_fix, missing_fix=missing_fix,
+    )  # fmt: skip
+    try:
+        return model.model_validate(raw if raw or empty is None else empty)
+    except ValidationError as exc:
+        message = invalid.format(what=what, problems=problems(exc))
+        raise error(message, fix=fix, path=path if shown is None else shown) from exc

@@ -1,0 +1,102 @@
+"""What a domain has: its products (dbt and Python) and what they consume.
+
+One answer for every caller (definitions, governance, discovery, alerts):
+
+- a dbt product is a public model of the domain's prepared manifest (:func:`product_descriptors`);
+- a Python product is a ``@python_product`` function defined in a module under
+  ``domains/<domain>/products/`` (:func:`python_products`: the modules are imported by path, so
+  a mesh checked out anywhere is read as it is on disk) with its descriptor beside it
+  (:func:`python_descriptors` validates them and reports every problem);
+- lineage: dbt products consume the mesh-input sources of their manifest
+  (:func:`mesh_platform.dbt.nodes.consumed_products`), Python products the ``inputs`` they
+  declare (:func:`python_inputs`).
+
+The query path does not import domain code: the registry (:mod:`mesh_platform.products.registry`)
+reads Python products' descriptor files directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mesh_platform.config import Mesh
+from mesh_platform.dbt.nodes import is_product
+from mesh_platform.domain import Domain, list_domain_names
+from mesh_platform.errors import MeshError
+from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
+from mesh_platform.products.python import PythonProduct
+
+
+def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, ProductDescriptor]:
+    """unique_id -> validated descriptor, for every product of a domain's manifest.
+
+    Raises DescriptorError for the first invalid one; load-time checks (dbt/checks.py) report
+    all of them first.
+    """
+    return {
+        uid: descriptor_from_node(domain, node)
+        for uid, node in manifest.get("nodes", {}).items()
+        if is_product(node)
+    }
+
+
+def python_products(mesh: Mesh, domain: str) -> list[PythonProduct]:
+    """The @python_product objects defined under domains/<domain>/products/ (imported by path,
+    so a mesh checked out anywhere is checked as it is on disk)."""
+    found = []
+    for path in sorted((mesh.domains_dir / domain / "products").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_mesh_check_{domain}_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found += [v for v in vars(module).values() if isinstance(v, PythonProduct)]
+    return found
+
+
+def python_descriptors(
+    domain: Domain, products: Sequence[PythonProduct], taken: set[str]
+) -> tuple[list[tuple[PythonProduct, ProductDescriptor]], list[str]]:
+    """Validated descriptors of the domain's Python products, and every problem found."""
+    found, problems = [], []
+    for product in products:
+        try:
+            descriptor = product.descriptor(domain.code_dir.parent.parent)
+        except MeshError as exc:
+            problems.append(f"{exc.what} (fix: {exc.fix})")
+            continue
+        if descriptor.domain != domain.name:
+            problems.append(
+                f"Python product {descriptor.address} is defined in domains/{descriptor.domain}/ "
+                f"but passed to domain '{domain.name}': a domain publishes only its own products"
+            )
+        elif str(descriptor.address) in taken:
+            problems.append(
+                f"product {descriptor.address} ({descriptor.source_file}) is also a dbt product "
+                "of this domain: one address, one product"
+            )
+        else:
+            taken.add(str(descriptor.address))
+            found.append((product, descriptor))
+    return found, problems
+
+
+def python_inputs(mesh: Mesh) -> dict[str, set[str]]:
+    """Declared inputs of Python products (their modules are imported to read them)."""
+    found: dict[str, set[str]] = {}
+    for domain in list_domain_names(mesh):
+        if not any((mesh.domains_dir / domain / "products").glob("*.py")):
+            continue
+        try:
+            products = python_products(mesh, domain)
+        except Exception:  # a broken module: its lineage is unknown, the load error says why
+            continue
+        for product in products:
+            try:
+                address = str(product.descriptor(mesh.root).address)
+            except MeshError:
+                continue
+            found[address] = {str(a) for a in product.inputs}
+    return found
