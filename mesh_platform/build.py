@@ -264,9 +264,6 @@ def _product_selection(
     return {k for k in selection.resolve(graph) if k in own}
 
 
-_FAILURE_PREFIX = FAILURE_PREFIX
-
-
 def build_domain(
     domain: str,
     defs: dg.Definitions,
@@ -390,7 +387,7 @@ def _domain_outcome(
         materialized[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
     errors = [
         # A dg.Failure raised on purpose is the message itself, not a Python exception
-        e.step_failure_data.error.message.strip().removeprefix(_FAILURE_PREFIX)
+        e.step_failure_data.error.message.strip().removeprefix(FAILURE_PREFIX)
         for e in result.all_events
         if e.event_type == DagsterEventType.STEP_FAILURE
         and e.step_failure_data.error

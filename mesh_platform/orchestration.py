@@ -111,7 +111,7 @@ def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.Senso
         mesh = load_mesh(domain.code_dir.parent.parent)
         reaped = [r.run_id for r in reap_expired_runs(context.instance, domain.name)]
         # Batches a dead run committed and never reported: their materialisation (consumers'
-        # sensors fire on it), history row and cut, exactly once (products.acknowledge).
+        # sensors fire on it), history row and cut, exactly once (assets.acknowledge).
         late = acknowledge_committed(context.instance, mesh, domain.name, context.log)
         events = evaluate_freshness(mesh, domain.name)
         record_safely(mesh, events, context.log)

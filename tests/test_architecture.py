@@ -180,12 +180,22 @@ def test_modules_and_functions_stay_small():
     assert not too_long, "\n".join(too_long)
 
 
-@pytest.mark.parametrize("module", ["mesh_platform.query.engine", "mesh_platform.definitions"])
+LIGHT = [  # modules that must not import Dagster: the read path and the light commands
+    "mesh_platform.query.engine",
+    "mesh_platform.cli.query",
+    "mesh_platform.cli.govern",
+    "mesh_platform.cli.doctor",
+    "mesh_platform.cli.scaffold",
+]
+
+
+@pytest.mark.parametrize("module", [*LIGHT, "mesh_platform.definitions"])
 def test_read_paths_and_code_locations_do_not_import_what_they_do_not_use(module):
-    """The query path imports no pyiceberg, Dagster or Great Expectations; a code location
-    imports no pyiceberg or Great Expectations until a run needs them."""
+    """The query path and the light commands import no pyiceberg, Dagster or Great
+    Expectations; a code location imports no pyiceberg or Great Expectations until a run
+    needs them."""
     heavy = {"pyiceberg", "great_expectations", "pandas"}
-    if module == "mesh_platform.query.engine":
+    if module in LIGHT:
         heavy |= {"dagster", "dagster_dbt", "dbt"}
     probe = (
         f"import sys; import {module}; "

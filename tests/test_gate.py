@@ -3,6 +3,7 @@ a failing blocking check keeps main where it was, and check results never carry 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
@@ -66,16 +67,30 @@ def descriptor(
     return descriptor_from_node("sales", node)
 
 
+class _StandIn(GateCheck):
+    """Passes: stands in for a governance data policy in tests of the gate's mechanics."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.personal_data = True
+
+    def evaluate(self, ctx: GateContext) -> CheckOutcome:
+        return CheckOutcome(True, "stand-in for the governance data policy", {})
+
+
 @pytest.fixture(autouse=True)
 def _gate_without_governance():
     """These tests are about the gate's mechanics on an unmasked PII column; the governance
-    data policies (which would block that column) are tested in test_governance.py."""
+    data policies (which would block that column) are tested in test_governance.py. They are
+    replaced by stand-ins that pass: the gate refuses a batch when they are missing."""
     from mesh_platform.governance.data import PiiDetection, PiiMaskingVerified
 
     for check in (PiiDetection, PiiMaskingVerified):
         unregister_gate_check(check.name)
+        register_gate_check(_StandIn(check.name))
     yield
     for check in (PiiDetection, PiiMaskingVerified):
+        unregister_gate_check(check.name)
         register_gate_check(check())
 
 
@@ -661,3 +676,41 @@ def test_the_data_policies_are_gate_checks_wherever_the_gate_is_used(module):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert {"pii_detection", "pii_masking_verified"} <= set(result.stdout.split())
+
+
+def test_the_gate_fails_closed_when_the_personal_data_policies_are_not_loaded():
+    """A process that never imported the governance package runs a gate without its data
+    policies: each is reported failed and blocking, so no batch passes unchecked."""
+    probe = (
+        "from mesh_platform.products.gate import GateContext, run_gate\n"
+        "from mesh_platform.products.descriptor import descriptor_from_node\n"
+        "import json, sys\n"
+        "node = json.loads(sys.argv[1])\n"
+        "outcomes = run_gate(GateContext(descriptor_from_node('sales', node), None, None))\n"
+        "print(json.dumps({n: [o.passed, o.blocking] for n, o in outcomes.items()}))\n"
+    )
+    node = {
+        "resource_type": "model",
+        "name": "orders",
+        "description": "Orders.",
+        "access": "public",
+        "config": {
+            "meta": {
+                "mesh": {
+                    "purpose": "Order headers for revenue reporting.",
+                    "owner": {"team": "sales", "contact": "sales-data@example.com"},
+                    "version": "1.0.0",
+                }
+            }
+        },
+        "columns": {"order_key": {"name": "order_key", "data_type": "bigint"}},
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(node, default=str)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    outcomes = json.loads(result.stdout)
+    assert outcomes["pii_detection"] == [False, True]
+    assert outcomes["pii_masking_verified"] == [False, True]

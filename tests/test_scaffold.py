@@ -15,7 +15,8 @@ from mesh_platform import scaffold
 from mesh_platform.config import load_mesh
 from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import DomainError, MeshError
-from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
+from mesh_platform.scaffold import new_domain, new_product
+from mesh_platform.scaffold.validate import ScaffoldError
 from mesh_platform.testing import copy_mesh, mesh_files
 
 BIN = Path(sys.executable).parent

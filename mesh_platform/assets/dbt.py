@@ -8,7 +8,7 @@
 2. ``dbt build`` runs models and tests in the domain's own DuckDB (contracts stop a model before
    it is built; tests run after), with the profile the platform writes, whatever the code
    location's dbt resource says: its connection is confined to the domain's own folders
-   (:mod:`mesh_platform.dbt.isolation`), so a model cannot read, write or ATTACH another
+   (:mod:`mesh_platform.dbt.lockdown`), so a model cannot read, write or ATTACH another
    domain's files even if the load-time checks missed it.
 3. Each product dbt built is written to an audit branch of its Iceberg table, and main is
    fast-forwarded to it only if none of the product's blocking checks failed. DuckDB allows one
@@ -53,8 +53,8 @@ from mesh_platform.sla.events import INFRASTRUCTURE_FAILURE, GateEvent
 from mesh_platform.sla.record import record_safely
 from mesh_platform.storage.catalog import open_catalog
 
-# mesh_platform.storage.wap (pyiceberg, pyarrow, sqlalchemy: ~3 s) is imported inside the
-# functions below: code locations load without it; only runs pay for it.
+# pyiceberg and SQLAlchemy (~3 s) are imported inside the storage functions that use them: code
+# locations load without them; only runs pay for them (tests/test_architecture.py checks it).
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[Db
             profile=domain.name,
             target=RUN_TARGET,
             # dbt dies with the process that runs it (a killed `mesh build` or run worker
-            # leaves no dbt writing the domain's DuckDB): dbt.isolation's guard
+            # leaves no dbt writing the domain's DuckDB): dbt.lockdown's guard
             dbt_executable=guarded_dbt_executable(dbt.dbt_executable, mesh.state_dir / "bin"),
             state_path=dbt.state_path,
         )

@@ -20,7 +20,7 @@ from mesh_platform.sla.report import asset_figures
 
 def acknowledge(context: Any, mesh: Mesh, domain: str) -> None:
     """Report batches an earlier run committed and died before reporting
-    (products.acknowledge), before this run publishes anything of its own."""
+    (assets.acknowledge), before this run publishes anything of its own."""
 
     try:
         acknowledge_committed(context.instance, mesh, domain, context.log)

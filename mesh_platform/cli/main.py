@@ -38,7 +38,7 @@ from mesh_platform.errors import (
 # command -> its module under mesh_platform.cli (the command is the module's object of that name)
 COMMANDS: Mapping[str, str] = {
     "prepare": "build", "build": "build", "ui": "build", "workspace": "build",
-    "maintain": "operate", "repair": "operate", "doctor": "operate",
+    "maintain": "operate", "repair": "operate", "doctor": "doctor",
     "check": "govern", "sla": "govern", "audit": "govern",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query",

@@ -1,5 +1,5 @@
-"""``mesh maintain``, ``mesh repair`` and ``mesh doctor``: the commands of the platform's
-operators (runbook: docs/operations.md)."""
+"""``mesh maintain`` and ``mesh repair``: the commands of the platform's operators that change
+the warehouse (runbook: docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.assets.acknowledge import known_snapshots
 from mesh_platform.assets.keys import product_key
-from mesh_platform.cli.common import console, fail, load_context_mesh, out
+from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
 from mesh_platform.cli.options import duration_option, selected_domains
 from mesh_platform.config import Mesh
@@ -26,9 +26,7 @@ from mesh_platform.storage.maintenance import (
     MaintenanceReport,
     check_orphan_margin,
 )
-from mesh_platform.storage.preflight import probes
 from mesh_platform.storage.repair import repair as repair_product
-from mesh_platform.urls import redact
 
 
 @click.command()
@@ -241,26 +239,3 @@ def repair(ctx: click.Context, products_: tuple[str, ...], dry_run: bool, drop: 
         "e.g. --scale)",
         highlight=False,
     )
-
-
-@click.command()
-@click.pass_context
-@mesh_command
-def doctor(ctx: click.Context) -> None:
-    """Show the deployment profile and check that each of its servers answers (exit 1 if not).
-
-    Secrets are never printed: URLs lose their password, keys are not shown.
-    """
-    mesh = load_context_mesh(ctx)
-    out.print(f"profile: {mesh.settings.profile}")
-    out.print(f"catalog: {redact(mesh.catalog_uri)} (name {mesh.settings.catalog.name})")
-    out.print(f"warehouse: {mesh.warehouse}")
-    storage = f" (storage: {redact(mesh.postgres_url or '')})" if mesh.production else ""
-    out.print(f"Dagster instance: {mesh.dagster_home}{storage}")
-    failed = 0
-    for probe in probes(mesh):
-        failed += not probe.ok
-        status = "ok" if probe.ok else f"FAILED: {probe.detail}"
-        out.print(f"  {probe.service}: {probe.target}: {status}")
-    if failed:
-        fail(f"{failed} server(s) of the {mesh.settings.profile} profile do not answer")

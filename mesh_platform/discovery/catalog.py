@@ -20,7 +20,7 @@ records the problem (``keep_unreadable``). A catalog that cannot be read fails e
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -327,8 +327,3 @@ def search(records: Iterable[ProductRecord], text: str) -> list[ProductRecord]:
     (``mesh products --search``, and the HTML catalog's search box on the same text)."""
     needle = text.lower()
     return [r for r in records if needle in search_text(r)]
-
-
-def as_json(records: Iterable[ProductRecord]) -> list[Mapping[str, Any]]:
-    now = dt.datetime.now(dt.UTC)
-    return [r.to_dict(now) for r in records]

@@ -1,8 +1,7 @@
 """The standards' official JSON Schemas, and checking an exported document against them.
 
 ODCS's schema ships in the ``open-data-contract-standard`` package; ODPS's is vendored in
-``schemas/`` (see its README). Validating needs ``jsonschema``, a dev dependency: it is imported
-only when a document is validated (``mesh export --validate``, and the tests).
+``schemas/`` (see its README). Validation (``mesh export --validate``) uses ``jsonschema``.
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ def _walk(
     t: IcebergType, expr: str, path: str, depth: int
 ) -> Iterator[tuple[str, IcebergType, str, bool]]:
     """(path, type, expression, repeated) of each primitive under ``expr`` of type ``t``."""
-    # heavy: pyiceberg (~2 s), only when Iceberg is read or written; heavy; the gate has it loaded
+    # heavy: pyiceberg (~2 s); the gate has it loaded when this runs
     from pyiceberg.types import (
         ListType,
         MapType,

@@ -108,6 +108,8 @@ def load_cuts(mesh: Mesh, domain: str) -> list[Cut]:
     properties = warehouse.s3_properties(mesh) if warehouse.is_remote(mesh.warehouse) else {}
     by_run: dict[str, list[dict[str, Any]]] = {}
     for location, _ in warehouse.list_files(cuts_folder(mesh, domain), properties):
+        # A marker being written is a temporary file (files.write_atomically: no .json suffix);
+        # ".tmp-*.json" are those of older versions, left by a killed write: never markers.
         if not location.endswith(".json") or "/.tmp-" in location:
             continue
         try:

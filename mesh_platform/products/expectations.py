@@ -35,7 +35,7 @@ _INDEX = "mesh_index"
 _TABLE_COLUMNS = frozenset({"expect_table_columns_to_match_set"})
 
 
-def _quiet_gx() -> Any:
+def quiet_gx() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # heavy: Great Expectations (5-9 s), only for products with expectations
     import great_expectations as gx
@@ -95,7 +95,7 @@ def run_suite(
     data = load(None if needs_all or not columns else columns)
     frame = _decimals_as_float(data).to_pandas()
 
-    gx = _quiet_gx()
+    gx = quiet_gx()
     # heavy: Great Expectations (5-9 s), only for products with expectations
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.descriptor_sla import Volume
-from mesh_platform.products.expectations import _quiet_gx, run_suite
+from mesh_platform.products.expectations import quiet_gx, run_suite
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.metadata import is_published
@@ -203,8 +203,20 @@ def gate_checks(descriptor: ProductDescriptor) -> list[GateCheck]:
 
 
 def run_gate(ctx: GateContext) -> dict[str, CheckOutcome]:
-    """Evaluate every registered check that applies; an error in a check fails that check."""
+    """Evaluate every registered check that applies; an error in a check fails that check.
+
+    Fails closed: if the personal-data policies are not registered (the governance package was
+    never imported in this process), each is reported failed and blocking."""
     outcomes: dict[str, CheckOutcome] = {}
+    registered = {c.name for c in _REGISTRY}
+    for name in sorted(PERSONAL_DATA_POLICIES - registered):
+        outcomes[name] = CheckOutcome(
+            False,
+            f"the data policy {name} is not loaded in this process: the batch cannot be "
+            "checked for personal data (import mesh_platform.governance, which registers it)",
+            {},
+            True,
+        )
     for check in gate_checks(ctx.descriptor):
         start = time.perf_counter()
         try:
@@ -232,8 +244,11 @@ def prewarm(descriptors: Iterable[ProductDescriptor]) -> threading.Thread:
 
     def _imports() -> None:
         with contextlib.suppress(Exception):  # the gate imports again and reports any error
+            # heavy: pyiceberg's Arrow IO (~2 s), imported here for the publisher, ahead of it
+            import pyiceberg.io.pyarrow  # noqa: F401
+
             if need_gx:
-                _quiet_gx()
+                quiet_gx()
 
     thread = threading.Thread(target=_imports, name="mesh-prewarm", daemon=True)
     thread.start()

@@ -17,14 +17,19 @@ reads Python products' descriptor files directly.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.machinery
 import importlib.util
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.nodes import is_product
 from mesh_platform.domain import Domain, list_domain_names
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import DomainError, MeshError
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.python import PythonProduct
 
@@ -43,24 +48,56 @@ def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, P
 
 
 def python_products(mesh: Mesh, domain: str) -> list[PythonProduct]:
-    """The @python_product objects defined under domains/<domain>/products/ (imported by path,
-    so a mesh checked out anywhere is checked as it is on disk)."""
-    found = []
-    for path in sorted((mesh.domains_dir / domain / "products").glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"_mesh_check_{domain}_{path.stem}", path)
-        if spec is None or spec.loader is None:
+    """The @python_product objects defined in the modules of ``domains/<domain>/products/``.
+
+    The folder is imported as a package of its own, by path (a mesh checked out anywhere is
+    read as it is on disk; its modules may import each other relatively); ``__init__.py`` and
+    modules whose name starts with ``_`` are helpers, not products. A product imported by
+    another module is counted once. A module that fails to import raises :class:`DomainError`
+    naming the file."""
+    folder = mesh.domains_dir / domain / "products"
+    if not folder.is_dir():
+        return []
+    package = _products_package(domain, folder)
+    found: dict[Path, PythonProduct] = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
             continue
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        found += [v for v in vars(module).values() if isinstance(v, PythonProduct)]
-    return found
+        name = f"{package}.{path.stem}"
+        try:
+            module = sys.modules.get(name) or importlib.import_module(name)
+        except Exception as exc:
+            raise DomainError(
+                domain,
+                f"its Python product module {path.name} cannot be imported: "
+                f"{type(exc).__name__}: {exc}",
+                fix="fix the module (run it with python to see the traceback)",
+                path=path,
+            ) from exc
+        for value in vars(module).values():
+            if isinstance(value, PythonProduct):
+                found.setdefault(value.descriptor_path.resolve(), value)
+    return list(found.values())
+
+
+def _products_package(domain: str, folder: Path) -> str:
+    """A package named after the folder's path whose modules are the folder's files."""
+    digest = hashlib.sha1(str(folder.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    name = f"_mesh_products_{domain}_{digest}"
+    if name not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+    return name
 
 
 def python_descriptors(
     domain: Domain, products: Sequence[PythonProduct], taken: set[str]
 ) -> tuple[list[tuple[PythonProduct, ProductDescriptor]], list[str]]:
-    """Validated descriptors of the domain's Python products, and every problem found."""
+    """Validated descriptors of the domain's Python products, and every problem found;
+    ``taken``: the addresses of the domain's dbt products."""
     found, problems = [], []
+    python: dict[str, str] = {}  # address -> the function that builds it
     for product in products:
         try:
             descriptor = product.descriptor(domain.code_dir.parent.parent)
@@ -77,8 +114,14 @@ def python_descriptors(
                 f"product {descriptor.address} ({descriptor.source_file}) is also a dbt product "
                 "of this domain: one address, one product"
             )
+        elif str(descriptor.address) in python:
+            problems.append(
+                f"product {descriptor.address} ({descriptor.source_file}) is built by two "
+                f"Python functions ({python[str(descriptor.address)]} and {product.name}): "
+                "one address, one product"
+            )
         else:
-            taken.add(str(descriptor.address))
+            python[str(descriptor.address)] = product.name
             found.append((product, descriptor))
     return found, problems
 

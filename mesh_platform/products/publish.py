@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Imported for its effect too: the governance package registers its data policies (pii_detection,
+# pii_masking_verified) as gate checks; the gate refuses to pass a batch without them.
+import mesh_platform.governance  # noqa: F401
 from mesh_platform.access.masking import masked_relation
 from mesh_platform.addressing import quote_ident
 from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids

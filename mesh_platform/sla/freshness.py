@@ -22,7 +22,6 @@ from mesh_platform.storage.metadata import Catalog
 
 if TYPE_CHECKING:
     from mesh_platform.products.descriptor import ProductDescriptor
-    from mesh_platform.storage.metadata import Catalog
 
 
 def _hours(delta: dt.timedelta) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyiceberg.table.metadata import TableMetadata
 
 from mesh_platform.addressing import ProductAddress
-from mesh_platform.errors import CORRUPT_METADATA, runbook
 from mesh_platform.storage.metadata import BATCH_PROPERTY
 
 
@@ -135,20 +133,3 @@ def snapshot_note(metadata: TableMetadata, snapshot_id: int | None) -> SnapshotN
     return SnapshotNote(
         snapshot_id, _when(snapshot.timestamp_ms), summary.get(BATCH_PROPERTY), refs
     )
-
-
-def repair_summary(report: RepairReport) -> dict[str, Any]:
-    """The report as JSON-ready data."""
-    return {
-        "product": str(report.address),
-        "metadata": report.broken,
-        "problem": report.problem,
-        "action": report.action,
-        "restored": report.restored,
-        "main_before": report.main_before.describe() if report.main_before else None,
-        "main_after": report.main_after.describe() if report.main_after else None,
-        "lost": [n.describe() for n in report.lost],
-        "lost_unknown": report.lost_unknown,
-        "skipped": [{"file": f, "why": w} for f, w in report.skipped],
-        "runbook": runbook(CORRUPT_METADATA),
-    }

@@ -26,7 +26,8 @@ from mesh_platform.formats import parse_duration
 from mesh_platform.products.descriptor import DescriptorBody, Owner
 from mesh_platform.products.descriptor_grants import Grant
 from mesh_platform.products.registry import load_directory
-from mesh_platform.scaffold import ScaffoldError, new_domain, new_product
+from mesh_platform.scaffold import new_domain, new_product
+from mesh_platform.scaffold.validate import ScaffoldError
 from mesh_platform.testing import copy_mesh, edited, mesh_files, run_mesh
 
 pytestmark = pytest.mark.e2e
