@@ -67,11 +67,15 @@ def descriptor(
     return descriptor_from_node("sales", node)
 
 
+DATA_POLICIES = {"pii_detection", "pii_masking_verified"}  # every gate has them (stand-ins here)
+
+
 class _StandIn(GateCheck):
     """Passes: stands in for a governance data policy in tests of the gate's mechanics."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.description = f"stand-in for {name}"
         self.personal_data = True
 
     def evaluate(self, ctx: GateContext) -> CheckOutcome:
@@ -140,7 +144,7 @@ def test_publishes_when_every_check_passes(catalog, conn):
     assert first.published, first.error
     assert first.error is None
     assert first.failed_checks == []
-    assert set(first.outcomes) == {"schema_compatible", "expectations", "volume"}
+    assert set(first.outcomes) == {"schema_compatible", "expectations", "volume"} | DATA_POLICIES
     assert all(o.passed for o in first.outcomes.values()), first.outcomes
     assert first.snapshot_id == main_id(catalog)
     assert main_rows(catalog).num_rows == 10
@@ -628,22 +632,23 @@ def test_a_check_that_does_not_apply_is_neither_declared_nor_run(catalog, conn, 
 def test_check_specs_match_the_descriptor():
     with_all = descriptor(expectations=GOOD_SUITE, volume={"min_ratio": 0.5})
     specs = {s.name: s for s in check_specs(with_all, contract=True)}
-    assert set(specs) == {"schema_compatible", "contract", "expectations", "volume"}
+    assert set(specs) == {"schema_compatible", "contract", "expectations", "volume"} | DATA_POLICIES
     assert {n: s.blocking for n, s in specs.items()} == {
         "schema_compatible": True,
         "contract": True,
         "expectations": True,
         "volume": True,
+        **dict.fromkeys(DATA_POLICIES, True),
     }
     assert all(s.asset_key.path == ["sales", "orders"] for s in specs.values())
     assert all(s.description for s in specs.values())
 
     bare = {s.name: s for s in check_specs(descriptor(), contract=True)}
-    assert set(bare) == {"schema_compatible", "contract", "volume"}  # no suite: no expectations
+    assert set(bare) == {"schema_compatible", "contract", "volume"} | DATA_POLICIES  # no suite
     assert bare["volume"].blocking is False  # no volume block: a warning only
 
     python = {s.name for s in check_specs(descriptor(), contract=False)}
-    assert python == {"schema_compatible", "volume"}
+    assert python == {"schema_compatible", "volume"} | DATA_POLICIES
 
     lenient = descriptor(volume={"blocking": False})
     assert {s.name: s.blocking for s in check_specs(lenient, contract=True)}["volume"] is False
