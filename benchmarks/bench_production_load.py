@@ -69,7 +69,7 @@ from typing import Any
 
 from _common import BIN, peak_rss_mb
 
-from mesh_platform.testing import REPO, copy_mesh, user_env
+from mesh_platform.testing import REPO, copy_mesh, read_services_env, user_env
 
 DOMAINS = ("sales", "logistics", "marketing")
 # Products of each domain that publishers take in turn: unpartitioned (publish_from_duckdb
@@ -225,13 +225,7 @@ def services_env() -> dict[str, str]:
                                  timeout=900, check=False)  # fmt: skip
         if started.returncode:
             sys.exit(f"scripts/services.sh start failed:\n{started.stderr[-3000:]}")
-    env_file = Path(os.environ.get("MESH_SERVICES_DIR", REPO / ".services")) / "env"
-    env = {}
-    for line in env_file.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value
-    return env
+    return read_services_env()
 
 
 def fresh_production(name: str) -> dict[str, str]:

@@ -256,6 +256,11 @@ def services_env() -> dict[str, str]:
         [str(SERVICES), "start"], capture_output=True, text=True, timeout=900, check=False
     )
     assert started.returncode == 0, started.stderr[-3000:]
+    return read_services_env()
+
+
+def read_services_env() -> dict[str, str]:
+    """The variables scripts/services.sh wrote for the running servers (its ``env`` file)."""
     env_file = Path(os.environ.get("MESH_SERVICES_DIR", REPO / ".services")) / "env"
     env = {}
     for line in env_file.read_text().splitlines():

@@ -36,12 +36,21 @@ def descriptor(
     volume: dict | None = None,
     extra_columns: dict[str, dict] | None = None,
 ) -> ProductDescriptor:
+    return descriptor_from_node("sales", node(expectations, volume, extra_columns))
+
+
+def node(
+    expectations: list[dict] | None = None,
+    volume: dict | None = None,
+    extra_columns: dict[str, dict] | None = None,
+) -> dict[str, Any]:
+    """The dbt manifest node of the test product ``sales.orders``."""
     sla: dict[str, Any] = {}
     if expectations is not None:
         sla["expectations"] = expectations
     if volume is not None:
         sla["volume"] = volume
-    node = {
+    return {
         "resource_type": "model",
         "access": "public",
         "name": "orders",
@@ -64,7 +73,6 @@ def descriptor(
             **(extra_columns or {}),
         },
     }
-    return descriptor_from_node("sales", node)
 
 
 DATA_POLICIES = {"pii_detection", "pii_masking_verified"}  # every gate has them (stand-ins here)
@@ -694,24 +702,8 @@ def test_the_gate_fails_closed_when_the_personal_data_policies_are_not_loaded():
         "outcomes = run_gate(GateContext(descriptor_from_node('sales', node), None, None))\n"
         "print(json.dumps({n: [o.passed, o.blocking] for n, o in outcomes.items()}))\n"
     )
-    node = {
-        "resource_type": "model",
-        "name": "orders",
-        "description": "Orders.",
-        "access": "public",
-        "config": {
-            "meta": {
-                "mesh": {
-                    "purpose": "Order headers for revenue reporting.",
-                    "owner": {"team": "sales", "contact": "sales-data@example.com"},
-                    "version": "1.0.0",
-                }
-            }
-        },
-        "columns": {"order_key": {"name": "order_key", "data_type": "bigint"}},
-    }
     result = subprocess.run(
-        [sys.executable, "-c", probe, json.dumps(node, default=str)],
+        [sys.executable, "-c", probe, json.dumps(node(), default=str)],
         capture_output=True,
         text=True,
     )

@@ -180,7 +180,7 @@ def catalog(ctx: click.Context, output: Path) -> None:
 @click.option(
     "--validate", is_flag=True,
     help="Check the document against the standard's official JSON Schema before writing it "
-    "(needs the dev dependencies jsonschema and open-data-contract-standard).",
+    "(jsonschema; ODCS's schema comes with open-data-contract-standard).",
 )  # fmt: skip
 @click.pass_context
 @mesh_command

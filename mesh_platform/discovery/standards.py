@@ -29,7 +29,7 @@ and one input port per upstream product (its URN as ``contractId``).
 
 The official JSON Schemas validate both documents (``--validate``, and the tests;
 :mod:`.validation`): ODCS's ships in the ``open-data-contract-standard`` package, ODPS's is
-vendored in ``schemas/`` (see its README). Validating needs the dev dependency ``jsonschema``.
+vendored in ``schemas/`` (see its README). Validation uses ``jsonschema``.
 """
 
 from __future__ import annotations
