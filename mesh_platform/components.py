@@ -19,10 +19,6 @@ beside it under ``defs/``; :func:`load_domain_defs` loads them all, as dg does.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.machinery
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +28,7 @@ import dagster as dg
 from mesh_platform.definitions import domain_definitions
 from mesh_platform.domain import DOMAIN_FILE
 from mesh_platform.errors import MeshError
+from mesh_platform.packages import folder_package
 
 DEFS_FOLDER = "defs"  # a domain's dg defs folder: domains/<domain>/defs/
 COMPONENT_FOLDER = "domain"  # the domain component's folder in it: defs/domain/defs.yaml
@@ -106,12 +103,4 @@ def _defs_module(code_dir: Path) -> ModuleType:
             "`type: mesh_platform.components.DomainComponent` (see another domain)",
             path=folder,
         )
-    digest = hashlib.sha1(str(folder).encode(), usedforsecurity=False).hexdigest()[:12]
-    name = f"_mesh_defs_{code_dir.name}_{digest}"
-    if (module := sys.modules.get(name)) is None:
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [str(folder)]
-        module = importlib.util.module_from_spec(spec)
-        module.__file__ = None  # a namespace package: Dagster finds the folder by __path__
-        sys.modules[name] = module
-    return module
+    return folder_package(f"_mesh_defs_{code_dir.name}", folder)

@@ -17,10 +17,7 @@ reads Python products' descriptor files directly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.machinery
-import importlib.util
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +27,7 @@ from mesh_platform.config import Mesh
 from mesh_platform.dbt.nodes import is_product
 from mesh_platform.domain import Domain, list_domain_names
 from mesh_platform.errors import DomainError, MeshError
+from mesh_platform.packages import folder_package
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.python import PythonProduct
 
@@ -58,7 +56,7 @@ def python_products(mesh: Mesh, domain: str) -> list[PythonProduct]:
     folder = mesh.domains_dir / domain / "products"
     if not folder.is_dir():
         return []
-    package = _products_package(domain, folder)
+    package = folder_package(f"_mesh_products_{domain}", folder).__name__
     found: dict[Path, PythonProduct] = {}
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
@@ -78,17 +76,6 @@ def python_products(mesh: Mesh, domain: str) -> list[PythonProduct]:
             if isinstance(value, PythonProduct):
                 found.setdefault(value.descriptor_path.resolve(), value)
     return list(found.values())
-
-
-def _products_package(domain: str, folder: Path) -> str:
-    """A package named after the folder's path whose modules are the folder's files."""
-    digest = hashlib.sha1(str(folder.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
-    name = f"_mesh_products_{domain}_{digest}"
-    if name not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [str(folder)]
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-    return name
 
 
 def python_descriptors(
