@@ -7,7 +7,9 @@ yesterday = read_product("sales.orders", as_="marketing",
                          as_of=datetime(2026, 11, 24, tzinfo=UTC))
 
 The same access path as ``mesh query`` (:mod:`mesh_platform.query.engine`): deny by default,
-granted columns and rows only, personal data masked unless the reader is cleared, audited.
+granted columns and rows only, personal data masked unless the reader is cleared, audited. With
+``MESH_ENDPOINT`` set (the production profile), through the query service with ``MESH_TOKEN``
+(:mod:`mesh_platform.query.remote`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError
-from mesh_platform.query.engine import QuerySession
+from mesh_platform.query.remote import open_session
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -51,7 +53,7 @@ def read_product(
             fix="pass as_='<domain|team:t|user:u>' or set MESH_PRINCIPAL",
         )
     address = ProductAddress.parse(address) if isinstance(address, str) else address
-    with QuerySession(principal, mesh=mesh) as session:
+    with open_session(principal, mesh=mesh) as session:
         return session.sql(
             f"SELECT * FROM {address.domain}.{address.table}",
             at=snapshot_id if snapshot_id is not None else as_of,

@@ -86,6 +86,13 @@ class QueryLimits(BaseModel):
         ge=1,
         description="A result larger than this is refused (aggregate, filter or LIMIT).",
     )
+    concurrent_queries: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Queries of one principal the query service runs at once (`mesh serve`); "
+        "more wait for a free slot.",
+    )
 
 
 class QuerySettings(BaseModel):
@@ -107,6 +114,83 @@ class QuerySettings(BaseModel):
             if name in self.principals:
                 return self.principals[name]
         return self.defaults
+
+
+class TlsSettings(BaseModel):
+    """The query service's certificate (PEM files; relative paths are against the mesh root)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certificate: Path = Field(description="PEM certificate chain.", examples=["tls/mesh.crt"])
+    key: Path = Field(description="PEM private key (mode 0600).", examples=["tls/mesh.key"])
+
+
+class OidcSettings(BaseModel):
+    """OpenID Connect: JWTs of one issuer accepted as the password of a login."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(description="The `iss` every token must carry.")
+    audience: str = Field(description="The `aud` every token must carry (this mesh).")
+    jwks: str = Field(
+        description="The issuer's public keys: a JWKS file (relative to the mesh root) or an "
+        "https:// URL (fetched and cached).",
+        examples=["oidc/jwks.json", "https://login.example.com/.well-known/jwks.json"],
+    )
+    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]] = (
+        Field(
+            default_factory=lambda: ["RS256", "ES256"],
+            description="Signature algorithms accepted (asymmetric only: never none or HS*).",
+        )
+    )
+    principal_claim: str = Field(
+        default="sub", description="The claim naming the user.", examples=["email", "sub"]
+    )
+    principal_prefix: str = Field(default="user:", description="Prefix of the mapped principal.")
+    teams_claim: str | None = Field(
+        default="groups", description="A claim listing the user's teams (None: not used)."
+    )
+    team_prefix: str = Field(default="team:", description="Prefix of each mapped team.")
+    leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed.")
+
+
+class ServeSettings(BaseModel):
+    """``mesh serve``: the authenticated query service (PostgreSQL wire protocol)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on; any address off loopback requires `tls`.",
+        examples=["127.0.0.1", "0.0.0.0"],
+    )
+    port: int = Field(default=5433, ge=0, le=65535, description="PostgreSQL protocol port.")
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="HTTP port of /healthz and /readyz (None: port + 1000; 0: off).",
+    )
+    tls: TlsSettings | None = Field(default=None, description="Certificate of the service.")
+    oidc: OidcSettings | None = Field(default=None, description="Accept JWTs of this issuer.")
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Where issued tokens are kept, hashed (default: <state>/serve/tokens.json).",
+    )
+    max_connections: int = Field(default=128, ge=1, description="Open sessions at most.")
+    max_query_bytes: int = Field(
+        default=1_000_000, ge=1024, description="A longer query text is refused."
+    )
+    login_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins from one address (or for one user) within the window "
+        "before further attempts are refused until it passes.",
+    )
+    login_window_seconds: float = Field(default=60, gt=0, description="The rate limit's window.")
+    drain_seconds: float = Field(
+        default=30, ge=0, description="On shutdown: how long running queries may finish."
+    )
 
 
 class MeshSettings(BaseSettings):
@@ -134,6 +218,7 @@ class MeshSettings(BaseSettings):
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     profile: Literal["local", "production"] = Field(
         default="local",
         description="Deployment profile. local: the embedded default (sqlite files, local "

@@ -186,6 +186,8 @@ LIGHT = [  # modules that must not import Dagster: the read path and the light c
     "mesh_platform.cli.govern",
     "mesh_platform.cli.doctor",
     "mesh_platform.cli.scaffold",
+    "mesh_platform.cli.serve",
+    "mesh_platform.cli.token",
 ]
 
 

@@ -12,7 +12,8 @@ COMMANDS = [
     [], ["build"], ["prepare"], ["ui"], ["workspace"], ["maintain"], ["check"], ["query"],
     ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
     ["new", "product"], ["sla"], ["doctor"], ["repair"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
-    ["deploy", "s3-policies"],
+    ["deploy", "s3-policies"], ["serve"], ["token"], ["token", "create"], ["token", "list"],
+    ["token", "revoke"],
 ]  # fmt: skip
 
 

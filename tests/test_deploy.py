@@ -28,6 +28,7 @@ from mesh_platform.deploy.helm import helm_config, k8s_name
 from mesh_platform.deploy.trino import access_rules, trino_config, trino_group
 from mesh_platform.domain import list_domain_names
 from mesh_platform.products.registry import load_directory
+from mesh_platform.settings import build_settings
 from mesh_platform.workspace import read_locations
 
 PASSWORD = "secretpw"
@@ -336,6 +337,33 @@ def test_helm_values_one_deployment_per_workspace_location_and_no_secrets(produc
         assert PASSWORD not in generated.text, name
         assert "pepper" not in generated.text, name
     assert config.warnings == []
+
+
+def test_helm_adds_the_query_service_with_secret_references_only(production, monkeypatch):
+    """mesh-serve.yaml: a Deployment and a Service for `mesh serve`, reading the mesh's secret,
+    a TLS secret and a claim for its tokens; its environment is valid mesh settings (TLS on,
+    listening off loopback), and nothing secret is written."""
+    monkeypatch.setenv("MESH_PII_SALT", "pepper")
+    config = helm_config(load_mesh(production.root), image="registry.example:5000/mesh:1.2.3")
+    deployment, service = yaml.safe_load_all(config.files["mesh-serve.yaml"].text)
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example:5000/mesh:1.2.3"
+    assert container["command"] == ["mesh", "serve"]
+    assert container["envFrom"] == [{"secretRef": {"name": "mesh-production"}}]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "mesh-serve-tls"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = build_settings({}, {})
+    assert settings.serve.host == "0.0.0.0" and settings.serve.tls is not None
+    assert str(settings.serve.tls.certificate).startswith("/etc/mesh/tls/")
+    assert settings.profile == "production"
+    assert "pepper" not in config.files["mesh-serve.yaml"].text
 
 
 # --- the CLI -------------------------------------------------------------------------------------

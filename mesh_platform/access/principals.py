@@ -19,6 +19,7 @@ the next query, without a rebuild.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,13 @@ class Principal:
         return domain in self.acts_as
 
 
+def _normalised_or_none(principal: str) -> str | None:
+    try:
+        return normalise_principal(principal)
+    except ValueError:
+        return None
+
+
 class Principals:
     """The declared principals plus one per domain."""
 
@@ -106,13 +114,18 @@ class Principals:
     def known(self, principal: str) -> bool:
         return principal in self.specs or principal in self.domains
 
-    def resolve(self, principal: str) -> Principal:
-        """Resolve ``principal`` and its memberships (transitively); unknown ones are refused."""
+    def resolve(self, principal: str, *, member_of: Iterable[str] = ()) -> Principal:
+        """Resolve ``principal`` and its memberships (transitively); unknown ones are refused.
+
+        ``member_of``: memberships an identity provider vouches for (an OpenID Connect token's
+        teams), added to the declared ones; only declared principals count. A user the file
+        does not declare is known through them."""
         try:
             principal = normalise_principal(principal)
         except ValueError as exc:
             raise AccessDeniedError(str(exc), fix="pass --as <principal>") from None
-        if not self.known(principal):
+        vouched = [g for g in map(_normalised_or_none, member_of) if g and self.known(g)]
+        if not self.known(principal) and not vouched:
             raise AccessDeniedError(
                 f"unknown principal '{principal}'",
                 fix=f"use a domain ({', '.join(sorted(self.domains))}) or a principal declared "
@@ -121,7 +134,7 @@ class Principals:
             )
         seen: set[str] = set()
         clearances: set[str] = set()
-        todo = [principal]
+        todo = [principal, *vouched]
         while todo:
             current = todo.pop()
             if current in seen:

@@ -41,7 +41,7 @@ COMMANDS: Mapping[str, str] = {
     "maintain": "operate", "repair": "operate", "doctor": "doctor",
     "check": "govern", "sla": "govern", "audit": "govern",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
-    "query": "query",
+    "query": "query", "serve": "serve", "token": "token",
     "new": "scaffold",
     "deploy": "deploy",
 }  # fmt: skip

@@ -20,7 +20,8 @@ from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
 from mesh_platform.cli.options import principal_option
 from mesh_platform.errors import MeshError, printable_value
-from mesh_platform.query.engine import QuerySession, parse_at
+from mesh_platform.query.engine import parse_at
+from mesh_platform.query.remote import open_session
 
 
 @click.command()
@@ -44,12 +45,15 @@ def query(
 
     Products are named by address, e.g.
     mesh query --as marketing "SELECT market_segment, count(*) FROM sales.customers GROUP BY 1"
+
+    Locally, --as tries a principal's grants (audited as impersonation). With MESH_ENDPOINT set
+    (production), the query goes to the query service, logged in as --as with MESH_TOKEN.
     """
     if fmt == "table" and output is not None:
         raise MeshError("--format table prints to the terminal", fix="use csv, json or parquet")
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise MeshError("parquet is binary: not written to a terminal", fix="pass --output FILE")
-    with QuerySession(principal_option(as_), mesh=load_context_mesh(ctx)) as session:
+    with open_session(principal_option(as_), mesh=load_context_mesh(ctx)) as session:
         if fmt == "parquet":
             import pyarrow.parquet as pq  # heavy: ~0.4 s, only the parquet format needs it
 

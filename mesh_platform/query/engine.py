@@ -70,6 +70,7 @@ At = int | dt.datetime | Mapping[str, int] | None
 
 
 FILE_LISTS_KEPT = 256  # snapshots whose data-file list a session keeps (planned from manifests)
+STREAM_BATCH_ROWS = 16_384  # rows per batch a streamed result is handed on in
 PATHS_KEPT = 20_000  # data files a session's query connection may keep allowed
 _POLL_SECONDS = 0.05  # how often the waiting thread checks for the timeout (Ctrl-C is immediate)
 _STOP_GRACE_SECONDS = 5.0  # how long an interrupted query may take to stop before it is left
@@ -161,9 +162,18 @@ class QuerySession:
         directory: Directory | None = None,
         audit: AuditLog | None = None,
         threads: int | None = None,
+        identity: Mapping[str, Any] | None = None,
+        member_of: tuple[str, ...] = (),
     ) -> None:
         self.mesh = mesh or load_mesh()
         self.principal_id = principal
+        # How the principal was established, on every audit line: in-process callers name
+        # the principal themselves (impersonation: trying grants); the query service passes
+        # the authenticated identity (method, client address, application).
+        self.identity = dict(identity) if identity is not None else {"auth": "impersonation"}
+        self.member_of = member_of  # memberships an identity provider vouches for
+        self.timeout_seconds: float | None = None  # a client's statement timeout (shorter wins)
+        self._cancelled = threading.Event()
         self._directory = directory
         self.catalog = Catalog(self.mesh)
         self.audit = audit or AuditLog(self.mesh.state_dir / "audit" / "queries.jsonl")
@@ -190,7 +200,7 @@ class QuerySession:
         re-read with principals.yaml on every query; its query limits with it."""
 
         principals = load_principals(self.mesh.root, set(list_domain_names(self.mesh)))
-        principal = principals.resolve(self.principal_id)
+        principal = principals.resolve(self.principal_id, member_of=self.member_of)
         acts_as = [principal.id, *sorted(principal.acts_as - {principal.id})]
         self.limits = self.mesh.settings.query.for_principal(acts_as)
         return principal
@@ -304,6 +314,28 @@ class QuerySession:
         self._files.move_to_end(key)
         return self._files[key]
 
+    def readable(self) -> dict[ProductAddress, list[tuple[str, str]]]:
+        """Every published product this principal may read, with the columns it sees and their
+        DuckDB types (masked columns as served): what a client's catalog browser shows. Reads
+        no rows: each product's governed view is described, never run."""
+        principal = self.principal()
+        directory = self.directory()
+        read = []
+        for key in sorted(directory.descriptors):
+            try:
+                read += self.resolve((ProductAddress.parse(key),), principal=principal)
+            except MeshError:  # not granted, not published, unreadable: not shown
+                continue
+        conn = self._connection({f for r in read for f in self._files_of(r)})
+        bind_salt(conn, self.salt_for([r.plan for r in read]))
+        shapes = {}
+        for item in read:
+            self._expose(conn, item)
+            domain, table = item.plan.address.domain, item.plan.address.table
+            described = conn.execute(f"DESCRIBE {quote_ident(domain)}.{quote_ident(table)}")
+            shapes[item.plan.address] = [(row[0], row[1]) for row in described.fetchall()]
+        return shapes
+
     def salt_for(self, plans: list[ReadPlan]) -> str | None:
         if self._salt is None and any(rule in SALTED for p in plans for rule in p.masks.values()):
             self._salt = self.mesh.pii_salt()
@@ -337,11 +369,28 @@ class QuerySession:
 
         return self._run(sql, at, fetch)
 
+    def stream(self, sql: str, consume: Any, *, at: At = None) -> Any:
+        """Run one query and hand its result to ``consume(reader, max_rows)`` in the query's
+        worker thread (a DuckDB Arrow record-batch reader): the query service streams batches
+        to its client with bounded memory, under the same timeout, cancel and audit as
+        :meth:`sql`. ``consume`` returns the number of rows it passed on."""
+
+        def fetch(cursor: Any, max_rows: int) -> int:
+            return consume(cursor.to_arrow_reader(STREAM_BATCH_ROWS), max_rows)
+
+        return self._run(sql, at, fetch)
+
+    def cancel(self) -> None:
+        """Stop the running query (a client's cancel request); it ends as cancelled."""
+        self._cancelled.set()
+
     def _run(self, sql: str, at: At, fetch: Any) -> Any:
         start = time.perf_counter()
+        self._cancelled.clear()
         entry: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "principal": self.principal_id,
+            **self.identity,
             "query": None,
             "products": [],
         }
@@ -409,7 +458,7 @@ class QuerySession:
                 self._record(entry, start)
             raise
         entry["status"] = "ok"
-        entry["rows"] = result.num_rows if hasattr(result, "num_rows") else len(result[1])
+        entry["rows"] = _row_count(result)
         self._record(entry, start)
         return result
 
@@ -462,18 +511,26 @@ class QuerySession:
                 outcome["error"] = exc
 
         worker = threading.Thread(target=work, name="mesh-query", daemon=True)
-        deadline = time.monotonic() + limits.timeout_seconds
+        timeout = min(limits.timeout_seconds, self.timeout_seconds or limits.timeout_seconds)
+        deadline = time.monotonic() + timeout
         worker.start()
         reason: MeshError | None = None
         try:
             while worker.is_alive():
                 worker.join(_POLL_SECONDS)
-                if worker.is_alive() and time.monotonic() > deadline and reason is None:
+                if not worker.is_alive():
+                    break
+                if self._cancelled.is_set():
+                    reason = QueryCancelledError(
+                        "the query was cancelled by its client", fix="run it again when needed"
+                    )
+                elif time.monotonic() > deadline:
                     reason = QueryLimitError(
-                        f"the query ran longer than {limits.timeout_seconds:g} s and was cancelled",
+                        f"the query ran longer than {timeout:g} s and was cancelled",
                         fix="narrow it (filters, aggregates, LIMIT), or ask the platform team "
                         "for a longer timeout (mesh.yaml: query.principals.<you>.timeout_seconds)",
                     )
+                if reason is not None:
                     self._stop(conn, worker)
                     break
         except KeyboardInterrupt:
@@ -530,6 +587,12 @@ def _names_file_of(message: str, location: str) -> bool:
 
     folder = location if is_remote(location) else str(local_path(location))
     return f"{folder.rstrip('/')}/" in message
+
+
+def _row_count(result: Any) -> int:
+    if isinstance(result, int):  # streamed: the rows passed on
+        return result
+    return result.num_rows if hasattr(result, "num_rows") else len(result[1])
 
 
 def _check_rows(count: int, max_rows: int) -> None:

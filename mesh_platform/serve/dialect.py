@@ -1,0 +1,254 @@
+"""What a PostgreSQL client says, in the engine's terms.
+
+Clients of the query service speak PostgreSQL's SQL. Each statement is one of three kinds,
+decided on sqlglot's tokens and tree, never on a regular expression over the text:
+
+- a **session command** (``SET``, ``SHOW``, ``RESET``, ``BEGIN``/``COMMIT``/``ROLLBACK``,
+  ``DISCARD``, ``DEALLOCATE``): answered by the service from the client's own settings; none
+  reaches an engine;
+- a **catalog query**: a query that reads nothing but ``pg_catalog``/``information_schema`` (or
+  no table at all: ``SELECT version()``), run on the principal's catalog, an empty in-memory
+  database shaped like the products it may read (:mod:`mesh_platform.serve.catalog`);
+- a **product query**: everything else, translated to DuckDB's dialect with sqlglot and handed
+  to the federated query engine, whose SQL guard (:func:`mesh_platform.query.sql.check_query`)
+  decides what it may do, exactly as for ``mesh query``.
+
+Bound parameters (``$1``) are substituted into the tree as literals before translation, so the
+guard checks the query that runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Tokenizer, TokenType
+
+from mesh_platform.query.sql import QueryRefusedError, function_name, sqlglot
+
+Kind = Literal["empty", "session", "catalog", "products", "copy"]
+CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+_SESSION_WORDS = frozenset(
+    {"SET", "SHOW", "RESET", "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "DISCARD",
+     "DEALLOCATE", "SAVEPOINT", "RELEASE"}
+)  # fmt: skip
+_REGPROC_COLUMNS = frozenset({"typreceive", "typsend", "typinput", "typoutput"})
+_PG_CATALOG_TABLE = re.compile(r"\Apg_[a-z_]+\Z")
+
+
+@dataclass(frozen=True)
+class Statement:
+    kind: Kind
+    text: str  # the client's text of this statement
+    word: str = ""  # session commands: the leading keyword (upper case)
+    parameters: int = 0  # the highest $n the statement names
+
+
+def _refuse(what: str, fix: str) -> QueryRefusedError:
+    return QueryRefusedError(what, fix=fix)
+
+
+def split(text: str) -> list[str]:
+    """The statements of a simple-protocol query string (``;``-separated, as psql sends),
+    cut on the tokenizer's semicolons: a ``;`` inside a string or comment does not split."""
+    try:
+        tokens = Tokenizer().tokenize(text)
+    except TokenError:
+        raise _refuse(
+            "the query cannot be read: an unterminated string, quoted name or comment",
+            "close every quote and comment",
+        ) from None
+    statements, start = [], 0
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            statements.append(text[start : token.start])
+            start = token.end + 1
+    statements.append(text[start:])
+    return [s for s in statements if s.strip()] or [""]
+
+
+@functools.lru_cache(maxsize=1024)
+def classify(text: str) -> Statement:
+    """The kind of one statement (see the module docstring)."""
+    try:
+        tokens = Tokenizer().tokenize(text)
+    except TokenError:
+        raise _refuse(
+            "the query cannot be read: an unterminated string, quoted name or comment",
+            "close every quote and comment",
+        ) from None
+    if not tokens:
+        return Statement("empty", text)
+    word = tokens[0].text.upper()
+    if word in _SESSION_WORDS:
+        return Statement("session", text, word=word)
+    if word == "COPY":  # its query is classified when it runs (serve/copy_out.py)
+        return Statement("copy", text, word=word)
+    tree = _parse(text)
+    parameters = max(
+        (_parameter_number(p) for p in tree.find_all(exp.Parameter, exp.Placeholder)), default=0
+    )
+    tables = list(tree.find_all(exp.Table))
+    ctes = {str(c.alias).lower() for c in tree.find_all(exp.CTE)}
+    if isinstance(tree, exp.Query) and all(_is_catalog(t, ctes) for t in tables):
+        return Statement("catalog", text, parameters=parameters)
+    return Statement("products", text, parameters=parameters)
+
+
+def _parse(text: str) -> exp.Expression:
+    try:
+        statements = [s for s in sqlglot.parse(text, read="postgres") if s is not None]
+    except (ParseError, TokenError) as exc:
+        first = (getattr(exc, "errors", None) or [{}])[0]
+        raise _refuse(
+            f"the query is not valid SQL: {first.get('description', 'syntax error')}",
+            "write one SELECT naming products as <domain>.<product>",
+        ) from None
+    if len(statements) != 1:
+        raise _refuse("a statement is exactly one query", "send one SELECT per statement")
+    return statements[0]
+
+
+def _is_catalog(table: exp.Table, ctes: set[str]) -> bool:
+    if not isinstance(table.this, exp.Identifier) or table.catalog:
+        return False
+    schema, name = table.db.lower(), table.name.lower()
+    if schema:
+        return schema in CATALOG_SCHEMAS
+    return name in ctes or bool(_PG_CATALOG_TABLE.match(name))
+
+
+def _parameter_number(node: exp.Expression) -> int:
+    text = node.name if isinstance(node, exp.Parameter) else ""
+    if not text.isdigit():
+        raise _refuse(
+            "only numbered parameters ($1, $2...) can be bound",
+            "use $n placeholders (psycopg does so for %s)",
+        )
+    return int(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tree(text: str) -> exp.Expression:
+    return _parse(text)
+
+
+NUMERIC_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
+BOOL_OID = 16
+
+
+def _literal(value: str | None, oid: int) -> exp.Expression:
+    if value is None:
+        return exp.null()
+    if oid in NUMERIC_OIDS:
+        try:
+            float(value)
+        except ValueError:
+            raise _refuse(
+                f"a bound number is not a number ({len(value)} characters)",
+                "bind numbers as numbers",
+            ) from None
+        return exp.Literal.number(value.strip())
+    if oid == BOOL_OID:
+        truth = value.strip().lower() in {"t", "true", "1", "on", "yes"}
+        return exp.true() if truth else exp.false()
+    return exp.Literal.string(value)
+
+
+def _postgres_names(tree: exp.Expression, user: str) -> exp.Expression:
+    """PostgreSQL's spellings DuckDB binds otherwise: ``pg_catalog.f()`` is ``f()``, and the
+    session's user and database are the service's, not the engine's."""
+    for node in list(tree.find_all(exp.Dot)):
+        left = node.this
+        qualified = (
+            isinstance(left, exp.Identifier | exp.Column) and left.name.lower() == "pg_catalog"
+        )
+        if qualified and isinstance(node.expression, exp.Func):
+            node.replace(node.expression)
+    for table in list(tree.find_all(exp.Table)):  # PostgreSQL's type rows (serve/catalog.py)
+        if table.name.lower() == "pg_type" and table.db.lower() in ("", "pg_catalog"):
+            alias = table.alias or "pg_type"
+            call = exp.Anonymous(this="mesh_pg_type")
+            table.replace(exp.Table(this=call, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+    for compare in list(tree.find_all(exp.EQ, exp.NEQ)):  # regproc = 0: no function ('-')
+        for side, other in ((compare.left, compare.right), (compare.right, compare.left)):
+            if (isinstance(side, exp.Column) and side.name.lower() in _REGPROC_COLUMNS
+                    and isinstance(other, exp.Literal) and other.name == "0"):  # fmt: skip
+                other.replace(exp.Literal.string("-"))
+    for cast in list(tree.find_all(exp.Cast)):  # oid::regtype is the type's name
+        if cast.to.sql(dialect="postgres").lower() in ("regtype", "regtype[]"):
+            cast.replace(exp.Anonymous(this="mesh_regtype", expressions=[cast.this]))
+    for node in list(tree.find_all(exp.CurrentUser, exp.SessionUser)):
+        node.replace(exp.Literal.string(user))
+    for node in list(tree.find_all(exp.CurrentDatabase)):
+        node.replace(exp.Literal.string("mesh"))
+    return tree
+
+
+def _column_names(tree: exp.Expression) -> exp.Expression:
+    """Result columns named as PostgreSQL names them where the query does not: a function
+    call by the function (``count(*)`` is ``count``), a cast by what it casts, anything else
+    ``?column?`` (DuckDB would name them by their text: ``count_star()``, ``(a + 1)``)."""
+    select = tree
+    while isinstance(select, exp.SetOperation):  # a UNION's names are its first branch's
+        select = select.this
+    if not isinstance(select, exp.Select):
+        return tree
+    for item in list(select.expressions):
+        if isinstance(item, exp.Alias | exp.Column | exp.Star):
+            continue
+        inner = item.this if isinstance(item, exp.Cast) else item
+        if isinstance(inner, exp.Column):
+            name = inner.name
+        elif isinstance(inner, exp.Func) and not isinstance(item, exp.Cast):
+            name = (function_name(inner) or "?column?").split(".")[-1]
+        else:
+            name = "?column?"
+        item.replace(exp.alias_(item.copy(), name, quoted=True))
+    return tree
+
+
+@functools.lru_cache(maxsize=1024)  # dashboards and drivers repeat their statements
+def _translated(text: str, user: str | None) -> str:
+    tree = _column_names(_tree(text).copy())
+    if user is not None:
+        tree = _postgres_names(tree, user)
+    if any(True for _ in tree.find_all(exp.Parameter, exp.Placeholder)):
+        raise _refuse(
+            "the query names parameters but no value was bound", "bind one value per placeholder"
+        )
+    return tree.sql(dialect="duckdb", comments=False)
+
+
+def to_engine(
+    text: str,
+    parameters: tuple[str | None, ...] = (),
+    types: tuple[int, ...] = (),
+    *,
+    user: str | None = None,
+) -> str:
+    """``text`` (PostgreSQL) in DuckDB's dialect, each ``$n`` replaced by its bound value as a
+    literal: a number or boolean where the client declared that type (its oid), else a string
+    literal (PostgreSQL's text format; DuckDB casts it where the context needs a type, as
+    PostgreSQL does with an untyped parameter), NULL for NULL."""
+    if not parameters:
+        return _translated(text, user)
+    tree = _column_names(_tree(text).copy())
+    if user is not None:  # a catalog query
+        tree = _postgres_names(tree, user)
+    if parameters or any(True for _ in tree.find_all(exp.Parameter, exp.Placeholder)):
+        tree = tree.copy()
+        for node in list(tree.find_all(exp.Parameter, exp.Placeholder)):
+            number = _parameter_number(node)
+            if number > len(parameters):
+                raise _refuse(
+                    f"the query names ${number} but {len(parameters)} value(s) were bound",
+                    "bind one value per placeholder",
+                )
+            oid = types[number - 1] if number <= len(types) else 0
+            node.replace(_literal(parameters[number - 1], oid))
+    return tree.sql(dialect="duckdb", comments=False)

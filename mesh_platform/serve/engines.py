@@ -1,0 +1,241 @@
+"""Warm engines shared by the service's clients, and results streamed from them.
+
+A client's query runs on a :class:`~mesh_platform.query.engine.QuerySession` of its principal,
+checked out of a pool for the query and returned after: the session's locked DuckDB connection,
+its planned snapshot file lists and its governed views stay warm across clients and queries,
+and the SQL guard's cache is the process's. A principal runs at most ``concurrent_queries``
+(mesh.yaml ``query``) at once; more wait for a slot.
+
+The engine hands the result to :meth:`Engines.stream`'s worker as Arrow record batches; each
+batch is encoded as PostgreSQL rows there and passed to the client's connection through a
+bounded queue, so a result of any size holds a few batches in memory, and a slow client slows
+its query rather than filling the service's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh_platform.config import Mesh
+from mesh_platform.errors import MeshError
+from mesh_platform.query.audit import AuditLog
+from mesh_platform.query.engine import QueryLimitError, QuerySession
+from mesh_platform.serve.catalog import Catalogs, PrincipalCatalog
+from mesh_platform.serve.identity import Identity
+from mesh_platform.serve.results import Column, columns, data_rows
+
+Encoder = Callable[[Any, list[Column]], list[bytes]]
+QUEUED_BATCHES = 4  # encoded batches waiting for a client at most, per query
+IDLE_SESSIONS = 8  # warm sessions kept per principal
+SHAPES_SECONDS = 2.0  # how long a principal's catalog shapes are reused (introspection bursts)
+
+
+class ClientGoneError(MeshError):
+    """The client closed its connection while its result was being sent."""
+
+
+@dataclass
+class Client:
+    """What a query needs to know of its connection: who, from where, with which settings."""
+
+    identity: Identity
+    address: str
+    application: str = ""
+    timeout_seconds: float | None = None
+    at: Any = None  # time travel of the session (SET mesh.at)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    def audit_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"auth": self.identity.method, "client": self.address}
+        if self.application:
+            fields["application"] = self.application
+        if self.identity.token_id:
+            fields["token"] = self.identity.token_id
+        return fields
+
+
+@dataclass
+class Result:
+    """A running query's result: its columns, then row chunks from ``next_rows``."""
+
+    columns: list[Column]
+    queue: asyncio.Queue[Any]
+    task: asyncio.Future[Any]
+    pending: list[bytes] = field(default_factory=list)
+    count: int = 0
+    done: bool = False
+
+    @classmethod
+    def complete(cls, described: list[Column], chunks: list[list[bytes]], count: int) -> Result:
+        """A result already computed (a catalog query's few rows)."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        for chunk in [*chunks, None]:
+            queue.put_nowait(chunk)
+        task: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        task.set_result(count)
+        return cls(described, queue, task)
+
+    async def next_rows(self) -> list[bytes] | None:
+        """The next chunk of encoded rows; None when the result is complete. The query's
+        error, if it failed midway, is raised here."""
+        if self.pending:
+            rows, self.pending = self.pending, []
+            return rows
+        if self.done:
+            return None
+        item = await _next(self.queue, self.task)
+        if item is None:
+            self.done = True
+            self.count = await self.task
+            return None
+        return item
+
+
+async def _next(queue: asyncio.Queue[Any], task: asyncio.Future[Any]) -> Any:
+    """The next item of ``queue``, or the task's error if it ends without one."""
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    if not queue.empty():
+        return queue.get_nowait()
+    task.result()  # raises the query's error
+    return None
+
+
+class Engines:
+    """The pool of query sessions, by principal; and the catalogs their tools browse."""
+
+    def __init__(self, mesh: Mesh, *, threads: int) -> None:
+        self.mesh = mesh
+        self.audit = AuditLog(mesh.state_dir / "audit" / "queries.jsonl")
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mesh-serve")
+        self.catalogs = Catalogs()
+        self._idle: dict[tuple[str, tuple[str, ...]], list[QuerySession]] = defaultdict(list)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._shapes: dict[tuple[str, tuple[str, ...]], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self.running = 0
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _checkout(self, client: Client) -> QuerySession:
+        key = (client.identity.principal, client.identity.teams)
+        with self._lock:
+            session = self._idle[key].pop() if self._idle[key] else None
+        if session is None:
+            session = QuerySession(
+                client.identity.principal,
+                mesh=self.mesh,
+                audit=self.audit,
+                member_of=client.identity.teams,
+            )
+        session.identity = client.audit_fields()
+        session.timeout_seconds = client.timeout_seconds
+        return session
+
+    def _checkin(self, client: Client, session: QuerySession) -> None:
+        key = (client.identity.principal, client.identity.teams)
+        with self._lock:
+            if len(self._idle[key]) < IDLE_SESSIONS:
+                self._idle[key].append(session)
+                return
+        session.close()
+
+    def _slot(self, client: Client) -> asyncio.Semaphore:
+        principal = client.identity.principal
+        if principal not in self._slots:
+            teams = sorted(client.identity.teams)
+            limit = self.mesh.settings.query.for_principal([principal, *teams]).concurrent_queries
+            self._slots[principal] = asyncio.Semaphore(limit)
+        return self._slots[principal]
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        client: Client,
+        sql: str,
+        cancel: Callable[[Callable[[], None]], None],
+        encode: Encoder = data_rows,
+    ) -> Result:
+        """Start ``sql`` (DuckDB dialect, not yet checked: the engine checks it) for
+        ``client``; returns once its columns are known. ``cancel`` receives the function that
+        stops it (a cancel request); ``encode`` turns each batch into the client's rows."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue(QUEUED_BATCHES)
+        slot = self._slot(client)
+        await slot.acquire()
+        session = self._checkout(client)
+        cancel(session.cancel)
+
+        def put(item: Any) -> None:
+            while not client.closed.is_set():
+                future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+                try:
+                    return future.result(timeout=0.5)
+                except TimeoutError:
+                    future.cancel()
+            raise ClientGoneError(
+                "the client disconnected mid-result", fix="nothing to fix on the service"
+            )
+
+        def consume(reader: Any, max_rows: int) -> int:
+            described = columns(reader.schema)
+            put(described)
+            count = 0
+            for batch in reader:
+                count += batch.num_rows
+                if count > max_rows:
+                    raise QueryLimitError(
+                        f"the result has more than {max_rows} rows, the limit of this principal",
+                        fix="aggregate, filter or add LIMIT; or ask the platform team for a "
+                        "higher max_rows (mesh.yaml: query.principals.<you>.max_rows)",
+                    )
+                if batch.num_rows:
+                    put(encode(batch, described))
+            put(None)
+            return count
+
+        def run() -> int:
+            self.running += 1
+            try:
+                return session.stream(sql, consume, at=client.at)
+            finally:
+                self.running -= 1
+                self._checkin(client, session)
+                loop.call_soon_threadsafe(slot.release)
+
+        task = loop.run_in_executor(self.executor, run)
+        described = await _next(queue, task)
+        return Result(described, queue, task)
+
+    async def shapes(self, client: Client) -> PrincipalCatalog:
+        """The client's principal's catalog database (what it may read, shaped, empty)."""
+        loop = asyncio.get_running_loop()
+        key = (client.identity.principal, client.identity.teams)
+        cached = self._shapes.get(key)
+        if cached is None or loop.time() - cached[0] > SHAPES_SECONDS:
+            session = self._checkout(client)
+            try:
+                shapes = await loop.run_in_executor(self.executor, session.readable)
+            finally:
+                self._checkin(client, session)
+            cached = self._shapes[key] = (loop.time(), shapes)
+        return self.catalogs.get(key, cached[1])
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            sessions = [s for idle in self._idle.values() for s in idle]
+            self._idle.clear()
+        for session in sessions:
+            session.close()
+        self.catalogs.close()
