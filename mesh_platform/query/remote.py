@@ -120,8 +120,9 @@ def _remote_error(exc: Exception, what: str) -> MeshError:
         if marker in text:
             text = text.split(marker, 1)[1]
     message, _, hint = text.partition("HINT:")
-    message = " ".join(message.split("Query was:")[0].split())
-    hint = " ".join(hint.split("Query was:")[0].split()).split(". SQLSTATE")[0]
+    message = " ".join(message.split("Query was:")[0].split()).split(" . SQLSTATE")[0]
+    hint = " ".join(hint.split("Query was:")[0].split()).split(" . SQLSTATE")[0]
+    message, hint = message.rstrip(" ."), hint.rstrip(" .")
     return RemoteQueryError(
         f"{what}: {message or type(exc).__name__}",
         fix=hint or f"check {ENDPOINT_ENV}, {TOKEN_ENV} and the principal you log in as",

@@ -20,7 +20,6 @@ guard checks the query that runs.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +36,22 @@ _SESSION_WORDS = frozenset(
      "DEALLOCATE", "SAVEPOINT", "RELEASE"}
 )  # fmt: skip
 _REGPROC_COLUMNS = frozenset({"typreceive", "typsend", "typinput", "typoutput"})
-_PG_CATALOG_TABLE = re.compile(r"\Apg_[a-z_]+\Z")
+# The catalog relations tools read to list schemas, tables, columns, keys and types (an
+# allowlist: pg_settings and the like would describe the service's engine, not the mesh)
+CATALOG_RELATIONS = {
+    "pg_catalog": frozenset(
+        {"pg_am", "pg_attrdef", "pg_attribute", "pg_class", "pg_collation", "pg_constraint",
+         "pg_database", "pg_depend", "pg_description", "pg_enum", "pg_extension", "pg_index",
+         "pg_indexes", "pg_inherits", "pg_namespace", "pg_proc", "pg_range", "pg_roles",
+         "pg_sequence", "pg_sequences", "pg_tables", "pg_tablespace", "pg_trigger", "pg_type",
+         "pg_user", "pg_views"}
+    ),
+    "information_schema": frozenset(
+        {"tables", "columns", "schemata", "views", "table_constraints", "key_column_usage",
+         "referential_constraints", "constraint_column_usage", "check_constraints",
+         "character_sets"}
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,12 +128,22 @@ def _parse(text: str) -> exp.Expression:
 
 
 def _is_catalog(table: exp.Table, ctes: set[str]) -> bool:
+    """Whether ``table`` is one of the catalog's relations (refused if it names the catalog
+    schemas but is not on the allowlist: settings and prepared statements are not served)."""
     if not isinstance(table.this, exp.Identifier) or table.catalog:
         return False
     schema, name = table.db.lower(), table.name.lower()
-    if schema:
-        return schema in CATALOG_SCHEMAS
-    return name in ctes or bool(_PG_CATALOG_TABLE.match(name))
+    if not schema and name in ctes:
+        return True
+    if schema not in ("", *CATALOG_SCHEMAS) or (not schema and not name.startswith("pg_")):
+        return False
+    if name not in CATALOG_RELATIONS.get(schema or "pg_catalog", frozenset()):
+        raise _refuse(
+            f"catalog relation {(schema or 'pg_catalog')}.{name[:63]} is not served",
+            "introspect with information_schema (tables, columns, schemata, views) or the "
+            "pg_catalog relations of tables, columns and types",
+        )
+    return True
 
 
 def _parameter_number(node: exp.Expression) -> int:
@@ -201,7 +225,7 @@ def _column_names(tree: exp.Expression) -> exp.Expression:
     for item in list(select.expressions):
         if isinstance(item, exp.Alias | exp.Column | exp.Star):
             continue
-        inner = item.this if isinstance(item, exp.Cast) else item
+        inner = item.this if isinstance(item, exp.Cast | exp.Window) else item
         if isinstance(inner, exp.Column):
             name = inner.name
         elif isinstance(inner, exp.Func) and not isinstance(item, exp.Cast):

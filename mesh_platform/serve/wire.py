@@ -34,7 +34,7 @@ from mesh_platform.serve.commands import REPORTED, Settings
 from mesh_platform.serve.copy_out import SIGNATURE, TRAILER, binary_rows, parse_copy, text_rows
 from mesh_platform.serve.engines import Client, Encoder, Result
 from mesh_platform.serve.errors import ProtocolViolation, error_fields
-from mesh_platform.serve.results import columns, data_rows, parameter_text
+from mesh_platform.serve.results import Column, columns, data_rows, parameter_text
 
 if TYPE_CHECKING:
     from mesh_platform.serve.server import Server
@@ -57,6 +57,7 @@ class Portal:
     parameters: tuple[str | None, ...]
     encode: Encoder = data_rows
     result: Result | None = None
+    tag: str = ""  # the CommandComplete tag, when not SELECT <rows>
     described: bool = False
     rows: list[bytes] = field(default_factory=list)
 
@@ -298,8 +299,11 @@ class Connection:
             raise ProtocolViolation(
                 f"prepared statement {message.statement!r} does not exist", code="26000"
             )
-        if prepared.statement.kind != "copy" and any(f != 0 for f in message.result_formats):
-            raise ProtocolViolation("results are sent in text format only", code="0A000")
+        binary = set(message.result_formats) == {1}
+        if prepared.statement.kind != "copy" and set(message.result_formats) - {0} and not binary:
+            raise ProtocolViolation(
+                "results are sent all in text or all in binary format", code="0A000"
+            )
         formats = message.param_formats or [0]
         values: list[str | None] = []
         for i, raw in enumerate(message.param_values):
@@ -313,7 +317,7 @@ class Connection:
                     f"{'binary' if binary else 'text'} format)",
                     code="22P03",
                 ) from None
-        return Portal(prepared, tuple(values))
+        return Portal(prepared, tuple(values), binary_data_rows if binary else data_rows)
 
     async def describe(self, message: m.Describe) -> None:
         if message.kind == "S":
@@ -339,7 +343,8 @@ class Connection:
             return
         await self.start(portal)
         portal.described = True
-        self.send(_row_description(portal.result) if portal.result else m.NoData())
+        binary = portal.encode is binary_data_rows
+        self.send(_row_description(portal.result, binary) if portal.result else m.NoData())
 
     # -- running a statement --------------------------------------------------------------------
 
@@ -352,6 +357,12 @@ class Connection:
                 code="25P02",
             )
         if statement.kind == "session":
+            if statement.word == "SHOW":  # a row, described like any result
+                name, value = self.settings.run("SHOW", statement.text, self.transaction).show
+                batch = pa.record_batch({name: pa.array([value], pa.string())})
+                described = columns(batch.schema)
+                portal.result = Result.complete(described, [portal.encode(batch, described)], 1)
+                portal.tag = "SHOW"
             return
         if not self.server.still_valid(self.client):
             raise ProtocolViolation("the credential of this session was revoked or expired",
@@ -375,17 +386,9 @@ class Connection:
 
     async def execute(self, portal: Portal, max_rows: int) -> None:
         statement = portal.prepared.statement
-        if statement.kind == "session":
+        if statement.kind == "session" and portal.result is None:
             answer = self.settings.run(statement.word, statement.text, self.transaction)
-            if answer.show is not None:
-                name, value = answer.show
-                self.send(m.RowDescription(fields=[m.FieldDescription(name=name, type_oid=25,
-                                                                      type_size=-1)]))  # fmt: skip
-                self.writer.write(b"".join(data_rows(pa.record_batch({name: [value]}), columns(
-                    pa.schema([(name, pa.string())])))))  # fmt: skip
-                self.send(m.CommandComplete(tag="SHOW"))
-            else:
-                self.send(m.CommandComplete(tag=answer.tag))
+            self.send(m.CommandComplete(tag=answer.tag))
             if answer.transaction is not None:
                 self.transaction = answer.transaction
             return
@@ -406,7 +409,7 @@ class Connection:
             self.writer.write(b"".join(rows))
             await self.writer.drain()
         self.stop_query = None
-        self.send(m.CommandComplete(tag=f"SELECT {portal.result.count}"))
+        self.send(m.CommandComplete(tag=portal.tag or f"SELECT {portal.result.count}"))
 
     async def finish(self, portal: Portal) -> None:
         """Drain a portal's result without sending it (a Describe's probe)."""
@@ -423,11 +426,21 @@ def _copy_data(data: bytes) -> bytes:
     return b"d" + struct.pack("!i", len(data) + 4) + data
 
 
-def _row_description(result: Result) -> m.RowDescription:
+def binary_data_rows(batch: pa.RecordBatch, described: list[Column]) -> list[bytes]:
+    """``DataRow`` messages with every value in its type's binary format (a DataRow's body is
+    the binary copy format's row)."""
+    return [b"D" + struct.pack("!i", len(row) + 4) + row for row in binary_rows(batch, described)]
+
+
+def _row_description(result: Result, binary: bool = False) -> m.RowDescription:
     return m.RowDescription(
         fields=[
             m.FieldDescription(
-                name=c.name, type_oid=c.oid, type_size=c.size, type_modifier=c.modifier
+                name=c.name,
+                type_oid=c.oid,
+                type_size=c.size,
+                type_modifier=c.modifier,
+                format_code=int(binary),
             )
             for c in result.columns
         ]
