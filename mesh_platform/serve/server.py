@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import ssl
 import time
@@ -95,7 +94,9 @@ class Server:
         if self.settings.oidc is not None and "://" not in self.settings.oidc.jwks:
             load_jwks(self.settings.oidc, mesh.root)  # a wrong key file fails at start
         self.authenticator = Authenticator(mesh)
-        self.engines = Engines(mesh, threads=max(4, (os.cpu_count() or 2) * 2))
+        # a thread per running query (it waits on its client while a result streams): one
+        # per connection, so slow readers cannot starve the others of threads
+        self.engines = Engines(mesh, threads=self.settings.max_connections + 4)
         self.limiter = LoginLimiter(
             self.settings.login_failures, self.settings.login_window_seconds
         )
@@ -147,11 +148,8 @@ class Server:
             )
 
     async def authenticate(self, peer: str, user: str, password: str, app: str) -> Identity:
-        loop = asyncio.get_running_loop()
-        try:
-            identity = await loop.run_in_executor(
-                self.engines.executor, self.authenticator.authenticate, user, password
-            )
+        try:  # off the query threads: logins go on while every query thread is busy
+            identity = await asyncio.to_thread(self.authenticator.authenticate, user, password)
         except AuthenticationError as exc:
             self.limiter.failed(f"addr:{peer}", f"user:{user}")
             self.audit_login(peer, user, app, "failed", getattr(exc, "reason", "refused"))
