@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,7 @@ class Client:
         return fields
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: the engines keep a weak set of live results
 class Result:
     """A running query's result: its columns, then row chunks from ``next_rows``."""
 
@@ -69,7 +70,13 @@ class Result:
     task: asyncio.Future[Any]
     pending: list[bytes] = field(default_factory=list)
     count: int = 0
-    done: bool = False
+    done: bool = False  # its last rows (or its error) were handed to the connection
+    closed: threading.Event | None = None  # its client's: set when nobody reads it anymore
+
+    @property
+    def unsent(self) -> bool:
+        """Rows of it remain for a client still there (a shutdown waits for them)."""
+        return not self.done and not (self.closed is not None and self.closed.is_set())
 
     @classmethod
     def complete(cls, described: list[Column], chunks: list[list[bytes]], count: int) -> Result:
@@ -89,7 +96,11 @@ class Result:
             return rows
         if self.done:
             return None
-        item = await _next(self.queue, self.task)
+        try:
+            item = await _next(self.queue, self.task)
+        except BaseException:
+            self.done = True
+            raise
         if item is None:
             self.done = True
             self.count = await self.task
@@ -122,7 +133,15 @@ class Engines:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._shapes: dict[tuple[str, tuple[str, ...]], tuple[float, Any]] = {}
         self._lock = threading.Lock()
-        self.running = 0
+        self.running = 0  # queries on the engine now, or waiting for a slot
+        self._results: weakref.WeakSet[Result] = weakref.WeakSet()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a query runs, or a result is still being sent to its client: a query's
+        engine work ends while up to ``QUEUED_BATCHES`` of its rows wait for a slow client, and
+        a graceful stop must send those too."""
+        return self.running > 0 or any(r.unsent for r in list(self._results))
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -172,9 +191,25 @@ class Engines:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue(QUEUED_BATCHES)
         slot = self._slot(client)
-        await slot.acquire()
-        session = self._checkout(client)
-        cancel(session.cancel)
+        with self._lock:
+            self.running += 1  # from here on: a query waiting for a slot is one a drain awaits
+        try:
+            await slot.acquire()
+            session = self._checkout(client)
+        except BaseException:
+            with self._lock:
+                self.running -= 1
+            raise
+        ended = [False]  # under self._lock: a cancel request after the query ended is a no-op
+
+        def stop() -> None:
+            # The session goes back to the pool when the query ends and may run another
+            # client's query: a late cancel request of this client must not stop that one.
+            with self._lock:
+                if not ended[0]:
+                    session.cancel()
+
+        cancel(stop)
 
         def put(item: Any) -> None:
             while not client.closed.is_set():
@@ -205,17 +240,20 @@ class Engines:
             return count
 
         def run() -> int:
-            self.running += 1
             try:
                 return session.stream(sql, consume, at=client.at)
             finally:
-                self.running -= 1
+                with self._lock:
+                    self.running -= 1
+                    ended[0] = True
                 self._checkin(client, session)
                 loop.call_soon_threadsafe(slot.release)
 
         task = loop.run_in_executor(self.executor, run)
         described = await _next(queue, task)
-        return Result(described, queue, task)
+        result = Result(described, queue, task, closed=client.closed)
+        self._results.add(result)
+        return result
 
     async def shapes(self, client: Client) -> PrincipalCatalog:
         """The client's principal's catalog database (what it may read, shaped, empty)."""

@@ -9,8 +9,8 @@ releases the GIL while it works). The service refuses to listen off loopback wit
 certificate, and refuses a cleartext login from off loopback; failed logins are audited with
 their cause and rate-limited per client address and per user. ``/healthz`` answers while the
 process lives, ``/readyz`` while it accepts logins (not while draining). On SIGTERM or SIGINT
-the service stops accepting, lets running queries finish for ``drain_seconds``, then closes
-every session.
+the service stops accepting, lets running queries finish and their results reach their clients
+for ``drain_seconds``, then cancels what still runs and closes every session.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
+import duckdb
 from pygwire import messages as m
 
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError
+from mesh_platform.query.engine import QueryFailedError
 from mesh_platform.serve import dialect
 from mesh_platform.serve.engines import Client, Encoder, Engines, Result
 from mesh_platform.serve.errors import LoginRefusedError, ProtocolViolation, error_fields
@@ -100,7 +102,8 @@ class Server:
         self.limiter = LoginLimiter(
             self.settings.login_failures, self.settings.login_window_seconds
         )
-        self.connections: dict[tuple[int, bytes], Any] = {}
+        self.connections: dict[tuple[int, bytes], Any] = {}  # logged in, by cancel key
+        self._open: dict[Any, Connection] = {}  # every connection, by its handler task
         self.ready = False
         self.bound: tuple[str, int] | None = None
 
@@ -187,9 +190,9 @@ class Server:
         loop = asyncio.get_running_loop()
         try:
             table, count = await loop.run_in_executor(self.engines.executor, run)
-        except Exception as exc:
+        except duckdb.Error as exc:  # the client's SQL (a service fault stays an internal error)
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise MeshError(
+            raise QueryFailedError(
                 f"catalog query failed: {first[:300]}",
                 fix="the service answers catalog queries from information_schema and the "
                 "pg_catalog views DuckDB provides",
@@ -208,6 +211,8 @@ class Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = (writer.get_extra_info("peername") or ("?",))[0]
         connection = Connection(self, reader, writer, peer)
+        handler = asyncio.current_task()
+        self._open[handler] = connection
         try:
             if len(self.connections) >= self.settings.max_connections or not self.ready:
                 await connection.read_startup()
@@ -231,6 +236,7 @@ class Server:
             if connection.client is not None:
                 connection.client.closed.set()
             self.connections.pop(connection.key, None)
+            self._open.pop(handler, None)
             writer.close()
 
     def _ended(self, connection: Any, how: str) -> None:
@@ -259,16 +265,32 @@ class Server:
             self.ready = False
             listener.close()
             await self._drain()
-            for connection in list(self.connections.values()):
-                connection.writer.close()
+            await self._close_sessions()
             if health is not None:
                 health.close()
             self.engines.close()
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.settings.drain_seconds
-        while self.engines.running and time.monotonic() < deadline:
+        while self.engines.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+
+    async def _close_sessions(self) -> None:
+        """End every session after the drain: a query still running is cancelled (the process
+        would otherwise wait for it, up to its timeout), its client told why (57P01, as
+        PostgreSQL's shutdown says it), and the sessions' handlers are let end: a handler the
+        loop cancels on its way out logs a spurious traceback (Python 3.11)."""
+        shutdown = {"S": "FATAL", "V": "FATAL", "C": "57P01",
+                    "M": "terminating connection: the query service is shutting down",
+                    "H": "reconnect in a moment"}  # fmt: skip
+        for connection in list(self._open.values()):
+            connection.cancel()
+            if connection.client is not None:
+                connection.writer.write(m.ErrorResponse(fields=shutdown).to_wire())
+            # abort, not close: the handler may still write, and a closed transport fails then
+            connection.writer.transport.abort()
+        if self._open:
+            await asyncio.wait(list(self._open), timeout=5)
 
     @property
     def health_port(self) -> int | None:

@@ -139,11 +139,11 @@ class Connection:
     async def read(self) -> m.PGMessage:
         header = await self.reader.readexactly(5)
         (length,) = struct.unpack("!i", header[1:])
-        if length < 4 or length - 4 > self.server.settings.max_query_bytes + 1024:
+        limit = self.server.settings.max_query_bytes  # a Query: its text and a NUL, no more
+        if not 4 <= length <= limit + (5 if header[:1] == b"Q" else 1028):
             raise ProtocolViolation(
-                f"a message of {length} bytes is longer than the service accepts "
-                f"({self.server.settings.max_query_bytes} bytes of query)",
-                code="54000",
+                f"a message of {length} bytes (the service accepts queries of {limit} bytes)",
+                code="54000" if length >= 4 else "08P01",
             )
         body = await self.reader.readexactly(length - 4)
         try:
@@ -193,12 +193,8 @@ class Connection:
             elif not skipping:
                 try:
                     await self.extended(message)
-                except (MeshError, ProtocolViolation, ValueError) as exc:
-                    self.send_error(exc)
-                    self.fail_transaction()
-                    skipping = True
-                except Exception as exc:  # a fault of the service: this statement fails
-                    log.exception("statement failed")
+                except Exception as exc:  # the statement fails; the session goes on
+                    _unless_fatal(exc, MeshError, ProtocolViolation, ValueError)
                     self.send_error(exc)
                     self.fail_transaction()
                     skipping = True
@@ -231,12 +227,8 @@ class Connection:
                 if portal.result is not None:
                     self.send(_row_description(portal.result))
                 await self.execute(portal, 0)
-            except (MeshError, ProtocolViolation) as exc:
-                self.send_error(exc)
-                self.fail_transaction()
-                return
-            except Exception as exc:  # a fault of the service: this statement fails, not all
-                log.exception("statement failed")
+            except Exception as exc:  # the statement fails; the session goes on
+                _unless_fatal(exc, MeshError, ProtocolViolation)
                 self.send_error(exc)
                 self.fail_transaction()
                 return
@@ -420,6 +412,15 @@ class Connection:
     def cancel(self) -> None:
         if self.stop_query is not None:
             self.stop_query()
+
+
+def _unless_fatal(exc: Exception, *expected: type[Exception]) -> None:
+    """Re-raise an error that ends the session (a fatal one, or the client gone: the server
+    ends it); log the others that are a fault of the service, not of the statement."""
+    if getattr(exc, "fatal", False) or isinstance(exc, ConnectionError):
+        raise exc
+    if not isinstance(exc, expected):
+        log.exception("statement failed")
 
 
 def _copy_data(data: bytes) -> bytes:
