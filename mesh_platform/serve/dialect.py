@@ -44,7 +44,8 @@ CATALOG_RELATIONS = {
          "pg_database", "pg_depend", "pg_description", "pg_enum", "pg_extension", "pg_index",
          "pg_indexes", "pg_inherits", "pg_namespace", "pg_proc", "pg_range", "pg_roles",
          "pg_sequence", "pg_sequences", "pg_tables", "pg_tablespace", "pg_trigger", "pg_type",
-         "pg_user", "pg_views"}
+         "pg_user", "pg_views", "pg_policy", "pg_statistic_ext", "pg_publication",
+         "pg_publication_rel", "pg_publication_namespace", "pg_partitioned_table"}
     ),
     "information_schema": frozenset(
         {"tables", "columns", "schemata", "views", "table_constraints", "key_column_usage",
@@ -52,6 +53,13 @@ CATALOG_RELATIONS = {
          "character_sets"}
     ),
 }  # fmt: skip
+# pg_catalog relations the principal's catalog answers with PostgreSQL's rows and columns (a
+# table macro ``mesh_<name>`` each, serve/catalog.py) where DuckDB's differ or are missing
+SHADOWED_RELATIONS = frozenset(
+    {"pg_type", "pg_class", "pg_attribute", "pg_collation", "pg_database", "pg_inherits",
+     "pg_trigger", "pg_roles", "pg_policy", "pg_statistic_ext", "pg_publication",
+     "pg_publication_rel", "pg_publication_namespace", "pg_partitioned_table"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,10 +135,17 @@ def _parse(text: str) -> exp.Expression:
     return statements[0]
 
 
+_ROW_FUNCTIONS = (exp.GenerateSeries, exp.ExplodingGenerateSeries, exp.Explode, exp.Unnest)
+
+
 def _is_catalog(table: exp.Table, ctes: set[str]) -> bool:
     """Whether ``table`` is one of the catalog's relations (refused if it names the catalog
     schemas but is not on the allowlist: settings and prepared statements are not served)."""
-    if not isinstance(table.this, exp.Identifier) or table.catalog:
+    if table.catalog:
+        return False
+    if isinstance(table.this, _ROW_FUNCTIONS):  # rows computed from its arguments alone
+        return table.db.lower() in ("", "pg_catalog")
+    if not isinstance(table.this, exp.Identifier):
         return False
     schema, name = table.db.lower(), table.name.lower()
     if not schema and name in ctes:
@@ -193,23 +208,88 @@ def _postgres_names(tree: exp.Expression, user: str) -> exp.Expression:
         )
         if qualified and isinstance(node.expression, exp.Func):
             node.replace(node.expression)
-    for table in list(tree.find_all(exp.Table)):  # PostgreSQL's type rows (serve/catalog.py)
-        if table.name.lower() == "pg_type" and table.db.lower() in ("", "pg_catalog"):
-            alias = table.alias or "pg_type"
-            call = exp.Anonymous(this="mesh_pg_type")
+    for table in list(tree.find_all(exp.Table)):  # relations the catalog answers itself
+        name = table.name.lower()
+        if name in SHADOWED_RELATIONS and table.db.lower() in ("", "pg_catalog"):
+            alias = table.alias or name
+            call = exp.Anonymous(this=f"mesh_{name}")
             table.replace(exp.Table(this=call, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+    for column in list(tree.find_all(exp.Column)):  # pg_catalog.pg_class.relname: pg_class's
+        if column.table.lower() in SHADOWED_RELATIONS and column.db.lower() == "pg_catalog":
+            column.set("db", None)
     for compare in list(tree.find_all(exp.EQ, exp.NEQ)):  # regproc = 0: no function ('-')
         for side, other in ((compare.left, compare.right), (compare.right, compare.left)):
             if (isinstance(side, exp.Column) and side.name.lower() in _REGPROC_COLUMNS
                     and isinstance(other, exp.Literal) and other.name == "0"):  # fmt: skip
                 other.replace(exp.Literal.string("-"))
-    for cast in list(tree.find_all(exp.Cast)):  # oid::regtype is the type's name
-        if cast.to.sql(dialect="postgres").lower() in ("regtype", "regtype[]"):
-            cast.replace(exp.Anonymous(this="mesh_regtype", expressions=[cast.this]))
+    for cast in list(tree.find_all(exp.Cast)):  # oid::regtype is the type's name...
+        to = cast.to.sql(dialect="postgres").lower().removesuffix("[]")
+        if to in ("regtype", "regclass", "regnamespace"):
+            named = isinstance(cast.this, exp.Literal) and cast.this.is_string
+            function = f"mesh_{to}_oid" if named else f"mesh_{to}"  # 'sales.x'::regclass: oid
+            cast.replace(exp.Anonymous(this=function, expressions=[cast.this]))
     for node in list(tree.find_all(exp.CurrentUser, exp.SessionUser)):
         node.replace(exp.Literal.string(user))
     for node in list(tree.find_all(exp.CurrentDatabase)):
         node.replace(exp.Literal.string("mesh"))
+    return tree
+
+
+_OPERATOR_CHARACTERS = frozenset("+-*/<>=~!@#%^&|`?")
+# collations that compare as DuckDB compares by default (bytes): dropped, not translated
+_PLAIN_COLLATIONS = frozenset({"default", "c", "posix", "ucs_basic"})
+
+
+def _postgres_syntax(tree: exp.Expression) -> exp.Expression:
+    """PostgreSQL's explicit spellings of operators, collations and types, as psql writes them
+    (``relname OPERATOR(pg_catalog.~) '^(customers)$' COLLATE pg_catalog.default``,
+    ``x::pg_catalog.text``), in the plain form DuckDB reads: the operator is the one its name
+    spells, the type the one it names, and the default and byte-wise collations are DuckDB's
+    own comparison (other collations, operators and types are left for DuckDB to refuse)."""
+    for collate in list(tree.find_all(exp.Collate)):
+        collation = collate.expression
+        schema = collation.table.lower() if isinstance(collation, exp.Column) else ""
+        if schema in ("", "pg_catalog") and collation.name.lower() in _PLAIN_COLLATIONS:
+            collate.replace(collate.this)
+    for cast in list(tree.find_all(exp.Cast)):  # ::pg_catalog.text is ::text
+        for data_type in list(cast.to.find_all(exp.DataType)):
+            kind = data_type.args.get("kind")
+            if isinstance(kind, exp.Dot) and kind.this.name.lower() == "pg_catalog":
+                try:
+                    plain = exp.DataType.build(kind.expression.name, dialect="postgres")
+                except (ParseError, TokenError, ValueError):
+                    continue
+                if data_type is cast.to:
+                    cast.set("to", plain)
+                else:
+                    data_type.replace(plain)
+    for table in list(tree.find_all(exp.Table)):  # pg_catalog.generate_series(): DuckDB's own
+        if isinstance(table.this, exp.Func) and table.db.lower() == "pg_catalog":
+            table.set("db", None)
+        alias = table.args.get("alias")  # a one-column function's column is named by its alias
+        single = not isinstance(table.this, exp.Unnest) or len(table.this.expressions) == 1
+        if isinstance(table.this, _ROW_FUNCTIONS) and single and alias and not alias.columns:
+            alias.set("columns", [exp.to_identifier(alias.name)])
+    for call in tree.find_all(exp.Anonymous):  # DuckDB's name of a variadic function
+        if call.name.lower() == "json_build_object":
+            call.set("this", "json_object")
+    for node in list(tree.find_all(exp.Operator)):
+        name = str(node.args.get("operator") or "")
+        schema, _, symbol = name.rpartition(".")
+        if schema.lower() not in ("", "pg_catalog") or not set(symbol) <= _OPERATOR_CHARACTERS:
+            continue
+        try:  # the operator as PostgreSQL's parser reads it between two operands
+            template = sqlglot.parse_one(f"mesh_left {symbol} mesh_right", read="postgres")
+        except (ParseError, TokenError):
+            continue
+        operands = {"mesh_left": node.this, "mesh_right": node.expression}
+        if sorted(c.name for c in template.find_all(exp.Column)) != sorted(operands):
+            continue
+        for column in list(template.find_all(exp.Column)):
+            operand = operands[column.name].copy()
+            compound = isinstance(operand, exp.Binary | exp.Not)
+            column.replace(exp.paren(operand, copy=False) if compound else operand)
+        node.replace(exp.paren(template, copy=False))
     return tree
 
 
@@ -238,7 +318,7 @@ def _column_names(tree: exp.Expression) -> exp.Expression:
 
 @functools.lru_cache(maxsize=1024)  # dashboards and drivers repeat their statements
 def _translated(text: str, user: str | None) -> str:
-    tree = _column_names(_tree(text).copy())
+    tree = _postgres_syntax(_column_names(_tree(text).copy()))
     if user is not None:
         tree = _postgres_names(tree, user)
     if any(True for _ in tree.find_all(exp.Parameter, exp.Placeholder)):
@@ -261,7 +341,7 @@ def to_engine(
     PostgreSQL does with an untyped parameter), NULL for NULL."""
     if not parameters:
         return _translated(text, user)
-    tree = _column_names(_tree(text).copy())
+    tree = _postgres_syntax(_column_names(_tree(text).copy()))
     if user is not None:  # a catalog query
         tree = _postgres_names(tree, user)
     if parameters or any(True for _ in tree.find_all(exp.Parameter, exp.Placeholder)):
