@@ -30,6 +30,7 @@ from mesh_platform.products.descriptor import (
     load_python_descriptor,
 )
 from mesh_platform.products.platform import history_descriptor
+from mesh_platform.watching import FolderWatch
 
 
 class UnknownProductError(MeshError):
@@ -105,12 +106,40 @@ class Directory:
         )
 
 
+# mesh root -> the directory of a long-running reader, recomputed when the kernel reports a change
+_WATCHED: dict[str, FolderWatch[Directory]] = {}
+
+
+def watch_directory(mesh: Mesh) -> bool:
+    """Serve this process's ``load_directory(mesh)`` from a kernel watch of the mesh's domain
+    and project folders (:mod:`mesh_platform.watching`): the files are read again only after
+    one changes, instead of stat-ing every project file for every query. For long-running
+    readers (the query service); whether the kernel watches (else files are checked as
+    before)."""
+    watch = _WATCHED.get(str(mesh.root))
+    if watch is None:
+        watch = FolderWatch(
+            [mesh.domains_dir, mesh.dbt_projects_dir],
+            shallow=lambda: [mesh.root, *mesh.dbt_projects_dir.glob("*/target")],
+            skip=_NOT_SOURCES,
+        )
+        _WATCHED[str(mesh.root)] = watch
+    return watch.active
+
+
 def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
     """Descriptors of every domain's products. ``refresh``: re-prepare a dbt project whose files
     changed (an edited grant applies at once); else read the manifests as prepared.
 
     One domain's broken file (domain.yaml, dbt YAML, a Python product's YAML) never fails the
     whole directory: it is recorded as that domain's problem (see :class:`Directory`)."""
+    watch = _WATCHED.get(str(mesh.root)) if refresh else None
+    if watch is not None:
+        return watch.current(lambda: _read_directory(mesh, refresh=True))
+    return _read_directory(mesh, refresh=refresh)
+
+
+def _read_directory(mesh: Mesh, *, refresh: bool) -> Directory:
     descriptors: dict[str, ProductDescriptor] = {}
     problems: dict[str, str] = {}
     fixes: dict[str, str] = {}

@@ -25,6 +25,7 @@ from typing import Any
 
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError
+from mesh_platform.products.registry import watch_directory
 from mesh_platform.query.audit import AuditLog
 from mesh_platform.query.engine import QueryLimitError, QuerySession
 from mesh_platform.serve.catalog import Catalogs, PrincipalCatalog
@@ -126,6 +127,8 @@ class Engines:
 
     def __init__(self, mesh: Mesh, *, threads: int) -> None:
         self.mesh = mesh
+        # the descriptors (grants, masks) are read again when a file changes, not every query
+        watch_directory(mesh)
         self.audit = AuditLog(mesh.state_dir / "audit" / "queries.jsonl")
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mesh-serve")
         self.catalogs = Catalogs()

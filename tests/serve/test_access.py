@@ -158,6 +158,20 @@ def test_a_revoked_clearance_masks_phones_on_the_next_query(sample_build, connec
     assert not [p for _, p in clear if TRUNCATED.match(p)]
 
 
+def test_a_narrowed_grant_applies_to_the_next_query(sample_build, connect):
+    """The service reads descriptors again when a file changes (a kernel watch, not a stat of
+    every file per query): a grant narrowed in the dbt YAML binds carol's very next query,
+    and its restoration the one after."""
+    sql = "SELECT DISTINCT market_segment FROM sales.customers ORDER BY 1"
+    products = sample_build.root / "dbt_projects" / "sales" / "models" / "products" / "products.yml"
+    rows = "rows: \"market_segment IN ('HOUSEHOLD', 'BUILDING')\""
+    before = connect("user:carol").execute(sql).fetchall()
+    assert before == [("BUILDING",), ("HOUSEHOLD",)]
+    with edited(products, rows, "rows: \"market_segment = 'HOUSEHOLD'\""):
+        assert connect("user:carol").execute(sql).fetchall() == [("HOUSEHOLD",)]
+    assert connect("user:carol").execute(sql).fetchall() == before
+
+
 # -- introspection: only what the principal may read ----------------------------------------
 
 
