@@ -381,12 +381,17 @@ class QuerySession:
         return self._run(sql, at, fetch)
 
     def cancel(self) -> None:
-        """Stop the running query (a client's cancel request); it ends as cancelled."""
+        """Stop the running query (a client's cancel request); it ends as cancelled. A request
+        that comes while the query is still being planned stops it as soon as it runs; one that
+        comes when no query runs stops the next, unless :meth:`reset_cancel` forgets it."""
         self._cancelled.set()
+
+    def reset_cancel(self) -> None:
+        """Forget a cancel request no query consumed (it came after the query ended)."""
+        self._cancelled.clear()
 
     def _run(self, sql: str, at: At, fetch: Any) -> Any:
         start = time.perf_counter()
-        self._cancelled.clear()
         entry: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "principal": self.principal_id,
@@ -513,17 +518,21 @@ class QuerySession:
         worker = threading.Thread(target=work, name="mesh-query", daemon=True)
         timeout = min(limits.timeout_seconds, self.timeout_seconds or limits.timeout_seconds)
         deadline = time.monotonic() + timeout
-        worker.start()
+        cancelled = QueryCancelledError(
+            "the query was cancelled by its client", fix="run it again when needed"
+        )
         reason: MeshError | None = None
         try:
-            while worker.is_alive():
+            if self._cancelled.is_set():  # a request while it was planned: it does not run
+                reason = cancelled
+            else:
+                worker.start()
+            while reason is None and worker.is_alive():
                 worker.join(_POLL_SECONDS)
                 if not worker.is_alive():
                     break
                 if self._cancelled.is_set():
-                    reason = QueryCancelledError(
-                        "the query was cancelled by its client", fix="run it again when needed"
-                    )
+                    reason = cancelled
                 elif time.monotonic() > deadline:
                     reason = QueryLimitError(
                         f"the query ran longer than {timeout:g} s and was cancelled",
@@ -538,6 +547,8 @@ class QuerySession:
             raise QueryCancelledError(
                 "the query was cancelled (Ctrl-C)", fix="run it again when needed"
             ) from None
+        finally:
+            self._cancelled.clear()  # consumed by this query, whatever its end
         if reason is not None:
             raise reason
         if "error" in outcome:

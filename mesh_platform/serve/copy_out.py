@@ -156,3 +156,14 @@ def _escape(value: bytes) -> bytes:
         value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
         .replace(b"\r", b"\\r")
     )  # fmt: skip
+
+
+def copy_data(data: bytes) -> bytes:
+    """A ``CopyData`` message of ``data``."""
+    return b"d" + struct.pack("!i", len(data) + 4) + data
+
+
+def binary_data_rows(batch: pa.RecordBatch, described: list[r.Column]) -> list[bytes]:
+    """``DataRow`` messages with every value in its type's binary format (a DataRow's body is
+    the binary copy format's row)."""
+    return [b"D" + struct.pack("!i", len(row) + 4) + row for row in binary_rows(batch, described)]

@@ -249,6 +249,7 @@ class Engines:
                 with self._lock:
                     self.running -= 1
                     ended[0] = True
+                session.reset_cancel()  # a request that came as the query ended: not the next
                 self._checkin(client, session)
                 loop.call_soon_threadsafe(slot.release)
 

@@ -135,16 +135,16 @@ class Server:
 
     # -- logins -----------------------------------------------------------------------------
 
-    def check_login_allowed(self, peer: str, user: str, *, tls: bool) -> None:
+    def check_login_allowed(self, peer: str, user: str, app: str, *, tls: bool) -> None:
         if not tls and not is_loopback(peer):
-            self.audit_login(peer, user, "", "refused", "cleartext off loopback")
+            self.audit_login(peer, user, app, "refused", "cleartext off loopback")
             raise LoginRefusedError(
                 "the service accepts logins from other hosts over TLS only",
                 fix="connect with sslmode=require (or verify-full)",
             )
         wait = self.limiter.blocked(f"addr:{peer}", f"user:{user}")
         if wait:
-            self.audit_login(peer, user, "", "refused", "rate limited")
+            self.audit_login(peer, user, app, "refused", "rate limited")
             raise LoginRefusedError(
                 "too many failed logins",
                 fix=f"try again in {int(wait) + 1} s with the right credential",
@@ -222,6 +222,7 @@ class Server:
                 return
             self.connections[connection.key] = connection
             await connection.serve()
+            self._ended(connection, "terminated")
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
             self._ended(connection, "disconnected" if not isinstance(exc, TimeoutError)
                         else "login timed out")  # fmt: skip
@@ -244,6 +245,8 @@ class Server:
         entry = {"event": "session", "client": connection.peer, "status": how}
         if client is not None:
             entry["principal"] = client.identity.principal
+            if app := connection.settings.values.get("application_name"):
+                entry["application"] = app
         self.engines.audit.record(entry)
 
     # -- the process ------------------------------------------------------------------------

@@ -9,9 +9,9 @@ Close, Sync, Flush; errors skip to the next Sync). Messages are decoded and enco
 pygwire, a sans-IO codec with the protocol's state machine; this module reads each message's
 frame itself first, so a length beyond the service's limit is refused before it is read.
 
-Results are sent in text format (every client above reads it); each statement is routed by
-:mod:`mesh_platform.serve.dialect` to the session's settings, the principal's catalog or the
-federated query engine.
+Results are sent in the format the client asks (text, or each type's binary send format); each
+statement is routed by :mod:`mesh_platform.serve.dialect` to the session's settings, the
+principal's catalog or the federated query engine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -31,10 +31,18 @@ from mesh_platform.errors import MeshError
 from mesh_platform.query.engine import parse_at
 from mesh_platform.serve import dialect
 from mesh_platform.serve.commands import REPORTED, Settings
-from mesh_platform.serve.copy_out import SIGNATURE, TRAILER, binary_rows, parse_copy, text_rows
+from mesh_platform.serve.copy_out import (
+    SIGNATURE,
+    TRAILER,
+    binary_data_rows,
+    binary_rows,
+    copy_data,
+    parse_copy,
+    text_rows,
+)
 from mesh_platform.serve.engines import Client, Encoder, Result
 from mesh_platform.serve.errors import ProtocolViolation, error_fields
-from mesh_platform.serve.results import Column, columns, data_rows, parameter_text
+from mesh_platform.serve.results import columns, data_rows, parameter_text
 
 if TYPE_CHECKING:
     from mesh_platform.serve.server import Server
@@ -59,7 +67,6 @@ class Portal:
     result: Result | None = None
     tag: str = ""  # the CommandComplete tag, when not SELECT <rows>
     described: bool = False
-    rows: list[bytes] = field(default_factory=list)
 
 
 class Connection:
@@ -119,7 +126,7 @@ class Connection:
         params = dict(message.params)
         user = params.get("user", "")
         application = params.get("application_name", "")[:64]
-        self.server.check_login_allowed(self.peer, user, tls=self.tls)
+        self.server.check_login_allowed(self.peer, user, application, tls=self.tls)
         self.send(m.AuthenticationCleartextPassword())
         await self.writer.drain()
         password = await self.read()
@@ -251,10 +258,10 @@ class Connection:
         header = SIGNATURE if binary else b""
         while (rows := await portal.result.next_rows()) is not None:
             rows[0], header = header + rows[0], b""
-            self.writer.write(b"".join(map(_copy_data, rows)))
+            self.writer.write(b"".join(map(copy_data, rows)))
             await self.writer.drain()
         if binary:
-            self.writer.write(_copy_data(header + TRAILER))
+            self.writer.write(copy_data(header + TRAILER))
         self.send(m.CopyDone(), m.CommandComplete(tag=f"COPY {portal.result.count}"))
 
     # -- extended query protocol ----------------------------------------------------------------
@@ -369,12 +376,19 @@ class Connection:
         sql = dialect.to_engine(statement.text, portal.parameters, portal.prepared.types)
         if limit_zero:
             sql = f"SELECT * FROM ({sql}) AS mesh_described LIMIT 0"
-        portal.result = await self.server.engines.stream(
-            self.client, sql, self._on_cancel, portal.encode
-        )
+        early: list[bool] = []  # a cancel request while the query waits for its slot
 
-    def _on_cancel(self, stop: Any) -> None:
-        self.stop_query = stop
+        def on_cancel(stop: Any) -> None:  # the query has its engine: cancels reach it
+            self.stop_query = stop
+            if early:
+                stop()
+
+        self.stop_query = lambda: early.append(True)
+        try:
+            portal.result = await self.server.engines.stream(self.client, sql, on_cancel,
+                                                             portal.encode)  # fmt: skip
+        finally:
+            self.stop_query = self.stop_query if portal.result is not None else None
 
     async def execute(self, portal: Portal, max_rows: int) -> None:
         statement = portal.prepared.statement
@@ -423,26 +437,9 @@ def _unless_fatal(exc: Exception, *expected: type[Exception]) -> None:
         log.exception("statement failed")
 
 
-def _copy_data(data: bytes) -> bytes:
-    return b"d" + struct.pack("!i", len(data) + 4) + data
-
-
-def binary_data_rows(batch: pa.RecordBatch, described: list[Column]) -> list[bytes]:
-    """``DataRow`` messages with every value in its type's binary format (a DataRow's body is
-    the binary copy format's row)."""
-    return [b"D" + struct.pack("!i", len(row) + 4) + row for row in binary_rows(batch, described)]
-
-
 def _row_description(result: Result, binary: bool = False) -> m.RowDescription:
-    return m.RowDescription(
-        fields=[
-            m.FieldDescription(
-                name=c.name,
-                type_oid=c.oid,
-                type_size=c.size,
-                type_modifier=c.modifier,
-                format_code=int(binary),
-            )
-            for c in result.columns
-        ]
-    )
+    return m.RowDescription(fields=[
+        m.FieldDescription(name=c.name, type_oid=c.oid, type_size=c.size,
+                           type_modifier=c.modifier, format_code=int(binary))
+        for c in result.columns
+    ])  # fmt: skip

@@ -425,15 +425,16 @@ def test_a_cleartext_login_from_off_loopback_is_refused(sample_build):
     try:
         for peer in ("192.0.2.10", "2001:db8::1", "10.1.2.3"):
             with pytest.raises(LoginRefusedError) as refused:
-                server.check_login_allowed(peer, "user:carol", tls=False)
+                server.check_login_allowed(peer, "user:carol", "psql", tls=False)
             assert error_fields(refused.value, fatal=True)["C"] == "28000"
             assert "TLS" in refused.value.what and "sslmode=require" in refused.value.fix
-            server.check_login_allowed(peer, "user:carol", tls=True)  # over TLS: on to the login
+            server.check_login_allowed(peer, "user:carol", "psql", tls=True)  # TLS: on to the login
         for peer in ("127.0.0.1", "::1"):
-            server.check_login_allowed(peer, "user:carol", tls=False)
+            server.check_login_allowed(peer, "user:carol", "psql", tls=False)
     finally:
         server.engines.close()
     refusals = [e for e in audit(sample_build)
                 if e.get("event") == "login" and e.get("client") == "192.0.2.10"]  # fmt: skip
     assert refusals and refusals[-1]["status"] == "refused"
     assert refusals[-1]["reason"] == "cleartext off loopback"
+    assert refusals[-1]["application"] == "psql"  # which tool tried, for whoever investigates

@@ -25,7 +25,8 @@ import psycopg
 import pytest
 
 from mesh_platform.config import Mesh
-from mesh_platform.testing_serve import Service, start_service
+from mesh_platform.testing import edited
+from mesh_platform.testing_serve import Service, served, start_service
 from tests.serve.test_auth import (
     audit,
     expected_rows,
@@ -150,6 +151,47 @@ def test_a_late_cancel_request_never_stops_another_sessions_query(service, token
     assert _ran(sample_build, second, "limited")
     assert not [e for e in audit(sample_build)
                 if e.get("application") == second and e.get("status") == "cancelled"]  # fmt: skip
+
+
+def test_a_cancel_request_while_the_query_waits_for_its_slot_stops_it(sample_build, token):
+    """sales may run one query at a time here: B's waits for A's slot. B's cancel request,
+    sent while it waits, stops B's query when it gets the slot (it never runs to an answer)."""
+    path = sample_build.root / "mesh.yaml"
+    text = path.read_text()
+    block = "query:\n  principals:\n    sales: {concurrent_queries: 1}\n"
+    first, second = _app(), _app()
+    outcomes: dict[str, BaseException | None] = {}
+
+    def run(conn: psycopg.Connection, name: str, sql: str) -> None:
+        try:
+            conn.execute(sql).fetchall()
+            outcomes[name] = None
+        except psycopg.Error as exc:
+            outcomes[name] = exc
+
+    with (
+        edited(path, text, text.rstrip("\n") + "\n" + block),
+        served(sample_build.root) as service,
+        _connect(service, "sales", token("sales"), application_name=first) as a,
+        _connect(service, "sales", token("sales"), application_name=second) as b,
+    ):
+        a.execute("SET statement_timeout = 4000")  # A holds the slot for 4 s
+        holder = threading.Thread(target=run, args=(a, "a", LONG))
+        holder.start()
+        assert _ran(sample_build, first, "started")
+        waiter = threading.Thread(target=run, args=(b, "b", COUNT))
+        waiter.start()
+        time.sleep(0.5)  # B has sent its query and waits for the slot
+        assert not [e for e in audit(sample_build)
+                    if e.get("application") == second and "event" not in e]  # fmt: skip
+        b.cancel_safe()
+        holder.join(30)
+        waiter.join(30)
+        assert isinstance(outcomes["a"], psycopg.errors.QueryCanceled)  # its timeout
+        assert isinstance(outcomes["b"], psycopg.errors.QueryCanceled), outcomes["b"]
+        assert "cancelled by its client" in str(outcomes["b"])
+        assert b.execute(COUNT).fetchone()[0] > 0  # the session goes on; nothing left pending
+    assert _ran(sample_build, second, "cancelled")
 
 
 # -- many clients at once -------------------------------------------------------------------------
@@ -438,3 +480,7 @@ def test_audit_lines_of_queries_name_the_login_client_and_application(service, t
     for line in lines:
         assert (line["auth"], line["client"], line["application"]) == ("token", "127.0.0.1", app)
         assert line["principal"] == "user:carol" and len(line["token"]) == 12
+    # the session's end too: psycopg's close is a Terminate message
+    (ended,) = wait_for_audit(sample_build, lambda e: e.get("event") == "session"
+                              and e.get("application") == app)  # fmt: skip
+    assert (ended["status"], ended["principal"]) == ("terminated", "user:carol")
