@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
@@ -74,16 +74,20 @@ def _refuse(what: str, fix: str) -> QueryRefusedError:
     return QueryRefusedError(what, fix=fix)
 
 
-def split(text: str) -> list[str]:
-    """The statements of a simple-protocol query string (``;``-separated, as psql sends),
-    cut on the tokenizer's semicolons: a ``;`` inside a string or comment does not split."""
+def _tokens(text: str) -> list[Any]:
     try:
-        tokens = Tokenizer().tokenize(text)
+        return Tokenizer().tokenize(text)
     except TokenError:
         raise _refuse(
             "the query cannot be read: an unterminated string, quoted name or comment",
             "close every quote and comment",
         ) from None
+
+
+def split(text: str) -> list[str]:
+    """The statements of a simple-protocol query string (``;``-separated, as psql sends),
+    cut on the tokenizer's semicolons: a ``;`` inside a string or comment does not split."""
+    tokens = _tokens(text)
     statements, start = [], 0
     for token in tokens:
         if token.token_type == TokenType.SEMICOLON:
@@ -96,13 +100,7 @@ def split(text: str) -> list[str]:
 @functools.lru_cache(maxsize=1024)
 def classify(text: str) -> Statement:
     """The kind of one statement (see the module docstring)."""
-    try:
-        tokens = Tokenizer().tokenize(text)
-    except TokenError:
-        raise _refuse(
-            "the query cannot be read: an unterminated string, quoted name or comment",
-            "close every quote and comment",
-        ) from None
+    tokens = _tokens(text)
     if not tokens:
         return Statement("empty", text)
     word = tokens[0].text.upper()

@@ -85,6 +85,23 @@ def _connect(service: Service, principal: str, secret: str, **params: str) -> ps
     return psycopg.connect(service.dsn(principal, secret, **params), autocommit=True)
 
 
+def _in_thread(conn: psycopg.Connection, sql: str) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``sql`` on ``conn`` in a thread, started: its outcome gets the rows and when they
+    came, or the error."""
+    outcome: dict[str, Any] = {}
+
+    def query() -> None:
+        try:
+            outcome["rows"] = conn.execute(sql).fetchall()
+            outcome["at"] = time.monotonic()
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=query)
+    thread.start()
+    return thread, outcome
+
+
 # -- cancel and timeout ---------------------------------------------------------------------------
 
 
@@ -160,15 +177,6 @@ def test_a_cancel_request_while_the_query_waits_for_its_slot_stops_it(sample_bui
     text = path.read_text()
     block = "query:\n  principals:\n    sales: {concurrent_queries: 1}\n"
     first, second = _app(), _app()
-    outcomes: dict[str, BaseException | None] = {}
-
-    def run(conn: psycopg.Connection, name: str, sql: str) -> None:
-        try:
-            conn.execute(sql).fetchall()
-            outcomes[name] = None
-        except psycopg.Error as exc:
-            outcomes[name] = exc
-
     with (
         edited(path, text, text.rstrip("\n") + "\n" + block),
         served(sample_build.root) as service,
@@ -176,20 +184,18 @@ def test_a_cancel_request_while_the_query_waits_for_its_slot_stops_it(sample_bui
         _connect(service, "sales", token("sales"), application_name=second) as b,
     ):
         a.execute("SET statement_timeout = 4000")  # A holds the slot for 4 s
-        holder = threading.Thread(target=run, args=(a, "a", LONG))
-        holder.start()
+        holder, held = _in_thread(a, LONG)
         assert _ran(sample_build, first, "started")
-        waiter = threading.Thread(target=run, args=(b, "b", COUNT))
-        waiter.start()
+        waiter, waited = _in_thread(b, COUNT)
         time.sleep(0.5)  # B has sent its query and waits for the slot
         assert not [e for e in audit(sample_build)
                     if e.get("application") == second and "event" not in e]  # fmt: skip
         b.cancel_safe()
         holder.join(30)
         waiter.join(30)
-        assert isinstance(outcomes["a"], psycopg.errors.QueryCanceled)  # its timeout
-        assert isinstance(outcomes["b"], psycopg.errors.QueryCanceled), outcomes["b"]
-        assert "cancelled by its client" in str(outcomes["b"])
+        assert isinstance(held.get("error"), psycopg.errors.QueryCanceled)  # its timeout
+        assert isinstance(waited.get("error"), psycopg.errors.QueryCanceled), waited
+        assert "cancelled by its client" in str(waited["error"])
         assert b.execute(COUNT).fetchone()[0] > 0  # the session goes on; nothing left pending
     assert _ran(sample_build, second, "cancelled")
 
@@ -397,7 +403,6 @@ def test_sigterm_lets_running_queries_and_results_finish(sample_build, token):
     with _draining(sample_build, "serve:\n  drain_seconds: 30\n") as service:
         assert (_health(service, "/healthz"), _health(service, "/readyz")) == (200, 200)
         assert _health(service, "/nowhere") == 404
-        outcome: dict[str, Any] = {}
         conn = _connect(service, "sales", token("sales"), application_name=app)
         # a whole result read only after the stop: ~20 MB, more than socket buffers hold
         sock, refused = raw_login(service.port, "sales", token("sales"))
@@ -406,16 +411,7 @@ def test_sigterm_lets_running_queries_and_results_finish(sample_build, token):
                    "(SELECT line_number FROM sales.order_lines LIMIT 3) AS b")  # fmt: skip
         sock.sendall(message(b"Q", tripled.encode() + b"\0"))
         assert read_message(sock)[0] == b"T"
-
-        def query() -> None:
-            try:
-                outcome["rows"] = conn.execute(MEDIUM).fetchall()
-                outcome["at"] = time.monotonic()
-            except psycopg.Error as exc:
-                outcome["error"] = exc
-
-        running = threading.Thread(target=query)
-        running.start()
+        running, outcome = _in_thread(conn, MEDIUM)
         assert _ran(sample_build, app, "started")
         stopped = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
@@ -444,16 +440,7 @@ def test_a_drain_that_runs_out_of_time_cancels_and_tells_the_client(sample_build
     app = _app()
     with _draining(sample_build, "serve:\n  drain_seconds: 1\n") as service:
         conn = _connect(service, "sales", token("sales"), application_name=app)
-        outcome: dict[str, Any] = {}
-
-        def query() -> None:
-            try:
-                outcome["rows"] = conn.execute(LONG).fetchall()
-            except psycopg.Error as exc:
-                outcome["error"] = exc
-
-        running = threading.Thread(target=query)
-        running.start()
+        running, outcome = _in_thread(conn, LONG)
         assert _ran(sample_build, app, "started")
         stopped = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
