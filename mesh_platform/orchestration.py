@@ -22,6 +22,7 @@ from mesh_platform.assets.specs import SNAPSHOT_METADATA
 from mesh_platform.config import load_mesh
 from mesh_platform.domain import Domain
 from mesh_platform.pools import reap_expired_runs
+from mesh_platform.sla.deprecation import notify_safely
 from mesh_platform.sla.freshness import evaluate_freshness
 from mesh_platform.sla.record import record_safely
 
@@ -115,6 +116,7 @@ def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.Senso
         late = acknowledge_committed(context.instance, mesh, domain.name, context.log)
         events = evaluate_freshness(mesh, domain.name)
         record_safely(mesh, events, context.log)
+        notify_safely(mesh, context.log, domain=domain.name)
         stale = [e.address for e in events if e.status == "stale"]
         unknown = [e.address for e in events if e.infrastructure_error]
         return dg.SkipReason(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -58,6 +58,18 @@ class AlertSettings(BaseModel):
         default_factory=lambda: [AlertSink(type="log"), AlertSink(type="file")],
         description="Default: the run's log and <state>/alerts/alerts.jsonl.",
     )
+    deprecation_notice_days: list[int] = Field(
+        default_factory=lambda: [14, 3],
+        description="Remind a deprecated product's owner and readers this many days before "
+        "its sunset (each once; they are also told when it is deprecated).",
+    )
+
+    @field_validator("deprecation_notice_days")
+    @classmethod
+    def _positive_days(cls, days: list[int]) -> list[int]:
+        if any(n < 1 for n in days):
+            raise ValueError("each notice is at least 1 day before the sunset")
+        return days
 
 
 class QueryLimits(BaseModel):

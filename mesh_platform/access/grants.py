@@ -19,8 +19,13 @@ from mesh_platform.access.principals import AccessDeniedError, Principal
 from mesh_platform.addressing import PLATFORM_NAMESPACE, ProductAddress, quote_ident
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.descriptor_grants import Grant
+from mesh_platform.products.lifecycle import past_sunset, sunset_message
 
 ROW_FENCE = "mesh_row_fence"  # the volatile column of a row-filter barrier (select_sql)
+
+
+class SunsetError(AccessDeniedError):
+    """The product is a deprecated version past its sunset: nobody reads it any more."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,12 @@ def plan_read(
     column personal now or then is masked unless the reader is cleared for both kinds, and
     served masked at read unless the snapshot stored it masked (a snapshot without a record
     counts as stored in clear: hashing a hash is harmless, serving a clear value is not).
-    Raises AccessDeniedError naming the product and the fix."""
+    Raises AccessDeniedError naming the product and the fix; SunsetError for a version past its
+    sunset (:mod:`mesh_platform.products.lifecycle`), naming its successor."""
     today = today or dt.date.today()
+    if past_sunset(descriptor, today):  # every reader, its owner too: it is not served
+        what, fix = sunset_message(descriptor)
+        raise SunsetError(what, fix=fix, path=descriptor.source_file)
     owner = principal.domain_member(descriptor.domain)
     declared = {c.name: c for c in descriptor.columns}
     if owner:

@@ -47,8 +47,10 @@ from mesh_platform.duckdb_ext import connect
 from mesh_platform.products import incremental
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK, prewarm
+from mesh_platform.products.lifecycle import publication_stops
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
+from mesh_platform.sla.deprecation import notify_safely
 from mesh_platform.sla.events import INFRASTRUCTURE_FAILURE, GateEvent
 from mesh_platform.sla.record import record_safely
 from mesh_platform.storage.catalog import open_catalog
@@ -132,6 +134,17 @@ def _model_errors(run_results: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def _still_published(
+    context: Any, mesh: Mesh, built: Mapping[str, tuple[ProductDescriptor, str]]
+) -> dict[str, tuple[ProductDescriptor, str]]:
+    """``built`` without the products retired or past their sunset (each logged with why)."""
+    stops = publication_stops(mesh, [d for d, _ in built.values()])
+    for descriptor, _ in built.values():
+        if why := stops.get(str(descriptor.address)):
+            context.log.warning(f"{descriptor.address}: not published any more: {why}")
+    return {uid: b for uid, b in built.items() if str(b[0].address) not in stops}
+
+
 def publish_products(
     context: dg.AssetExecutionContext,
     mesh: Mesh,
@@ -150,6 +163,7 @@ def publish_products(
     registered checks). Otherwise main is untouched (consumers keep the previous good snapshot)
     and the branch is kept for inspection. Every product is tried.
     """
+    built = _still_published(context, mesh, built)
     if not built:
         return {}
 
@@ -204,6 +218,7 @@ def publish_products(
             mesh, [GateEvent.of(p, context.run_id) for p in publications.values()], context.log,
             catalog,
         )  # fmt: skip
+        notify_safely(mesh, context.log, domain=domain.name, run_id=context.run_id)
     finally:
         conn.close()
         catalog.engine.dispose()

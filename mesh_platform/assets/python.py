@@ -27,6 +27,7 @@ from mesh_platform.errors import MeshError
 from mesh_platform.products.cuts import pinned_inputs
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK
+from mesh_platform.products.lifecycle import publication_stops
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
 from mesh_platform.products.python import PYTHON_SCHEMA, ProductContext, PythonProduct
@@ -122,6 +123,12 @@ def enforce_contract(
     return None, relation
 
 
+def _refuse_if_stopped(mesh: Mesh, descriptor: ProductDescriptor) -> None:
+    """A retired product, or a deprecated version past its sunset, is not published any more."""
+    if why := publication_stops(mesh, [descriptor]).get(str(descriptor.address)):
+        raise dg.Failure(f"product {descriptor.address}: not published any more: {why}")
+
+
 def build_python_product_asset(
     product: PythonProduct,
     descriptor: ProductDescriptor,
@@ -145,6 +152,7 @@ def build_python_product_asset(
     # No annotation on context: dagster resolves annotations at runtime and a string one fails.
     def _python_product(context, mesh: MeshResource) -> Iterator[Any]:
         loaded = mesh.load()
+        _refuse_if_stopped(loaded, descriptor)
         reads = PinnedReads(loaded, descriptor.domain, product.inputs)
         pctx = ProductContext(context.log, context.run_id, product.inputs, reads.read,
                               descriptor.domain)  # fmt: skip

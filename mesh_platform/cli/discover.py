@@ -6,6 +6,7 @@ static HTML page, the open standards' documents). ``mesh query`` reads them:
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from rich.table import Table
 from mesh_platform.access.listing import ProductAccess, product_access
 from mesh_platform.access.principals import Principal, load_principals
 from mesh_platform.cli.common import console, fail, load_context_mesh, out
+from mesh_platform.cli.lifecycle import retired_of, retirement_text
 from mesh_platform.cli.main import mesh_command
 from mesh_platform.discovery.catalog import ProductRecord, find_record, product_records
 from mesh_platform.discovery.catalog import search as search_records
@@ -25,6 +27,8 @@ from mesh_platform.discovery.html import catalog_command
 from mesh_platform.discovery.standards import export_product
 from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import MeshError, printable
+from mesh_platform.products.lifecycle import load_retirements
+from mesh_platform.products.registry import UnknownProductError
 from mesh_platform.sla.report import brief, product_attainment
 
 
@@ -60,12 +64,18 @@ def products(
     access: dict[str, ProductAccess] = {}
     if principal is not None:
         access = {r.address: product_access(principal, r.descriptor) for r in records}
+    retired = [r for r in load_retirements(mesh).values() if not domains or
+               r.address.split(".")[0] in domains]  # fmt: skip
     if fmt == "json":
-        click.echo(json.dumps([_product_json(r, access.get(r.address)) for r in records], indent=2))
+        rows = [_product_json(r, access.get(r.address)) for r in records]
+        rows += [{**asdict(r), "status": "retired"} for r in retired]
+        click.echo(json.dumps(rows, indent=2))
     else:
         out.print(_products_table(records, principal, access))
         if not records:
             out.print("no product matches" + (f" {search!r}" if search else ""))
+        for r in retired:
+            out.print(f"[dim]retired[/] {escape(retirement_text(r))}", highlight=False)
     _unreadable(records)
 
 
@@ -135,10 +145,21 @@ def describe(ctx: click.Context, address: str, fmt: str) -> None:
     """Show one product in full: purpose, owner, schema and classification, SLA and whether it
     holds, who may read it, upstream and downstream products, snapshots, versions."""
     mesh = load_context_mesh(ctx)
-    record = find_record(mesh, address)
+    retired = retired_of(mesh, address)
+    try:
+        record = find_record(mesh, address)
+    except UnknownProductError:
+        if retired is None:
+            raise
+        click.echo(json.dumps(asdict(retired), indent=2) if fmt == "json" else
+                   retirement_text(retired))  # fmt: skip
+        return
+    if retired is not None and fmt == "text":
+        out.print(f"[bold yellow]retired[/]  {escape(retirement_text(retired))}")
     (week,) = product_attainment(mesh, since=timedelta(days=7), addresses=[record.address])
     if fmt == "json":
         data = record.to_dict()
+        data["retired"] = asdict(retired) if retired is not None else None
         data["attainment_7d"] = {
             "freshness": week.freshness, "freshness_target": week.freshness_target,
             "freshness_budget_left": week.freshness_budget_left, "quality": week.quality,

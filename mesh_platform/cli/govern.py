@@ -11,12 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from mesh_platform.cli.common import console, load_context_mesh, out
+from mesh_platform.cli.lifecycle import orphans_json, print_orphans
 from mesh_platform.cli.main import mesh_command
 from mesh_platform.cli.options import duration_option, selected_domains
 from mesh_platform.errors import printable, printable_value
 from mesh_platform.governance.evaluate import check_domain
 from mesh_platform.governance.policy import Violation
 from mesh_platform.governance.report import junit_report
+from mesh_platform.products.lifecycle import find_orphans
 from mesh_platform.query.audit import AuditLog
 from mesh_platform.sla.attainment import Attainment
 from mesh_platform.sla.report import journal_note, product_attainment
@@ -35,9 +37,10 @@ def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
     mesh = load_context_mesh(ctx)
     results = {name: check_domain(mesh, name) for name in selected_domains(mesh, domains)}
     blocking = sum(v.blocking for vs in results.values() for v in vs)
+    orphans = [o for o in find_orphans(mesh) if not domains or o.namespace in domains]
     if fmt == "json":
         out.print_json(json.dumps({
-            "blocking": blocking,
+            "blocking": blocking, "orphan_tables": orphans_json(orphans),
             "violations": [
                 {"domain": d, "policy": v.policy, "subject": v.subject, "column": v.column,
                  "message": v.message, "fix": v.fix, "file": v.file, "severity": v.severity,
@@ -49,6 +52,8 @@ def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
         click.echo(junit_report(results))
     else:
         _print_violations(results, blocking)
+    if fmt != "json":
+        print_orphans(orphans)  # warnings (stderr): tables no descriptor declares any more
     if blocking:
         raise SystemExit(1)
 

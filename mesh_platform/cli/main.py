@@ -39,6 +39,7 @@ from mesh_platform.errors import (
 COMMANDS: Mapping[str, str] = {
     "prepare": "build", "build": "build", "ui": "build", "workspace": "build",
     "maintain": "operate", "repair": "operate", "doctor": "doctor",
+    "retire": "lifecycle", "deprecations": "lifecycle",
     "check": "govern", "sla": "govern", "audit": "govern",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query", "serve": "serve", "token": "token",
@@ -190,7 +191,7 @@ def _machine_failure(
 # Commands that write state (Dagster runs, the catalog, the warehouse): they keep a small file
 # in reserve in the state dir, released when a disk-full error stops them, so the failure can
 # still be recorded (the runs it left unfinished marked failed) on a disk that is full.
-_STATE_WRITERS = frozenset({"build", "maintain", "repair", "prepare", "ui"})
+_STATE_WRITERS = frozenset({"build", "maintain", "repair", "prepare", "ui", "retire"})
 DISK_RESERVE = ".disk-reserve"
 DISK_RESERVE_BYTES = 2 * 2**20
 

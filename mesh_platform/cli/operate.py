@@ -14,12 +14,15 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.assets.acknowledge import known_snapshots
 from mesh_platform.assets.keys import product_key
 from mesh_platform.cli.common import console, load_context_mesh, out
+from mesh_platform.cli.lifecycle import print_orphans
 from mesh_platform.cli.main import mesh_command
 from mesh_platform.cli.options import duration_option, selected_domains
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError, printable, printable_value
 from mesh_platform.instance import get_instance
+from mesh_platform.products.lifecycle import find_orphans, load_retirements
 from mesh_platform.products.maintenance import maintain_products
+from mesh_platform.products.retirement import retire as finish_retirement
 from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.storage.maintenance import (
     MIN_ORPHAN_MARGIN,
@@ -98,6 +101,7 @@ def maintain(
             reports.append(done.report)
             table.add_row(*_maintenance_row(done.report))
     out.print(table)
+    print_orphans([o for o in find_orphans(mesh) if not domains or o.namespace in domains])
     _print_maintenance_outcome(reports, failed, verbose=verbose)
 
 
@@ -186,6 +190,24 @@ def _acknowledged(mesh: Mesh) -> Callable[[ProductAddress, int], bool]:
     return check
 
 
+def _finish_retirements(
+    mesh: Mesh, addresses: list[ProductAddress], *, dry_run: bool
+) -> list[ProductAddress]:
+    """Finish the retirements `mesh retire` started and did not finish (a crash); the
+    addresses left to repair."""
+    pending = {a for a, r in load_retirements(mesh).items() if not r.finished}
+    for address in addresses:
+        if str(address) not in pending:
+            continue
+        if dry_run:
+            out.print(f"{address}: would finish its interrupted retirement", highlight=False)
+            continue
+        r = finish_retirement(mesh, address, by="", reason="").retirement
+        out.print(f"{address}: retirement by {r.retired_by} finished ({r.reason})",
+                  highlight=False)  # fmt: skip
+    return [a for a in addresses if str(a) not in pending]
+
+
 @click.command()
 @click.option(
     "--product", "products_", multiple=True, required=True, metavar="DOMAIN.PRODUCT",
@@ -211,6 +233,7 @@ def repair(ctx: click.Context, products_: tuple[str, ...], dry_run: bool, drop: 
     product's metadata is corrupt"."""
     mesh = load_context_mesh(ctx)
     addresses = [ProductAddress.parse(p) for p in products_]
+    addresses = _finish_retirements(mesh, addresses, dry_run=dry_run)
     catalog = open_catalog(mesh)
     rebuild: list[str] = []
     try:

@@ -178,6 +178,11 @@ class ProductDescriptor(BaseModel):
     source_file: str = Field(description="File declaring the product, relative to the mesh root.")
     built_with: Literal["dbt", "python"] = "dbt"
     incremental: bool = False
+    successor: str | None = Field(
+        default=None,
+        description="The newest major of the same product, when newer than this one (set by "
+        "the registry; a read past this version's sunset names it).",
+    )
 
     @model_validator(mode="after")
     def _column_references(self) -> ProductDescriptor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -229,10 +229,27 @@ def _domain_products(
             problems[f"{domain.name}.{path.stem}"] = _where(mesh, exc)
             fixes[f"{domain.name}.{path.stem}"] = exc.fix
             domain_wide.append(exc)  # its product's name is unknown: name the file for all
+    found = with_successors(found)
     if domain_wide:
         problems[f"{domain.name}.*"] = "; ".join(_where(mesh, e) for e in domain_wide)
         fixes[f"{domain.name}.*"] = "; ".join(dict.fromkeys(e.fix for e in domain_wide))
     return found, problems, fixes
+
+
+def with_successors(found: Mapping[str, ProductDescriptor]) -> dict[str, ProductDescriptor]:
+    """``found`` (one domain's descriptors) with each older major's ``successor``: the address
+    of the newest major of the same product."""
+    newest: dict[str, ProductDescriptor] = {}
+    for d in found.values():
+        if d.name not in newest or d.body.major > newest[d.name].body.major:
+            newest[d.name] = d
+    out = {}
+    for key, d in found.items():
+        latest = newest[d.name]
+        if latest.body.major > d.body.major:
+            d = d.model_copy(update={"successor": str(latest.address)})
+        out[key] = d
+    return out
 
 
 def _unparsable_yaml(mesh: Mesh, project: Path) -> list[MeshError]:
