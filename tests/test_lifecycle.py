@@ -23,6 +23,7 @@ from mesh_platform.products.lifecycle import (
     find_orphans,
     load_retirements,
     record_retirement,
+    replaced_in_place,
 )
 from mesh_platform.products.registry import load_directory
 from mesh_platform.products.retirement import RetirementRefusedError, retire
@@ -178,3 +179,19 @@ def test_tables_no_descriptor_declares_are_reported(mesh):
         assert "mesh retire logistics.old_routes" in text and "restore its descriptor" in text
     checked = run_mesh(mesh.root, "check", "--domain", "logistics", "--format", "json", **env)
     assert [o["address"] for o in json.loads(checked.stdout)["orphan_tables"]] == [str(OLD)]
+
+
+def test_a_major_raised_in_place_is_refused_until_the_old_one_is_kept_or_retired(mesh):
+    descriptors = load_directory(mesh).descriptors
+    shipments = descriptors["logistics.shipments"]
+    # old_routes' descriptor raised to 2.0.0 in place: logistics.old_routes is left undeclared.
+    bumped = shipments.model_copy(update={
+        "name": "old_routes", "body": shipments.body.model_copy(update={"version": "2.0.0"}),
+    })  # fmt: skip
+    refused = replaced_in_place(mesh, [bumped, descriptors["logistics.nations_v2"]])
+    assert list(refused) == ["logistics.old_routes_v2"]  # nations keeps v1 beside v2: fine
+    why = refused["logistics.old_routes_v2"]
+    assert "would replace logistics.old_routes in place" in why
+    assert "versions: [{v: 1" in why and "mesh retire logistics.old_routes" in why
+    retire(mesh, OLD, by="user:ops", reason="moved to v2")
+    assert replaced_in_place(mesh, [bumped]) == {}

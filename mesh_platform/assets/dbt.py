@@ -47,7 +47,7 @@ from mesh_platform.duckdb_ext import connect
 from mesh_platform.products import incremental
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK, prewarm
-from mesh_platform.products.lifecycle import publication_stops
+from mesh_platform.products.lifecycle import publication_stops, replaced_in_place
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
 from mesh_platform.sla.deprecation import notify_safely
@@ -136,13 +136,23 @@ def _model_errors(run_results: Mapping[str, Any]) -> dict[str, str]:
 
 def _still_published(
     context: Any, mesh: Mesh, built: Mapping[str, tuple[ProductDescriptor, str]]
-) -> dict[str, tuple[ProductDescriptor, str]]:
-    """``built`` without the products retired or past their sunset (each logged with why)."""
+) -> tuple[dict[str, tuple[ProductDescriptor, str]], dict[str, Publication]]:
+    """(``built`` without the products retired or past their sunset, each logged with why;
+    the refused publications of new majors that would replace an undeclared old one)."""
     stops = publication_stops(mesh, [d for d, _ in built.values()])
     for descriptor, _ in built.values():
         if why := stops.get(str(descriptor.address)):
             context.log.warning(f"{descriptor.address}: not published any more: {why}")
-    return {uid: b for uid, b in built.items() if str(b[0].address) not in stops}
+    built = {uid: b for uid, b in built.items() if str(b[0].address) not in stops}
+    bumps = replaced_in_place(mesh, [d for d, _ in built.values()])
+    refused = {
+        uid: Publication(d, error=f"not published: {bumps[str(d.address)]}")
+        for uid, (d, _) in built.items()
+        if str(d.address) in bumps
+    }
+    for publication in refused.values():
+        context.log.error(f"{publication.descriptor.address}: {publication.error}")
+    return {uid: b for uid, b in built.items() if uid not in refused}, refused
 
 
 def publish_products(
@@ -163,11 +173,9 @@ def publish_products(
     registered checks). Otherwise main is untouched (consumers keep the previous good snapshot)
     and the branch is kept for inspection. Every product is tried.
     """
-    built = _still_published(context, mesh, built)
-    if not built:
+    built, publications = _still_published(context, mesh, built)
+    if not built and not publications:
         return {}
-
-    publications: dict[str, Publication] = {}
     try:
         catalog = open_catalog(mesh)
     except Exception as exc:  # nothing can be published: say so for each product, on record

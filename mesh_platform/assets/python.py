@@ -27,7 +27,7 @@ from mesh_platform.errors import MeshError
 from mesh_platform.products.cuts import pinned_inputs
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK
-from mesh_platform.products.lifecycle import publication_stops
+from mesh_platform.products.lifecycle import publication_stops, replaced_in_place
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
 from mesh_platform.products.python import PYTHON_SCHEMA, ProductContext, PythonProduct
@@ -124,9 +124,12 @@ def enforce_contract(
 
 
 def _refuse_if_stopped(mesh: Mesh, descriptor: ProductDescriptor) -> None:
-    """A retired product, or a deprecated version past its sunset, is not published any more."""
+    """A retired product, or a deprecated version past its sunset, is not published any more;
+    a new major that would replace an undeclared old one in place is refused."""
     if why := publication_stops(mesh, [descriptor]).get(str(descriptor.address)):
         raise dg.Failure(f"product {descriptor.address}: not published any more: {why}")
+    if why := replaced_in_place(mesh, [descriptor]).get(str(descriptor.address)):
+        raise dg.Failure(f"product {descriptor.address}: not published: {why}")
 
 
 def build_python_product_asset(

@@ -249,3 +249,37 @@ def publication_stops(
                 f"from {d.source_file} and `mesh retire {key} --reason <why>`"
             )
     return stops
+
+
+def replaced_in_place(
+    mesh: Mesh, descriptors: Iterable[ProductDescriptor], directory: Directory | None = None
+) -> dict[str, str]:
+    """Address -> why its first publication is refused: a new major whose older major is
+    still published but declared by no descriptor any more (the major was raised in the one
+    descriptor instead of added as a model version), and not retired. Publishing it would leave
+    the old major's consumers and grantees with a table nobody builds, grants or retires."""
+    fresh = [d for d in descriptors if d.body.major > 1]
+    if not fresh:
+        return {}
+    tables = {f"{ns}.{t}" for ns, t in catalog_tables(mesh)}
+    declared = (directory or load_directory(mesh, refresh=False)).descriptors
+    retired = load_retirements(mesh)
+    refused = {}
+    for d in fresh:
+        if str(d.address) in tables:
+            continue  # published before: this is not the bump
+        majors = (str(ProductAddress(d.domain, d.name, m)) for m in range(1, d.body.major))
+        older = [a for a in majors if a in tables and a not in declared and a not in retired]
+        if older:
+            old = older[-1]
+            m = ProductAddress.parse(old).major
+            refused[str(d.address)] = (
+                f"major {d.body.major} would replace {old} in place: {old} is still published "
+                f"but no descriptor declares it any more, so its consumers and grantees would "
+                f"lose it at once. Keep major {m} beside the new one as a dbt model version "
+                f"(`versions: [{{v: {m}, config: {{meta: {{mesh: {{version: '{m}.x.y', status: "
+                f"deprecated, deprecated_on: ..., sunset_on: ...}}}}}}}}, {{v: {d.body.major}}}]` "
+                f"in {d.source_file}) until its sunset, or retire it first: `mesh retire {old} "
+                "--reason <why>`"
+            )
+    return refused
