@@ -156,6 +156,9 @@ def test_retire_cli_and_a_crash_finished_by_repair(mesh):
     assert not folder.exists()
     assert load_retirements(mesh)[str(OLD)].finished
 
+    read = run_mesh(mesh.root, "query", "--as", "logistics", f"SELECT * FROM {OLD}", **env)
+    assert read.returncode == 1
+    assert f"product {OLD} was retired on 2026-12-01 by user:ops (nobody reads it)" in read.stderr
     rerun = run_mesh(mesh.root, "retire", str(OLD), "--reason", "again", **env)
     assert rerun.returncode == 0 and "already retired" in rerun.stdout
     refused = run_mesh(mesh.root, "retire", str(NATIONS), "--reason", "v2 exists", **env)
@@ -169,7 +172,8 @@ def test_retire_cli_and_a_crash_finished_by_repair(mesh):
 
 
 def test_tables_no_descriptor_declares_are_reported(mesh):
-    orphans = find_orphans(mesh)
+    directory = load_directory(mesh)
+    orphans = find_orphans(mesh, directory.descriptors, directory.problems)
     assert [(o.namespace, o.table) for o in orphans] == [("logistics", "old_routes")]
     env = {"MESH_STATE_DIR": str(mesh.state_dir)}
     for args in (("check", "--domain", "logistics"), ("maintain", "--domain", "logistics")):
@@ -188,10 +192,10 @@ def test_a_major_raised_in_place_is_refused_until_the_old_one_is_kept_or_retired
     bumped = shipments.model_copy(update={
         "name": "old_routes", "body": shipments.body.model_copy(update={"version": "2.0.0"}),
     })  # fmt: skip
-    refused = replaced_in_place(mesh, [bumped, descriptors["logistics.nations_v2"]])
+    refused = replaced_in_place(mesh, [bumped, descriptors["logistics.nations_v2"]], descriptors)
     assert list(refused) == ["logistics.old_routes_v2"]  # nations keeps v1 beside v2: fine
     why = refused["logistics.old_routes_v2"]
     assert "would replace logistics.old_routes in place" in why
     assert "versions: [{v: 1" in why and "mesh retire logistics.old_routes" in why
     retire(mesh, OLD, by="user:ops", reason="moved to v2")
-    assert replaced_in_place(mesh, [bumped]) == {}
+    assert replaced_in_place(mesh, [bumped], descriptors) == {}

@@ -50,6 +50,7 @@ from mesh_platform.products.gate import CONTRACT_CHECK, prewarm
 from mesh_platform.products.lifecycle import publication_stops, replaced_in_place
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
+from mesh_platform.products.registry import load_directory
 from mesh_platform.sla.deprecation import notify_safely
 from mesh_platform.sla.events import INFRASTRUCTURE_FAILURE, GateEvent
 from mesh_platform.sla.record import record_safely
@@ -144,7 +145,8 @@ def _still_published(
         if why := stops.get(str(descriptor.address)):
             context.log.warning(f"{descriptor.address}: not published any more: {why}")
     built = {uid: b for uid, b in built.items() if str(b[0].address) not in stops}
-    bumps = replaced_in_place(mesh, [d for d, _ in built.values()])
+    declared = load_directory(mesh, refresh=False).descriptors
+    bumps = replaced_in_place(mesh, [d for d, _ in built.values()], declared)
     refused = {
         uid: Publication(d, error=f"not published: {bumps[str(d.address)]}")
         for uid, (d, _) in built.items()

@@ -31,6 +31,7 @@ from mesh_platform.products.lifecycle import publication_stops, replaced_in_plac
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.products.publish import Publication, publish_in_run
 from mesh_platform.products.python import PYTHON_SCHEMA, ProductContext, PythonProduct
+from mesh_platform.products.registry import load_directory
 from mesh_platform.query.engine import QuerySession
 from mesh_platform.resources import MeshResource
 from mesh_platform.sla.events import INFRASTRUCTURE_FAILURE, GateEvent
@@ -128,7 +129,8 @@ def _refuse_if_stopped(mesh: Mesh, descriptor: ProductDescriptor) -> None:
     a new major that would replace an undeclared old one in place is refused."""
     if why := publication_stops(mesh, [descriptor]).get(str(descriptor.address)):
         raise dg.Failure(f"product {descriptor.address}: not published any more: {why}")
-    if why := replaced_in_place(mesh, [descriptor]).get(str(descriptor.address)):
+    declared = load_directory(mesh, refresh=False).descriptors
+    if why := replaced_in_place(mesh, [descriptor], declared).get(str(descriptor.address)):
         raise dg.Failure(f"product {descriptor.address}: not published: {why}")
 
 

@@ -75,7 +75,7 @@ def products(
         if not records:
             out.print("no product matches" + (f" {search!r}" if search else ""))
         for r in retired:
-            out.print(f"[dim]retired[/] {escape(retirement_text(r))}", highlight=False)
+            out.print(escape(retirement_text(r)), highlight=False)
     _unreadable(records)
 
 

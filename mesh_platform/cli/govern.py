@@ -19,6 +19,7 @@ from mesh_platform.governance.evaluate import check_domain
 from mesh_platform.governance.policy import Violation
 from mesh_platform.governance.report import junit_report
 from mesh_platform.products.lifecycle import find_orphans
+from mesh_platform.products.registry import load_directory
 from mesh_platform.query.audit import AuditLog
 from mesh_platform.sla.attainment import Attainment
 from mesh_platform.sla.report import journal_note, product_attainment
@@ -37,7 +38,9 @@ def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
     mesh = load_context_mesh(ctx)
     results = {name: check_domain(mesh, name) for name in selected_domains(mesh, domains)}
     blocking = sum(v.blocking for vs in results.values() for v in vs)
-    orphans = [o for o in find_orphans(mesh) if not domains or o.namespace in domains]
+    directory = load_directory(mesh)
+    orphans = find_orphans(mesh, directory.descriptors, directory.problems)
+    orphans = [o for o in orphans if not domains or o.namespace in domains]
     if fmt == "json":
         out.print_json(json.dumps({
             "blocking": blocking, "orphan_tables": orphans_json(orphans),

@@ -22,6 +22,7 @@ from mesh_platform.errors import MeshError, printable, printable_value
 from mesh_platform.instance import get_instance
 from mesh_platform.products.lifecycle import find_orphans, load_retirements
 from mesh_platform.products.maintenance import maintain_products
+from mesh_platform.products.registry import load_directory
 from mesh_platform.products.retirement import retire as finish_retirement
 from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.storage.maintenance import (
@@ -101,7 +102,9 @@ def maintain(
             reports.append(done.report)
             table.add_row(*_maintenance_row(done.report))
     out.print(table)
-    print_orphans([o for o in find_orphans(mesh) if not domains or o.namespace in domains])
+    directory = load_directory(mesh)
+    orphans = find_orphans(mesh, directory.descriptors, directory.problems)
+    print_orphans([o for o in orphans if not domains or o.namespace in domains])
     _print_maintenance_outcome(reports, failed, verbose=verbose)
 
 

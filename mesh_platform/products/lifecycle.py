@@ -34,7 +34,6 @@ from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import MeshError, catalog_unavailable
 from mesh_platform.files import write_atomically
 from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.registry import Directory, load_directory
 from mesh_platform.storage.catalog import open_catalog
 
 
@@ -64,6 +63,22 @@ def sunset_message(descriptor: ProductDescriptor) -> tuple[str, str]:
             f"no newer major of {descriptor.domain}.{descriptor.name} is declared"
         )
     return what, fix
+
+
+def with_successors(found: Mapping[str, ProductDescriptor]) -> dict[str, ProductDescriptor]:
+    """``found`` (one domain's descriptors) with each older major's ``successor``: the address
+    of the newest major of the same product."""
+    newest: dict[str, ProductDescriptor] = {}
+    for d in found.values():
+        if d.name not in newest or d.body.major > newest[d.name].body.major:
+            newest[d.name] = d
+    out = {}
+    for key, d in found.items():
+        latest = newest[d.name]
+        if latest.body.major > d.body.major:
+            d = d.model_copy(update={"successor": str(latest.address)})
+        out[key] = d
+    return out
 
 
 # -- retirements -----------------------------------------------------------------------------
@@ -213,12 +228,12 @@ def catalog_tables(mesh: Mesh) -> list[tuple[str, str]]:
     return sorted((str(ns), str(table)) for ns, table in rows)
 
 
-def find_orphans(mesh: Mesh, directory: Directory | None = None) -> list[OrphanTable]:
-    """The catalog's product tables that no descriptor of the mesh declares."""
-    directory = directory or load_directory(mesh)
-    return orphan_tables(
-        catalog_tables(mesh), directory.descriptors, directory.problems, list_domain_names(mesh)
-    )
+def find_orphans(
+    mesh: Mesh, descriptors: Mapping[str, ProductDescriptor], problems: Mapping[str, str]
+) -> list[OrphanTable]:
+    """The catalog's product tables that no descriptor of the mesh declares (``descriptors``
+    and ``problems``: the registry's, :class:`~mesh_platform.products.registry.Directory`)."""
+    return orphan_tables(catalog_tables(mesh), descriptors, problems, list_domain_names(mesh))
 
 
 def _parsable(address: str) -> bool:
@@ -252,17 +267,17 @@ def publication_stops(
 
 
 def replaced_in_place(
-    mesh: Mesh, descriptors: Iterable[ProductDescriptor], directory: Directory | None = None
+    mesh: Mesh, descriptors: Iterable[ProductDescriptor], declared: Mapping[str, ProductDescriptor]
 ) -> dict[str, str]:
     """Address -> why its first publication is refused: a new major whose older major is
     still published but declared by no descriptor any more (the major was raised in the one
     descriptor instead of added as a model version), and not retired. Publishing it would leave
-    the old major's consumers and grantees with a table nobody builds, grants or retires."""
+    the old major's consumers and grantees with a table nobody builds, grants or retires.
+    ``declared``: every descriptor of the mesh (the registry's)."""
     fresh = [d for d in descriptors if d.body.major > 1]
     if not fresh:
         return {}
     tables = {f"{ns}.{t}" for ns, t in catalog_tables(mesh)}
-    declared = (directory or load_directory(mesh, refresh=False)).descriptors
     retired = load_retirements(mesh)
     refused = {}
     for d in fresh:

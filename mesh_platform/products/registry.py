@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from mesh_platform.products.descriptor import (
     descriptor_from_node,
     load_python_descriptor,
 )
+from mesh_platform.products.lifecycle import Retirement, load_retirements, with_successors
 from mesh_platform.products.platform import history_descriptor
 from mesh_platform.watching import FolderWatch
 
@@ -76,10 +77,12 @@ class Directory:
         descriptors: dict[str, ProductDescriptor],
         problems: dict[str, str] | None = None,
         fixes: dict[str, str] | None = None,
+        retired: dict[str, Retirement] | None = None,
     ) -> None:
         self.descriptors = descriptors
         self.problems = problems or {}
         self.fixes = fixes or {}
+        self.retired = retired or {}  # address -> its retirement (`mesh retire`)
 
     def get(self, address: ProductAddress) -> ProductDescriptor:
         key = str(address)
@@ -97,6 +100,14 @@ class Directory:
                 f"{why}",
                 fix=self.fixes.get(f"{address.domain}.*")
                 or f"run `mesh prepare --domain {address.domain}`",
+            )
+        if (gone := self.retired.get(key)) is not None:
+            raise UnknownProductError(
+                f"product {key} was retired on {gone.started_at[:10]} by {gone.retired_by} "
+                f"({gone.reason})",
+                fix=f"read its successor {gone.successor}"
+                if gone.successor
+                else "list the products with `mesh products`",
             )
         close = difflib.get_close_matches(key, list(self.descriptors), n=1)
         raise UnknownProductError(
@@ -159,7 +170,7 @@ def _read_directory(mesh: Mesh, *, refresh: bool) -> Directory:
         fixes.update(cached[2])
     platform = history_descriptor()  # the platform's own product
     descriptors[str(platform.address)] = platform
-    return Directory(descriptors, problems, fixes)
+    return Directory(descriptors, problems, fixes, load_retirements(mesh))
 
 
 def _domain_stamp(mesh: Mesh, name: str) -> Any:
@@ -234,22 +245,6 @@ def _domain_products(
         problems[f"{domain.name}.*"] = "; ".join(_where(mesh, e) for e in domain_wide)
         fixes[f"{domain.name}.*"] = "; ".join(dict.fromkeys(e.fix for e in domain_wide))
     return found, problems, fixes
-
-
-def with_successors(found: Mapping[str, ProductDescriptor]) -> dict[str, ProductDescriptor]:
-    """``found`` (one domain's descriptors) with each older major's ``successor``: the address
-    of the newest major of the same product."""
-    newest: dict[str, ProductDescriptor] = {}
-    for d in found.values():
-        if d.name not in newest or d.body.major > newest[d.name].body.major:
-            newest[d.name] = d
-    out = {}
-    for key, d in found.items():
-        latest = newest[d.name]
-        if latest.body.major > d.body.major:
-            d = d.model_copy(update={"successor": str(latest.address)})
-        out[key] = d
-    return out
 
 
 def _unparsable_yaml(mesh: Mesh, project: Path) -> list[MeshError]:
