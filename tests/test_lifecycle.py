@@ -22,6 +22,7 @@ from mesh_platform.products.lifecycle import (
     Retirement,
     find_orphans,
     load_retirements,
+    publication_stops,
     record_retirement,
     replaced_in_place,
 )
@@ -199,3 +200,14 @@ def test_a_major_raised_in_place_is_refused_until_the_old_one_is_kept_or_retired
     assert "versions: [{v: 1" in why and "mesh retire logistics.old_routes" in why
     retire(mesh, OLD, by="user:ops", reason="moved to v2")
     assert replaced_in_place(mesh, [bumped], descriptors) == {}
+
+
+def test_publication_stops_after_the_sunset_and_after_retirement(mesh):
+    nations = load_directory(mesh).descriptors[str(NATIONS)]
+    sunset = nations.body.sunset_on
+    assert publication_stops(mesh, [nations], today=sunset) == {}  # its last day
+    (why,) = publication_stops(mesh, [nations], today=sunset + dt.timedelta(days=1)).values()
+    assert f"reached its sunset on {sunset}" in why and "mesh retire logistics.nations" in why
+    retire(mesh, NATIONS, by="user:ops", reason="v2", force=True, today=sunset + dt.timedelta(1))
+    (why,) = publication_stops(mesh, [nations], today=sunset).values()
+    assert "retired on" in why and "by user:ops (v2)" in why and nations.source_file in why
