@@ -232,8 +232,8 @@ def repair(ctx: click.Context, products_: tuple[str, ...], dry_run: bool, drop: 
     dropped only with --drop (never on an access error), and the command to republish the
     product from its sources is printed (`mesh build
     --full-refresh --product`, with the build options you use). Refused while a publication of
-    the product is running. A readable product is left alone. Runbook: docs/operations.md, "A
-    product's metadata is corrupt"."""
+    the product is running. A readable product is left alone; a `mesh retire` of it that was
+    interrupted is finished. Runbook: docs/operations.md, "A product's metadata is corrupt"."""
     mesh = load_context_mesh(ctx)
     addresses = [ProductAddress.parse(p) for p in products_]
     addresses = _finish_retirements(mesh, addresses, dry_run=dry_run)
