@@ -3,13 +3,14 @@
 A breaking change is a new major version published beside the old one: the dbt model gets a
 version (``versions: [{v: 1, ...}, {v: 2, ...}]``, one descriptor each, addresses ``d.p`` and
 ``d.p_v2``), never a new major in the one descriptor (that would leave ``d.p`` undeclared while
-its consumers still read it: :func:`replaced_in_place` refuses that publication). The old major keeps its descriptor with ``status: deprecated``,
-``deprecated_on`` and ``sunset_on``: until ``sunset_on`` (the last day) it is built, published,
-readable and granted as before. From the next day it is past its sunset: no longer published,
-and every read is refused naming its successor (the newest major of the same product, which the
-registry records on each descriptor). ``mesh retire`` then drops its table and files and
-records the retirement here, in ``<state>/lifecycle/retirements.json``: who, when, why and the
-last snapshot, shown by ``mesh products`` and ``mesh describe`` ever after.
+its consumers still read it: :func:`replaced_in_place` refuses that publication). The old major
+keeps its descriptor with ``status: deprecated``, ``deprecated_on`` and ``sunset_on``: until
+``sunset_on`` (the last day) it is built, published, readable and granted as before. From the
+next day it is past its sunset: no longer published, and every read is refused naming its
+successor (the newest major of the same product, which the registry records on each
+descriptor). ``mesh retire`` then drops its table and files and records the retirement here, in
+``<state>/lifecycle/retirements.json``: who, when, why and the last snapshot, shown by ``mesh
+products`` and ``mesh describe`` ever after.
 
 A product table in the catalog that no descriptor declares (a removed descriptor, a major bumped
 in place, a domain gone) is an *orphan*: :func:`find_orphans` reports them for ``mesh check``

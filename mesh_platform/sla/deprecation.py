@@ -58,7 +58,7 @@ def due_events(
     return due
 
 
-def _message(descriptor: ProductDescriptor, event: str, today: dt.date) -> str:
+def _message(descriptor: ProductDescriptor, today: dt.date, *, reminder: bool) -> str:
     body = descriptor.body
     text = f"{descriptor.address} (version {body.version}) is deprecated since {body.deprecated_on}"
     if body.sunset_on is not None:
@@ -66,7 +66,7 @@ def _message(descriptor: ProductDescriptor, event: str, today: dt.date) -> str:
         text += f"; it is published and readable until {body.sunset_on} ({left} day(s) left)"
     if descriptor.successor:
         text += f"; move to its successor {descriptor.successor}"
-    return text + (" (reminder)" if event != "deprecated" else "")
+    return text + (" (reminder)" if reminder else "")
 
 
 def _readers(mesh: Mesh, descriptor: ProductDescriptor, today: dt.date) -> list[tuple[str, Any]]:
@@ -101,15 +101,16 @@ def deprecation_notices(
             for recipient, contact in _readers(mesh, d, today):
                 keys = [f"{address}|{event}|{date}|{recipient}" for event, date in due]
                 fresh = [i for i, key in enumerate(keys) if key not in sent]
-                sent.update(keys)
                 if not fresh:
                     continue
+                told = len(fresh) < len(keys)  # an earlier notice reached this recipient
+                sent.update(keys)
                 event = due[fresh[-1]][0]  # several due at once: only the closest is sent
                 out.append(
                     Notification(
                         incident, event, address, recipient, contact,
                         dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                        _message(d, event, today), run_id,
+                        _message(d, today, reminder=told), run_id,
                     )
                 )  # fmt: skip
     return out
