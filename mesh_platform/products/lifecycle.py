@@ -278,7 +278,10 @@ def replaced_in_place(
     fresh = [d for d in descriptors if d.body.major > 1]
     if not fresh:
         return {}
-    tables = {f"{ns}.{t}" for ns, t in catalog_tables(mesh)}
+    try:
+        tables = {f"{ns}.{t}" for ns, t in catalog_tables(mesh)}
+    except MeshError:  # the catalog cannot be read: the publication that follows fails on it
+        return {}
     retired = load_retirements(mesh)
     refused = {}
     for d in fresh:
