@@ -670,7 +670,11 @@ def test_marketing_consumes_only_what_it_is_granted(built):
     manifest = load_manifest(load_domain(built, "marketing"))
     assert consumption_problems(built, "marketing", manifest) == []
     expired = consumption_problems(built, "marketing", manifest, today=dt.date(2028, 1, 1))
-    assert len(expired) == 5 and all("expired on 2027-12-31" in p for p in expired)
+    # logistics.nations (major 1) is past its sunset by then: it names its successor instead
+    sunset = [p for p in expired if p.startswith("consumes logistics.nations ")]
+    assert len(sunset) == 1 and "read its successor logistics.nations_v2" in sunset[0]
+    assert len(expired) == 5 and all("expired on 2027-12-31" in p for p in expired
+                                     if p not in sunset)  # fmt: skip
 
     staged = duckdb.connect(str(built.duckdb_path("marketing")), read_only=True)
     try:

@@ -145,8 +145,9 @@ def _still_published(
         if why := stops.get(str(descriptor.address)):
             context.log.warning(f"{descriptor.address}: not published any more: {why}")
     built = {uid: b for uid, b in built.items() if str(b[0].address) not in stops}
-    declared = load_directory(mesh, refresh=False).descriptors
-    bumps = replaced_in_place(mesh, [d for d, _ in built.values()], declared)
+    majors = [d for d, _ in built.values() if d.body.major > 1]  # a new major may be a bump
+    declared = load_directory(mesh, refresh=False).descriptors if majors else {}
+    bumps = replaced_in_place(mesh, majors, declared)
     refused = {
         uid: Publication(d, error=f"not published: {bumps[str(d.address)]}")
         for uid, (d, _) in built.items()
