@@ -102,7 +102,7 @@ def maintain(
             reports.append(done.report)
             table.add_row(*_maintenance_row(done.report))
     out.print(table)
-    directory = load_directory(mesh)
+    directory = load_directory(mesh, refresh=False)  # as prepared: no dbt parse here
     orphans = find_orphans(mesh, directory.descriptors, directory.problems)
     print_orphans([o for o in orphans if not domains or o.namespace in domains])
     _print_maintenance_outcome(reports, failed, verbose=verbose)
