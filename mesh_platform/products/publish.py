@@ -38,6 +38,7 @@ from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import SCHEMA_CHECK, GateContext, is_personal_data_policy, run_gate
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.storage.catalog import load_product_table
+from mesh_platform.storage.evolution import compare_schemas
 from mesh_platform.storage.metadata import CLASSIFICATION_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning
 from mesh_platform.storage.wap import write_audit_publish
@@ -111,29 +112,12 @@ class Publication:
 
 
 def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
-    """Compare the new rows' schema with the published table's (Iceberg's promotion rules)."""
-    from pyiceberg.exceptions import (
-        ResolveError,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
-    )
-    from pyiceberg.schema import (
-        promote,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
-    )
-
+    """Compare the new rows' schema with the published table's, at every depth (Iceberg's
+    evolution rules, field ids ignored: storage/evolution.py)."""
     if table is None:
         return CheckOutcome(True, "first publication: the table is created with this schema")
-    new = {f.name: f.field_type for f in pyarrow_to_schema_without_ids(new_schema).fields}
-    old = {f.name: f.field_type for f in table.schema().fields}
-    dropped = sorted(set(old) - set(new))
-    added = sorted(set(new) - set(old))
-    changed, widened = [], []
-    for name in sorted(set(old) & set(new)):
-        if old[name] == new[name]:
-            continue
-        try:
-            promote(old[name], new[name])
-            widened.append(f"{name}: {old[name]} -> {new[name]}")
-        except ResolveError:
-            changed.append(f"{name}: {old[name]} -> {new[name]}")
+    diff = compare_schemas(table.schema(), pyarrow_to_schema_without_ids(new_schema))
+    added, dropped, changed, widened = diff.added, diff.dropped, diff.type_changes, diff.widened
     metadata: dict[str, Any] = {
         "added": added,
         "dropped": dropped,
@@ -143,7 +127,7 @@ def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOut
     if dropped or changed:
         parts = []
         if dropped:
-            parts.append(f"dropped or renamed column(s) {', '.join(dropped)}")
+            parts.append(f"dropped or renamed column(s) or field(s) {', '.join(dropped)}")
         if changed:
             parts.append(f"incompatible type change(s) {'; '.join(changed)}")
         return CheckOutcome(

@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
+from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.errors import ConcurrentPublishError, MeshError
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.catalog import (
@@ -34,6 +35,7 @@ from mesh_platform.storage.catalog import (
     is_concurrent_commit,
     load_product_table,
 )
+from mesh_platform.storage.evolution import compare_schemas
 from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.metadata import BATCH_PROPERTY, INITIAL_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning, copy_partitions, ensure_partition_field
@@ -201,9 +203,11 @@ def stage_to_audit(
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
     before = load_product_table(catalog, address)
-    known = {f.name for f in before.schema().fields} if before is not None else None
+    known = before.schema() if before is not None else None
     table = _prepare_table(catalog, address, arrow_schema, table_properties, partitioning)
-    added = () if known is None else tuple(n for n in arrow_schema.names if n not in known)
+    added = ()  # columns and nested fields (address.country): reverted if the batch is blocked
+    if known is not None:
+        added = tuple(compare_schemas(known, pyarrow_to_schema_without_ids(arrow_schema)).added)
     branch = audit_branch(batch_id)
     if done := _main_snapshot_with_batch(table, batch_id):
         summary = done.summary or {}
@@ -451,7 +455,8 @@ def _quarantine(catalog: SqlCatalog, stage: AuditStage) -> Quarantine:
 
 
 def _revert_added_columns(catalog: SqlCatalog, stage: AuditStage) -> None:
-    """Drop the columns a blocked batch added, so main's readers see main's schema.
+    """Drop the columns and nested fields a blocked batch added, so main's readers see main's
+    schema.
 
     (A widened type cannot be narrowed back in Iceberg; it reads the old data unchanged.)
     """
