@@ -62,7 +62,6 @@ def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[Db
     """``dbt`` (its project and executable) on the platform's isolated profile of ``domain``,
     with the mesh's environment; the profile is removed when the block exits, so the dbt
     process must have finished by then."""
-    mesh.duckdb_path(domain.name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with platform_profile(mesh, domain) as profiles_dir, environment(mesh.dbt_env()):
         yield DbtCliResource(
             project_dir=dbt.project_dir,
@@ -164,7 +163,7 @@ def publish_products(
         events = [GateEvent.of(p, context.run_id) for p in publications.values()]
         record_safely(mesh, events, context.log)
         return publications
-    conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
+    conn = connect(mesh.domain_duckdb(domain.name), extensions=("iceberg",))
     try:
         for unique_id, (descriptor, relation) in built.items():
             failed_tests = sorted(blocking.get(unique_id, []))
@@ -248,7 +247,7 @@ def record_landing_built(
         and node.get("config", {}).get("materialized") == "incremental"
     ]
     if all(uid in succeeded for uid in models):
-        with contextlib.closing(connect(mesh.duckdb_path(domain.name))) as conn:
+        with contextlib.closing(connect(mesh.domain_duckdb(domain.name))) as conn:
             incremental.record_landing(conn, landing)
 
 
