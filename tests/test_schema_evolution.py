@@ -198,3 +198,24 @@ def test_field_ids_are_not_part_of_the_comparison():
     assert widened.widened == ["address.zip: int -> long"] and not widened.breaking
     narrowed = compare_schemas(schema(1, LongType()), schema(-50, IntegerType()))
     assert narrowed.type_changes == ["address.zip: long -> int"] and narrowed.breaking
+
+
+def test_a_product_never_published_takes_the_schema_of_its_next_batch(mesh, catalog, duck):
+    """Its first batch was blocked (the table exists, with that batch's columns): the next batch
+    drops a column and retypes another; no reader ever saw them, so nothing breaks."""
+    blocked = publish(catalog, duck, NESTED, "b1", failed_elsewhere=["dbt test x"])
+    assert not blocked.published
+    changed = f"{BASE}, {ADDRESS_STRUCT.replace('69000::INTEGER', chr(39) + 'A1' + chr(39))}"
+
+    publication = publish(catalog, duck, changed, "b2")
+
+    assert publication.published, publication.error
+    assert publication.outcomes["schema_compatible"].description.startswith("first publication")
+    schema = catalog.load_table(ADDRESS.iceberg_identifier).schema()
+    assert [f.name for f in schema.fields] == ["basket_key", "address"]
+    assert str(schema.find_field("address.zip").field_type) == "string"
+    with published_scan(mesh, ADDRESS) as (conn, scan, _):
+        assert conn.execute(f"SELECT address FROM {scan} LIMIT 1").fetchone()[0] == {
+            "city": "Lyon",
+            "zip": "A1",
+        }

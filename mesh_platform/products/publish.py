@@ -114,8 +114,8 @@ class Publication:
 def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
     """Compare the new rows' schema with the published table's, at every depth (Iceberg's
     evolution rules, field ids ignored: storage/evolution.py)."""
-    if table is None:
-        return CheckOutcome(True, "first publication: the table is created with this schema")
+    if table is None or not is_published(table.current_snapshot()):  # no reader saw a schema
+        return CheckOutcome(True, "first publication: the table takes this schema")
     diff = compare_schemas(table.schema(), pyarrow_to_schema_without_ids(new_schema))
     added, dropped, changed, widened = diff.added, diff.dropped, diff.type_changes, diff.widened
     metadata: dict[str, Any] = {

@@ -63,6 +63,8 @@ def _evolve_schema(
     # heavy: pyiceberg (~2 s), only when a batch is written
     from pyiceberg.exceptions import ValidationError as IcebergValidationError
 
+    if not is_published(table.current_snapshot()):
+        table = _forget_unpublished_columns(catalog, table, address, arrow_schema)
     try:
         with table.update_schema() as update:
             update.union_by_name(arrow_schema)
@@ -72,6 +74,25 @@ def _evolve_schema(
             fix="keep the column's type (or widen it: int -> bigint, float -> double), or "
             "publish the change as a new major version of the product",
         ) from exc
+    return catalog.load_table(address.iceberg_identifier)
+
+
+def _forget_unpublished_columns(
+    catalog: SqlCatalog, table: Table, address: ProductAddress, arrow_schema: pa.Schema
+) -> Table:
+    """A table nothing was published to yet (its first batches were blocked) takes the new
+    batch's columns as they are: no reader ever saw the old ones. Its columns (or nested
+    fields) the batch drops or retypes are deleted; union_by_name then adds them back."""
+    changes = compare_schemas(table.schema(), pyarrow_to_schema_without_ids(arrow_schema))
+    paths = set()
+    for path in changes.dropped + [c.split(": ")[0] for c in changes.type_changes]:
+        parts = path.split(".")  # an element, key or value is retyped with its whole column
+        paths.add(parts[0] if {"element", "key", "value"} & set(parts[1:]) else path)
+    if not paths:
+        return table
+    with table.update_schema() as update:
+        for path in sorted(paths):
+            update.delete_column(path)
     return catalog.load_table(address.iceberg_identifier)
 
 
