@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster import DagsterEventType, DagsterExecutionInterruptedError
 
+from mesh_platform.build_log import with_build_console
 from mesh_platform.compat.dagster import (
     FAILURE_PREFIX,
     ActiveExecution,
@@ -283,7 +284,7 @@ def build_domain(
     First the domain's pool is made free of dead runs, and waited for while a live run holds
     it; ``stop`` ends that wait and cancels the run. The runs reaped there (their process
     died) are rebuilt by this run: it records them (``mesh/retry_of``), and they it."""
-    job = defs.resolve_job_def(build_job_name(domain))
+    job = with_build_console(defs.resolve_job_def(build_job_name(domain)))  # see build_log
     run_id = str(uuid.uuid4())
     selection = _product_selection(domain, defs, products) if products else None
     run_config = _run_config(

@@ -31,6 +31,7 @@ from dagster_dbt import DbtCliResource
 from mesh_platform.assets.checks import check_result
 from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.reporting import (
+    REPORTED,
     acknowledge,
     check_results,
     materialization_metadata,
@@ -197,8 +198,8 @@ def publish_products(
                     f"{publication.snapshot_id}, {rows} rows written in "
                     f"{publication.seconds:.2f}s{note}"
                 )
-            else:
-                context.log.error(f"{address}: {publication.error}")
+            else:  # `mesh build` prints it from the step's failure (mesh_platform.build)
+                context.log.error(f"{address}: {publication.error}", extra={REPORTED: True})
         record_safely(
             mesh, [GateEvent.of(p, context.run_id) for p in publications.values()], context.log,
             catalog,
@@ -334,7 +335,7 @@ def _fail_on_problems(
     }
     problems.update(
         {
-            f"product {p.descriptor.address}": p.error
+            str(p.descriptor.address): p.error  # the gate's message (products/blocks.py)
             for p in publications.values()
             if not p.published and p.error
         }
@@ -346,7 +347,7 @@ def _fail_on_problems(
         raise dg.Failure(
             description=(
                 f"domain '{domain.name}': {len(problems)} model(s), test(s) or product(s) "
-                f"failed; the other products were built and published.\n{listing}"
+                f"failed (the others were built and published):\n{listing}"
             ),
             metadata={"failed": sorted(problems)},
         )

@@ -34,6 +34,7 @@ from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.config import PRIVATE_FILE_MODE, make_private_dir
 from mesh_platform.governance.evaluate import gate_exemptions
 from mesh_platform.products import incremental
+from mesh_platform.products.blocks import block_message
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import SCHEMA_CHECK, GateContext, is_personal_data_policy, run_gate
 from mesh_platform.products.outcomes import CheckOutcome
@@ -111,7 +112,9 @@ class Publication:
         )
 
 
-def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
+def schema_compatibility(
+    table: Table | None, new_schema: pa.Schema, *, source_file: str = "the product's descriptor"
+) -> CheckOutcome:
     """Compare the new rows' schema with the published table's, at every depth (Iceberg's
     evolution rules, field ids ignored: storage/evolution.py)."""
     if table is None or not is_published(table.current_snapshot()):  # no reader saw a schema
@@ -132,10 +135,11 @@ def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOut
             parts.append(f"incompatible type change(s) {'; '.join(changed)}")
         return CheckOutcome(
             False,
-            f"breaking change: {' and '.join(parts)}. Keep the columns, or publish the change as "
-            "a new major version (a new dbt model version / descriptor version N+1.0.0) while "
-            "this one is deprecated",
+            f"breaking change: {' and '.join(parts)}",
             metadata,
+            fix="keep the columns and their types (a type may only widen: int -> bigint), or "
+            "publish the change as a new major version (a new dbt model version, descriptor "
+            f"version N+1.0.0 in {source_file}) while this one is deprecated",
         )
     what = []
     if added:
@@ -172,10 +176,13 @@ def publish_product(
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     new_schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
     table = load_product_table(catalog, address)
-    schema = schema_compatibility(table, new_schema)
+    schema = schema_compatibility(table, new_schema, source_file=descriptor.source_file)
     publication.outcomes[SCHEMA_CHECK] = schema
     if schema.blocks:
-        publication.error = f"not published: {SCHEMA_CHECK} failed: {schema.description}"
+        publication.error = block_message(
+            publication.outcomes, state="refused before anything was staged: main keeps its "
+            "snapshot and schema",
+        )  # fmt: skip
         publication.seconds = time.perf_counter() - start
         return publication
 
@@ -186,9 +193,8 @@ def publish_product(
         if partition_plan.unchanged:  # nothing to stage: main already holds these rows
             publication.seconds = time.perf_counter() - start
             if failed_elsewhere:  # unchanged data that fails a check is not re-announced
-                publication.error = (
-                    f"not published: blocking check(s) failed: {', '.join(failed_elsewhere)} "
-                    "(no partition changed; main keeps its snapshot)"
+                publication.error = block_message(
+                    {}, failed_elsewhere, state="no partition changed: main keeps its snapshot"
                 )
                 return publication
             publication.snapshot_id = table.current_snapshot().snapshot_id
@@ -219,7 +225,8 @@ def publish_product(
         _record_fingerprints(catalog, conn, address, table, partition_plan, result)
     publication.seconds = time.perf_counter() - start
     if not publication.published:
-        _explain_block(publication, result)
+        first = table is None or not is_published(table.current_snapshot())
+        _explain_block(publication, result, first=first)
     return publication
 
 
@@ -290,35 +297,27 @@ def _record_fingerprints(
         )
 
 
-def _explain_block(publication: Publication, result: Any) -> None:
-    """Say why the batch was not published, where main stays and where the data went."""
-    publication.error = (
-        f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
-        f"Main stays at snapshot {result.stage.base_snapshot_id}; "
-    )
+def _explain_block(publication: Publication, result: Any, *, first: bool) -> None:
+    """Say why the batch was not published (products/blocks.py), where main stays and where the
+    data went."""
     if (quarantine := result.quarantine) is None:
-        publication.error += f"the rejected data is on branch {result.stage.branch}"
-        return
-    publication.error += (
-        f"the batch held personal data ({_describe(publication.findings())}) and was "
-        f"quarantined at once: branch {quarantine.branch} dropped, its "
-        f"{len(quarantine.deleted_files)} data and manifest file(s) deleted"
-    )
-    for name in publication.personal_data_failures:  # shown with the Dagster check
-        publication.outcomes[name].metadata.update(
+        aftermath = f"the rejected data is on branch {result.stage.branch}"
+    else:
+        aftermath = (
+            f"the batch held personal data and was quarantined at once: branch "
+            f"{quarantine.branch} dropped, its {len(quarantine.deleted_files)} data and "
+            "manifest file(s) deleted"
+        )
+    publication.error = block_message(
+        publication.outcomes, publication.failed_elsewhere,
+        state="the product stays unpublished (its first batch)" if first
+        else f"main stays at snapshot {result.stage.base_snapshot_id}",
+        aftermath=aftermath,
+    )  # fmt: skip
+    for name in publication.personal_data_failures if quarantine is not None else ():
+        publication.outcomes[name].metadata.update(  # shown with the Dagster check
             {"quarantined": True, "deleted_files": len(quarantine.deleted_files)}
         )
-
-
-def _describe(findings: list[dict[str, Any]]) -> str:
-    return "; ".join(
-        f"{f['check']}: column {f['column']}"
-        + (f": {f['kind']}" if f["kind"] else "")
-        + (f" in {f['rows']} row(s)" if f["rows"] is not None else "")
-        if f["column"] is not None
-        else f["check"]
-        for f in findings
-    )
 
 
 def record_quarantine(path: Path, publication: Publication, run_id: str) -> None:
