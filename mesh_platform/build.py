@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster import DagsterEventType, DagsterExecutionInterruptedError
 
-from mesh_platform.build_log import with_build_console
+from mesh_platform.build_log import failure_message, with_build_console
 from mesh_platform.compat.dagster import (
-    FAILURE_PREFIX,
     ActiveExecution,
     ErrorSource,
     pop_captured_interrupt,
@@ -387,8 +386,8 @@ def _domain_outcome(
         rows = mat.metadata.get("dagster/row_count")
         materialized[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
     errors = [
-        # A dg.Failure raised on purpose is the message itself, not a Python exception
-        e.step_failure_data.error.message.strip().removeprefix(FAILURE_PREFIX)
+        # A dg.Failure or a MeshError raised on purpose is the message itself (build_log)
+        failure_message(e.step_failure_data.error)
         for e in result.all_events
         if e.event_type == DagsterEventType.STEP_FAILURE
         and e.step_failure_data.error

@@ -21,31 +21,46 @@ import dagster as dg
 from dagster import DagsterEventType
 
 from mesh_platform.assets.reporting import REPORTED
+from mesh_platform.compat.dagster import FAILURE_PREFIX
 from mesh_platform.errors import MeshError
 
 CONSOLE = "console"  # the run config's logger key Dagster's default console logger has
 _FAILURES = (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE)
 
 
-def _expected_classes() -> set[str]:
-    """Class names of the failures raised on purpose: dg.Failure and every MeshError."""
-    names, todo = {"Failure"}, [MeshError]
+def _expected_classes() -> dict[str, str]:
+    """The failures raised on purpose, dg.Failure and every MeshError: class name -> what
+    Dagster writes before their message (the class's path)."""
+    found, todo = {"Failure": FAILURE_PREFIX}, [MeshError]
     while todo:
         cls = todo.pop()
-        names.add(cls.__name__)
+        found[cls.__name__] = f"{cls.__module__}.{cls.__qualname__}: "
         todo += cls.__subclasses__()
-    return names
+    return found
+
+
+def _expected(error: Any) -> Any:
+    """The failure raised on purpose in a Dagster error (SerializableErrorInfo): the error
+    itself, or the cause Dagster wrapped it around (a step's user code error); None if none."""
+    expected = _expected_classes()
+    while error is not None and error.cls_name not in expected:
+        error = error.cause
+    return error
 
 
 def is_expected(error: Any) -> bool:
-    """Whether a Dagster error (SerializableErrorInfo) is a failure raised on purpose, itself
-    or as the cause Dagster wrapped."""
-    expected = _expected_classes()
-    while error is not None:
-        if error.cls_name in expected:
-            return True
-        error = error.cause
-    return False
+    """Whether a Dagster error is a failure raised on purpose (see :func:`_expected`)."""
+    return _expected(error) is not None
+
+
+def failure_message(error: Any) -> str:
+    """A step failure as `mesh build` prints it: the message of the failure raised on purpose
+    (what, where, the fix), which Dagster keeps under its own wrapper for a MeshError; else
+    Dagster's message and its cause's (a fault of the platform: its trace is in the log)."""
+    if (raised := _expected(error)) is not None:
+        return raised.message.strip().removeprefix(_expected_classes()[raised.cls_name])
+    cause = error.cause.message.strip().splitlines()[:1] if error.cause is not None else []
+    return " ".join([error.message.strip(), *cause])
 
 
 class _LeaveOutReported(logging.Filter):

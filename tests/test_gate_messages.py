@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
+from mesh_platform.build_log import failure_message, with_build_console
 from mesh_platform.cli.main import cli
 from mesh_platform.config import load_mesh
 from mesh_platform.errors import MeshError
@@ -146,3 +148,47 @@ def test_an_expected_failure_has_a_traceback_only_behind_verbose(mesh, flag):
         assert "--product selects what a full refresh rebuilds" in result.output
         assert "fix: add --full-refresh" in result.output
         assert "Traceback" not in result.output
+
+
+@dg.op
+def _blocked():
+    raise dg.Failure("finance.regions: not published")
+
+
+@dg.op
+def _refused():
+    raise MeshError("the landing of finance is corrupt", fix="run mesh repair")
+
+
+@dg.op
+def _bug():
+    raise KeyError("a fault of the platform")
+
+
+@dg.job
+def _three_failures():
+    _blocked()
+    _refused()
+    _bug()
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_the_build_console_prints_expected_failures_once_and_keeps_faults_traces(capfd, level):
+    """What `mesh build` prints itself (from the run's outcome) is left out of Dagster's
+    console below INFO, tracebacks and all; a fault of the platform keeps its trace."""
+    result = with_build_console(_three_failures).execute_in_process(
+        raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": level}}}}
+    )
+    console = capfd.readouterr().err
+    failures = {
+        e.step_key: failure_message(e.step_failure_data.error)
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.STEP_FAILURE
+    }
+    assert failures["_blocked"] == "finance.regions: not published"
+    assert failures["_refused"] == "the landing of finance is corrupt\n  fix: run mesh repair"
+    assert failures["_bug"].endswith("KeyError: 'a fault of the platform'")
+    assert 'Execution of step "_bug" failed' in console and "Stack Trace" in console
+    quiet = level == "WARNING"
+    for step in ("_blocked", "_refused"):
+        assert (f'Execution of step "{step}" failed' not in console) is quiet, console
