@@ -168,7 +168,8 @@ def diff_report(
     now = now or dt.datetime.now(dt.UTC)
     revision = read_revision(mesh, base_ref)
     directory = load_directory(mesh)  # changed projects prepared again: the working tree
-    head = {a: d for a, d in directory.descriptors.items() if d.domain in list_domain_names(mesh)}
+    domains = set(list_domain_names(mesh))  # not the platform's own products
+    head = {a: d for a, d in directory.descriptors.items() if d.domain in domains}
     unreadable = _unreadable(directory.problems, revision.descriptors, head)
     base = {a: d for a, d in revision.descriptors.items() if a not in unreadable}
     diffs = diff_products(base, head, now.date())

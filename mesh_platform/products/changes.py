@@ -1,6 +1,6 @@
 """What changed in a product's contract between two revisions, and which changes break consumers.
 
-The rule set, in one place (:data:`RULES`; ``mesh diff`` prints it with ``--rules``):
+The rule set, in one place (:data:`RULES`; ``mesh diff --format json`` carries it):
 
 ======================================  ========  ==============================================
 change                                  breaking  why
@@ -285,7 +285,7 @@ def grant_changes(base: ProductDescriptor, head: ProductDescriptor) -> list[Chan
                 principal=who, columns=tuple(sorted(lost)) if lost else None,
             ))  # fmt: skip
         elif (
-            set(head_cols if new_cols is None else new_cols) - had
+            (cols is not None and (new_cols is None or new_cols - cols))  # all: not a change
             or (rows is not None and new_rows is None)
             or new_expires > expires
         ):
