@@ -288,6 +288,8 @@ def _model(
     if problem:  # opaque: it may use any column of what it depends on
         used = {(d, ANY_COLUMN) for d in deps}
         result.nodes[key] = replace(result.nodes[key], problem=problem)
+    if "*" in outputs and declared:  # a star over columns nobody declared: trust the contract
+        outputs = declared
     result.columns[key] = outputs or declared
     result.uses[key] = used
     for column, ups in derives.items():

@@ -168,7 +168,16 @@ def _python_product(revision: Revision, rel: str, text: str) -> None:
 
 def read_revision(mesh: Mesh, ref: str) -> Revision:
     """The products declared at ``ref`` (a commit, branch or tag of the mesh's repository)."""
-    commit = _git(mesh.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip()
+    _git(mesh.root, "rev-parse", "--show-prefix")  # not a repository: git's own message
+    try:
+        commit = _git(mesh.root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip()
+    except MeshError as exc:
+        raise MeshError(
+            f"no commit {ref!r} in the git repository of the mesh",
+            fix="pass --base a commit, branch or tag of this repository (in a shallow CI "
+            "clone, fetch the base first: git fetch origin main --depth=1)",
+            path=mesh.root,
+        ) from exc
     revision = Revision(ref, commit)
     for rel, full in _files(mesh.root, commit):
         text = _git(mesh.root, "cat-file", "blob", f"{commit}:{full}")
