@@ -61,7 +61,7 @@ def _principal_filter(mesh: Mesh, principal: str | None) -> Any:
     return acts_as
 
 
-def _columns_of(change: Change, base: ProductDescriptor) -> list[str] | None:
+def _columns_of(change: Change) -> list[str] | None:
     """The base columns a change concerns (None: the whole product)."""
     if change.column is not None:
         return [change.column]
@@ -140,7 +140,7 @@ def _product_entry(
                                 "message": change.message, "column": change.column,
                                 "principal": change.principal}  # fmt: skip
         if change.breaking and base is not None:
-            columns = _columns_of(change, base)
+            columns = _columns_of(change)
             keep = _principal_filter(mesh, change.principal)
             item["consumers"] = _consumers(lineage, diff.address, columns, change.principal)
             item["readers"] = _readers(reads, diff.address, columns, keep)
