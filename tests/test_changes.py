@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mesh_platform.config import load_mesh
+from mesh_platform.discovery.diff import _consumers
 from mesh_platform.products.changes import (
     BREAKING,
     RULES,
@@ -240,6 +241,45 @@ def test_lineage_of_a_manifest_expands_stars_and_keeps_joins_apart():
     assert lineage.uses["model.shop.broken"] == {("model.shop.base", ANY_COLUMN)}
     assert lineage.downstream_nodes(["model.shop.base"]) == ["model.shop.broken", "model.shop.top"]
     assert lineage.inputs["sales.customers"] == {("shop", "dbt_projects/shop/")}
+
+
+def test_who_breaks_a_dropped_column_is_everything_downstream_a_retype_only_what_derives():
+    mesh_block = {"purpose": "Products of the impact test.", "version": "1.0.0",
+                  "owner": {"team": "shop", "contact": "shop@example.com"}}  # fmt: skip
+
+    def model(name: str, sql: str, deps: list[str], public: bool = True) -> dict:
+        return {"resource_type": "model", "name": name, "compiled_code": sql,
+                "relation_name": f'"shop"."main"."{name}"', "depends_on": {"nodes": deps},
+                "access": "public" if public else "private", "description": name,
+                "config": {"meta": {"mesh": mesh_block}}}  # fmt: skip
+
+    manifest = {
+        "sources": {"source.shop.sales.customers": {
+            "resource_type": "source", "name": "customers", "source_name": "sales",
+            "relation_name": '"shop"."sales"."customers"', "meta": {"mesh_domain": "sales"},
+            "original_file_path": "models/sources.yml"}},
+        "nodes": {
+            "model.shop.geo": model("geo", 'select c.id, c.segment from "shop"."sales"."customers" '
+                                    "c where c.nation_key = 1", ["source.shop.sales.customers"],
+                                    public=False),
+            "model.shop.ids": model("ids", 'select id from "shop"."main"."geo"', ["model.shop.geo"]),
+            "model.shop.seg": model("seg", 'select segment from "shop"."main"."geo"',
+                                    ["model.shop.geo"]),
+        },
+    }  # fmt: skip
+    lineage = domain_lineage("shop", manifest, {"sales.customers": ["id", "nation_key", "segment"]})
+
+    def breaks(column: str, fails: bool) -> tuple[list[str], dict[str, list[str]]]:
+        (shop,) = _consumers(lineage, "sales.customers", [column], None, fails)
+        assert shop["inputs"] == ["dbt_projects/shop/models/sources.yml"]
+        return [m["name"] for m in shop["models"]], {p["address"]: p["columns"]
+                                                     for p in shop["products"]}  # fmt: skip
+
+    # dropped, even if only filtered on: geo fails, so every product built from it breaks
+    assert breaks("nation_key", True) == (["shop:geo"], {"shop.ids": [], "shop.seg": []})
+    # retyped: geo reads it, and only shop.seg's segment is computed from it
+    assert breaks("segment", False) == (["shop:geo"], {"shop.seg": ["segment"]})
+    assert _consumers(lineage, "sales.customers", ["segment"], "team:other", False) == []
 
 
 def test_columns_of_a_logged_query():

@@ -70,19 +70,30 @@ def _columns_of(change: Change) -> list[str] | None:
     return None
 
 
+# Changes after which a consumer's SQL fails (the column or the product is gone from its
+# input): everything built from a model that uses it breaks. After the others (a new type,
+# classification or mask) the values change: the users and the columns derived from it.
+_FAILS = {"product_removed", "column_removed", "column_renamed", "grant_removed", "grant_narrowed"}
+
+
 def _consumers(
-    lineage: Lineage, address: str, columns: list[str] | None, only: str | None
+    lineage: Lineage, address: str, columns: list[str] | None, only: str | None, fails: bool
 ) -> list[dict[str, Any]]:
     """Per consuming domain: its inputs, the models using the columns, the products they feed."""
     if columns is None:
         direct = sorted(n for n, deps in lineage.depends.items() if address in deps)
     else:
         direct = sorted({n for c in columns for n in lineage.direct_users(address, c)})
-    affected = direct + lineage.downstream_nodes(direct)
     derived: dict[str, set[str]] = {}
     for column in columns or lineage.columns.get(address, []):
         for key, col in lineage.derived_from(address, column):
             derived.setdefault(key, set()).add(col)
+    if fails:
+        affected = direct + lineage.downstream_nodes(direct)
+    else:  # the users, what is computed from it, and who reads that (a Python product, say)
+        readers = {n for k, cols in derived.items() for c in cols
+                   for n in lineage.direct_users(k, c)}  # fmt: skip
+        affected = sorted(set(direct) | set(derived) | readers)
     domains: dict[str, dict[str, Any]] = {}
     for domain, file in sorted(lineage.inputs.get(address, ())):
         if only is None or domain == only:
@@ -142,7 +153,9 @@ def _product_entry(
         if change.breaking and base is not None:
             columns = _columns_of(change)
             keep = _principal_filter(mesh, change.principal)
-            item["consumers"] = _consumers(lineage, diff.address, columns, change.principal)
+            item["consumers"] = _consumers(
+                lineage, diff.address, columns, change.principal, change.kind in _FAILS
+            )
             item["readers"] = _readers(reads, diff.address, columns, keep)
             item["allowed"] = diff.major_bump
         changes.append(item)
