@@ -150,6 +150,9 @@ def test_the_versioning_rule_a_major_bump_allows_breaking_changes():
     dropped = [c for c in BASE if c["name"] != "nation_key"]
     (same,) = diff_products({"sales.customers": base}, {"sales.customers": product(dropped)})
     assert [c.kind for c in same.violations] == ["column_removed"]
+    (draft,) = diff_products({"sales.customers": product(BASE, status="draft")},
+                             {"sales.customers": product(dropped, status="draft")})  # fmt: skip
+    assert draft.breaking and not draft.violations  # a draft promises nothing yet
     bumped = product(dropped, version="2.0.0")
     assert str(bumped.address) == "sales.customers_v2"
     (diff,) = diff_products({"sales.customers": base}, {"sales.customers_v2": bumped}, TODAY)

@@ -80,13 +80,17 @@ def _print(report: dict[str, Any]) -> None:
     for column in ("product", "change", "breaking", "who breaks"):
         table.add_column(column, overflow="fold")
     for p in report["products"]:
+        label = p["address"]
+        if p["status"] == "major bump":
+            label += f" -> {p['head']['address']} ({p['head']['version']})"
         for item in p["changes"]:
             if item["breaking"]:
-                verdict = "yes, allowed (major bump)" if item.get("allowed") else "[red]yes[/]"
+                allowed = f"yes, allowed ({item['allowed_by']})"
+                verdict = allowed if item.get("allowed") else "[red]yes[/]"
             else:
                 verdict = "no"
             who = _who(item) if item["breaking"] else ""
-            table.add_row(p["address"], escape(item["message"]), verdict, escape(printable(who)))
+            table.add_row(label, escape(item["message"]), verdict, escape(printable(who)))
         if p["status"] == "added":
             table.add_row(p["address"], f"product added ({p['head']['version']})", "no", "")
     for problem in report["problems"]:
@@ -117,7 +121,7 @@ def junit_report(report: dict[str, Any]) -> str:
                 failure = ET.SubElement(case, "failure", type=item["kind"], message=item["message"])
                 failure.text = _who(item) + f"\nfix: {report['versioning_rule']}"
             elif item["breaking"]:
-                notes.append(f"{item['message']} (allowed: major bump)\n{_who(item)}")
+                notes.append(f"{item['message']} (allowed: {item['allowed_by']})\n{_who(item)}")
             else:
                 notes.append(item["message"])
         if notes:

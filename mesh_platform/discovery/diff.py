@@ -157,7 +157,10 @@ def _product_entry(
                 lineage, diff.address, columns, change.principal, change.kind in _FAILS
             )
             item["readers"] = _readers(reads, diff.address, columns, keep)
-            item["allowed"] = diff.major_bump
+            item["allowed"] = change not in diff.violations
+            item["allowed_by"] = (
+                "major bump" if diff.major_bump else "draft" if item["allowed"] else None
+            )
         changes.append(item)
     return {
         "address": diff.address,

@@ -27,7 +27,8 @@ SLA, looser classification or grant)
 **Versioning rule**: a breaking change needs a new major version. The major is part of the
 address (``sales.customers_v2``), so a breaking change under an unchanged address is refused; it
 ships as the next major (a dbt model version, or the descriptor's major for an unversioned model)
-while the previous major keeps serving its consumers until its sunset.
+while the previous major keeps serving its consumers until its sunset. A product whose base
+status is ``draft`` promises nothing yet: its breaking changes are listed, not refused.
 
 **Renames** are found best effort: a removed and an added column are a rename when they have the
 same type and either the same non-empty description or the same position, and no other removed
@@ -102,8 +103,10 @@ class ProductDiff:
 
     @property
     def violations(self) -> list[Change]:
-        """Breaking changes without the major version bump the versioning rule asks for."""
-        return [] if self.major_bump else self.breaking
+        """Breaking changes without the major version bump the versioning rule asks for (a
+        draft promises nothing yet: its changes are listed, never refused)."""
+        draft = self.base is not None and self.base.body.status == "draft"
+        return [] if self.major_bump or draft else self.breaking
 
 
 # -- types --------------------------------------------------------------------------------------
