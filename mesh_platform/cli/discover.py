@@ -22,9 +22,11 @@ from mesh_platform.discovery.catalog import ProductRecord, find_record, product_
 from mesh_platform.discovery.catalog import search as search_records
 from mesh_platform.discovery.describe import render_text
 from mesh_platform.discovery.html import catalog_command
+from mesh_platform.discovery.lineage_view import column_lineage
 from mesh_platform.discovery.standards import export_product
 from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import MeshError, printable
+from mesh_platform.products.lineage import mesh_lineage
 from mesh_platform.sla.report import brief, product_attainment
 
 
@@ -139,6 +141,7 @@ def describe(ctx: click.Context, address: str, fmt: str) -> None:
     (week,) = product_attainment(mesh, since=timedelta(days=7), addresses=[record.address])
     if fmt == "json":
         data = record.to_dict()
+        data["column_lineage"] = column_lineage(mesh_lineage(mesh), record.address)
         data["attainment_7d"] = {
             "freshness": week.freshness, "freshness_target": week.freshness_target,
             "freshness_budget_left": week.freshness_budget_left, "quality": week.quality,

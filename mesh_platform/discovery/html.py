@@ -25,9 +25,11 @@ import markupsafe
 from mesh_platform.addressing import PLATFORM_NAMESPACE
 from mesh_platform.config import Mesh
 from mesh_platform.discovery.catalog import ProductRecord, product_records, search_text
+from mesh_platform.discovery.lineage_view import column_lineage
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
 from mesh_platform.files import write_atomically
+from mesh_platform.products.lineage import mesh_lineage
 
 INDEX = "index.html"
 HISTORY_SHOWN = 10
@@ -91,8 +93,10 @@ def catalog_data(
     for r in records:
         versions.setdefault((r.domain, r.descriptor.name), []).append(r)
     products = []
+    lineage = mesh_lineage(mesh)
     for r in records:
         item = r.to_dict(now)
+        item["column_lineage"] = column_lineage(lineage, r.address)
         item["search_text"] = search_text(r)
         item["versions"] = [
             {"address": o.address, "version": o.descriptor.body.version,
