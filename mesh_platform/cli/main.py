@@ -42,7 +42,7 @@ COMMANDS: Mapping[str, str] = {
     "check": "govern", "sla": "govern", "audit": "govern",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query", "serve": "serve", "token": "token",
-    "new": "scaffold",
+    "new": "scaffold", "adopt": "adopt",
     "deploy": "deploy",
 }  # fmt: skip
 
