@@ -362,7 +362,9 @@ def _stage(
     spec = _domain_yaml(name, team, contact, description, project)
     (staging / "code" / DOMAIN_FILE).write_text(spec)
     parse_domain_spec(name, spec, path=mesh.domains_dir / name / DOMAIN_FILE)
-    validate_principals(_with_team("", team, name), mesh.root / "principals.yaml")
+    principals = mesh.root / "principals.yaml"
+    text = principals.read_text() if principals.is_file() else ""
+    validate_principals(_with_team(text, team, name), principals)
 
 
 def _adopt_files(
