@@ -149,15 +149,23 @@ def install_dir(project_dir: Path) -> Path:
     return project_dir / str(data.get("packages-install-path") or "dbt_packages")
 
 
+def _spellings(name: str) -> set[str]:
+    """The names a package goes by: a git repository ``dbt-audit-helper`` holds the dbt
+    package ``audit_helper``."""
+    plain = name.lower().replace("-", "_")
+    return {name, plain, plain.removeprefix("dbt_")}
+
+
 def _vendored_copy(project_dir: Path, name: str) -> Path | None:
     """A folder of the project holding the dbt package ``name`` (its files checked in)."""
     skipped = {"target", "logs", install_dir(project_dir).name}
+    wanted = _spellings(name)
     for candidate in sorted(project_dir.rglob("dbt_project.yml")):
         folder = candidate.parent
         rel = folder.relative_to(project_dir)
         if rel.parts and rel.parts[0] in skipped:
             continue
-        if folder != project_dir and local_name(folder) == name:
+        if folder != project_dir and _spellings(local_name(folder) or "") & wanted:
             return folder
     return None
 
