@@ -4,7 +4,9 @@ Code locations never run ``dbt parse`` at import (it costs seconds in every proc
 is prepared by ``mesh prepare`` (also run by ``mesh build`` and ``mesh ui``) and only read when a
 code location loads. Preparation is skipped when the project's files have not changed.
 
-Preparing is ``dbt parse`` (the manifest, and the partial-parse state the runs reuse) then, for a
+Preparing installs the project's dbt packages offline (:func:`install_packages`: ``dbt deps``
+for local and vendored packages, :mod:`mesh_platform.dbt.dependencies`), runs ``dbt parse`` (the
+manifest, and the partial-parse state the runs reuse) then, for a
 project whose text passes the isolation checks, ``dbt compile`` against an empty scratch
 database: each node's compiled SQL is added to the manifest, where the load-time checks read it
 (:mod:`mesh_platform.dbt.isolation`).
