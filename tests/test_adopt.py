@@ -83,6 +83,22 @@ def test_an_invalid_domain_name_is_refused(mesh, name):
     assert mesh_files(mesh.root) == before
 
 
+def test_a_package_it_would_download_stops_the_adoption_and_leaves_nothing(mesh, tmp_path):
+    """Found once the project is in place: everything written is removed again, and the error
+    names the package in the team's own project, with the line that vendors it."""
+    team_project = tmp_path / "shop"
+    shutil.copytree(SHOP, team_project)
+    packages = team_project / "packages.yml"
+    packages.write_text(packages.read_text() + "  - package: dbt-labs/dbt_utils\n")
+    before = mesh_files(mesh.root)
+    with pytest.raises(ScaffoldError, match="nothing was left behind") as err:
+        adopt(mesh, team_project, "shop", ["dim_customers"])
+    assert f"dbt package dbt_utils (package: dbt-labs/dbt_utils, {packages}:3)" in err.value.what
+    assert f"`- local: vendor/dbt_utils` in {packages}" in err.value.fix
+    assert mesh_files(mesh.root) == before
+    assert not (mesh.state_dir / "domains" / "shop").exists()
+
+
 def test_the_cli_refuses_without_a_traceback(mesh):
     result = run_mesh(mesh.root, "adopt", str(SHOP), "--domain", "shop", "--product", "dim_cust")
     assert result.returncode == 1

@@ -314,12 +314,16 @@ def adopt(
         _roll_back(moved, backups)
         for state in (mesh.domain_state_dir(name), mesh.state_dir / "dbt" / name):
             shutil.rmtree(state, ignore_errors=True)
-        if isinstance(exc, MeshError):
+        if isinstance(exc, MeshError):  # named in the team's project, which is what to fix
+            path = exc.path
+            if path is not None and dbt_dir in path.parents:
+                path = source / path.relative_to(dbt_dir)
             raise ScaffoldError(
-                f"could not adopt {source} as domain {name!r}: {exc.what}; nothing was left "
+                f"could not adopt {source} as domain {name!r}: "
+                f"{exc.what.replace(f'dbt_projects/{name}', str(source))}; nothing was left "
                 "behind (files, principals.yaml, workspace.yaml, the domain's state)",
                 fix=exc.fix.replace(f"dbt_projects/{name}", str(source)),
-                path=exc.path,
+                path=path,
             ) from exc
         if isinstance(exc, OSError):
             raise ScaffoldError(
