@@ -122,7 +122,10 @@ class _ConsoleReport:
     type=click.FloatRange(min=0, min_open=True),
     help="TPC-H scale factor of the sources (default: scale_factor in mesh.yaml, 0.1).",
 )
-@click.option("--verbose", "-v", is_flag=True, help="Show Dagster's run log (INFO) on the console.")
+@click.option(
+    "--verbose", "-v", is_flag=True,
+    help="Show Dagster's run log (INFO) on the console, and the tracebacks of failures.",
+)  # fmt: skip
 @click.option(
     "--full-refresh",
     is_flag=True,

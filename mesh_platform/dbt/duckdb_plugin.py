@@ -1,4 +1,5 @@
-"""The dbt-duckdb plugin that confines a domain's dbt connection to the domain's own folders.
+"""The dbt-duckdb plugin that confines a domain's dbt connection to the domain's own folders
+(and creates the database file's folder, owner-only, before dbt-duckdb opens it).
 
 Named in the profile the platform generates for every dbt invocation
 (:func:`mesh_platform.dbt.project.dbt_profile`): dbt-duckdb calls ``configure_connection``
@@ -9,11 +10,13 @@ imports dbt-duckdb, so nothing else imports it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dbt.adapters.duckdb.plugins import BasePlugin
 from duckdb import DuckDBPyConnection
 
+from mesh_platform.config import make_private_dir
 from mesh_platform.dbt.lockdown import lock_down, moved_files
 
 
@@ -38,6 +41,11 @@ class Plugin(BasePlugin):
                 "mesh isolation plugin: config.allowed_files must map each path to its real path"
             )
         self.allowed_files = dict(files)
+        # dbt-duckdb initialises its plugins before it opens the database: the file's folder
+        # must exist by then (DuckDB creates the file, not the folder), whoever started dbt.
+        path = getattr(self.creds, "path", None)
+        if path and path != ":memory:" and "://" not in path and not path.startswith("md:"):
+            make_private_dir(Path(path).parent)
 
     def configure_connection(self, conn: DuckDBPyConnection) -> None:
         if bad := moved_files(self.allowed_files):

@@ -80,6 +80,8 @@ def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = N
     """The dbt profile of ``domain`` (named after it): target ``run`` on the domain's DuckDB
     file, and ``compile`` on ``compile_database`` (a scratch file named ``<domain>.duckdb``, so
     relations render with the same database name). Both open through the isolation plugin.
+    The run target's folder is created here (DuckDB creates a file, never its folder), and
+    again by the plugin just before dbt opens it.
 
     Nothing else: no ``attach``, ``settings``, ``extensions``, ``filesystems`` or other plugins.
     Beyond the domain's folders, the connection may open only the project's seed files
@@ -102,7 +104,7 @@ def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = N
             ],
         }
 
-    outputs = {RUN_TARGET: output(mesh.duckdb_path(domain.name))}
+    outputs = {RUN_TARGET: output(mesh.domain_duckdb(domain.name))}  # its folder created
     if compile_database is not None:
         outputs[COMPILE_TARGET] = output(compile_database)
     return {domain.name: {"target": RUN_TARGET, "outputs": outputs}}

@@ -450,11 +450,30 @@ class PiiDetection(GateCheck):
             )
             return CheckOutcome(
                 False,
-                f"personal data in unclassified column(s): {found}. Classify the column "
-                "(pii:<kind>) with a masking rule, or remove the data",
+                f"personal data in unclassified column(s): {found}",
                 metadata,
+                fix=_classify_fix(ctx.descriptor, leaves, hits),
             )
         return CheckOutcome(True, f"{len(columns)} column(s) scanned, no personal data", metadata)
+
+
+def _classify_fix(
+    descriptor: ProductDescriptor, leaves: list[Leaf], hits: dict[str, dict[str, int]]
+) -> str:
+    """What to write in the descriptor for the columns where personal data was found: each
+    classified as the kind found (the whole column: a nested field is masked with it)."""
+    column_of = {leaf.path: leaf.column for leaf in leaves}
+    kinds: dict[str, str] = {}
+    for path, found in sorted(hits.items()):
+        kinds.setdefault(column_of.get(path, path), next(iter(sorted(found))))
+    each = "; ".join(
+        f"{column}: config: {{meta: {{classification: 'pii:{kind}', masking: hash}}}}"
+        for column, kind in kinds.items()
+    )
+    return (
+        f"classify the column(s) as personal data in {descriptor.source_file} ({each}): they "
+        "are then masked on publication; or stop selecting the data. Then build again"
+    )
 
 
 class PiiMaskingVerified(GateCheck):
@@ -498,7 +517,13 @@ class PiiMaskingVerified(GateCheck):
         metadata = {"columns": [c.name for c in pii], "problems": problems}
         if problems:
             listing = "; ".join(f"{c}: {why}" for c, why in sorted(problems.items()))
-            return CheckOutcome(False, f"personal data not masked: {listing}", metadata)
+            fix = (
+                f"give each listed column a masking rule in {ctx.descriptor.source_file} "
+                "(`masking: hash`, `redact`, `truncate` or `tokenise` beside its "
+                "classification), or make the model stop returning the clear values; then "
+                "build again"
+            )
+            return CheckOutcome(False, f"personal data not masked: {listing}", metadata, fix=fix)
         return CheckOutcome(True, f"{len(pii)} personal-data column(s) masked", metadata)
 
 
