@@ -218,9 +218,8 @@ def test_an_adopted_project_publishes_once_its_todos_are_filled(tmp_path):
     assert len(summary_rows) == 30
     assert all(isinstance(r["categories"], list | None) for r in summary_rows)
 
-    # rebuilt unchanged: republished, the list column included. Fails until the nested-type
-    # compatibility fix (branch i17-fix: schema_compatible compared nested field ids,
-    # "list<string> -> list<string>") is merged.
+    # rebuilt unchanged: republished, the list column included (the schema check once compared
+    # nested field ids and blocked "list<string> -> list<string>"; fixed on i17-fix)
     session.mesh("build", "--domain", "shop")
 
     ARTIFACTS.mkdir(exist_ok=True)
