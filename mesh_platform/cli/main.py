@@ -43,7 +43,7 @@ COMMANDS: Mapping[str, str] = {
     "check": "govern", "sla": "govern", "audit": "govern", "diff": "diff",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query", "serve": "serve", "token": "token",
-    "new": "scaffold",
+    "new": "scaffold", "adopt": "adopt",
     "deploy": "deploy",
 }  # fmt: skip
 

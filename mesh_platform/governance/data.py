@@ -397,6 +397,23 @@ def _text_scan(conn: Any, leaf: Leaf, source: str) -> dict[str, int]:
     return hits
 
 
+def personal_data_hits(conn: Any, source: str, leaves: list[Leaf]) -> dict[str, dict[str, int]]:
+    """The personal data found in ``leaves`` of the relation ``source`` (a DuckDB relation or
+    table function on ``conn``): path -> kind -> rows (values under a list or a map). Counts
+    only, never a value. The gate scans staged files with it; `mesh adopt` scans a built
+    relation to suggest classifications."""
+    for macro in SQL_MACROS:
+        conn.execute(macro)
+    hits: dict[str, dict[str, int]] = {}
+    for leaf in leaves:
+        if leaf.kind == "text" and (found := _text_scan(conn, leaf, source)):
+            hits[leaf.path] = found
+    numbers = _number_scan(conn, [x for x in leaves if x.kind == "number"], source)
+    for path, found in numbers.items():
+        hits[path] = {**hits.get(path, {}), **found}
+    return hits
+
+
 class PiiDetection(GateCheck):
     name = "pii_detection"
     description = (
@@ -412,16 +429,8 @@ class PiiDetection(GateCheck):
         if not leaves or not ctx.stage.data_files:
             return CheckOutcome(True, "no unclassified column to scan", {"columns": 0})
         conn, source = _staged_view(ctx)
-        hits: dict[str, dict[str, int]] = {}
         try:
-            for macro in SQL_MACROS:
-                conn.execute(macro)
-            for leaf in leaves:
-                if leaf.kind == "text" and (found := _text_scan(conn, leaf, source)):
-                    hits[leaf.path] = found
-            numbers = _number_scan(conn, [x for x in leaves if x.kind == "number"], source)
-            for path, found in numbers.items():
-                hits[path] = {**hits.get(path, {}), **found}
+            hits = personal_data_hits(conn, source, leaves)
         finally:
             conn.close()
         metadata: dict[str, Any] = {
