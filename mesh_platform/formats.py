@@ -13,14 +13,15 @@ domain.yaml, principals.yaml, governance.yaml and a Python product's descriptor 
 validated by :func:`load_yaml_model`; mesh.yaml (validated later, merged with the environment) is
 parsed by :func:`read_yaml`. The caller chooses the
 error class and the wording, so each file keeps the messages its users know; the loader does the
-reading, the parsing and the catching once.
+reading, the parsing and the catching once. :class:`YamlLines` keeps a document's nodes with
+their lines, so a message about a field can name the line it is written on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from mesh_platform.errors import MeshError, format_validation_error
 
-__all__ = ["load_yaml_model", "parse_duration", "read_yaml"]
+__all__ = ["YamlLines", "load_yaml_model", "parse_duration", "read_yaml"]
 
 # Full match (\A...\Z, fullmatch): `$` would accept a trailing newline; ASCII: no other digits.
 _DURATION = re.compile(r"\A([0-9]+) *(m|h|d)\Z", re.ASCII)
@@ -138,3 +139,86 @@ def load_yaml_model(
     except ValidationError as exc:
         message = invalid.format(what=what, problems=problems(exc))
         raise error(message, fix=fix, path=path if shown is None else shown) from exc
+
+
+# One step into a YAML document: a mapping's key, a sequence's index, or (key, value): the item
+# of a sequence of mappings whose ``key`` is ``value`` (``("name", "email")``: the column email).
+Step = str | int | tuple[str, str]
+
+
+class YamlLines:
+    """A YAML document's nodes with their lines (PyYAML's composer keeps each node's marks).
+
+    Validation works on plain values, which know no lines; this is how a message names the line
+    a field is written on. A document that does not parse has no lines (every lookup is None):
+    its syntax error is reported where it is read.
+    """
+
+    def __init__(self, text: str) -> None:
+        try:
+            self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            self.root = None
+
+    @classmethod
+    def of_file(cls, path: Path) -> YamlLines:
+        try:
+            return cls(path.read_text())
+        except (OSError, UnicodeDecodeError):
+            return cls("")
+
+    @staticmethod
+    def child(node: yaml.Node | None, step: Step) -> tuple[yaml.Node, yaml.Node] | None:
+        """(the node naming the step, its value): a mapping's key node, or a sequence's item."""
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == step:
+                    return key, value
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            if 0 <= step < len(node.value):
+                return node.value[step], node.value[step]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, tuple):
+            key, wanted = step
+            for item in node.value:
+                found = YamlLines.child(item, key)
+                if found and isinstance(found[1], yaml.ScalarNode) and found[1].value == wanted:
+                    return item, item
+        return None
+
+    def find(self, steps: tuple[Step, ...], node: yaml.Node | None = None) -> yaml.Node | None:
+        """The value node at ``steps`` from ``node`` (default: the root), None if absent."""
+        node = self.root if node is None else node
+        for step in steps:
+            found = self.child(node, step)
+            if found is None:
+                return None
+            node = found[1]
+        return node
+
+    def line(
+        self, steps: tuple[Step, ...], node: yaml.Node | None = None
+    ) -> tuple[int | None, int]:
+        """(1-based line, steps found): the line of the deepest step present (a key's line, an
+        item's first line), so a missing field points at the block it belongs in."""
+        node = self.root if node is None else node
+        line = node.start_mark.line + 1 if node is not None else None
+        for depth, step in enumerate(steps):
+            found = self.child(node, step)
+            if found is None:
+                return line, depth
+            line, node = found[0].start_mark.line + 1, found[1]
+        return line, len(steps)
+
+    def strings(self, node: yaml.Node | None = None) -> Iterator[tuple[tuple[Step, ...], int, str]]:
+        """(path, line, text) of every string value of the document (keys excluded)."""
+        todo: list[tuple[yaml.Node | None, tuple[Step, ...]]] = [
+            (self.root if node is None else node, ())
+        ]
+        while todo:
+            current, path = todo.pop()
+            if isinstance(current, yaml.MappingNode):
+                todo += [(v, (*path, str(k.value))) for k, v in reversed(current.value)]
+            elif isinstance(current, yaml.SequenceNode):
+                todo += [(v, (*path, i)) for i, v in reversed(list(enumerate(current.value)))]
+            elif isinstance(current, yaml.ScalarNode) and current.tag.endswith(":str"):
+                yield path, current.start_mark.line + 1, current.value
