@@ -27,7 +27,6 @@ from mesh_platform.products.inventory import (
     python_descriptors,
     python_products,
 )
-from mesh_platform.products.registry import load_directory
 
 
 def all_product_addresses(mesh: Mesh) -> set[str]:
@@ -80,11 +79,11 @@ def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list
     """Everything that would stop the domain from deploying, without building anything:
     load-time problems of its dbt project and descriptors, then every static policy.
 
-    Reads fresh declarations: every domain's dbt project whose files changed since it was
-    prepared is prepared again first, so a producer's grant edited a moment ago counts (a
-    stale manifest would report compliance from the old one)."""
+    Reads fresh declarations: the domain's dbt project, and those of the producers it
+    consumes from, are prepared again when their files changed since they were, so a producer's
+    grant edited a moment ago counts (its stale manifest would report compliance from the old
+    grant)."""
 
-    load_directory(mesh, refresh=True)  # prepares whatever changed, in every domain
     domain = load_domain(mesh, name)
     prepare(mesh, domain)
     manifest = load_manifest(domain)

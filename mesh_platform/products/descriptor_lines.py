@@ -96,6 +96,8 @@ class DescriptorSource:
         lines = self.lines
         if self.kind == "python":
             steps: tuple[Step, ...] = tuple(_steps(field))
+            if field[:1] == ("columns",) and len(field) >= 2:
+                steps = ("columns", ("name", str(field[1])), *steps[2:])
             return lines.line(steps, blocks[0])[0]
         candidates: list[tuple[Any, tuple[Step, ...]]] = []
         for block in blocks:
