@@ -210,7 +210,8 @@ class YamlLines:
         return line, len(steps)
 
     def strings(self, node: yaml.Node | None = None) -> Iterator[tuple[tuple[Step, ...], int, str]]:
-        """(path, line, text) of every string value of the document (keys excluded)."""
+        """(path, line, text) of every string value of the document (keys excluded); the
+        line its text starts on."""
         todo: list[tuple[yaml.Node | None, tuple[Step, ...]]] = [
             (self.root if node is None else node, ())
         ]
@@ -221,4 +222,5 @@ class YamlLines:
             elif isinstance(current, yaml.SequenceNode):
                 todo += [(v, (*path, i)) for i, v in reversed(list(enumerate(current.value)))]
             elif isinstance(current, yaml.ScalarNode) and current.tag.endswith(":str"):
-                yield path, current.start_mark.line + 1, current.value
+                block = current.style in ("|", ">")  # its text starts below the indicator
+                yield path, current.start_mark.line + 1 + block, current.value
