@@ -52,9 +52,6 @@ from mesh_platform.addressing import ProductAddress, email_problem, suggest_team
 from mesh_platform.errors import MeshError
 from mesh_platform.formats import YamlLines, read_yaml
 from mesh_platform.products.descriptor_columns import (
-    CLASSIFICATION_META_KEY,
-    MASKING_AT_META_KEY,
-    MASKING_META_KEY,
     Column,
 )
 from mesh_platform.products.descriptor_grants import Grant
@@ -63,11 +60,13 @@ from mesh_platform.products.descriptor_lines import (
     DescriptorSource,
     FieldError,
     Problem,
-    column_meta_typos,
     dbt_source,
     did_you_mean,
     invalid_descriptor,
     located_problems,
+    missing_descriptor,
+    node_columns,
+    node_meta,
     validated,
 )
 from mesh_platform.products.descriptor_sla import Sla
@@ -290,10 +289,6 @@ def _fix_hint(source_file: str) -> str:
     )
 
 
-def _node_meta(node: Mapping[str, Any]) -> dict[str, Any]:
-    return {**(node.get("meta") or {}), **((node.get("config") or {}).get("meta") or {})}
-
-
 def descriptor_from_node(
     domain: str,
     node: Mapping[str, Any],
@@ -314,36 +309,12 @@ def descriptor_from_node(
         source_file = f"dbt_projects/{domain}/{relative}"
         yaml_file = project_dir / relative if project_dir is not None else None
     source = dbt_source(node, source_file, yaml_file, yaml_text)
-    meta = _node_meta(node)
+    meta = node_meta(node)
     raw = meta.get(DESCRIPTOR_META_KEY)
     label = f"product {domain}.{node['name']}"
     if not isinstance(raw, Mapping):
-        close = did_you_mean(DESCRIPTOR_META_KEY, [str(k) for k in meta], cutoff=0.7)
-        line = source.line(("mesh",))
-        at = f" (line {line})" if line else ""
-        raise DescriptorError(
-            f"{label} has no descriptor (`config.meta.{DESCRIPTOR_META_KEY}`) in "
-            f"{source_file}{at}" + (f"; did you mean {close!r}?" if close else ""),
-            fix=(f"rename meta key {close!r} to {DESCRIPTOR_META_KEY!r}; " if close else "")
-            + _fix_hint(source_file)
-            + "; at least purpose, owner {team, contact}, version and status",
-            path=source_file,
-            line=line,
-        )
-    columns, problems = [], []
-    for name, col in (node.get("columns") or {}).items():
-        col_meta = _node_meta(col)
-        problems += column_meta_typos(name, col_meta, source)
-        columns.append(
-            {
-                "name": name,
-                "data_type": col.get("data_type"),
-                "description": col.get("description") or "",
-                "classification": col_meta.get(CLASSIFICATION_META_KEY),
-                "masking": col_meta.get(MASKING_META_KEY),
-                "masking_at": col_meta.get(MASKING_AT_META_KEY) or "publication",
-            }
-        )
+        raise missing_descriptor(label, meta, source, _fix_hint(source_file))
+    columns, problems = node_columns(node, source)
     shown = {"mesh": raw, "columns": columns, "description": node.get("description")}
     body = validated(DescriptorBody, raw, problems, source, shown, at=("mesh",))
     valid = [validated(Column, c, problems, source, shown, at=("columns", c["name"]))
@@ -364,28 +335,33 @@ def descriptor_from_node(
             raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc
     if problems or descriptor is None:
         raise invalid_descriptor(label, source, problems)
-    dbt_version = node.get("version")
+    _check_release(label, node, descriptor, source)
+    return descriptor
+
+
+def _check_release(
+    label: str, node: Mapping[str, Any], descriptor: ProductDescriptor, source: DescriptorSource
+) -> None:
+    """What the manifest says beside the descriptor: the dbt model version is its major, and
+    the model has a description."""
+    dbt_version, file = node.get("version"), source.file
     if dbt_version is not None and str(dbt_version) != str(descriptor.body.major):
         line = source.line(("mesh", "version"))
         raise DescriptorError(
             f"{label}: dbt model version v{dbt_version} but descriptor version "
-            f"{descriptor.body.version} (major {descriptor.body.major}) in {source_file}"
+            f"{descriptor.body.version} (major {descriptor.body.major}) in {file}"
             + (f" line {line}" if line else ""),
             fix=f"make the descriptor's major version {dbt_version} (e.g. '{dbt_version}.0.0'); "
             "each dbt model version is one major version of the product",
-            path=source_file,
-            line=line,
-        )
+            path=file, line=line,
+        )  # fmt: skip
     if not descriptor.description.strip():
         line = source.line(("description",))
         raise DescriptorError(
             f"{label} has no description",
-            fix=f"add a `description:` to the model in {source_file}"
-            + (f" (line {line})" if line else ""),
-            path=source_file,
-            line=line,
-        )
-    return descriptor
+            fix=f"add a `description:` to the model in {file}" + (f", line {line}" if line else ""),
+            path=file, line=line,
+        )  # fmt: skip
 
 
 class PythonDescriptorFile(BaseModel):

@@ -29,7 +29,12 @@ from pydantic import BaseModel, ValidationError
 
 from mesh_platform.errors import MeshError
 from mesh_platform.formats import Step, YamlLines
-from mesh_platform.products.descriptor_columns import COLUMN_META_KEYS
+from mesh_platform.products.descriptor_columns import (
+    CLASSIFICATION_META_KEY,
+    COLUMN_META_KEYS,
+    MASKING_AT_META_KEY,
+    MASKING_META_KEY,
+)
 
 # The marker of a value a person must still write, at the start of a YAML string value.
 TODO_MARKER = "TODO(mesh):"
@@ -373,3 +378,42 @@ def column_meta_typos(
                 )
             )
     return problems
+
+
+def node_meta(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest node's meta (dbt keeps it in two places)."""
+    return {**(node.get("meta") or {}), **((node.get("config") or {}).get("meta") or {})}
+
+
+def node_columns(
+    node: Mapping[str, Any], source: DescriptorSource
+) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """A dbt model's columns as a descriptor states them (contract and meta), and the keys of
+    their meta that look like a mistyped mesh key."""
+    columns, problems = [], []
+    for name, col in (node.get("columns") or {}).items():
+        meta = node_meta(col)
+        problems += column_meta_typos(name, meta, source)
+        columns.append({
+            "name": name, "data_type": col.get("data_type"),
+            "description": col.get("description") or "",
+            "classification": meta.get(CLASSIFICATION_META_KEY),
+            "masking": meta.get(MASKING_META_KEY),
+            "masking_at": meta.get(MASKING_AT_META_KEY) or "publication",
+        })  # fmt: skip
+    return columns, problems
+
+
+def missing_descriptor(
+    label: str, meta: Mapping[str, Any], source: DescriptorSource, hint: str
+) -> DescriptorError:
+    """The error of a model without ``meta.mesh``; a meta key close to it was probably meant."""
+    close = did_you_mean("mesh", [str(k) for k in meta], cutoff=0.7)
+    line = source.line(("mesh",))
+    return DescriptorError(
+        f"{label} has no descriptor (`config.meta.mesh`) in {source.file}"
+        + (f" (line {line})" if line else "") + (f"; did you mean {close!r}?" if close else ""),
+        fix=(f"rename meta key {close!r} to 'mesh'; " if close else "") + hint
+        + "; at least purpose, owner {team, contact}, version and status",
+        path=source.file, line=line,
+    )  # fmt: skip
