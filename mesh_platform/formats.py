@@ -20,17 +20,27 @@ their lines, so a message about a field can name the line it is written on.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mesh_platform.errors import MeshError, format_validation_error
+from mesh_platform.errors import MeshError
 
-__all__ = ["YamlLines", "load_yaml_model", "parse_duration", "read_yaml"]
+__all__ = [
+    "YamlLines",
+    "did_you_mean",
+    "load_yaml_model",
+    "located_errors",
+    "model_at",
+    "model_keys",
+    "parse_duration",
+    "read_yaml",
+]
 
 # Full match (\A...\Z, fullmatch): `$` would accept a trailing newline; ASCII: no other digits.
 _DURATION = re.compile(r"\A([0-9]+) *(m|h|d)\Z", re.ASCII)
@@ -112,7 +122,7 @@ def load_yaml_model(
     fix: str,
     error: ErrorFactory = MeshError,
     invalid: str = "{what} is invalid: {problems}",
-    problems: Callable[[ValidationError], str] = format_validation_error,
+    problems: Callable[[ValidationError], str] | None = None,
     empty: Any = None,
     shown: Path | str | None = None,
     text: str | None = None,
@@ -126,10 +136,16 @@ def load_yaml_model(
 
     An invalid document raises ``error(message, fix=fix, path=shown or path)``, the message being
     ``invalid`` formatted with ``what`` and ``problems`` (the pydantic errors, by default
-    ``field.path: message`` joined by '; '). ``empty``: what an empty document (nothing, or a false
+    ``line N: field[0].path: message`` joined by '; ', with "did you mean" for a mistyped key:
+    :func:`located_errors`). ``empty``: what an empty document (nothing, or a false
     value such as ``[]``) is validated as, e.g. ``{}`` when every field has a default; by default
     the document is validated as it is.
     """
+    if text is None:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            text = None  # read_yaml says why
     raw = read_yaml(
         path, what=what, error=error, shown=shown, text=text, syntax=syntax,
         syntax_fix=syntax_fix, missing_fix=missing_fix,
@@ -137,7 +153,8 @@ def load_yaml_model(
     try:
         return model.model_validate(raw if raw or empty is None else empty)
     except ValidationError as exc:
-        message = invalid.format(what=what, problems=problems(exc))
+        listed = problems(exc) if problems else located_errors(exc, model, YamlLines(text or ""))
+        message = invalid.format(what=what, problems=listed)
         raise error(message, fix=fix, path=path if shown is None else shown) from exc
 
 
@@ -224,3 +241,57 @@ class YamlLines:
             elif isinstance(current, yaml.ScalarNode) and current.tag.endswith(":str"):
                 block = current.style in ("|", ">")  # its text starts below the indicator
                 yield path, current.start_mark.line + 1 + block, current.value
+
+
+def model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model validating the value at ``loc`` of ``model`` (list positions
+    skipped), None when it is not a model."""
+    current: type[BaseModel] | None = model
+    for step in loc:
+        if isinstance(step, int):
+            continue
+        info = current.model_fields.get(str(step)) if current else None
+        current = _inner_model(info.annotation) if info else None
+        if current is None:
+            return None
+    return current
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _inner_model(arg)) is not None:
+            return found
+    return None
+
+
+def model_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a model accepts: its fields and their aliases."""
+    keys = []
+    for name, info in model.model_fields.items():
+        keys += [name] + ([info.alias] if info.alias else [])
+    return keys
+
+
+def did_you_mean(word: str, choices: Sequence[str], *, cutoff: float = 0.6) -> str | None:
+    """The choice closest to a mistyped ``word`` (difflib), None when none is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def located_errors(exc: ValidationError, model: type[BaseModel], lines: YamlLines) -> str:
+    """The pydantic errors of a YAML document, each as ``line N: field: message`` (the line of
+    the field, or of the block it is missing from; list items as ``[i]``), with "did you mean"
+    for a mistyped key; joined by '; '."""
+    found = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        line = lines.line(loc)[0] if loc and lines.root is not None else None
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and (parent := model_at(model, loc[:-1])):
+            close = did_you_mean(str(loc[-1]), model_keys(parent))
+            message = f"unknown key {loc[-1]!r}" + (f"; did you mean {close!r}?" if close else "")
+        found.append((f"line {line}: " if line else "") + f"{field or '<root>'}: {message}")
+    return "; ".join(found)

@@ -57,7 +57,7 @@ def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
 def _print_violations(results: dict[str, list[Violation]], blocking: int) -> None:
     table = Table(title=f"mesh check: {blocking} blocking violation(s)")
     for column in ("domain", "policy", "product / column", "problem and fix", "file"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # folded, never cut: the line is at the end
     for d, vs in results.items():
         for v in vs:
             state = "waived" if v.waived_by else v.severity

@@ -17,18 +17,17 @@ write them); a field holding one is reported as a TODO to fill, not as a wrong t
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from mesh_platform.errors import MeshError
-from mesh_platform.formats import Step, YamlLines
+from mesh_platform.formats import Step, YamlLines, did_you_mean, model_at, model_keys
 from mesh_platform.products.descriptor_columns import (
     CLASSIFICATION_META_KEY,
     COLUMN_META_KEYS,
@@ -201,40 +200,6 @@ def _item_label(item: Any, index: int) -> str:
     return str(index)
 
 
-def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The pydantic model validating the value at ``loc`` (list positions skipped)."""
-    current: type[BaseModel] | None = model
-    for step in loc:
-        if isinstance(step, int):
-            continue
-        info = current.model_fields.get(str(step)) if current else None
-        current = _inner_model(info.annotation) if info else None
-        if current is None:
-            return None
-    return current
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        if (found := _inner_model(arg)) is not None:
-            return found
-    return None
-
-
-def _keys(model: type[BaseModel]) -> list[str]:
-    keys = []
-    for name, info in model.model_fields.items():
-        keys += [name] + ([info.alias] if info.alias else [])
-    return keys
-
-
-def did_you_mean(word: str, choices: Sequence[str], *, cutoff: float = 0.6) -> str | None:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=cutoff)
-    return close[0] if close else None
-
-
 def _describe(model: type[BaseModel] | None, key: str | int) -> str:
     info = model.model_fields.get(str(key)) if model is not None else None
     return (info.description or "").rstrip(".") if info is not None else ""
@@ -295,7 +260,7 @@ def _message(
     """(what is wrong, the fix) of one pydantic error at ``loc`` of ``model``."""
     kind, value = err["type"], err.get("input")
     key = loc[-1] if loc else ""
-    parent = _model_at(model, loc[:-1]) if loc else model
+    parent = model_at(model, loc[:-1]) if loc else model
     about = _describe(parent, key)
     todo = isinstance(value, str) and value.strip().startswith(TODO_MARKER)
     if todo and kind != "extra_forbidden":
@@ -304,7 +269,7 @@ def _message(
             f"replace the {TODO_MARKER} text with the value" + (f" ({about})" if about else ""),
         )
     if kind == "extra_forbidden":
-        keys = _keys(parent) if parent is not None else []
+        keys = model_keys(parent) if parent is not None else []
         close = did_you_mean(str(key), keys)
         if close:
             return f"unknown key {key!r}; did you mean {close!r}?", f"rename {key!r} to {close!r}"
