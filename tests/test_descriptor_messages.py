@@ -170,3 +170,51 @@ def test_a_python_descriptor_names_its_lines_and_fields(prepared_mesh, tmp_path)
     assert f"line {_line_of(text, 'clasification')}: columns[value_tier].clasification: " \
            "unknown key 'clasification'; did you mean 'classification'?" in what  # fmt: skip
     assert err.value.line == _line_of(text, "purpos:")  # the first problem
+
+
+BLOCK_STYLE = """version: 2
+models:
+  - name: invoices
+    description: One row per invoice, for finance's reporting.
+    config:
+      meta:
+        mesh:
+          purpose: Invoices for finance's reporting.
+          owner: {team: finance, contact: finance@example.com}
+          version: 1.0.0
+    columns:
+      - name: invoice_key
+        data_type: bigint
+        description: The invoice.
+        config:
+          meta:
+            clasification: internal
+      - name: amount
+        data_type: decimal(18,2)
+        description: Amount due.
+        config:
+          meta:
+            classification: internal
+            masking: 3
+"""
+
+
+def test_block_style_column_meta_is_pointed_at_on_its_own_line():
+    """dbt's node as parsed from the YAML above (columns with their config.meta)."""
+    import yaml
+
+    model = yaml.safe_load(BLOCK_STYLE)["models"][0]
+    node = {
+        "name": model["name"], "description": model["description"], "config": model["config"],
+        "columns": {c["name"]: c for c in model["columns"]},
+        "original_file_path": "models/products/invoices.sql",
+        "patch_path": "finance://models/products/products.yml",
+    }  # fmt: skip
+    with pytest.raises(DescriptorError) as err:
+        descriptor_from_node("finance", node, yaml_text=BLOCK_STYLE)
+    typo, masking = _line_of(BLOCK_STYLE, "clasification"), _line_of(BLOCK_STYLE, "masking: 3")
+    assert (
+        f"line {typo}: columns[invoice_key].clasification: unknown key 'clasification'; "
+        "did you mean 'classification'?" in err.value.what
+    )
+    assert f"line {masking}: columns[amount].masking: 3 is not one of hash" in err.value.what

@@ -111,18 +111,21 @@ class DescriptorSource:
             elif field[:1] == ("columns",) and len(field) >= 2:
                 column: tuple[Step, ...] = ("columns", ("name", str(field[1])))
                 rest = tuple(_steps(field[2:]))
-                if rest and rest[0] in COLUMN_META_KEYS:
+                if rest and rest[0] not in _COLUMN_FIELDS:  # a meta key (or a mistyped one)
                     candidates += [(block, (*column, "config", "meta", *rest)),
                                    (block, (*column, "meta", *rest))]  # fmt: skip
                 candidates.append((block, (*column, *rest)))
             else:
                 candidates.append((block, tuple(_steps(field))))
-        # The candidate written furthest down the path wins; the most specific block on a tie.
-        best = max(
-            ((lines.line(steps, block), -i) for i, (block, steps) in enumerate(candidates)),
-            key=lambda found: (found[0][1], found[1]),
-        )
+        # A candidate written in full wins, else the one written furthest down its path; the
+        # most specific block (a model version's) on a tie.
+        found = [(lines.line(steps, block), len(steps), -i)
+                 for i, (block, steps) in enumerate(candidates)]  # fmt: skip
+        best = max(found, key=lambda f: (f[0][1] == f[1], f[0][1], f[2]))
         return best[0][0]
+
+
+_COLUMN_FIELDS = frozenset({"name", "data_type", "description", "constraints", "data_tests"})
 
 
 def _steps(field: FieldPath) -> list[Step]:
