@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mesh_platform.addressing import ProductAddress, email_problem, suggest_team, team_problem
 from mesh_platform.errors import MeshError
-from mesh_platform.formats import YamlLines, read_yaml
+from mesh_platform.formats import read_yaml
 from mesh_platform.products.descriptor_columns import (
     Column,
 )
@@ -389,7 +389,7 @@ def load_python_descriptor(path: Path, domain: str, source_file: str) -> Product
         path, what=label, error=DescriptorError, shown=source_file, text=text,
         missing_fix="create it beside the product's module (name, description, mesh, columns)",
     )  # fmt: skip
-    source = DescriptorSource(source_file, YamlLines(text or ""), "python")
+    source = DescriptorSource(source_file, text=text or "", kind="python")
     if not isinstance(raw, Mapping):
         message = f"{label} is not a mapping of name, description, mesh and columns"
         raise DescriptorError(message, fix=fix, path=source_file)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -69,13 +69,21 @@ class Problem:
 
 @dataclass(frozen=True)
 class DescriptorSource:
-    """The YAML a product's descriptor is written in, and the product's place in it."""
+    """The YAML a product's descriptor is written in, and the product's place in it. The file
+    is read only when a line is asked for (a valid descriptor never needs one)."""
 
     file: str  # as messages show it (relative to the mesh root)
-    lines: YamlLines | None  # None: the file is not at hand (no line numbers)
+    path: Path | None = None  # the file on disk (None: not at hand, no line numbers)
+    text: str | None = None  # or its text, when it is not on disk yet
     kind: Literal["dbt", "python"] = "dbt"
     model: str | None = None  # dbt: the model's name
     version: str | None = None  # dbt: the model version, for a versioned model
+
+    @cached_property
+    def lines(self) -> YamlLines | None:
+        if self.text is not None:
+            return YamlLines(self.text)
+        return file_lines(self.path) if self.path is not None else None
 
     def _blocks(self) -> list[Any]:
         """The YAML nodes describing the product, most specific first (a dbt model version's
@@ -136,13 +144,9 @@ def dbt_source(node: Mapping[str, Any], source_file: str, yaml_file: Path | None
                text: str | None = None) -> DescriptorSource:  # fmt: skip
     """Where a dbt model's descriptor is written: ``yaml_file`` (or its ``text``), the YAML
     that describes the model (dbt's ``patch_path``)."""
-    if text is not None:
-        lines: YamlLines | None = YamlLines(text)
-    else:
-        lines = YamlLines.of_file(yaml_file) if yaml_file is not None else None
     version = node.get("version")
     return DescriptorSource(
-        source_file, lines, "dbt", str(node.get("name")),
+        source_file, yaml_file, text, "dbt", str(node.get("name")),
         None if version is None else str(version),
     )  # fmt: skip
 
@@ -163,12 +167,12 @@ def file_lines(path: Path) -> YamlLines:
 
 def descriptor_source(root: Path, descriptor: Any) -> DescriptorSource:
     """Where a validated descriptor (a ``ProductDescriptor``) is written, under the mesh root."""
-    lines = file_lines(root / descriptor.source_file)
+    path = root / descriptor.source_file
     if descriptor.built_with == "python":
-        return DescriptorSource(descriptor.source_file, lines, "python")
+        return DescriptorSource(descriptor.source_file, path, kind="python")
     # A versioned model's entry in `versions:` is found by its major (absent otherwise).
     return DescriptorSource(
-        descriptor.source_file, lines, "dbt", descriptor.name, str(descriptor.body.major)
+        descriptor.source_file, path, None, "dbt", descriptor.name, str(descriptor.body.major)
     )
 
 
