@@ -221,9 +221,9 @@ def test_new_domain_refuses_a_description_with_control_characters(plain_mesh):
     [("finance", "finance@example.com\nkind: aggregate", "domain.yaml: not valid YAML"),
      ("finance", "finance@example.com # comment", "domain.yaml: not valid YAML"),
      ("finance", "x@example.com}", "domain.yaml: not valid YAML"),
-     ("Finance", "finance@example.com", "owners: Value error, owner 'team:Finance'"),
-     ("finance", "x@example.com, 'k': v", "owners.2: Input should be a valid string"),
-     ("finance", 'x"@example.com', "owners: Value error, owner 'x\"@example.com'")],
+     ("Finance", "finance@example.com", "line 7: owners: owner 'team:Finance'"),
+     ("finance", "x@example.com, 'k': v", "line 7: owners[2]: Input should be a valid string"),
+     ("finance", 'x"@example.com', "line 7: owners: owner 'x\"@example.com'")],
 )  # fmt: skip
 def test_what_the_scaffold_renders_is_validated_before_it_is_moved_in(
     plain_mesh, monkeypatch, team, contact, field
