@@ -66,19 +66,23 @@ class LoadProblem(str):
     fix: str
     file: str | None
     line: int | None
+    subject: str | None  # the product it is about (an address), when it is one product's
 
     def __new__(
-        cls, what: str, *, fix: str, file: str | None = None, line: int | None = None
-    ) -> LoadProblem:
+        cls, what: str, *, fix: str, file: str | None = None, line: int | None = None,
+        subject: str | None = None,
+    ) -> LoadProblem:  # fmt: skip
         self = super().__new__(cls, f"{what} (fix: {fix})")
         self.what, self.fix, self.file, self.line = what, fix, file, line
+        self.subject = subject
         return self
 
     @classmethod
-    def of(cls, exc: MeshError) -> LoadProblem:
+    def of(cls, exc: MeshError, *, subject: str | None = None) -> LoadProblem:
         """The problem an error reports (its file and, when it has one, its line)."""
         file = str(exc.path) if exc.path is not None else None
-        return cls(exc.what, fix=exc.fix, file=file, line=getattr(exc, "line", None))
+        return cls(exc.what, fix=exc.fix, file=file, line=getattr(exc, "line", None),
+                   subject=subject)  # fmt: skip
 
     @staticmethod
     def parts(text: str) -> tuple[str, str | None]:

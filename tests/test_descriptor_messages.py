@@ -98,6 +98,7 @@ def test_mesh_check_reports_each_with_its_line_and_fix(broken_sales):
     mesh, text, _ = broken_sales
     found = [v for v in check_domain(mesh, "sales") if v.policy == "descriptor"]
     assert {v.at for v in found} == {_line_of(text, m) for *_, m in BROKEN.values()}
+    assert {v.subject for v in found} == {f"sales.{product}" for product in BROKEN}
     for v in found:
         assert v.blocking and v.file == SALES_YML and v.fix and v.fix != "see the message"
         assert v.where == f"{SALES_YML} line {v.at}"

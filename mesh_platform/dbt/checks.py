@@ -75,7 +75,10 @@ def _product_problems(
         try:
             descriptor = descriptor_from_node(domain.name, node, project_dir=domain.dbt_project_dir)
         except MeshError as exc:
-            problems.append(LoadProblem.of(exc))
+            version = str(node.get("version") or 1)
+            suffix = f"_v{version}" if version.isdigit() and int(version) > 1 else ""
+            subject = f"{domain.name}.{node['name']}{suffix}"
+            problems.append(LoadProblem.of(exc, subject=subject))
         else:
             address = str(descriptor.address)
             if address in addresses:

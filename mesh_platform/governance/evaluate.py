@@ -111,7 +111,8 @@ def _load_violation(domain: str, problem: str) -> Violation:
     what, fix = LoadProblem.parts(problem)
     file = getattr(problem, "file", None) or f"dbt_projects/{domain}"
     fix = fix or f"correct it in {file}, then `mesh check --domain {domain}`"
-    return Violation("descriptor", f"domain {domain}", what, fix, file,
+    subject = getattr(problem, "subject", None) or f"domain {domain}"
+    return Violation("descriptor", subject, what, fix, file,
                      at=getattr(problem, "line", None))  # fmt: skip
 
 
