@@ -40,8 +40,8 @@ from mesh_platform.addressing import quote_ident
 from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.governance.builtin import nested_field_names, pii_name_kind
 from mesh_platform.governance.data import personal_data_hits, schema_leaves
+from mesh_platform.products.descriptor_lines import TODO_MARKER
 
-TODO_MARKER = "TODO(mesh):"
 # A personal-data kind's suggested mask: a hash keeps a key joinable, a name or an address is
 # of no use hashed, a phone's first digits (the country) are kept.
 SUGGESTED_MASKS = {"name": "redact", "address": "redact", "date_of_birth": "redact",
