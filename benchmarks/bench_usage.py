@@ -91,6 +91,9 @@ def generate(path: Path, lines: int, products: int, principals: int, seed: int =
                     continue
                 if status == "ok":
                     entry["rows"] = rng.randrange(0, 10_000)
+                    if "id" not in entry:  # staging records each product's rows too
+                        for product in products_:
+                            product["rows"] = rng.randrange(0, 10_000)
                 else:
                     entry["reason"] = "BinderException"
             line = {"at": at, **entry, "status": status, "duration_ms": 12.5}
@@ -106,7 +109,7 @@ def naive(path: Path, since: dt.datetime | None = None) -> AuditUsage:
     """The same figures by json.loads, line by line (the baseline)."""
     lines = corrupt = 0
     started: dict[str, dict] = {}
-    queries: list[tuple[str, str, int | None, dt.datetime, list[str]]] = []
+    queries: list[tuple[str, str, int | None, dt.datetime, dict[str, int | None]]] = []
     finished: set[str] = set()
     with path.open("rb") as raw:
         for data in raw:
@@ -126,7 +129,9 @@ def naive(path: Path, since: dt.datetime | None = None) -> AuditUsage:
                 continue
             if since is not None and at < since:
                 continue
-            addresses = sorted({p["address"] for p in e.get("products") or [] if p.get("address")})
+            addresses = {
+                p["address"]: p.get("rows") for p in e.get("products") or [] if p.get("address")
+            }
             if e["status"] == "started":
                 started[e["id"]] = (e.get("principal"), at, addresses)
                 continue
@@ -139,11 +144,11 @@ def naive(path: Path, since: dt.datetime | None = None) -> AuditUsage:
             queries.append((principal or "?", "unfinished", None, at, addresses))
     per: dict[tuple[str, str], list] = {}
     for principal, status, rows, at, addresses in queries:
-        for address in addresses:
+        for address, own_rows in addresses.items():
             f = per.setdefault((address, principal), [0, 0, 0, 0, None])
             if status == "ok":
                 f[0] += 1
-                f[3] += rows or 0
+                f[3] += (own_rows if own_rows is not None else rows) or 0
                 f[4] = at if f[4] is None or at > f[4] else f[4]
             elif status == "denied":
                 f[1] += 1

@@ -27,12 +27,13 @@ from mesh_platform.query.audit import AuditLog
 from mesh_platform.query.engine import QuerySession
 from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.storage.metadata import Catalog, data_files
-from mesh_platform.testing import run_mesh
+from mesh_platform.testing import audit_lines, run_mesh
 
 pytestmark = pytest.mark.e2e
 
 ORDERS, CUSTOMERS = "sales.orders", "sales.customers"
 LIMIT = 7
+STAGING = "dbt run: stage consumed products"  # the line of a consumer's dbt run (dbt/inputs.py)
 READ = f"SELECT order_key FROM sales.orders LIMIT {LIMIT}"
 JOIN = (
     "SELECT count(*) AS n FROM sales.orders AS o JOIN sales.customers AS c "
@@ -71,16 +72,22 @@ def _reads(report: dict, address: str) -> dict:
 def test_reads_per_product_from_the_audit_log(sample_build, tmp_path):
     log = tmp_path / "queries.jsonl"
     _queries(sample_build, AuditLog(log))
+    # marketing's build staged its inputs: one line for all, each product's rows in it
+    staging = next(e for e in audit_lines(sample_build) if e.get("query") == STAGING)
+    (staged,) = [p["rows"] for p in staging["products"] if p["address"] == ORDERS]
+    assert 0 < staged < staging["rows"]
+    with log.open("a") as out:
+        out.write(json.dumps(staging) + "\n")
     usage = read_usage(log)
     orders, customers = usage.of(ORDERS), usage.of(CUSTOMERS)
-    assert (orders.ok, orders.denied, orders.failed) == (4, 2, 1)
+    assert (orders.ok, orders.denied, orders.failed) == (5, 2, 1)
     assert orders.readers == 2  # marketing, logistics: a denied principal does not read
     assert [(r.principal, r.queries) for r in orders.top_readers] == [
-        ("marketing", 3),
+        ("marketing", 4),
         ("logistics", 1),
     ]
-    assert orders.rows == 3 * LIMIT + 1  # the join's one row counts for both products
-    assert (customers.ok, customers.denied, customers.failed, customers.rows) == (1, 0, 0, 1)
+    assert orders.rows == 3 * LIMIT + 1 + staged  # the join's one row counts for both
+    assert (customers.ok, customers.denied, customers.failed) == (2, 0, 0)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     last_ok = max(e["at"] for e in lines if e.get("status") == "ok")
     assert orders.last_read == dt.datetime.fromisoformat(last_ok)
@@ -102,7 +109,7 @@ def test_reads_per_product_from_the_audit_log(sample_build, tmp_path):
     damaged = read_usage(log)
     assert damaged.corrupt == 2 and damaged.lines == len(lines) + 3
     again = damaged.of(ORDERS)
-    assert (again.ok, again.denied, again.failed, again.rows) == (4, 2, 2, orders.rows)
+    assert (again.ok, again.denied, again.failed, again.rows) == (5, 2, 2, orders.rows)
 
 
 def test_mesh_usage_reports_reads_build_time_bytes_and_snapshots(sample_build):
@@ -154,22 +161,22 @@ def test_usage_table_describe_and_catalog_show_it(sample_build, tmp_path):
     assert rows and "never built" not in rows[0] and "not published" not in rows[0]
     assert "Traceback" not in table.stderr
 
-    usage = _usage_json(sample_build, ORDERS)["products"][0]
     text = run_mesh(sample_build.root, "describe", ORDERS)
     assert text.returncode == 0, text.stderr
+    described = run_mesh(sample_build.root, "describe", ORDERS, "--format", "json")
+    usage = json.loads(described.stdout)["usage"]
     reads = usage["reads"]
+    assert reads["ok"] >= 4 and reads["denied"] >= 2 and reads["failed"] >= 1
     assert f"{reads['queries']:,} queries in 30 days" in text.stdout
     assert f"{reads['distinct_readers']} reader(s)" in text.stdout
     assert f"{usage['storage']['snapshots_kept']} snapshot(s) kept" in text.stdout
-    described = run_mesh(sample_build.root, "describe", ORDERS, "--format", "json")
-    data = json.loads(described.stdout)["usage"]
-    assert data["storage"] == usage["storage"] and data["builds"] == usage["builds"]
-    assert data["reads"]["queries"] >= reads["queries"]  # other modules may query meanwhile
+    assert f"details: mesh usage {ORDERS}" in text.stdout
 
     page = write_catalog(sample_build, tmp_path / "site").read_text()
-    article = page[page.index(f'data-address="{ORDERS}"') :]
+    article = page[page.index(f'<article class="product" id="product-{ORDERS}"') :]
     article = article[: article.index("</article>")]
     assert '<section class="card usage">' in article
+    assert f'<dd class="queries">{reads["queries"]} ({reads["ok"]} ok,' in article
     published = usage["storage"]["published_bytes"]
     assert f"{size(published)} in {usage['storage']['data_files']} file(s)" in article
     assert "marketing" in article[article.index('class="readers"') :]

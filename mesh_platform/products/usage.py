@@ -4,10 +4,11 @@ instance, a layer above: :mod:`mesh_platform.assets.history`.
 
 Reads are counted from ``<state>/audit/queries.jsonl`` (:mod:`mesh_platform.query.audit`). An
 operator's log can hold millions of lines, so it is read once per command, streaming, by
-DuckDB's ``read_json`` with typed columns (about 2-4 times faster than ``json.loads`` line by
-line: ``benchmarks/bench_usage.py``) into a compact table of one row per line, then aggregated
-in SQL. The log is appended by many writers and may end in a line cut by a crash: a line that
-is not an audit record (not JSON, no time, no outcome) is skipped and counted, never fatal.
+DuckDB's ``read_json`` with typed columns into a compact table of one row per line (~135 MB
+per million lines), then aggregated in SQL: on a million lines, 3.8 times faster than
+``json.loads`` line by line, in less memory (``benchmarks/bench_usage.py``). The log is
+appended by many writers and may end in a line cut by a crash: a line that is not an audit
+record (not JSON, no time, no outcome) is skipped and counted, never fatal.
 
 What a query counts as, per product it names:
 
@@ -16,7 +17,9 @@ What a query counts as, per product it names:
 - ``ok`` is a read; ``denied`` is a refused grant; every other outcome (refused SQL, a limit, a
   cancel, an error) is failed;
 - rows are the rows the query returned, counted for each product it read (a join of two
-  products counts its rows for both): what a product's data fed, not what it alone returned;
+  products counts its rows for both): what a product's data fed, not what it alone returned.
+  A consumer domain's dbt run staging its inputs (one line, no id) records each product's own
+  rows, which count instead;
 - the query service's ``event`` lines (logins, session ends) are not queries and are skipped.
 
 Published bytes and snapshot counts come from the metadata JSON (:mod:`storage.metadata`,
@@ -47,7 +50,7 @@ _COLUMNS = {
     "principal": "VARCHAR",
     "status": "VARCHAR",
     "rows": "BIGINT",
-    "products": "STRUCT(address VARCHAR)[]",
+    "products": "STRUCT(address VARCHAR, \"rows\" BIGINT)[]",
 }
 OUTCOMES = ("ok", "denied", "failed")
 
@@ -126,11 +129,11 @@ WITH q AS (
     WHERE "at" IS NOT NULL AND event IS NULL AND status IS NOT NULL
       AND "at" >= to_timestamp({since})
 )
-SELECT principal, status, "rows", "at", addresses FROM q WHERE qid IS NULL
+SELECT principal, status, "rows", "at", reads FROM q WHERE qid IS NULL
 UNION ALL
 SELECT arg_max(principal, status <> 'started'),
        coalesce(max(status) FILTER (status <> 'started'), 'unfinished'),
-       max("rows"), max("at"), arg_max(addresses, status <> 'started')
+       max("rows"), max("at"), arg_max(reads, status <> 'started')
 FROM q WHERE qid IS NOT NULL
 GROUP BY qid
 """
@@ -140,13 +143,13 @@ TOP_READERS = 10  # readers listed per product (most queries first); all are cou
 # Per product: its figures, its distinct readers (principals with an ok query) and the top ones.
 _PER_PRODUCT = """
 WITH per_reader AS (
-    SELECT address, coalesce(principal, '?') AS principal,
+    SELECT r.address AS address, coalesce(principal, '?') AS principal,
            count(*) FILTER (status = 'ok') AS ok,
            count(*) FILTER (status = 'denied') AS denied,
            count(*) FILTER (status NOT IN ('ok', 'denied')) AS failed,
-           coalesce(sum("rows") FILTER (status = 'ok'), 0) AS rows_read,
+           coalesce(sum(coalesce(r."rows", q."rows")) FILTER (status = 'ok'), 0) AS rows_read,
            epoch_ms(max("at") FILTER (status = 'ok')) AS last_read
-    FROM queries, unnest(addresses) AS t(address)
+    FROM queries AS q, unnest(reads) AS t(r)
     GROUP BY ALL
 )
 SELECT address, sum(ok)::BIGINT, sum(denied)::BIGINT, sum(failed)::BIGINT,
@@ -208,8 +211,8 @@ def _lines_sql(path: Path) -> str:
     return f"""
     CREATE TEMP TABLE lines AS
     SELECT "at", event, CASE WHEN id IS NOT NULL THEN hash(id) END AS qid, principal, status,
-           "rows", list_distinct([p.address FOR p IN products IF p.address IS NOT NULL])
-               AS addresses
+           "rows", list_distinct([{{'address': p.address, 'rows': p."rows"}}
+                                  FOR p IN products IF p.address IS NOT NULL]) AS reads
     FROM read_json({quote_literal(str(path))}, columns = {{{columns}}},
                    format = 'newline_delimited', ignore_errors = true,
                    maximum_object_size = 67108864)
