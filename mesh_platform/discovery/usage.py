@@ -180,8 +180,8 @@ def usage_table(report: UsageReport) -> Table:
         f"{when(report.since)} UTC)"
     )
     table = Table(title=title)
-    for column in ("product", "queries ok/denied/failed", "readers", "last read (UTC)",
-                   "rows returned", "build last/median", "published", "snapshots"):  # fmt: skip
+    for column in ("product", "ok/denied/failed", "readers", "last read (UTC)", "rows returned",
+                   "build last/median", "published", "snapshots kept"):  # fmt: skip
         table.add_column(column, overflow="fold")
     for u in report.products:
         r, b, s = u.reads, u.builds, u.storage

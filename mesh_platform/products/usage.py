@@ -50,7 +50,7 @@ _COLUMNS = {
     "principal": "VARCHAR",
     "status": "VARCHAR",
     "rows": "BIGINT",
-    "products": "STRUCT(address VARCHAR, \"rows\" BIGINT)[]",
+    "products": 'STRUCT(address VARCHAR, "rows" BIGINT)[]',
 }
 OUTCOMES = ("ok", "denied", "failed")
 
