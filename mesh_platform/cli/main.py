@@ -40,7 +40,7 @@ from mesh_platform.errors import (
 COMMANDS: Mapping[str, str] = {
     "prepare": "build", "build": "build", "ui": "build", "workspace": "build",
     "maintain": "operate", "repair": "operate", "doctor": "doctor",
-    "check": "govern", "sla": "govern", "audit": "govern", "diff": "diff",
+    "check": "govern", "sla": "govern", "audit": "govern", "diff": "diff", "usage": "usage",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query", "serve": "serve", "token": "token",
     "new": "scaffold", "adopt": "adopt",

@@ -78,6 +78,7 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
                 {
                     "address": str(s.address),
                     "snapshot_id": s.snapshot_id,
+                    "rows": s.row_count,  # this product's; the line's rows: all staged
                     "cut": s.cut,
                     "masked": list(s.masked),
                 }
