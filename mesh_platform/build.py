@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster import DagsterEventType, DagsterExecutionInterruptedError
 
+from mesh_platform.build_log import failure_message, with_build_console
 from mesh_platform.compat.dagster import (
-    FAILURE_PREFIX,
     ActiveExecution,
     ErrorSource,
     pop_captured_interrupt,
@@ -283,7 +283,7 @@ def build_domain(
     First the domain's pool is made free of dead runs, and waited for while a live run holds
     it; ``stop`` ends that wait and cancels the run. The runs reaped there (their process
     died) are rebuilt by this run: it records them (``mesh/retry_of``), and they it."""
-    job = defs.resolve_job_def(build_job_name(domain))
+    job = with_build_console(defs.resolve_job_def(build_job_name(domain)))  # see build_log
     run_id = str(uuid.uuid4())
     selection = _product_selection(domain, defs, products) if products else None
     run_config = _run_config(
@@ -386,8 +386,8 @@ def _domain_outcome(
         rows = mat.metadata.get("dagster/row_count")
         materialized[mat.asset_key.to_user_string()] = rows.value if rows is not None else None
     errors = [
-        # A dg.Failure raised on purpose is the message itself, not a Python exception
-        e.step_failure_data.error.message.strip().removeprefix(FAILURE_PREFIX)
+        # A dg.Failure or a MeshError raised on purpose is the message itself (build_log)
+        failure_message(e.step_failure_data.error)
         for e in result.all_events
         if e.event_type == DagsterEventType.STEP_FAILURE
         and e.step_failure_data.error

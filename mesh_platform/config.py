@@ -205,6 +205,13 @@ class Mesh:
     def duckdb_path(self, domain: str) -> Path:
         return self.domain_state_dir(domain) / f"{domain}.duckdb"
 
+    def domain_duckdb(self, domain: str) -> Path:
+        """The domain's DuckDB file, its folder created first (owner-only): DuckDB creates the
+        file, never its folder, and a domain that lands no raw tables has nothing else that
+        creates the folder before its first build opens the file."""
+        make_private_dir(self.domain_state_dir(domain))
+        return self.duckdb_path(domain)
+
     @property
     def quarantine_records(self) -> Path:
         """Batches quarantined because they held personal data: one JSON line each (0600)."""

@@ -57,6 +57,45 @@ class MeshError(Exception):
         super().__init__(f"{what}{location}\n  fix: {fix}")
 
 
+class LoadProblem(str):
+    """One problem that keeps a domain from loading: reads as its one-line text (``what (fix:
+    fix)``, the form lists of problems print) and keeps its parts, so a report (``mesh check``'s
+    table, JSON, JUnit) names the file, the line and the fix apart."""
+
+    what: str
+    fix: str
+    file: str | None
+    line: int | None
+    subject: str | None  # the product it is about (an address), when it is one product's
+
+    def __new__(
+        cls, what: str, *, fix: str, file: str | None = None, line: int | None = None,
+        subject: str | None = None,
+    ) -> LoadProblem:  # fmt: skip
+        self = super().__new__(cls, f"{what} (fix: {fix})")
+        self.what, self.fix, self.file, self.line = what, fix, file, line
+        self.subject = subject
+        return self
+
+    @classmethod
+    def of(cls, exc: MeshError, *, subject: str | None = None) -> LoadProblem:
+        """The problem an error reports (its file and, when it has one, its line)."""
+        file = str(exc.path) if exc.path is not None else None
+        return cls(exc.what, fix=exc.fix, file=file, line=getattr(exc, "line", None),
+                   subject=subject)  # fmt: skip
+
+    @staticmethod
+    def parts(text: str) -> tuple[str, str | None]:
+        """(what, fix) of a problem's text: ``what (fix: fix)`` or ``what; fix: fix``."""
+        if isinstance(text, LoadProblem):
+            return text.what, text.fix
+        for marker, end in ((" (fix: ", ")"), ("; fix: ", "")):
+            what, found, fix = text.partition(marker)
+            if found:
+                return what, fix.removesuffix(end) if end else fix
+        return text, None
+
+
 class MeshConfigError(MeshError):
     """The mesh configuration (mesh.yaml or MESH_* environment variables) is invalid."""
 

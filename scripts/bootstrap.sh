@@ -6,6 +6,11 @@
 #      missing (apt-get, as root); scripts/services.sh starts PostgreSQL and the S3 endpoint;
 #   4. the domains' dbt manifests (mesh prepare), so code locations load without parsing dbt.
 # Needs python3.11 (or PYTHON=...) and access to the package registry. Nothing else.
+#
+# Exit status: non-zero when the environment could not be installed, or when no domain at all
+# can be prepared (the mesh could build nothing). A domain that cannot be prepared (a broken dbt
+# project, a dbt package that is not vendored) is reported with its fix and does not fail the
+# bootstrap: it is the domain team's to fix, and `mesh build` builds every other domain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,4 +52,4 @@ scripts/services.sh install \
   || echo "bootstrap: PostgreSQL is missing: the production-profile tests will fail" >&2
 
 echo "bootstrap: preparing dbt manifests" >&2
-.venv/bin/mesh prepare
+.venv/bin/mesh prepare --partial-ok

@@ -188,6 +188,7 @@ LIGHT = [  # modules that must not import Dagster: the read path and the light c
     "mesh_platform.cli.scaffold",
     "mesh_platform.cli.serve",
     "mesh_platform.cli.token",
+    "mesh_platform.cli.diff",
 ]
 
 

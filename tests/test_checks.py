@@ -74,8 +74,16 @@ def test_descriptor_problems_are_listed_with_the_yaml_file(marketing):
     assert len(problems) == 2, problems
     joined = "\n".join(problems)
     assert "product marketing.customer_segments has no descriptor" in joined
-    assert "product marketing.revenue_by_nation_segment: invalid descriptor: version" in joined
-    assert joined.count("dbt_projects/marketing/models/products/products.yml") >= 2
+    yml = "dbt_projects/marketing/models/products/products.yml"
+    assert joined.count(yml) >= 2
+    lines = (domain.dbt_project_dir / "models/products/products.yml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines, 1) if "revenue_by_nation_segment" in line)
+    version = next(i for i, line in enumerate(lines[at:], at + 1) if "version:" in line)
+    # the file, the line of the field in the model's own block, the field by name
+    assert (
+        f"product marketing.revenue_by_nation_segment: invalid descriptor in {yml}: "
+        f"line {version}: mesh.version: must be a semantic version" in joined
+    ), joined
 
 
 def test_two_models_cannot_claim_one_address(marketing):

@@ -13,7 +13,7 @@ COMMANDS = [
     ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
     ["new", "product"], ["sla"], ["doctor"], ["repair"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
     ["deploy", "s3-policies"], ["serve"], ["token"], ["token", "create"], ["token", "list"],
-    ["token", "revoke"], ["retire"], ["deprecations"],
+    ["token", "revoke"], ["diff"], ["adopt"], ["usage"], ["retire"], ["deprecations"],
 ]  # fmt: skip
 
 

@@ -275,7 +275,10 @@ def test_expectation_results_are_attributed_to_the_right_expectation(catalog, co
         "expect_table_row_count_to_be_between(table)": True,
         "expect_column_max_to_be_between(amount)": True,
     }
-    assert outcome.description == "failed: expect_column_values_to_be_unique(email)"
+    assert outcome.description == (
+        "failed: expect_column_values_to_be_unique(email) (4 row(s) unexpected)"
+    )
+    assert "sla.expectations of dbt_projects/sales/models/products/orders.sql" in outcome.fix
     assert results["expect_table_row_count_to_be_between(table)"]["observed_value"] == 4
 
 
@@ -353,7 +356,8 @@ def test_a_breaking_schema_change_is_blocked(catalog, conn, select, what):
     outcome = publication.outcomes["schema_compatible"]
     assert not outcome.passed and outcome.blocking
     assert outcome.metadata[what], outcome.metadata
-    assert "new major version" in outcome.description
+    assert "new major version" in outcome.fix
+    assert "dbt_projects/sales/models/products/orders.sql" in outcome.fix
     assert "schema_compatible" in publication.error
     assert publication.stage is None  # refused before anything was staged
     table = catalog.load_table(IDENT)
@@ -437,7 +441,10 @@ def test_volume_drop_blocks_when_declared(catalog, conn):
     assert volume.metadata["rows"] == 10
     assert volume.metadata["published_rows"] == 100
     assert volume.metadata["ratio"] == pytest.approx(0.1)
-    assert "50%" in volume.description
+    assert volume.description == (
+        "10 rows is 10.0% of the published 100, below the minimum of 50% (min_ratio 0.5)"
+    )
+    assert "change sla.volume in dbt_projects/sales/models/products/orders.sql" in volume.fix
     assert main_id(catalog) == before
     assert main_rows(catalog).num_rows == 100
 
@@ -454,6 +461,9 @@ def test_volume_growth_blocks_above_max_ratio(catalog, conn):
     assert not publication.published
     assert publication.failed_checks == ["volume"]
     assert publication.outcomes["volume"].metadata["ratio"] == pytest.approx(5.0)
+    assert publication.outcomes["volume"].description.endswith(
+        "above the maximum of 200% (max_ratio 2)"
+    )
 
 
 def test_volume_without_a_volume_block_only_warns(catalog, conn):

@@ -287,7 +287,8 @@ def test_an_expired_waiver_no_longer_waives_and_says_so(tmp_path):
     assert warning.subject == "sales.orders"
     assert "expired" in warning.message and "2025-05-31" in warning.message
     assert "access" in warning.message
-    assert warning.file == "governance.yaml line 3"
+    assert warning.file == "governance.yaml" and warning.at == 3
+    assert warning.where == "governance.yaml line 3"
 
 
 def test_severity_warn_makes_a_policy_non_blocking(tmp_path):

@@ -17,19 +17,28 @@ from mesh_platform.access.principals import load_principals
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.nodes import consumed_products
 from mesh_platform.domain import list_domain_names
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import LoadProblem, MeshError
 from mesh_platform.products.registry import load_directory
 
 
 def consumption_problems(
-    mesh: Mesh, domain: str, manifest: Mapping[str, Any], *, today: dt.date | None = None
+    mesh: Mesh,
+    domain: str,
+    manifest: Mapping[str, Any],
+    *,
+    today: dt.date | None = None,
+    refresh: bool = False,
 ) -> list[str]:
-    """Every consumed product that does not exist or does not grant ``domain`` read access."""
+    """Every consumed product that does not exist or does not grant ``domain`` read access.
+
+    ``refresh``: re-prepare a producer whose project files changed before reading its grants
+    (``mesh check``: a grant just edited counts); a loading code location reads the manifests
+    as prepared (other locations may be preparing them now)."""
     consumed = consumed_products(manifest)
     if not consumed:
         return []
     principal = load_principals(mesh.root, set(list_domain_names(mesh))).resolve(domain)
-    directory = load_directory(mesh, refresh=False)  # other locations may be parsing now
+    directory = load_directory(mesh, refresh=refresh)
     problems = []
     for address, node in consumed:
         source = f"dbt_projects/{domain}/{node.get('original_file_path', '')}"
@@ -38,5 +47,6 @@ def consumption_problems(
             names = [c.name for c in descriptor.columns]
             plan_read(principal, descriptor, stored_columns=names, today=today)
         except MeshError as exc:
-            problems.append(f"consumes {address} (source in {source}): {exc.what}; fix: {exc.fix}")
+            what = f"consumes {address} (source in {source}): {exc.what}"
+            problems.append(LoadProblem(what, fix=exc.fix, file=source))
     return problems

@@ -53,6 +53,10 @@ def check_result(
         check_name=name,
         passed=outcome.passed,
         severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
-        description=outcome.description or None,
+        description=(
+            f"{outcome.description}. Fix: {outcome.fix}"
+            if outcome.fix and not outcome.passed
+            else outcome.description or None
+        ),
         metadata=outcome.metadata,
     )

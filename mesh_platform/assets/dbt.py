@@ -31,6 +31,7 @@ from dagster_dbt import DbtCliResource
 from mesh_platform.assets.checks import check_result
 from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.reporting import (
+    REPORTED,
     acknowledge,
     check_results,
     materialization_metadata,
@@ -65,7 +66,6 @@ def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[Db
     """``dbt`` (its project and executable) on the platform's isolated profile of ``domain``,
     with the mesh's environment; the profile is removed when the block exits, so the dbt
     process must have finished by then."""
-    mesh.duckdb_path(domain.name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with platform_profile(mesh, domain) as profiles_dir, environment(mesh.dbt_env()):
         yield DbtCliResource(
             project_dir=dbt.project_dir,
@@ -153,8 +153,10 @@ def _still_published(
         for uid, (d, _) in built.items()
         if str(d.address) in bumps
     }
-    for publication in refused.values():
-        context.log.error(f"{publication.descriptor.address}: {publication.error}")
+    for publication in refused.values():  # `mesh build` prints it from the step's failure
+        context.log.error(
+            f"{publication.descriptor.address}: {publication.error}", extra={REPORTED: True}
+        )
     return {uid: b for uid, b in built.items() if uid not in refused}, refused
 
 
@@ -189,7 +191,7 @@ def publish_products(
         events = [GateEvent.of(p, context.run_id) for p in publications.values()]
         record_safely(mesh, events, context.log)
         return publications
-    conn = connect(mesh.duckdb_path(domain.name), extensions=("iceberg",))
+    conn = connect(mesh.domain_duckdb(domain.name), extensions=("iceberg",))
     try:
         for unique_id, (descriptor, relation) in built.items():
             failed_tests = sorted(blocking.get(unique_id, []))
@@ -223,8 +225,8 @@ def publish_products(
                     f"{publication.snapshot_id}, {rows} rows written in "
                     f"{publication.seconds:.2f}s{note}"
                 )
-            else:
-                context.log.error(f"{address}: {publication.error}")
+            else:  # `mesh build` prints it from the step's failure (mesh_platform.build)
+                context.log.error(f"{address}: {publication.error}", extra={REPORTED: True})
         record_safely(
             mesh, [GateEvent.of(p, context.run_id) for p in publications.values()], context.log,
             catalog,
@@ -274,7 +276,7 @@ def record_landing_built(
         and node.get("config", {}).get("materialized") == "incremental"
     ]
     if all(uid in succeeded for uid in models):
-        with contextlib.closing(connect(mesh.duckdb_path(domain.name))) as conn:
+        with contextlib.closing(connect(mesh.domain_duckdb(domain.name))) as conn:
             incremental.record_landing(conn, landing)
 
 
@@ -361,7 +363,7 @@ def _fail_on_problems(
     }
     problems.update(
         {
-            f"product {p.descriptor.address}": p.error
+            str(p.descriptor.address): p.error  # the gate's message (products/blocks.py)
             for p in publications.values()
             if not p.published and p.error
         }
@@ -373,7 +375,7 @@ def _fail_on_problems(
         raise dg.Failure(
             description=(
                 f"domain '{domain.name}': {len(problems)} model(s), test(s) or product(s) "
-                f"failed; the other products were built and published.\n{listing}"
+                f"failed (the others were built and published):\n{listing}"
             ),
             metadata={"failed": sorted(problems)},
         )

@@ -202,7 +202,7 @@ def build_python_product_asset(
             conn.close()
         yield from check_results(context, publication)
         if not publication.published:
-            raise dg.Failure(f"product {descriptor.address}: {publication.error}")
+            raise dg.Failure(f"{descriptor.address}: {publication.error}")
         context.log.info(
             f"published {descriptor.address} v{descriptor.body.version}: snapshot "
             f"{publication.snapshot_id} in {publication.seconds:.2f}s"

@@ -17,6 +17,11 @@ from mesh_platform.products.cuts import record_cut
 from mesh_platform.products.publish import Publication
 from mesh_platform.sla.report import asset_figures
 
+REPORTED = "mesh_reported"
+"""``extra`` key of a run log record that `mesh build` prints itself, from the run's outcome (a
+blocked product's message is the step's failure): its console leaves the record out unless
+--verbose (mesh_platform.build)."""
+
 
 def acknowledge(context: Any, mesh: Mesh, domain: str) -> None:
     """Report batches an earlier run committed and died before reporting

@@ -24,29 +24,64 @@ from mesh_platform.cli.options import selected_domains
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.project import prepare as prepare_domain
 from mesh_platform.domain import load_domain
-from mesh_platform.errors import MeshError, disk_full, is_disk_full
+from mesh_platform.errors import DomainError, MeshError, disk_full, is_disk_full
 from mesh_platform.instance import prepare_dagster_home
 from mesh_platform.workspace import check_workspace, render_workspace
 
 
-def _prepare(mesh: Mesh, domains: list[str], *, force: bool = False) -> None:
+def _prepare(mesh: Mesh, domains: list[str], *, force: bool = False) -> list[DomainError]:
+    """Prepare each domain; one that cannot be prepared is reported (its name, the problem and
+    the fix) and the others are still prepared. Returns the errors."""
+    failed: list[DomainError] = []
     for name in domains:
         start = time.perf_counter()
-        changed = prepare_domain(mesh, load_domain(mesh, name), force=force)
+        try:
+            changed = prepare_domain(mesh, load_domain(mesh, name), force=force)
+        except DomainError as exc:
+            failed.append(exc)
+            console.print(f"  dbt manifest {name}: [red]cannot be prepared[/]", highlight=False)
+            continue
         verb = "prepared" if changed else "up to date"
         console.print(f"  dbt manifest {name}: {verb} ({time.perf_counter() - start:.1f}s)")
+    return failed
+
+
+def _unprepared(failed: list[DomainError], total: int) -> str:
+    """The message of the domains that could not be prepared, each with its fix."""
+    lines = [f"{len(failed)} of {total} domain(s) could not be prepared:"]
+    lines += [f"  {exc}" for exc in failed]
+    if len(failed) < total:
+        lines.append("The other domains are prepared: `mesh build` builds them and skips these.")
+    return "\n".join(lines)
 
 
 @click.command()
 @click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
 @click.option("--force", is_flag=True, help="Re-parse even when nothing changed.")
+@click.option(
+    "--partial-ok",
+    is_flag=True,
+    help="Exit 0 when some (not all) domains cannot be prepared; they are still reported. "
+    "For scripts that must not stop the whole mesh for one domain (scripts/bootstrap.sh).",
+)
 @click.pass_context
 @mesh_command
-def prepare(ctx: click.Context, domains: tuple[str, ...], force: bool) -> None:
-    """Prepare the domains' dbt manifests (dbt deps + dbt parse), skipping unchanged projects."""
+def prepare(ctx: click.Context, domains: tuple[str, ...], force: bool, partial_ok: bool) -> None:
+    """Prepare the domains' dbt manifests (dbt deps + dbt parse), skipping unchanged projects.
+
+    A domain that cannot be prepared is reported with its fix and the others are prepared;
+    the command exits 1 if any could not be (with --partial-ok: only if none could)."""
     mesh = load_context_mesh(ctx)
     mesh.ensure_state_dir()
-    _prepare(mesh, selected_domains(mesh, domains), force=force)
+    selected = selected_domains(mesh, domains)
+    failed = _prepare(mesh, selected, force=force)
+    if not failed:
+        return
+    message = _unprepared(failed, len(selected))
+    if partial_ok and len(failed) < len(selected):
+        console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+        return
+    fail(message)
 
 
 class _ConsoleReport:
@@ -87,7 +122,10 @@ class _ConsoleReport:
     type=click.FloatRange(min=0, min_open=True),
     help="TPC-H scale factor of the sources (default: scale_factor in mesh.yaml, 0.1).",
 )
-@click.option("--verbose", "-v", is_flag=True, help="Show Dagster's run log (INFO) on the console.")
+@click.option(
+    "--verbose", "-v", is_flag=True,
+    help="Show Dagster's run log (INFO) on the console, and the tracebacks of failures.",
+)  # fmt: skip
 @click.option(
     "--full-refresh",
     is_flag=True,
@@ -222,7 +260,8 @@ def ui(ctx: click.Context, port: int, host: str) -> None:
     mesh = load_context_mesh(ctx)
     mesh.ensure_state_dir()
     names = [loc.name for loc in check_workspace(mesh)]
-    _prepare(mesh, names)
+    if failed := _prepare(mesh, names):  # the UI shows them as code locations that fail
+        console.print(f"[bold yellow]warning:[/] {escape(_unprepared(failed, len(names)))}")
     home = prepare_dagster_home(mesh)
     dagster = str(Path(sys.executable).with_name("dagster"))
     cmd = [dagster, "dev", "-w", str(mesh.workspace_file), "-h", host, "-p", str(port)]

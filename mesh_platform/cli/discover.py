@@ -24,10 +24,13 @@ from mesh_platform.discovery.catalog import ProductRecord, find_record, product_
 from mesh_platform.discovery.catalog import search as search_records
 from mesh_platform.discovery.describe import render_text
 from mesh_platform.discovery.html import catalog_command
+from mesh_platform.discovery.lineage_view import column_lineage
 from mesh_platform.discovery.standards import export_product
+from mesh_platform.discovery.usage import DEFAULT_DAYS, describe_lines, usage_report
 from mesh_platform.domain import list_domain_names
 from mesh_platform.errors import MeshError, printable
 from mesh_platform.products.lifecycle import load_retirements
+from mesh_platform.products.lineage import mesh_lineage
 from mesh_platform.products.registry import UnknownProductError
 from mesh_platform.sla.report import brief, product_attainment
 
@@ -143,7 +146,7 @@ def _unreadable(records: list[ProductRecord]) -> None:
 @mesh_command
 def describe(ctx: click.Context, address: str, fmt: str) -> None:
     """Show one product in full: purpose, owner, schema and classification, SLA and whether it
-    holds, who may read it, upstream and downstream products, snapshots, versions."""
+    holds, who may read it, upstream and downstream products, snapshots, versions, usage."""
     mesh = load_context_mesh(ctx)
     retired = retired_of(mesh, address)
     try:
@@ -157,19 +160,23 @@ def describe(ctx: click.Context, address: str, fmt: str) -> None:
     if retired is not None and fmt == "text":
         out.print(f"[bold yellow]retired[/]  {escape(retirement_text(retired))}")
     (week,) = product_attainment(mesh, since=timedelta(days=7), addresses=[record.address])
+    (usage,) = usage_report(mesh, [record.address], days=DEFAULT_DAYS).products
     if fmt == "json":
         data = record.to_dict()
         data["retired"] = asdict(retired) if retired is not None else None
+        data["column_lineage"] = column_lineage(mesh_lineage(mesh), record.address)
         data["attainment_7d"] = {
             "freshness": week.freshness, "freshness_target": week.freshness_target,
             "freshness_budget_left": week.freshness_budget_left, "quality": week.quality,
             "quality_target": week.quality_target, "runs": week.runs,
             "quality_budget_left": week.quality_budget_left,
         }  # fmt: skip
+        data["usage"] = usage.to_dict()
         click.echo(json.dumps(data, indent=2, default=str))
         return
     out.print(render_text(record, mesh), highlight=False)
     out.print(f"[bold]SLA, last 7 days[/]  {escape(brief(week))}  (details: mesh sla)")
+    out.print(describe_lines(usage, DEFAULT_DAYS), highlight=False)
 
 
 @click.command()

@@ -46,7 +46,8 @@ def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
             "blocking": blocking, "orphan_tables": orphans_json(orphans),
             "violations": [
                 {"domain": d, "policy": v.policy, "subject": v.subject, "column": v.column,
-                 "message": v.message, "fix": v.fix, "file": v.file, "severity": v.severity,
+                 "message": v.message, "fix": v.fix, "file": v.file, "line": v.at,
+                 "severity": v.severity,
                  "waived_by": v.waived_by, "blocking": v.blocking}
                 for d, vs in results.items() for v in vs
             ],
@@ -64,16 +65,20 @@ def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
 def _print_violations(results: dict[str, list[Violation]], blocking: int) -> None:
     table = Table(title=f"mesh check: {blocking} blocking violation(s)")
     for column in ("domain", "policy", "product / column", "problem and fix", "file"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # folded, never cut: the line is at the end
     for d, vs in results.items():
         for v in vs:
             state = "waived" if v.waived_by else v.severity
             subject = v.subject + (f" / {v.column}" if v.column else "")
-            table.add_row(d, f"{v.policy} ({state})", subject, f"{v.message}\nfix: {v.fix}",
-                          v.file)  # fmt: skip
+            cells = (d, f"{v.policy} ({state})", subject, f"{v.message}\nfix: {v.fix}", v.where)
+            # escaped: `columns[email]` is a field's name, not rich markup
+            table.add_row(*(escape(printable(c)) for c in cells))
     out.print(table)
     if not any(results.values()):
         out.print(f"{len(results)} domain(s) comply with every policy")
+    elif not blocking:
+        warnings = sum(len(vs) for vs in results.values())
+        out.print(f"no blocking violation; {warnings} warning(s) or waiver(s) above")
 
 
 def _percent(value: float | None) -> str:

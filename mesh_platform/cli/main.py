@@ -1,7 +1,8 @@
 """The ``mesh`` command line: the platform's push-button entry points.
 
 Every command loads the mesh from the nearest mesh.yaml (or $MESH_ROOT) and reports problems as
-one clear message with the fix, never a traceback, unless --debug is given.
+one clear message with the fix, never a traceback, unless --verbose (or --debug) is given: to
+`mesh`, or to a command that has its own --verbose (`mesh build --verbose`).
 
 This module holds the group, its global options, the error handling of every command
 (:func:`mesh_command`) and the registration of the commands, which live in the modules of
@@ -40,10 +41,10 @@ COMMANDS: Mapping[str, str] = {
     "prepare": "build", "build": "build", "ui": "build", "workspace": "build",
     "maintain": "operate", "repair": "operate", "doctor": "doctor",
     "retire": "lifecycle", "deprecations": "lifecycle",
-    "check": "govern", "sla": "govern", "audit": "govern",
+    "check": "govern", "sla": "govern", "audit": "govern", "diff": "diff", "usage": "usage",
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query", "serve": "serve", "token": "token",
-    "new": "scaffold",
+    "new": "scaffold", "adopt": "adopt",
     "deploy": "deploy",
 }  # fmt: skip
 
@@ -112,7 +113,10 @@ def _docstrings(module: str) -> dict[str, str | None]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Mesh root (directory with mesh.yaml). Default: nearest one upwards, or $MESH_ROOT.",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of short error messages.")
+@click.option(
+    "--verbose", "--debug", "debug", is_flag=True,
+    help="Show tracebacks instead of short error messages.",
+)  # fmt: skip
 def cli(root: Path | None, debug: bool) -> None:
     """mesh: build, run and inspect a data mesh of domains on Dagster, dbt, DuckDB and Iceberg."""
     private_umask()  # every file a command writes (state, spills, exports) is the owner's only
@@ -125,8 +129,9 @@ def mesh_command(
     fn: Callable[..., Any] | None = None, *, on_disk_full: DiskFullHandler | None = None
 ) -> Any:
     """Turn MeshError, and the failures of the machine a command may meet anywhere (a full
-    disk, a state database that cannot be used), into a clear message and exit code 1 (--debug
-    shows the traceback). Anything else is a fault of the platform and keeps its traceback.
+    disk, a state database that cannot be used), into a clear message and exit code 1
+    (--verbose shows the traceback: the group's, or the command's own). Anything else is a
+    fault of the platform and keeps its traceback.
 
     ``on_disk_full(why)``: what the command does when a full disk stops it (``mesh build``
     fails the Dagster runs it left unfinished), returning a sentence for the message."""
@@ -136,7 +141,7 @@ def mesh_command(
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        debug = ctx.find_root().params.get("debug")
+        debug = ctx.find_root().params.get("debug") or ctx.params.get("verbose")
         if ctx.info_name in _STATE_WRITERS:
             _keep_disk_reserve(ctx)
         try:

@@ -45,8 +45,7 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
     at = {a: s for p in pinned.values() for a, s in p.snapshots.items()}
     read = session.resolve(addresses, at)  # refusals before anything is read
     salt = session.salt_for([r.plan for r in read])
-    mesh.duckdb_path(domain).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(mesh.duckdb_path(domain), extensions=("avro",))
+    conn = connect(mesh.domain_duckdb(domain), extensions=("avro",))
     staged = []
     try:
         configure_duckdb(conn, dict(session.catalog.storage))  # s3:// warehouse: httpfs
@@ -79,6 +78,7 @@ def stage_inputs(mesh: Mesh, domain: str, manifest: Mapping[str, Any]) -> list[S
                 {
                     "address": str(s.address),
                     "snapshot_id": s.snapshot_id,
+                    "rows": s.row_count,  # this product's; the line's rows: all staged
                     "cut": s.cut,
                     "masked": list(s.masked),
                 }

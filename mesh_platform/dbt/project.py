@@ -4,7 +4,9 @@ Code locations never run ``dbt parse`` at import (it costs seconds in every proc
 is prepared by ``mesh prepare`` (also run by ``mesh build`` and ``mesh ui``) and only read when a
 code location loads. Preparation is skipped when the project's files have not changed.
 
-Preparing is ``dbt parse`` (the manifest, and the partial-parse state the runs reuse) then, for a
+Preparing installs the project's dbt packages offline (:func:`install_packages`: ``dbt deps``
+for local and vendored packages, :mod:`mesh_platform.dbt.dependencies`), runs ``dbt parse`` (the
+manifest, and the partial-parse state the runs reuse) then, for a
 project whose text passes the isolation checks, ``dbt compile`` against an empty scratch
 database: each node's compiled SQL is added to the manifest, where the load-time checks read it
 (:mod:`mesh_platform.dbt.isolation`).
@@ -40,13 +42,25 @@ from typing import Any
 import yaml
 
 from mesh_platform.config import Mesh, environment, make_private_dir
+from mesh_platform.dbt.dependencies import (
+    PLATFORM_DBT_PACKAGE,
+    check_offline,
+    install_dir,
+    installed,
+    is_platform_package,
+    link_platform_package,
+    mark_installed,
+    outside_packages,
+    read_packages,
+    remove_stale,
+    write_deps_project,
+)
 from mesh_platform.dbt.isolation import text_problems
-from mesh_platform.dbt.lockdown import domain_directories
+from mesh_platform.dbt.lockdown import domain_directories, pinned_files, seed_files
 from mesh_platform.domain import Domain
 from mesh_platform.errors import DbtExecutableNotFoundError, DomainError
 from mesh_platform.files import write_atomically
 
-PLATFORM_DBT_PACKAGE = Path(__file__).parent / "dbt_package"
 FINGERPRINT_FILE = "mesh_prepared.json"
 _FINGERPRINTED_SUFFIXES = {".sql", ".yml", ".yaml", ".csv", ".md", ".py"}
 # Part of the fingerprint: a manifest prepared by an older platform (no compiled SQL) is redone.
@@ -66,10 +80,15 @@ def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = N
     """The dbt profile of ``domain`` (named after it): target ``run`` on the domain's DuckDB
     file, and ``compile`` on ``compile_database`` (a scratch file named ``<domain>.duckdb``, so
     relations render with the same database name). Both open through the isolation plugin.
+    The run target's folder is created here (DuckDB creates a file, never its folder), and
+    again by the plugin just before dbt opens it.
 
     Nothing else: no ``attach``, ``settings``, ``extensions``, ``filesystems`` or other plugins.
+    Beyond the domain's folders, the connection may open only the project's seed files
+    (:func:`~mesh_platform.dbt.lockdown.seed_files`), listed each time a profile is written.
     """
     allowed = [str(d) for d in domain_directories(mesh, domain.name)]
+    files = pinned_files(seed_files(domain.dbt_project_dir.absolute()))
 
     def output(path: Path) -> dict[str, Any]:
         return {
@@ -80,12 +99,12 @@ def dbt_profile(mesh: Mesh, domain: Domain, *, compile_database: Path | None = N
                 {
                     "module": ISOLATION_PLUGIN,
                     "alias": "mesh_isolation",
-                    "config": {"allowed_directories": list(allowed)},
+                    "config": {"allowed_directories": list(allowed), "allowed_files": files},
                 }
             ],
         }
 
-    outputs = {RUN_TARGET: output(mesh.duckdb_path(domain.name))}
+    outputs = {RUN_TARGET: output(mesh.domain_duckdb(domain.name))}  # its folder created
     if compile_database is not None:
         outputs[COMPILE_TARGET] = output(compile_database)
     return {domain.name: {"target": RUN_TARGET, "outputs": outputs}}
@@ -202,11 +221,14 @@ def manifest_path(domain: Domain) -> Path:
 def fingerprint(domain: Domain) -> str:
     """Hash of every file that changes what ``dbt parse`` produces."""
     digest = hashlib.sha256(_PREPARE_FORMAT)
-    roots = [domain.dbt_project_dir, PLATFORM_DBT_PACKAGE]
+    project_dir = domain.dbt_project_dir
+    packages = read_packages(project_dir)
+    roots = [project_dir, PLATFORM_DBT_PACKAGE, *outside_packages(project_dir, packages)]
+    skipped = {"target", "dbt_packages", install_dir(project_dir).name, "logs", "package-lock.yml"}
     for root in roots:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
-            if rel.parts and rel.parts[0] in {"target", "dbt_packages", "logs"}:
+            if rel.parts and rel.parts[0] in skipped:
                 continue
             if path.is_file() and path.suffix in _FINGERPRINTED_SUFFIXES:
                 digest.update(str(rel).encode())
@@ -214,22 +236,45 @@ def fingerprint(domain: Domain) -> str:
     return digest.hexdigest()
 
 
-def _link_platform_package(domain: Domain) -> None:
-    """Install the platform's local dbt package as ``dbt deps`` would: a symlink.
-
-    ``dbt deps`` costs ~7 s per project here to create exactly this link for a local package.
-    """
-    packages_dir = domain.dbt_project_dir / "dbt_packages"
-    link = packages_dir / "mesh"
-    if link.exists():
+def install_packages(mesh: Mesh, domain: Domain) -> None:
+    """Install the project's dbt packages offline (:mod:`mesh_platform.dbt.dependencies`): the
+    platform's package alone is linked; anything else is installed by ``dbt deps`` when
+    ``packages.yml`` changed or a package is missing. Hub, git, tarball and private packages
+    are refused, naming each and how to vendor it."""
+    project_dir = domain.dbt_project_dir
+    packages = read_packages(project_dir)
+    if not packages:
         return
-    packages_dir.mkdir(exist_ok=True)
-    link.unlink(missing_ok=True)  # a dangling link from a moved checkout
-    link.symlink_to(os.path.relpath(PLATFORM_DBT_PACKAGE, packages_dir), target_is_directory=True)
+    check_offline(domain.name, project_dir, packages)
+    if all(is_platform_package(project_dir, p) for p in packages):
+        # Even when the manifest is current: a copied checkout can lose the link, and dbt
+        # build (not parse) would then fail on "packages not installed". `dbt deps` costs
+        # ~7 s per project here to create exactly this link.
+        link_platform_package(project_dir)
+        return
+    if installed(project_dir, packages):
+        return
+    remove_stale(project_dir, packages)
+    with _profiles_dir(mesh, domain) as profiles_dir:
+        scratch = profiles_dir / "deps"
+        scratch.mkdir()
+        write_deps_project(project_dir, packages, scratch)
+        _invoke(mesh, domain, profiles_dir, "deps", project_dir=scratch)
+    if any(is_platform_package(project_dir, p) for p in packages):
+        link_platform_package(project_dir)
+    mark_installed(project_dir, packages)
 
 
-def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args: str) -> None:
-    """``dbt <command>`` in this process (dbtRunner): dbt is imported once for all domains."""
+def _invoke(
+    mesh: Mesh,
+    domain: Domain,
+    profiles_dir: Path,
+    command: str,
+    *args: str,
+    project_dir: Path | None = None,
+) -> None:
+    """``dbt <command>`` in this process (dbtRunner): dbt is imported once for all domains.
+    ``project_dir``: another project than the domain's (``dbt deps``' scratch project)."""
     from dbt.cli.main import dbtRunner  # heavy: dbt-core (~2 s), only when a manifest is prepared
 
     errors: list[str] = []
@@ -246,7 +291,7 @@ def _invoke(mesh: Mesh, domain: Domain, profiles_dir: Path, command: str, *args:
                 [
                     command,
                     "--project-dir",
-                    str(domain.dbt_project_dir),
+                    str(project_dir or domain.dbt_project_dir),
                     "--profiles-dir",
                     str(profiles_dir),
                     "--profile",
@@ -295,15 +340,13 @@ def _compile_into_manifest(mesh: Mesh, domain: Domain, profiles_dir: Path) -> No
 
 
 def prepare(mesh: Mesh, domain: Domain, *, force: bool = False) -> bool:
-    """Install the platform dbt package and write the manifest. Returns False if up to date."""
+    """Install the project's dbt packages and write the manifest. Returns False if the
+    manifest was up to date."""
     target = domain.dbt_project_dir / "target"
     stamp = target / FINGERPRINT_FILE
-    current = fingerprint(domain)
-    if (domain.dbt_project_dir / "packages.yml").is_file():
-        # Even when the manifest is current: a copied checkout can lose the link, and dbt
-        # build (not parse) would then fail on "packages not installed".
-        _link_platform_package(domain)
+    install_packages(mesh, domain)
     _remove_legacy_artifacts(domain)
+    current = fingerprint(domain)
     if not force and manifest_path(domain).is_file() and stamp.is_file():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == current:

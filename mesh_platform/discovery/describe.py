@@ -12,6 +12,7 @@ from rich.text import Text
 
 from mesh_platform.config import Mesh
 from mesh_platform.discovery.catalog import ProductRecord
+from mesh_platform.discovery.lineage_view import lineage_table
 from mesh_platform.products.registry import load_directory
 
 HISTORY_SHOWN = 10
@@ -144,6 +145,7 @@ def render_text(record: ProductRecord, mesh: Mesh, now: dt.datetime | None = Non
     )
     return Group(
         head, _facts(record), "", _schema_table(record), _sla_table(record, now),
-        _grants_table(record, now), _lineage(record, mesh), "", _history_table(record),
+        _grants_table(record, now), _lineage(record, mesh), lineage_table(mesh, record.address),
+        "", _history_table(record),
         escape(access),
     )  # fmt: skip

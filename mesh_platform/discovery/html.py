@@ -25,9 +25,12 @@ import markupsafe
 from mesh_platform.addressing import PLATFORM_NAMESPACE
 from mesh_platform.config import Mesh
 from mesh_platform.discovery.catalog import ProductRecord, product_records, search_text
+from mesh_platform.discovery.lineage_view import column_lineage
+from mesh_platform.discovery.usage import UsageReport, size, usage_report
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
 from mesh_platform.files import write_atomically
+from mesh_platform.products.lineage import mesh_lineage
 
 INDEX = "index.html"
 HISTORY_SHOWN = 10
@@ -82,23 +85,32 @@ def _domain_specs(mesh: Mesh, names: Iterable[str]) -> list[dict[str, Any]]:
 
 
 def catalog_data(
-    mesh: Mesh, records: Sequence[ProductRecord], now: dt.datetime | None = None
+    mesh: Mesh,
+    records: Sequence[ProductRecord],
+    now: dt.datetime | None = None,
+    usage: UsageReport | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows, JSON-able: domains and product records (``to_dict``), each
-    with its search text and the other major versions of the same product."""
+    with its search text, the other major versions of the same product and, given ``usage``,
+    its usage and cost (``ProductUsage.to_dict`` with the window's ``days``)."""
     now = now or dt.datetime.now(dt.UTC)
+    usages = {u.address: u for u in usage.products} if usage else {}
     versions: dict[tuple[str, str], list[ProductRecord]] = {}
     for r in records:
         versions.setdefault((r.domain, r.descriptor.name), []).append(r)
     products = []
+    lineage = mesh_lineage(mesh)
     for r in records:
         item = r.to_dict(now)
+        item["column_lineage"] = column_lineage(lineage, r.address)
         item["search_text"] = search_text(r)
         item["versions"] = [
             {"address": o.address, "version": o.descriptor.body.version,
              "status": o.descriptor.body.status}
             for o in versions[(r.domain, r.descriptor.name)]
         ]  # fmt: skip
+        if usage is not None and r.address in usages:
+            item["usage"] = {**usages[r.address].to_dict(), "days": usage.days}
         products.append(item)
     return {
         "generated_at": now.isoformat(timespec="seconds"),
@@ -139,6 +151,7 @@ def _environment() -> jinja2.Environment:
         "product_id": product_id,
         "when": _when,
         "rows": _rows,
+        "size": size,
         "tone": lambda state: _TONES.get(state, ""),
     }
     env.tests |= {
@@ -181,7 +194,9 @@ def write_catalog(mesh: Mesh, output_dir: Path, *, now: dt.datetime | None = Non
     one rename, so a reader never sees a half-written page.
     """
     now = now or dt.datetime.now(dt.UTC)
-    page = render_catalog(catalog_data(mesh, product_records(mesh), now), now.date())
+    records = product_records(mesh)
+    usage = usage_report(mesh, [r.address for r in records], now=now)
+    page = render_catalog(catalog_data(mesh, records, now, usage), now.date())
     output_dir = Path(output_dir)
     target = output_dir / INDEX
     try:

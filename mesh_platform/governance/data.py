@@ -397,6 +397,23 @@ def _text_scan(conn: Any, leaf: Leaf, source: str) -> dict[str, int]:
     return hits
 
 
+def personal_data_hits(conn: Any, source: str, leaves: list[Leaf]) -> dict[str, dict[str, int]]:
+    """The personal data found in ``leaves`` of the relation ``source`` (a DuckDB relation or
+    table function on ``conn``): path -> kind -> rows (values under a list or a map). Counts
+    only, never a value. The gate scans staged files with it; `mesh adopt` scans a built
+    relation to suggest classifications."""
+    for macro in SQL_MACROS:
+        conn.execute(macro)
+    hits: dict[str, dict[str, int]] = {}
+    for leaf in leaves:
+        if leaf.kind == "text" and (found := _text_scan(conn, leaf, source)):
+            hits[leaf.path] = found
+    numbers = _number_scan(conn, [x for x in leaves if x.kind == "number"], source)
+    for path, found in numbers.items():
+        hits[path] = {**hits.get(path, {}), **found}
+    return hits
+
+
 class PiiDetection(GateCheck):
     name = "pii_detection"
     description = (
@@ -412,16 +429,8 @@ class PiiDetection(GateCheck):
         if not leaves or not ctx.stage.data_files:
             return CheckOutcome(True, "no unclassified column to scan", {"columns": 0})
         conn, source = _staged_view(ctx)
-        hits: dict[str, dict[str, int]] = {}
         try:
-            for macro in SQL_MACROS:
-                conn.execute(macro)
-            for leaf in leaves:
-                if leaf.kind == "text" and (found := _text_scan(conn, leaf, source)):
-                    hits[leaf.path] = found
-            numbers = _number_scan(conn, [x for x in leaves if x.kind == "number"], source)
-            for path, found in numbers.items():
-                hits[path] = {**hits.get(path, {}), **found}
+            hits = personal_data_hits(conn, source, leaves)
         finally:
             conn.close()
         metadata: dict[str, Any] = {
@@ -441,11 +450,30 @@ class PiiDetection(GateCheck):
             )
             return CheckOutcome(
                 False,
-                f"personal data in unclassified column(s): {found}. Classify the column "
-                "(pii:<kind>) with a masking rule, or remove the data",
+                f"personal data in unclassified column(s): {found}",
                 metadata,
+                fix=_classify_fix(ctx.descriptor, leaves, hits),
             )
         return CheckOutcome(True, f"{len(columns)} column(s) scanned, no personal data", metadata)
+
+
+def _classify_fix(
+    descriptor: ProductDescriptor, leaves: list[Leaf], hits: dict[str, dict[str, int]]
+) -> str:
+    """What to write in the descriptor for the columns where personal data was found: each
+    classified as the kind found (the whole column: a nested field is masked with it)."""
+    column_of = {leaf.path: leaf.column for leaf in leaves}
+    kinds: dict[str, str] = {}
+    for path, found in sorted(hits.items()):
+        kinds.setdefault(column_of.get(path, path), next(iter(sorted(found))))
+    each = "; ".join(
+        f"{column}: config: {{meta: {{classification: 'pii:{kind}', masking: hash}}}}"
+        for column, kind in kinds.items()
+    )
+    return (
+        f"classify the column(s) as personal data in {descriptor.source_file} ({each}): they "
+        "are then masked on publication; or stop selecting the data. Then build again"
+    )
 
 
 class PiiMaskingVerified(GateCheck):
@@ -489,7 +517,13 @@ class PiiMaskingVerified(GateCheck):
         metadata = {"columns": [c.name for c in pii], "problems": problems}
         if problems:
             listing = "; ".join(f"{c}: {why}" for c, why in sorted(problems.items()))
-            return CheckOutcome(False, f"personal data not masked: {listing}", metadata)
+            fix = (
+                f"give each listed column a masking rule in {ctx.descriptor.source_file} "
+                "(`masking: hash`, `redact`, `truncate` or `tokenise` beside its "
+                "classification), or make the model stop returning the clear values; then "
+                "build again"
+            )
+            return CheckOutcome(False, f"personal data not masked: {listing}", metadata, fix=fix)
         return CheckOutcome(True, f"{len(pii)} personal-data column(s) masked", metadata)
 
 

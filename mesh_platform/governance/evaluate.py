@@ -13,7 +13,7 @@ from mesh_platform.dbt.checks import manifest_problems
 from mesh_platform.dbt.nodes import is_product
 from mesh_platform.dbt.project import load_manifest, prepare
 from mesh_platform.domain import list_domain_names, load_domain
-from mesh_platform.errors import MeshError
+from mesh_platform.errors import LoadProblem, MeshError
 from mesh_platform.governance.policy import (
     DATA_POLICY_IDS,
     PolicyContext,
@@ -56,7 +56,10 @@ def evaluate_domain(
     nodes: Mapping[str, Mapping[str, Any]],
     *,
     today: dt.date | None = None,
+    complete: bool = True,
 ) -> list[Violation]:
+    """Every static policy on one domain's products (``complete``: False when some of them
+    failed to load, so their absence is not a finding)."""
     policy_set = load_policy_set(mesh.root, known_products=all_product_addresses(mesh))
 
     ctx = PolicyContext(
@@ -66,34 +69,51 @@ def evaluate_domain(
         today=today or dt.date.today(),
         mesh_root=mesh.root,
         domains=frozenset(list_domain_names(mesh)),
+        mesh=mesh,
+        complete=complete,
     )
     return evaluate_static(policy_set, ctx)
 
 
 def check_domain(mesh: Mesh, name: str, *, today: dt.date | None = None) -> list[Violation]:
     """Everything that would stop the domain from deploying, without building anything:
-    load-time problems of its dbt project and descriptors, then every static policy."""
+    load-time problems of its dbt project and descriptors, then every static policy.
+
+    Reads fresh declarations: the domain's dbt project, and those of the producers it
+    consumes from, are prepared again when their files changed since they were, so a producer's
+    grant edited a moment ago counts (its stale manifest would report compliance from the old
+    grant)."""
 
     domain = load_domain(mesh, name)
     prepare(mesh, domain)
     manifest = load_manifest(domain)
-    where = f"dbt_projects/{name}"
     problems = manifest_problems(domain, manifest, list_domain_names(mesh))
-    descriptors = {} if problems else product_descriptors(name, manifest)
+    descriptors = (
+        {} if problems else product_descriptors(name, manifest, project_dir=domain.dbt_project_dir)
+    )
     python, python_problems = python_descriptors(
         domain, python_products(mesh, name), {str(d.address) for d in descriptors.values()}
     )
     problems += python_problems
     if not problems:
-        problems += consumption_problems(mesh, name, manifest, today=today)
-    found = [
-        Violation("descriptor", f"domain {name}", p, "see the message", where) for p in problems
-    ]
+        problems += consumption_problems(mesh, name, manifest, today=today, refresh=True)
+    found = [_load_violation(name, p) for p in problems]
     nodes = {str(d.address): manifest["nodes"][uid] for uid, d in descriptors.items()}
     found += evaluate_domain(
-        mesh, name, [*descriptors.values(), *(d for _, d in python)], nodes, today=today
-    )
+        mesh, name, [*descriptors.values(), *(d for _, d in python)], nodes, today=today,
+        complete=not problems,
+    )  # fmt: skip
     return found
+
+
+def _load_violation(domain: str, problem: str) -> Violation:
+    """A load-time problem as a blocking violation, with its file, line and fix."""
+    what, fix = LoadProblem.parts(problem)
+    file = getattr(problem, "file", None) or f"dbt_projects/{domain}"
+    fix = fix or f"correct it in {file}, then `mesh check --domain {domain}`"
+    subject = getattr(problem, "subject", None) or f"domain {domain}"
+    return Violation("descriptor", subject, what, fix, file,
+                     at=getattr(problem, "line", None))  # fmt: skip
 
 
 def gate_exemptions(mesh: Mesh, address: str, *, today: dt.date | None = None) -> dict[str, str]:

@@ -27,8 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh_platform.errors import MeshError
 from mesh_platform.formats import load_yaml_model
+from mesh_platform.products.descriptor_lines import descriptor_source
 
 if TYPE_CHECKING:
+    from mesh_platform.config import Mesh
     from mesh_platform.products.descriptor import ProductDescriptor
 
 GOVERNANCE_FILE = "governance.yaml"
@@ -51,14 +53,20 @@ class Violation:
     column: str | None = None
     severity: Severity = "error"
     waived_by: str | None = None  # the waiver's reason, when a valid waiver covers it
+    at: int | None = None  # the line of ``file`` it is about, where known
 
     @property
     def blocking(self) -> bool:
         return self.severity == "error" and self.waived_by is None
 
+    @property
+    def where(self) -> str:
+        """The file, and the line when known: ``products.yml line 12``."""
+        return f"{self.file} line {self.at}" if self.at else self.file
+
     def line(self) -> str:
         where = f"{self.subject}" + (f" column {self.column}" if self.column else "")
-        return f"[{self.policy}] {where}: {self.message} ({self.file}) fix: {self.fix}"
+        return f"[{self.policy}] {where}: {self.message} ({self.where}) fix: {self.fix}"
 
 
 @dataclass
@@ -72,6 +80,8 @@ class PolicyContext:
     today: dt.date = field(default_factory=dt.date.today)
     mesh_root: Path | None = None  # for mesh-level declarations (principals.yaml)
     domains: frozenset[str] = frozenset()
+    mesh: Mesh | None = None  # the mesh, for policies that read the domain's own files
+    complete: bool = True  # False: some products failed to load and are not in descriptors
 
 
 class Policy:
@@ -87,11 +97,11 @@ class Policy:
 
     def violation(
         self, descriptor: ProductDescriptor, message: str, *, column: str | None = None,
-        fix: str | None = None,
+        fix: str | None = None, line: int | None = None,
     ) -> Violation:  # fmt: skip
         return Violation(
             self.id, str(descriptor.address), message, fix or self.remedy,
-            descriptor.source_file, column,
+            descriptor.source_file, column, at=line,
         )  # fmt: skip
 
 
@@ -252,7 +262,7 @@ def evaluate_static(policy_set: PolicySet, ctx: PolicyContext) -> list[Violation
             found.append(
                 Violation(
                     v.policy, v.subject, v.message, v.fix, v.file, v.column, severity,
-                    waiver.reason if waiver else None,
+                    waiver.reason if waiver else None, v.at or _line_of(ctx, v),
                 )
             )  # fmt: skip
     for i, waiver in policy_set.expired_waivers(ctx.today):
@@ -263,8 +273,19 @@ def evaluate_static(policy_set: PolicySet, ctx: PolicyContext) -> list[Violation
                     f"the waiver for policy {waiver.policy!r} expired on "
                     f"{waiver.expires.isoformat()} and no longer applies",
                     "comply with the policy, or ask the council to renew the waiver",
-                    f"{policy_set.path} line {policy_set.lines.get(('waivers', i), '?')}",
-                    severity="warn",
+                    policy_set.path, severity="warn", at=policy_set.lines.get(("waivers", i)),
                 )
             )  # fmt: skip
     return found
+
+
+def _line_of(ctx: PolicyContext, v: Violation) -> int | None:
+    """The line a product's violation is about (its column, else its descriptor block), read
+    from the file the descriptor is written in."""
+    if ctx.mesh_root is None:
+        return None
+    descriptor = next((d for d in ctx.descriptors if str(d.address) == v.subject), None)
+    if descriptor is None:
+        return None
+    source = descriptor_source(ctx.mesh_root, descriptor)
+    return source.line(("columns", v.column) if v.column else ("mesh",))

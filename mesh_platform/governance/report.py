@@ -24,6 +24,7 @@ def junit_report(results: Mapping[str, Sequence[Violation]]) -> str:
             case = ET.SubElement(
                 suite, "testcase", classname=f"{domain}.{v.policy}",
                 name=v.subject + (f".{v.column}" if v.column else ""), file=v.file,
+                **({"line": str(v.at)} if v.at else {}),
             )  # fmt: skip
             if v.blocking:
                 ET.SubElement(case, "failure", message=v.message).text = f"fix: {v.fix}"

@@ -49,15 +49,26 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mesh_platform.addressing import ProductAddress, email_problem, suggest_team, team_problem
-from mesh_platform.errors import MeshError, format_validation_error
-from mesh_platform.formats import load_yaml_model
+from mesh_platform.errors import MeshError
+from mesh_platform.formats import read_yaml
 from mesh_platform.products.descriptor_columns import (
-    CLASSIFICATION_META_KEY,
-    MASKING_AT_META_KEY,
-    MASKING_META_KEY,
     Column,
 )
 from mesh_platform.products.descriptor_grants import Grant
+from mesh_platform.products.descriptor_lines import (
+    DescriptorError,
+    DescriptorSource,
+    FieldError,
+    Problem,
+    dbt_source,
+    did_you_mean,
+    invalid_descriptor,
+    located_problems,
+    missing_descriptor,
+    node_columns,
+    node_meta,
+    validated,
+)
 from mesh_platform.products.descriptor_sla import Sla
 from mesh_platform.query.sql import check_row_filter
 
@@ -139,10 +150,11 @@ class DescriptorBody(BaseModel):
     @classmethod
     def _renamed(cls, value: Any) -> Any:
         if isinstance(value, Mapping) and "readers" in value:
-            raise ValueError(
-                "'readers' was replaced by 'grants': write `grants: [{to: marketing, purpose: "
-                "..., expires: YYYY-MM-DD}]` (optional: columns, rows)"
-            )
+            raise FieldError(
+                ("mesh", "readers"), "'readers' was replaced by 'grants'",
+                fix="write `grants: [{to: marketing, purpose: ..., expires: YYYY-MM-DD}]` "
+                "(optional: columns, rows)",
+            )  # fmt: skip
         return value
 
     @field_validator("version")
@@ -155,9 +167,15 @@ class DescriptorBody(BaseModel):
     @model_validator(mode="after")
     def _deprecation(self) -> DescriptorBody:
         if self.status == "deprecated" and self.deprecated_on is None:
-            raise ValueError("a deprecated product needs 'deprecated_on: YYYY-MM-DD'")
+            raise FieldError(
+                ("mesh", "status"), "a deprecated product needs a `deprecated_on` date",
+                fix="add `deprecated_on: YYYY-MM-DD` beside `status: deprecated`",
+            )  # fmt: skip
         if self.status != "deprecated" and self.deprecated_on is not None:
-            raise ValueError("'deprecated_on' is only for status 'deprecated'")
+            raise FieldError(
+                ("mesh", "deprecated_on"), f"is only for status 'deprecated' (status is "
+                f"{self.status!r})", fix="remove `deprecated_on`, or set `status: deprecated`",
+            )  # fmt: skip
         return self
 
     @property
@@ -187,23 +205,42 @@ class ProductDescriptor(BaseModel):
     @model_validator(mode="after")
     def _column_references(self) -> ProductDescriptor:
         part = self.body.partition_by
+        names = [c.name for c in self.columns]
         if part is not None:
+            field = ("mesh", "partition_by", "column")
             column = self.column(part.column)
             if column is None:
-                raise ValueError(f"partition_by.column {part.column!r} is not a column")
+                close = did_you_mean(part.column, names)
+                raise FieldError(
+                    field, f"{part.column!r} is not a column"
+                    + (f"; did you mean {close!r}?" if close else ""),
+                    fix=f"name one of the product's columns ({', '.join(names)})",
+                )  # fmt: skip
             if column.data_type and not re.search(r"date|timestamp", column.data_type, re.I):
-                raise ValueError(
-                    f"partition_by.column {part.column!r} is {column.data_type}; it must be a "
-                    "date or timestamp column"
-                )
-        names = [c.name for c in self.columns]
+                raise FieldError(
+                    field, f"{part.column!r} is {column.data_type}; it must be a date or "
+                    "timestamp column", fix="partition by a date or timestamp column",
+                )  # fmt: skip
         for i, grant in enumerate(self.body.grants):
-            where = f"grants[{i}] (to {grant.to})"
             unknown = [c for c in grant.columns or () if c not in names]
             if unknown:
-                raise ValueError(f"{where}: column(s) {', '.join(unknown)} are not columns")
+                close = [m for c in unknown if (m := did_you_mean(c, names))]
+                raise FieldError(
+                    ("mesh", "grants", i, "columns"),
+                    f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
+                    "not a column of the product"
+                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""),
+                    fix=f"grant columns of the product ({', '.join(names)})",
+                )  # fmt: skip
             if grant.rows is not None:
-                check_row_filter(grant.rows, names, what=f"{where}.rows")
+                try:
+                    check_row_filter(grant.rows, names, what="the row filter")
+                except ValueError as exc:
+                    raise FieldError(
+                        ("mesh", "grants", i, "rows"), str(exc),
+                        fix="write one boolean SQL expression over the product's columns, e.g. "
+                        "\"region = 'EUROPE'\"",
+                    ) from None  # fmt: skip
         return self
 
     @property
@@ -250,10 +287,6 @@ class ProductDescriptor(BaseModel):
         }  # fmt: skip
 
 
-class DescriptorError(MeshError):
-    """A product's descriptor is missing or invalid."""
-
-
 def _fix_hint(source_file: str) -> str:
     return (
         f"edit the product's `config.meta.mesh` block in {source_file} (see "
@@ -261,71 +294,79 @@ def _fix_hint(source_file: str) -> str:
     )
 
 
-def descriptor_from_node(domain: str, node: Mapping[str, Any]) -> ProductDescriptor:
-    """Build and validate the descriptor of the public dbt model ``node`` (a manifest node)."""
-    meta = {**(node.get("meta") or {}), **((node.get("config") or {}).get("meta") or {})}
+def descriptor_from_node(
+    domain: str,
+    node: Mapping[str, Any],
+    *,
+    project_dir: Path | None = None,
+    yaml_text: str | None = None,
+) -> ProductDescriptor:
+    """Build and validate the descriptor of the public dbt model ``node`` (a manifest node).
+
+    ``project_dir``: the domain's dbt project, where the YAML describing the model is read to
+    name the line of each problem (``yaml_text``: that YAML's text, when it is not on disk yet).
+    Every problem is reported at once."""
     source_file = f"dbt_projects/{domain}/{node.get('original_file_path', '')}"
+    yaml_file = None
     patch = node.get("patch_path") or ""
     if "://" in patch:  # dbt records the YAML that describes the model as project://path
-        source_file = f"dbt_projects/{domain}/{patch.split('://', 1)[1]}"
+        relative = patch.split("://", 1)[1]
+        source_file = f"dbt_projects/{domain}/{relative}"
+        yaml_file = project_dir / relative if project_dir is not None else None
+    source = dbt_source(node, source_file, yaml_file, yaml_text)
+    meta = node_meta(node)
     raw = meta.get(DESCRIPTOR_META_KEY)
     label = f"product {domain}.{node['name']}"
     if not isinstance(raw, Mapping):
-        raise DescriptorError(
-            f"{label} has no descriptor (`config.meta.{DESCRIPTOR_META_KEY}`)",
-            fix=_fix_hint(source_file)
-            + "; at least purpose, owner {team, contact}, version and status",
-            path=source_file,
-        )
-    columns = []
-    for name, col in (node.get("columns") or {}).items():
-        col_meta = {**(col.get("meta") or {}), **((col.get("config") or {}).get("meta") or {})}
-        columns.append(
-            {
-                "name": name,
-                "data_type": col.get("data_type"),
-                "description": col.get("description") or "",
-                "classification": col_meta.get(CLASSIFICATION_META_KEY),
-                "masking": col_meta.get(MASKING_META_KEY),
-                "masking_at": col_meta.get(MASKING_AT_META_KEY) or "publication",
-            }
-        )
+        raise missing_descriptor(label, meta, source, _fix_hint(source_file))
+    columns, problems = node_columns(node, source)
+    shown = {"mesh": raw, "columns": columns, "description": node.get("description")}
+    body = validated(DescriptorBody, raw, problems, source, shown, at=("mesh",))
+    valid = [validated(Column, c, problems, source, shown, at=("columns", c["name"]))
+             for c in columns]  # fmt: skip
     config = node.get("config") or {}
-    try:
-        descriptor = ProductDescriptor(
-            domain=domain,
-            name=node["name"],
-            description=node.get("description") or "",
-            body=DescriptorBody.model_validate(raw),
-            columns=columns,
-            source_file=source_file,
-            incremental=config.get("materialized") == "incremental",
-        )
-        descriptor.address  # noqa: B018 - validates the domain and product names
-    except ValidationError as exc:
-        raise DescriptorError(
-            f"{label}: invalid descriptor: {format_validation_error(exc)}",
-            fix=_fix_hint(source_file),
-            path=source_file,
-        ) from exc
-    except MeshError as exc:  # a bad name, from the address
-        raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc
-    dbt_version = node.get("version")
+    descriptor = None
+    if not problems:
+        try:
+            descriptor = ProductDescriptor(
+                domain=domain, name=node["name"], description=node.get("description") or "",
+                body=body, columns=valid, source_file=source_file,
+                incremental=config.get("materialized") == "incremental",
+            )  # fmt: skip
+            descriptor.address  # noqa: B018 - validates the domain and product names
+        except ValidationError as exc:
+            problems += located_problems(exc, ProductDescriptor, source, shown)
+        except MeshError as exc:  # a bad name, from the address
+            raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc
+    if problems or descriptor is None:
+        raise invalid_descriptor(label, source, problems)
+    _check_release(label, node, descriptor, source)
+    return descriptor
+
+
+def _check_release(
+    label: str, node: Mapping[str, Any], descriptor: ProductDescriptor, source: DescriptorSource
+) -> None:
+    """What the manifest says beside the descriptor: the dbt model version is its major, and
+    the model has a description."""
+    dbt_version, file = node.get("version"), source.file
     if dbt_version is not None and str(dbt_version) != str(descriptor.body.major):
+        line = source.line(("mesh", "version"))
         raise DescriptorError(
             f"{label}: dbt model version v{dbt_version} but descriptor version "
-            f"{descriptor.body.version} (major {descriptor.body.major})",
+            f"{descriptor.body.version} (major {descriptor.body.major}) in {file}"
+            + (f" line {line}" if line else ""),
             fix=f"make the descriptor's major version {dbt_version} (e.g. '{dbt_version}.0.0'); "
             "each dbt model version is one major version of the product",
-            path=source_file,
-        )
+            path=file, line=line,
+        )  # fmt: skip
     if not descriptor.description.strip():
+        line = source.line(("description",))
         raise DescriptorError(
             f"{label} has no description",
-            fix=f"add a `description:` to the model in {source_file}",
-            path=source_file,
-        )
-    return descriptor
+            fix=f"add a `description:` to the model in {file}" + (f", line {line}" if line else ""),
+            path=file, line=line,
+        )  # fmt: skip
 
 
 class PythonDescriptorFile(BaseModel):
@@ -333,47 +374,58 @@ class PythonDescriptorFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    description: str = Field(min_length=10)
+    name: str = Field(description="The product's name, as its address says it (snake_case).")
+    description: str = Field(min_length=10, description="What one row is, for whom.")
     mesh: DescriptorBody
-    columns: list[Column] = Field(min_length=1)
+    columns: list[Column] = Field(min_length=1, description="The product's columns, typed.")
 
 
 def load_python_descriptor(path: Path, domain: str, source_file: str) -> ProductDescriptor:
     """Read and validate the YAML descriptor of a Python product (``source_file``: ``path``
-    relative to the mesh root, as errors name it)."""
+    relative to the mesh root, as errors name it). Every problem is reported at once, each
+    with its line."""
     label = f"Python product descriptor {source_file}"
     fix = f"edit {source_file} (fields: see mesh_platform/products/descriptor.py)"
-    parsed = load_yaml_model(
-        path, PythonDescriptorFile, what=label, fix=fix, error=DescriptorError, shown=source_file,
-        invalid="{what}: invalid descriptor: {problems}",
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        text = None  # read_yaml says why
+    raw = read_yaml(
+        path, what=label, error=DescriptorError, shown=source_file, text=text,
         missing_fix="create it beside the product's module (name, description, mesh, columns)",
     )  # fmt: skip
-    missing = [c.name for c in parsed.columns if not c.data_type]
-    if missing:
-        raise DescriptorError(
-            f"{label}: column(s) {', '.join(missing)} have no data_type",
-            fix="give every column a DuckDB type (bigint, varchar, decimal(18,2), date...): "
-            "the columns are the product's enforced contract",
-            path=source_file,
-        )
+    source = DescriptorSource(source_file, text=text or "", kind="python")
+    if not isinstance(raw, Mapping):
+        message = f"{label} is not a mapping of name, description, mesh and columns"
+        raise DescriptorError(message, fix=fix, path=source_file)
+    cols = raw.get("columns")
+    cols = cols if isinstance(cols, list) else []
+    names = [str(c.get("name")) for c in cols if isinstance(c, Mapping)]
+    problems: list[Problem] = []
+    parsed = validated(PythonDescriptorFile, raw, problems, source, raw, columns=names)
+    if parsed is not None:
+        problems += [
+            Problem(f"columns[{c.name}].data_type", source.line(("columns", c.name, "data_type")),
+                    "is missing", "give the column a DuckDB type (bigint, varchar, decimal(18,2), "
+                    "date...): the columns are the product's enforced contract")
+            for c in parsed.columns if not c.data_type
+        ]  # fmt: skip
+    if problems or parsed is None:
+        raise invalid_descriptor(label, source, problems)
     try:
         descriptor = ProductDescriptor(
-            domain=domain,
-            name=parsed.name,
-            description=parsed.description,
-            body=parsed.mesh,
-            columns=parsed.columns,
-            source_file=source_file,
-            built_with="python",
-        )
+            domain=domain, name=parsed.name, description=parsed.description, body=parsed.mesh,
+            columns=parsed.columns, source_file=source_file, built_with="python",
+        )  # fmt: skip
         descriptor.address  # noqa: B018 - validates the domain and product names
     except ValidationError as exc:
-        raise DescriptorError(
-            f"{label}: invalid descriptor: {format_validation_error(exc)}",
-            fix=fix,
-            path=source_file,
+        raise invalid_descriptor(
+            label, source, located_problems(exc, ProductDescriptor, source, raw)
         ) from exc
     except MeshError as exc:  # a bad name
-        raise DescriptorError(f"{label}: {exc.what}", fix=exc.fix, path=source_file) from exc
+        line = source.line(("name",))
+        raise DescriptorError(
+            f"{label}" + (f" line {line}" if line else "") + f": {exc.what}",
+            fix=exc.fix, path=source_file,
+        ) from exc  # fmt: skip
     return descriptor

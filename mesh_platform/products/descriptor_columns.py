@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 CLASSIFICATION_META_KEY = "classification"
 MASKING_META_KEY = "masking"
 MASKING_AT_META_KEY = "masking_at"
+COLUMN_META_KEYS = frozenset({CLASSIFICATION_META_KEY, MASKING_META_KEY, MASKING_AT_META_KEY})
 
 PII_KINDS = frozenset(
     {"email", "phone", "name", "address", "national_id", "date_of_birth", "ip_address",

@@ -138,10 +138,15 @@ def run_suite(
         entry.update(_safe_result(descriptor, expectation.type, expectation.column, result))
         results[label] = entry
         if not result.success:
-            failed.append(label)
+            count = entry.get("unexpected_count")
+            failed.append(label + (f" ({count} row(s) unexpected)" if count else ""))
     metadata: dict[str, Any] = {"rows_checked": len(frame), "results": results}
     if failed:
-        return CheckOutcome(False, f"failed: {', '.join(failed)}", metadata)
+        fix = (
+            "correct the data (its source or the model), or the expectation in sla.expectations "
+            f"of {descriptor.source_file} if it is the one that is wrong; then build again"
+        )
+        return CheckOutcome(False, f"failed: {', '.join(failed)}", metadata, fix=fix)
     return CheckOutcome(True, f"{len(expectations)} expectation(s) passed", metadata)
 
 

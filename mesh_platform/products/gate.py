@@ -153,14 +153,21 @@ class VolumeCheck(GateCheck):
         if old is None:
             return CheckOutcome(True, "first publication", metadata, volume.blocking)
         ratio = new / old if old else (1.0 if new == 0 else float("inf"))
-        metadata["ratio"] = round(ratio, 4)
+        metadata.update(ratio=round(ratio, 4), min_ratio=volume.min_ratio,
+                        max_ratio=volume.max_ratio)  # fmt: skip
         share = f"{new} rows is {ratio:.1%} of the published {old}"
+        broken = None
         if volume.min_ratio is not None and ratio < volume.min_ratio:
-            why = f"{share} (minimum {volume.min_ratio:.0%})"
-            return CheckOutcome(False, why, metadata, volume.blocking)
-        if volume.max_ratio is not None and ratio > volume.max_ratio:
-            why = f"{share} (maximum {volume.max_ratio:.0%})"
-            return CheckOutcome(False, why, metadata, volume.blocking)
+            broken = f"below the minimum of {volume.min_ratio:.0%} (min_ratio {volume.min_ratio:g})"
+        elif volume.max_ratio is not None and ratio > volume.max_ratio:
+            broken = f"above the maximum of {volume.max_ratio:.0%} (max_ratio {volume.max_ratio:g})"
+        if broken:
+            fix = (
+                "if the source delivered the wrong rows, correct it (or the model) and build "
+                f"again; if the change is intended, change sla.volume in "
+                f"{ctx.descriptor.source_file} for this build, then build again"
+            )
+            return CheckOutcome(False, f"{share}, {broken}", metadata, volume.blocking, fix=fix)
         return CheckOutcome(True, f"{new} rows, {ratio:.1%} of the published {old}", metadata,
                             volume.blocking)  # fmt: skip
 

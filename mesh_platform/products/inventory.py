@@ -26,20 +26,23 @@ from typing import Any
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.nodes import is_product
 from mesh_platform.domain import Domain, list_domain_names
-from mesh_platform.errors import DomainError, MeshError
+from mesh_platform.errors import DomainError, LoadProblem, MeshError
 from mesh_platform.packages import folder_package
 from mesh_platform.products.descriptor import ProductDescriptor, descriptor_from_node
 from mesh_platform.products.python import PythonProduct
 
 
-def product_descriptors(domain: str, manifest: Mapping[str, Any]) -> dict[str, ProductDescriptor]:
-    """unique_id -> validated descriptor, for every product of a domain's manifest.
+def product_descriptors(
+    domain: str, manifest: Mapping[str, Any], *, project_dir: Path | None = None
+) -> dict[str, ProductDescriptor]:
+    """unique_id -> validated descriptor, for every product of a domain's manifest
+    (``project_dir``: the domain's dbt project, for the lines errors name).
 
     Raises DescriptorError for the first invalid one; load-time checks (dbt/checks.py) report
     all of them first.
     """
     return {
-        uid: descriptor_from_node(domain, node)
+        uid: descriptor_from_node(domain, node, project_dir=project_dir)
         for uid, node in manifest.get("nodes", {}).items()
         if is_product(node)
     }
@@ -83,30 +86,34 @@ def python_descriptors(
 ) -> tuple[list[tuple[PythonProduct, ProductDescriptor]], list[str]]:
     """Validated descriptors of the domain's Python products, and every problem found;
     ``taken``: the addresses of the domain's dbt products."""
-    found, problems = [], []
+    found: list[tuple[PythonProduct, ProductDescriptor]] = []
+    problems: list[str] = []
     python: dict[str, str] = {}  # address -> the function that builds it
     for product in products:
         try:
             descriptor = product.descriptor(domain.code_dir.parent.parent)
         except MeshError as exc:
-            problems.append(f"{exc.what} (fix: {exc.fix})")
+            problems.append(LoadProblem.of(exc))
             continue
+        file = descriptor.source_file
         if descriptor.domain != domain.name:
-            problems.append(
+            problems.append(LoadProblem(
                 f"Python product {descriptor.address} is defined in domains/{descriptor.domain}/ "
-                f"but passed to domain '{domain.name}': a domain publishes only its own products"
-            )
+                f"but passed to domain '{domain.name}'", file=file,
+                fix="a domain publishes only its own products: define it under "
+                f"domains/{domain.name}/products/",
+            ))  # fmt: skip
         elif str(descriptor.address) in taken:
-            problems.append(
-                f"product {descriptor.address} ({descriptor.source_file}) is also a dbt product "
-                "of this domain: one address, one product"
-            )
+            problems.append(LoadProblem(
+                f"product {descriptor.address} ({file}) is also a dbt product of this domain",
+                file=file, fix="one address, one product: rename one of them",
+            ))  # fmt: skip
         elif str(descriptor.address) in python:
-            problems.append(
-                f"product {descriptor.address} ({descriptor.source_file}) is built by two "
-                f"Python functions ({python[str(descriptor.address)]} and {product.name}): "
-                "one address, one product"
-            )
+            problems.append(LoadProblem(
+                f"product {descriptor.address} ({file}) is built by two Python functions "
+                f"({python[str(descriptor.address)]} and {product.name})", file=file,
+                fix="one address, one product: keep one function",
+            ))  # fmt: skip
         else:
             python[str(descriptor.address)] = product.name
             found.append((product, descriptor))

@@ -12,6 +12,9 @@ class CheckOutcome:
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     blocking: bool = True  # a failed non-blocking check is a warning
+    # What the product's owner does about a failure, naming the file to edit: shown with the
+    # description (what was found, with its figures) wherever a blocked batch is reported.
+    fix: str = ""
 
     @property
     def blocks(self) -> bool:

@@ -34,10 +34,12 @@ from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.config import PRIVATE_FILE_MODE, make_private_dir
 from mesh_platform.governance.evaluate import gate_exemptions
 from mesh_platform.products import incremental
+from mesh_platform.products.blocks import block_message
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import SCHEMA_CHECK, GateContext, is_personal_data_policy, run_gate
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.storage.catalog import load_product_table
+from mesh_platform.storage.evolution import compare_schemas
 from mesh_platform.storage.metadata import CLASSIFICATION_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning
 from mesh_platform.storage.wap import write_audit_publish
@@ -110,30 +112,15 @@ class Publication:
         )
 
 
-def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOutcome:
-    """Compare the new rows' schema with the published table's (Iceberg's promotion rules)."""
-    from pyiceberg.exceptions import (
-        ResolveError,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
-    )
-    from pyiceberg.schema import (
-        promote,  # heavy: pyiceberg (~2 s), only when Iceberg is read or written
-    )
-
-    if table is None:
-        return CheckOutcome(True, "first publication: the table is created with this schema")
-    new = {f.name: f.field_type for f in pyarrow_to_schema_without_ids(new_schema).fields}
-    old = {f.name: f.field_type for f in table.schema().fields}
-    dropped = sorted(set(old) - set(new))
-    added = sorted(set(new) - set(old))
-    changed, widened = [], []
-    for name in sorted(set(old) & set(new)):
-        if old[name] == new[name]:
-            continue
-        try:
-            promote(old[name], new[name])
-            widened.append(f"{name}: {old[name]} -> {new[name]}")
-        except ResolveError:
-            changed.append(f"{name}: {old[name]} -> {new[name]}")
+def schema_compatibility(
+    table: Table | None, new_schema: pa.Schema, *, source_file: str = "the product's descriptor"
+) -> CheckOutcome:
+    """Compare the new rows' schema with the published table's, at every depth (Iceberg's
+    evolution rules, field ids ignored: storage/evolution.py)."""
+    if table is None or not is_published(table.current_snapshot()):  # no reader saw a schema
+        return CheckOutcome(True, "first publication: the table takes this schema")
+    diff = compare_schemas(table.schema(), pyarrow_to_schema_without_ids(new_schema))
+    added, dropped, changed, widened = diff.added, diff.dropped, diff.type_changes, diff.widened
     metadata: dict[str, Any] = {
         "added": added,
         "dropped": dropped,
@@ -143,15 +130,16 @@ def schema_compatibility(table: Table | None, new_schema: pa.Schema) -> CheckOut
     if dropped or changed:
         parts = []
         if dropped:
-            parts.append(f"dropped or renamed column(s) {', '.join(dropped)}")
+            parts.append(f"dropped or renamed column(s) or field(s) {', '.join(dropped)}")
         if changed:
             parts.append(f"incompatible type change(s) {'; '.join(changed)}")
         return CheckOutcome(
             False,
-            f"breaking change: {' and '.join(parts)}. Keep the columns, or publish the change as "
-            "a new major version (a new dbt model version / descriptor version N+1.0.0) while "
-            "this one is deprecated",
+            f"breaking change: {' and '.join(parts)}",
             metadata,
+            fix="keep the columns and their types (a type may only widen: int -> bigint), or "
+            "publish the change as a new major version (a new dbt model version, descriptor "
+            f"version N+1.0.0 in {source_file}) while this one is deprecated",
         )
     what = []
     if added:
@@ -188,10 +176,13 @@ def publish_product(
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     new_schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
     table = load_product_table(catalog, address)
-    schema = schema_compatibility(table, new_schema)
+    schema = schema_compatibility(table, new_schema, source_file=descriptor.source_file)
     publication.outcomes[SCHEMA_CHECK] = schema
     if schema.blocks:
-        publication.error = f"not published: {SCHEMA_CHECK} failed: {schema.description}"
+        publication.error = block_message(
+            publication.outcomes, state="refused before anything was staged: main keeps its "
+            "snapshot and schema",
+        )  # fmt: skip
         publication.seconds = time.perf_counter() - start
         return publication
 
@@ -202,9 +193,8 @@ def publish_product(
         if partition_plan.unchanged:  # nothing to stage: main already holds these rows
             publication.seconds = time.perf_counter() - start
             if failed_elsewhere:  # unchanged data that fails a check is not re-announced
-                publication.error = (
-                    f"not published: blocking check(s) failed: {', '.join(failed_elsewhere)} "
-                    "(no partition changed; main keeps its snapshot)"
+                publication.error = block_message(
+                    {}, failed_elsewhere, state="no partition changed: main keeps its snapshot"
                 )
                 return publication
             publication.snapshot_id = table.current_snapshot().snapshot_id
@@ -235,7 +225,8 @@ def publish_product(
         _record_fingerprints(catalog, conn, address, table, partition_plan, result)
     publication.seconds = time.perf_counter() - start
     if not publication.published:
-        _explain_block(publication, result)
+        first = table is None or not is_published(table.current_snapshot())
+        _explain_block(publication, result, first=first)
     return publication
 
 
@@ -306,35 +297,27 @@ def _record_fingerprints(
         )
 
 
-def _explain_block(publication: Publication, result: Any) -> None:
-    """Say why the batch was not published, where main stays and where the data went."""
-    publication.error = (
-        f"not published: blocking check(s) failed: {', '.join(result.failures)}. "
-        f"Main stays at snapshot {result.stage.base_snapshot_id}; "
-    )
+def _explain_block(publication: Publication, result: Any, *, first: bool) -> None:
+    """Say why the batch was not published (products/blocks.py), where main stays and where the
+    data went."""
     if (quarantine := result.quarantine) is None:
-        publication.error += f"the rejected data is on branch {result.stage.branch}"
-        return
-    publication.error += (
-        f"the batch held personal data ({_describe(publication.findings())}) and was "
-        f"quarantined at once: branch {quarantine.branch} dropped, its "
-        f"{len(quarantine.deleted_files)} data and manifest file(s) deleted"
-    )
-    for name in publication.personal_data_failures:  # shown with the Dagster check
-        publication.outcomes[name].metadata.update(
+        aftermath = f"the rejected data is on branch {result.stage.branch}"
+    else:
+        aftermath = (
+            f"the batch held personal data and was quarantined at once: branch "
+            f"{quarantine.branch} dropped, its {len(quarantine.deleted_files)} data and "
+            "manifest file(s) deleted"
+        )
+    publication.error = block_message(
+        publication.outcomes, publication.failed_elsewhere,
+        state="the product stays unpublished (its first batch)" if first
+        else f"main stays at snapshot {result.stage.base_snapshot_id}",
+        aftermath=aftermath,
+    )  # fmt: skip
+    for name in publication.personal_data_failures if quarantine is not None else ():
+        publication.outcomes[name].metadata.update(  # shown with the Dagster check
             {"quarantined": True, "deleted_files": len(quarantine.deleted_files)}
         )
-
-
-def _describe(findings: list[dict[str, Any]]) -> str:
-    return "; ".join(
-        f"{f['check']}: column {f['column']}"
-        + (f": {f['kind']}" if f["kind"] else "")
-        + (f" in {f['rows']} row(s)" if f["rows"] is not None else "")
-        if f["column"] is not None
-        else f["check"]
-        for f in findings
-    )
 
 
 def record_quarantine(path: Path, publication: Publication, run_id: str) -> None:

@@ -226,7 +226,9 @@ def _domain_products(
             if not is_product(node):
                 continue
             try:
-                descriptor = descriptor_from_node(domain.name, node)
+                descriptor = descriptor_from_node(
+                    domain.name, node, project_dir=domain.dbt_project_dir
+                )
                 found[str(descriptor.address)] = descriptor
             except MeshError as exc:
                 problems[f"{domain.name}.{node['name']}"] = _where(mesh, exc)

@@ -44,6 +44,7 @@ from mesh_platform.config import Mesh
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
 from mesh_platform.files import write_atomically
+from mesh_platform.scaffold.names import sql_word_problem, taken_names, with_model
 from mesh_platform.scaffold.validate import (
     ScaffoldError,
     validate_domain_scaffold,
@@ -69,6 +70,12 @@ def _check_name(kind: str, name: str) -> None:
         raise ScaffoldError(
             f"invalid {kind} name {name!r} (the NAME argument): {problem}; nothing was written",
             fix=f"use a snake_case name, e.g. {suggest_name(name)!r}",
+        )
+    if problem := sql_word_problem(name):  # a table named `select` breaks every query of it
+        raise ScaffoldError(
+            f"invalid {kind} name {name!r} (the NAME argument): it {problem}; nothing was written",
+            fix=f"choose a name that says what it holds, e.g. {name}_{kind}s or "
+            f"{'sales' if kind == 'domain' else 'daily'}_{name}",
         )
 
 
@@ -274,17 +281,21 @@ def new_domain(
 
 
 def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
-    """Add a product skeleton ``domain.name`` to an existing domain."""
+    """Add a product skeleton ``domain.name`` to an existing domain: a model and its entry in
+    ``models/products/products.yml`` (added structurally: the file stays valid YAML and keeps
+    its comments), with ``TODO(mesh):`` where the team must write (``mesh check`` blocks until
+    each is filled)."""
     _check_name("product", name)
     spec = load_domain(mesh, domain)  # a clear error for an unknown domain
     products_dir = spec.dbt_project_dir / "models" / "products"
     yml, sql = products_dir / "products.yml", products_dir / f"{name}.sql"
-    declared = _declared_models(yml)
-    if name in declared or sql.exists():
+    taken = taken_names(spec.dbt_project_dir, mesh.domains_dir / domain / "products", mesh.root)
+    if name in taken or sql.exists():
         raise ScaffoldError(
-            f"product {domain}.{name} already exists ({sql if sql.exists() else yml}); "
-            "nothing was written",
-            fix="choose another name",
+            f"product {domain}.{name} cannot be added: the name is already used in domain "
+            f"{domain} by {taken.get(name) or f'the model in {sql}'}; nothing was written",
+            fix=f"choose another name (names in use in domain {domain}: "
+            f"{', '.join(sorted(taken)) or 'none'})",
         )
     team = next(
         (o.removeprefix("team:") for o in spec.spec.owners if o.startswith("team:")), domain
@@ -298,18 +309,10 @@ def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
         "expires": (dt.date.today() + dt.timedelta(days=365 * GRANT_YEARS)).isoformat(),
     }
     entry = _render(TEMPLATES / "product" / "model.yml.tmpl", values)
+    shown = str(yml.relative_to(mesh.root))
     if yml.is_file():
         _writable(yml)
-        text = yml.read_text()
-        if declared is None:
-            raise ScaffoldError(
-                f"{yml} has no `models:` list to add to; nothing was written",
-                fix="add `models:` to it (see another domain's products.yml)",
-                path=yml,
-            )
-        new_text = text.rstrip("\n") + "\n" + entry
-    else:
-        new_text = "version: 2\n\nmodels:" + entry
+    new_text = with_model(yml.read_text() if yml.is_file() else "", entry, shown=shown)
     principals = mesh.root / "principals.yaml"
     _writable(principals)
     old_principals = principals.read_text() if principals.is_file() else ""
@@ -335,29 +338,12 @@ def new_product(mesh: Mesh, domain: str, name: str) -> Scaffolded:
         created=[sql.relative_to(mesh.root)],
         changed=[p.relative_to(mesh.root) for p in changed],
         next_commands=[
-            f"edit {sql.relative_to(mesh.root)} and its descriptor in {yml.relative_to(mesh.root)}",
+            f"edit {sql.relative_to(mesh.root)} and fill every TODO(mesh) of its descriptor in "
+            f"{shown}",
             f"mesh check --domain {domain}",
             f"mesh build --domain {domain}",
         ],
     )
-
-
-def _declared_models(yml: Path) -> set[str] | None:
-    """Model names declared in ``yml`` (None: no models list; empty set: no file)."""
-    if not yml.is_file():
-        return set()
-    try:
-        data = yaml.safe_load(yml.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ScaffoldError(
-            f"{yml} is not valid YAML ({exc}); nothing was written",
-            fix="fix its syntax first",
-            path=yml,
-        ) from exc
-    models = data.get("models") if isinstance(data, Mapping) else None
-    if not isinstance(models, list):
-        return None
-    return {str(m.get("name")) for m in models if isinstance(m, dict)}
 
 
 # -- reading back what would be written ---------------------------------------------------------

@@ -79,7 +79,8 @@ def validate_domain_scaffold(
     if not isinstance(models, list) or not models:
         raise _refuse(relative, "no `models:` list")
     for model in models:
-        _validate_descriptor(name, model, relative, path=dbt_dir / products.relative_to(staging))
+        _validate_descriptor(name, model, relative, path=dbt_dir / products.relative_to(staging),
+                             text=products.read_text())  # fmt: skip
 
 
 def validate_product_yaml(mesh: Mesh, domain: str, product: str, text: str, yml: Path) -> None:
@@ -91,15 +92,17 @@ def validate_product_yaml(mesh: Mesh, domain: str, product: str, text: str, yml:
     entries = [m for m in models or () if isinstance(m, Mapping) and m.get("name") == product]
     if len(entries) != 1:
         raise ScaffoldError(
-            f"adding {domain}.{product} to {relative} would not put it in the file's `models:` "
-            "list (another top-level block follows the list); nothing was written",
-            fix=f"move `models:` to the end of {relative}, or add the product by hand",
+            f"adding {domain}.{product} to {relative} would not declare it exactly once in its "
+            f"`models:` list ({len(entries)} entries); nothing was written",
+            fix=f"check the `models:` list of {relative}, or add the product by hand",
             path=yml,
         )
-    _validate_descriptor(domain, entries[0], relative, path=yml)
+    _validate_descriptor(domain, entries[0], relative, path=yml, text=text)
 
 
-def _validate_descriptor(domain: str, model: Any, relative: str, *, path: Path) -> None:
+def _validate_descriptor(
+    domain: str, model: Any, relative: str, *, path: Path, text: str | None = None
+) -> None:
     """A model of a dbt YAML file, checked by the function that loads it from the manifest."""
     if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
         raise _refuse(relative, f"a `models:` entry is not a mapping with a name: {model!r}")
@@ -114,7 +117,7 @@ def _validate_descriptor(domain: str, model: Any, relative: str, *, path: Path) 
         "patch_path": f"{domain}://{relative.split('/', 2)[2]}",
     }
     try:
-        descriptor_from_node(domain, node)
+        descriptor_from_node(domain, node, yaml_text=text)
     except MeshError as exc:
         raise _refuse(relative, exc.what, path=path) from exc
 

@@ -95,6 +95,7 @@ class TableState:
     # (its parent is gone and it replaced rows, so the parent was not the empty initial one).
     history_expired: bool = False
     created_ms: int | None = None  # when the table was created, if its metadata log still says
+    snapshot_count: int = 0  # every snapshot the metadata keeps (main's, branches', the initial)
 
     def _when(self, ms: int) -> str:
         return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
@@ -297,6 +298,7 @@ def _state_from_metadata(
         max(1, len(schemas)),
         expired,
         created,
+        len(snapshots),
     )
 
 

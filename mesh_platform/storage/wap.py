@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
+from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.errors import ConcurrentPublishError, MeshError
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.catalog import (
@@ -34,6 +35,7 @@ from mesh_platform.storage.catalog import (
     is_concurrent_commit,
     load_product_table,
 )
+from mesh_platform.storage.evolution import compare_schemas
 from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.metadata import BATCH_PROPERTY, INITIAL_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning, copy_partitions, ensure_partition_field
@@ -61,6 +63,8 @@ def _evolve_schema(
     # heavy: pyiceberg (~2 s), only when a batch is written
     from pyiceberg.exceptions import ValidationError as IcebergValidationError
 
+    if not is_published(table.current_snapshot()):
+        table = _forget_unpublished_columns(catalog, table, address, arrow_schema)
     try:
         with table.update_schema() as update:
             update.union_by_name(arrow_schema)
@@ -70,6 +74,25 @@ def _evolve_schema(
             fix="keep the column's type (or widen it: int -> bigint, float -> double), or "
             "publish the change as a new major version of the product",
         ) from exc
+    return catalog.load_table(address.iceberg_identifier)
+
+
+def _forget_unpublished_columns(
+    catalog: SqlCatalog, table: Table, address: ProductAddress, arrow_schema: pa.Schema
+) -> Table:
+    """A table nothing was published to yet (its first batches were blocked) takes the new
+    batch's columns as they are: no reader ever saw the old ones. Its columns (or nested
+    fields) the batch drops or retypes are deleted; union_by_name then adds them back."""
+    changes = compare_schemas(table.schema(), pyarrow_to_schema_without_ids(arrow_schema))
+    paths = set()
+    for path in changes.dropped + [c.split(": ")[0] for c in changes.type_changes]:
+        parts = path.split(".")  # an element, key or value is retyped with its whole column
+        paths.add(parts[0] if {"element", "key", "value"} & set(parts[1:]) else path)
+    if not paths:
+        return table
+    with table.update_schema() as update:
+        for path in sorted(paths):
+            update.delete_column(path)
     return catalog.load_table(address.iceberg_identifier)
 
 
@@ -201,9 +224,11 @@ def stage_to_audit(
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
     before = load_product_table(catalog, address)
-    known = {f.name for f in before.schema().fields} if before is not None else None
+    known = before.schema() if before is not None else None
     table = _prepare_table(catalog, address, arrow_schema, table_properties, partitioning)
-    added = () if known is None else tuple(n for n in arrow_schema.names if n not in known)
+    added = ()  # columns and nested fields (address.country): reverted if the batch is blocked
+    if known is not None:
+        added = tuple(compare_schemas(known, pyarrow_to_schema_without_ids(arrow_schema)).added)
     branch = audit_branch(batch_id)
     if done := _main_snapshot_with_batch(table, batch_id):
         summary = done.summary or {}
@@ -451,7 +476,8 @@ def _quarantine(catalog: SqlCatalog, stage: AuditStage) -> Quarantine:
 
 
 def _revert_added_columns(catalog: SqlCatalog, stage: AuditStage) -> None:
-    """Drop the columns a blocked batch added, so main's readers see main's schema.
+    """Drop the columns and nested fields a blocked batch added, so main's readers see main's
+    schema.
 
     (A widened type cannot be narrowed back in Iceberg; it reads the old data unchanged.)
     """

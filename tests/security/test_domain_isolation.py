@@ -51,7 +51,10 @@ def check_json(root: Path) -> tuple[int, list[str]]:
     result = run_mesh(root, "check", "--domain", "logistics", "--format", "json", timeout=600)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    return result.returncode, [v["message"] for v in report["violations"] if v["blocking"]]
+    # The report gives each problem's message and fix apart; joined as the refusal says them.
+    return result.returncode, [
+        f"{v['message']}; fix: {v['fix']}" for v in report["violations"] if v["blocking"]
+    ]
 
 
 def load_refusal(root: Path) -> str:

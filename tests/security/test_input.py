@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from mesh_platform.access.principals import load_principals
@@ -220,9 +221,9 @@ def test_new_domain_refuses_a_description_with_control_characters(plain_mesh):
     [("finance", "finance@example.com\nkind: aggregate", "domain.yaml: not valid YAML"),
      ("finance", "finance@example.com # comment", "domain.yaml: not valid YAML"),
      ("finance", "x@example.com}", "domain.yaml: not valid YAML"),
-     ("Finance", "finance@example.com", "owners: Value error, owner 'team:Finance'"),
-     ("finance", "x@example.com, 'k': v", "owners.2: Input should be a valid string"),
-     ("finance", 'x"@example.com', "owners: Value error, owner 'x\"@example.com'")],
+     ("Finance", "finance@example.com", "line 7: owners: owner 'team:Finance'"),
+     ("finance", "x@example.com, 'k': v", "line 7: owners[2]: Input should be a valid string"),
+     ("finance", 'x"@example.com', "line 7: owners: owner 'x\"@example.com'")],
 )  # fmt: skip
 def test_what_the_scaffold_renders_is_validated_before_it_is_moved_in(
     plain_mesh, monkeypatch, team, contact, field
@@ -259,21 +260,25 @@ def test_new_product_refuses_a_bad_domain_name_before_using_it_as_a_path(plain_m
     assert _tree(plain_mesh.root) == before
 
 
-def test_new_product_refuses_to_append_outside_the_models_list(plain_mesh):
-    """A products.yml whose `models:` is not its last block: the appended entry would land in
-    another block; the rendered file is read back and refused."""
+def test_new_product_lands_in_the_models_list_when_another_block_follows(plain_mesh):
+    """A products.yml whose `models:` is not its last block: the entry is added to the list
+    (a structural edit, not an append), the block after it is kept as it was."""
     yml = plain_mesh.dbt_projects_dir / "sales/models/products/products.yml"
     original = yml.read_text()
+    principals = plain_mesh.root / "principals.yaml"
+    declared = principals.read_text()
+    sql = yml.parent / "order_stats.sql"
     try:
-        yml.write_text(original + "\nexposures:\n  - name: dashboard\n")
-        before = _tree(plain_mesh.root)
-        with pytest.raises(ScaffoldError) as err:
-            new_product(plain_mesh, "sales", "order_stats")
-        assert "models:" in err.value.what and "nothing was written" in err.value.what
-        assert "products.yml" in err.value.fix
-        assert _tree(plain_mesh.root) == before
+        yml.write_text(original + "\nexposures:\n  - name: dashboard  # the board's\n")
+        new_product(plain_mesh, "sales", "order_stats")
+        data = yaml.safe_load(yml.read_text())
+        assert data["models"][-1]["name"] == "order_stats"
+        assert data["exposures"] == [{"name": "dashboard"}]
+        assert "  - name: dashboard  # the board's" in yml.read_text()
     finally:
         yml.write_text(original)
+        principals.write_text(declared)
+        sql.unlink(missing_ok=True)
 
 
 def test_a_domain_owned_by_an_upper_case_team_gets_no_product_skeleton(plain_mesh):
