@@ -4,6 +4,7 @@ read of it is refused naming its successor, and its consumer's grant check says 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pytest
@@ -12,15 +13,23 @@ from mesh_platform.access.consumption import consumption_problems
 from mesh_platform.dbt.project import load_manifest
 from mesh_platform.domain import load_domain
 from mesh_platform.errors import MeshError
+from mesh_platform.products.registry import load_directory
 from mesh_platform.query.engine import query
 from mesh_platform.testing import edited
 
 SUNSET = "sunset_on: 2027-06-30"  # the sample's (dbt_projects/logistics/.../products.yml)
 
 
+@contextlib.contextmanager
 def _sunset(mesh, day: dt.date):
+    """The sample's nations v1 with another sunset date; prepared again as it was after (the
+    shared build's later readers read the manifest as prepared)."""
     path = mesh.dbt_projects_dir / "logistics" / "models" / "products" / "products.yml"
-    return edited(path, SUNSET, f"sunset_on: {day.isoformat()}")
+    try:
+        with edited(path, SUNSET, f"sunset_on: {day.isoformat()}"):
+            yield
+    finally:
+        load_directory(mesh)  # re-prepares logistics from the restored file
 
 
 def _count(mesh, principal: str, address: str) -> int:
