@@ -8,6 +8,7 @@ commands, the edits, each command's wall-clock time) in test-artifacts/adopt.jso
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -21,6 +22,7 @@ from mesh_platform.config import load_mesh
 from mesh_platform.scaffold.adopt import adopt
 from mesh_platform.scaffold.describe import TODO_MARKER, find_todos
 from mesh_platform.scaffold.validate import ScaffoldError
+from mesh_platform.storage import warehouse
 from mesh_platform.testing import ARTIFACTS, REPO, mesh_files, run_mesh, why
 
 SHOP = REPO / "tests" / "fixtures" / "dbt_shop"
@@ -134,9 +136,26 @@ class Session:
 
 
 @pytest.mark.e2e
-def test_an_adopted_project_publishes_once_its_todos_are_filled(tmp_path):
+def test_an_adopted_product_lives_from_adoption_to_retirement(tmp_path):
+    """The whole story of issue 17 as a team lives it, each step a `mesh` command or an edit:
+    adopt, fill the TODOs, build and read, republish unchanged, raise the major in place
+    (refused), run both majors side by side with the old one deprecated (both published and
+    read, owner and readers told), let the sunset pass (the old major is no longer published,
+    reads are refused naming the successor), retire it (refused while granted, then forced)."""
     root = small_mesh(tmp_path / "mesh")
+    (root / "mesh.yaml").write_text("state_dir: state\nalerts:\n  sinks: [{type: file}]\n")
     session = Session(root)
+    schema = _adopt(session, root)
+    _fill_the_todos(session, schema)
+    _build_and_read(session, root)
+    _a_major_raised_in_place_is_refused(session, root, schema)
+    _both_majors_side_by_side(session, root, schema)
+    _after_the_sunset(session, root, schema)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "adopt.json").write_text(json.dumps(session.steps, indent=2))
+
+
+def _adopt(session: Session, root: Path) -> Path:
     adopted = session.mesh(
         "adopt", str(SHOP), "--domain", "shop", "--owner", "shop",
         "--product", PRODUCTS[0], "--product", PRODUCTS[1],
@@ -173,8 +192,12 @@ def test_an_adopted_project_publishes_once_its_todos_are_filled(tmp_path):
 
     check = session.mesh("check", "--domain", "shop", ok=False)
     assert check.returncode != 0 and TODO_MARKER in check.stdout + check.stderr
+    return schema
 
-    # a person fills the TODOs: nothing else is edited
+
+def _fill_the_todos(session: Session, schema: Path) -> None:
+    """A person fills the TODOs: nothing else is edited."""
+    lines = schema.read_text().split("\n")
     for old, new in [
         ('"TODO(mesh): why this product exists, for whom"',
          '"Web shop customers, for campaign targeting and support."'),
@@ -201,26 +224,149 @@ def test_an_adopted_project_publishes_once_its_todos_are_filled(tmp_path):
     )
     assert TODO_MARKER not in schema.read_text()
     session.mesh("check", "--domain", "shop")
-    built = session.mesh("build", "--domain", "shop")
-    assert "shop/dim_customers" in built.stdout and "shop/customer_order_summary" in built.stdout
 
+
+def _read(root: Path, principal: str, sql: str) -> list[dict]:
     from mesh_platform.query.engine import QuerySession
 
-    mesh = load_mesh(root)
-    with QuerySession("team:analysts", mesh=mesh) as reader:
-        rows = reader.sql("SELECT email, country_code FROM shop.dim_customers").to_pylist()
+    with QuerySession(principal, mesh=load_mesh(root)) as reader:
+        return reader.sql(sql).to_pylist()
+
+
+def _build_and_read(session: Session, root: Path) -> None:
+    built = session.mesh("build", "--domain", "shop")
+    assert "shop/dim_customers" in built.stdout and "shop/customer_order_summary" in built.stdout
+    rows = _read(root, "team:analysts", "SELECT email, country_code FROM shop.dim_customers")
     assert len(rows) == 30
     assert all(re.fullmatch(r"[0-9a-f]{64}", r["email"]) for r in rows)  # hashed on publication
-    with QuerySession("team:shop", mesh=mesh) as owner:
-        summary_rows = owner.sql(
-            "SELECT customer_id, categories FROM shop.customer_order_summary ORDER BY 1"
-        ).to_pylist()
-    assert len(summary_rows) == 30
-    assert all(isinstance(r["categories"], list | None) for r in summary_rows)
+    summary = _read(root, "team:shop", "SELECT categories FROM shop.customer_order_summary")
+    assert len(summary) == 30
+    assert all(isinstance(r["categories"], list | None) for r in summary)
 
-    # rebuilt unchanged: republished, the list column included (the schema check once compared
-    # nested field ids and blocked "list<string> -> list<string>"; fixed on i17-fix)
+
+def _snapshot(root: Path, address: str) -> int | None:
+    from mesh_platform.storage.catalog import open_catalog
+
+    catalog = open_catalog(load_mesh(root))
+    try:
+        if not catalog.table_exists(("shop", address.split(".")[1])):
+            return None
+        table = catalog.load_table(("shop", address.split(".")[1]))
+        return table.metadata.current_snapshot_id
+    finally:
+        catalog.engine.dispose()
+
+
+def _a_major_raised_in_place_is_refused(session: Session, root: Path, schema: Path) -> None:
+    """dim_customers' descriptor says 2.0.0 where 1.0.0 was: shop.dim_customers would vanish
+    under its readers. The build refuses to publish it and says how to keep v1 beside it."""
+    before = _snapshot(root, "shop.dim_customers")
+    session.edit(schema, "version: 1.0.0", "version: 2.0.0")  # dim_customers comes first
+    refused = session.mesh("build", "--domain", "shop", ok=False)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "would replace shop.dim_customers in place" in said, said[-3000:]
+    assert "mesh retire shop.dim_customers" in said and "Traceback" not in said
+    assert _snapshot(root, "shop.dim_customers") == before  # v1 untouched, still read
+    assert _snapshot(root, "shop.dim_customers_v2") is None
+    session.edit(schema, "version: 2.0.0", "version: 1.0.0")
+
+
+def _both_majors_side_by_side(session: Session, root: Path, schema: Path) -> None:
+    """v2 renames country_code to country: a dbt model version beside v1, which is deprecated
+    today with a sunset in 90 days. Both are published and read; owner and readers are told."""
+    marts = schema.parent
+    (marts / "dim_customers.sql").rename(marts / "dim_customers_v1.sql")
+    v1_sql = (marts / "dim_customers_v1.sql").read_text()
+    (marts / "dim_customers_v2.sql").write_text(
+        v1_sql.replace("country_code,", "country_code as country,")
+    )
+    today = dt.date.today()
+    _version_the_descriptor(
+        session, schema, deprecated_on=today, sunset_on=today + dt.timedelta(90)
+    )
+    republished = {
+        address: _snapshot(root, address)
+        for address in ("shop.dim_customers", "shop.customer_order_summary")
+    }
     session.mesh("build", "--domain", "shop")
+    for address, before in republished.items():  # the list column republished unchanged
+        assert _snapshot(root, address) not in (None, before), address
+    old = _read(root, "team:analysts", "SELECT country_code FROM shop.dim_customers")
+    new = _read(root, "team:analysts", "SELECT country FROM shop.dim_customers_v2")
+    assert sorted(r["country_code"] for r in old) == sorted(r["country"] for r in new)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "adopt.json").write_text(json.dumps(session.steps, indent=2))
+    alerts = root / "state" / "alerts" / "alerts.jsonl"
+    told = [json.loads(line) for line in alerts.read_text().splitlines()]
+    told = {
+        (a["recipient"], a.get("contact")) for a in told if a["product"] == "shop.dim_customers"
+    }
+    assert told == {("team:shop", "shop-data@example.com"), ("team:analysts", None)}
+    listed = session.mesh("deprecations", "--notify", "--format", "json")
+    (row,) = json.loads(listed.stdout)["deprecated"]
+    assert (row["address"], row["successor"]) == ("shop.dim_customers", "shop.dim_customers_v2")
+    assert row["consumers"] == ["team:analysts"] and not row["past_sunset"]
+    assert json.loads(listed.stdout)["sent"] == []  # the build told them already: once
+    early = session.mesh("retire", "shop.dim_customers", "--reason", "v2", "--force", ok=False)
+    assert early.returncode == 1 and "still declares it" in early.stderr
+
+
+def _version_the_descriptor(
+    session: Session, schema: Path, *, deprecated_on: dt.date, sunset_on: dt.date
+) -> None:
+    """The team's edit of dim_customers' YAML: its mesh block moves into two dbt versions."""
+    document = yaml.safe_load(schema.read_text())
+    model = next(m for m in document["models"] if m["name"] == "dim_customers")
+    mesh = model["config"].pop("meta")["mesh"]
+    old = {**mesh, "version": "1.0.0", "status": "deprecated",
+           "deprecated_on": deprecated_on, "sunset_on": sunset_on}  # fmt: skip
+    new = {**mesh, "version": "2.0.0", "status": "active", "grants": [
+        {**g, "columns": ["customer_id", "email", "country"]} if "columns" in g else g
+        for g in mesh["grants"]
+    ]}  # fmt: skip
+    country = next(c for c in model["columns"] if c["name"] == "country_code")
+    model["latest_version"] = 2
+    model["versions"] = [
+        {"v": 1, "config": {"meta": {"mesh": old}}},
+        {"v": 2, "config": {"meta": {"mesh": new}}, "columns": [
+            {"include": "all", "exclude": ["country_code"]}, {**country, "name": "country"},
+        ]},
+    ]  # fmt: skip
+    text = yaml.safe_dump(document, sort_keys=False)
+    session.steps.append({"edit": str(schema.relative_to(session.root)), "to": "versions"})
+    schema.write_text(text)
+
+
+def _after_the_sunset(session: Session, root: Path, schema: Path) -> None:
+    """Time passes (the dates move back instead of the clock forward): v1 is past its sunset.
+    The build publishes v2 only; a read of v1 is refused naming v2; retire is refused while
+    the analysts hold a grant, then forced with a reason; v1 is listed as retired."""
+    document = yaml.safe_load(schema.read_text())
+    model = next(m for m in document["models"] if m["name"] == "dim_customers")
+    v1 = model["versions"][0]["config"]["meta"]["mesh"]
+    sunset = dt.date.today() - dt.timedelta(days=1)
+    v1.update(deprecated_on=sunset - dt.timedelta(days=90), sunset_on=sunset)
+    schema.write_text(yaml.safe_dump(document, sort_keys=False))
+    before = {a: _snapshot(root, a) for a in ("shop.dim_customers", "shop.dim_customers_v2")}
+    built = session.mesh("build", "--domain", "shop")
+    assert f"reached its sunset on {sunset}" in built.stdout + built.stderr
+    assert _snapshot(root, "shop.dim_customers") == before["shop.dim_customers"]
+    assert _snapshot(root, "shop.dim_customers_v2") != before["shop.dim_customers_v2"]
+    read = session.mesh("query", "--as", "team:analysts",
+                        "SELECT country_code FROM shop.dim_customers", ok=False)  # fmt: skip
+    assert read.returncode == 1 and "shop.dim_customers_v2" in read.stderr
+
+    refused = session.mesh("retire", "shop.dim_customers", "--reason", "v2", ok=False)
+    assert refused.returncode == 1 and "live grant to team:analysts" in refused.stderr
+    mesh = load_mesh(root)
+    folder = warehouse.local_path(warehouse.table_folder(mesh.warehouse, "shop", "dim_customers"))
+    assert list(folder.rglob("*.parquet"))
+    session.mesh("retire", "shop.dim_customers", "--reason", "moved to v2", "--force")
+    assert _snapshot(root, "shop.dim_customers") is None
+    assert not folder.exists()  # its files went with it
+    listed = json.loads(session.mesh("products", "--format", "json").stdout)
+    retired = [r for r in listed if r["status"] == "retired"]
+    assert [(r["address"], r["reason"]) for r in retired] == [("shop.dim_customers", "moved to v2")]
+    assert _read(root, "team:analysts", "SELECT count(*) AS n FROM shop.dim_customers_v2") == [
+        {"n": 30}
+    ]

@@ -26,8 +26,7 @@ from mesh_platform.products.lifecycle import (
 )
 from mesh_platform.products.registry import load_directory
 from mesh_platform.products.retirement import retire as retire_product
-from mesh_platform.sla.alerts import recipients
-from mesh_platform.sla.deprecation import due_events, notify_deprecations
+from mesh_platform.sla.deprecation import due_events, notify_deprecations, readers
 
 
 class _ConsoleLog:
@@ -122,12 +121,12 @@ def deprecations(ctx: click.Context, domains: tuple[str, ...], notify: bool, fmt
     for d in sorted(load_directory(mesh).descriptors.values(), key=lambda d: str(d.address)):
         if d.body.status != "deprecated" or (domains and d.domain not in domains):
             continue
-        readers = [r for r, _ in recipients(mesh, str(d.address)) if not r.startswith("team:")]
+        consumers = [r for r, _ in readers(mesh, d, today)[1:]]  # after the owner
         rows.append({
             "address": str(d.address), "version": d.body.version,
             "deprecated_on": str(d.body.deprecated_on), "sunset_on": str(d.body.sunset_on),
             "past_sunset": past_sunset(d, today), "successor": d.successor,
-            "consumers": readers, "due": [e for e, _ in due_events(d, today, days)],
+            "consumers": consumers, "due": [e for e, _ in due_events(d, today, days)],
         })  # fmt: skip
     sent = []
     if notify:

@@ -69,8 +69,9 @@ def _message(descriptor: ProductDescriptor, today: dt.date, *, reminder: bool) -
     return text + (" (reminder)" if reminder else "")
 
 
-def _readers(mesh: Mesh, descriptor: ProductDescriptor, today: dt.date) -> list[tuple[str, Any]]:
-    """Owner and consumer domains, then every other principal with a live grant."""
+def readers(mesh: Mesh, descriptor: ProductDescriptor, today: dt.date) -> list[tuple[str, Any]]:
+    """(recipient, contact): the owner team first, then the consumer domains, then every other
+    principal with a live grant."""
     found = recipients(mesh, str(descriptor.address))
     known = {r for r, _ in found} | {descriptor.domain}
     for grant in descriptor.body.grants:
@@ -98,7 +99,7 @@ def deprecation_notices(
                 continue
             address = str(d.address)
             incident = f"{address}:deprecated:{d.body.deprecated_on}"
-            for recipient, contact in _readers(mesh, d, today):
+            for recipient, contact in readers(mesh, d, today):
                 keys = [f"{address}|{event}|{date}|{recipient}" for event, date in due]
                 fresh = [i for i, key in enumerate(keys) if key not in sent]
                 if not fresh:
