@@ -12,6 +12,7 @@ from rich.table import Table
 
 from mesh_platform.cli.common import load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
+from mesh_platform.cli.options import format_option
 from mesh_platform.discovery.diff import diff_report
 from mesh_platform.errors import printable
 
@@ -31,10 +32,7 @@ from mesh_platform.errors import printable
     type=click.IntRange(min=1),
     help="Readers from the audit log of the last N days.",
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json", "junit"]), default="table",
-    show_default=True, help="Output format (junit: for CI test reports).",
-)  # fmt: skip
+@format_option("table", "json", "junit")
 @click.pass_context
 @mesh_command
 def diff(ctx: click.Context, base: str, days: int, fmt: str) -> None:

@@ -20,6 +20,7 @@ from mesh_platform.access.principals import Principal, load_principals
 from mesh_platform.cli.common import console, fail, load_context_mesh, out
 from mesh_platform.cli.lifecycle import retired_of, retirement_text
 from mesh_platform.cli.main import mesh_command
+from mesh_platform.cli.options import format_option
 from mesh_platform.discovery.catalog import ProductRecord, find_record, product_records
 from mesh_platform.discovery.catalog import search as search_records
 from mesh_platform.discovery.describe import render_text
@@ -40,9 +41,7 @@ from mesh_platform.sla.report import brief, product_attainment
 @click.option("--search", metavar="TEXT", help="Only products whose address, purpose, "
               "description, owner, tags or columns mention TEXT.")  # fmt: skip
 @click.option("--as", "as_", metavar="PRINCIPAL", help="Show what PRINCIPAL may read of each.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option("table", "json")
 @click.pass_context
 @mesh_command
 def products(
@@ -139,9 +138,7 @@ def _unreadable(records: list[ProductRecord]) -> None:
 
 @click.command()
 @click.argument("address")
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@format_option("text", "json")
 @click.pass_context
 @mesh_command
 def describe(ctx: click.Context, address: str, fmt: str) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.lifecycle import orphans_json, print_orphans
 from mesh_platform.cli.main import mesh_command
-from mesh_platform.cli.options import duration_option, selected_domains
+from mesh_platform.cli.options import duration_option, format_option, selected_domains
 from mesh_platform.errors import printable, printable_value
 from mesh_platform.governance.evaluate import check_domain
 from mesh_platform.governance.policy import Violation
@@ -27,10 +27,7 @@ from mesh_platform.sla.report import journal_note, product_attainment
 
 @click.command()
 @click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json", "junit"]), default="table",
-    show_default=True, help="Output format (junit: for CI test reports).",
-)  # fmt: skip
+@format_option("table", "json", "junit")
 @click.pass_context
 @mesh_command
 def check(ctx: click.Context, domains: tuple[str, ...], fmt: str) -> None:
@@ -90,9 +87,7 @@ def _percent(value: float | None) -> str:
 @click.option("--product", "products_", multiple=True, metavar="ADDRESS",
               help="Only this product (repeatable).")  # fmt: skip
 @click.option("--since", default="7d", show_default=True, help="Window: '12h', '7d', '30d'.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option("table", "json")
 @click.pass_context
 @mesh_command
 def sla(

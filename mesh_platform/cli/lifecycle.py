@@ -16,6 +16,7 @@ from rich.table import Table
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
+from mesh_platform.cli.options import format_option
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError, printable
 from mesh_platform.products.lifecycle import (
@@ -105,9 +106,7 @@ def retire(ctx: click.Context, address: str, reason: str, force: bool, by: str |
 @click.command()
 @click.option("--domain", "domains", multiple=True, help="Only this domain (repeatable).")
 @click.option("--notify", is_flag=True, help="Send the notices due now (each only once).")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option("table", "json")
 @click.pass_context
 @mesh_command
 def deprecations(ctx: click.Context, domains: tuple[str, ...], notify: bool, fmt: str) -> None:

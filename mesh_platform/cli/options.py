@@ -1,9 +1,12 @@
-"""The parsing of options several ``mesh`` commands take: durations, principals, domains."""
+"""The options several ``mesh`` commands take, and their parsing: output formats, durations,
+principals, domains."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import click
 
@@ -11,6 +14,17 @@ from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError
 from mesh_platform.formats import parse_duration
 from mesh_platform.workspace import check_workspace
+
+_FORMATS = {"junit": "junit: JUnit XML, for CI test reports"}
+
+
+def format_option(*choices: str) -> Callable[[Any], Any]:
+    """``--format`` (as ``fmt``) among ``choices``, the first the default."""
+    said = "; ".join(_FORMATS[c] for c in choices if c in _FORMATS)
+    return click.option(
+        "--format", "fmt", type=click.Choice(list(choices)), default=choices[0],
+        show_default=True, help="Output format" + (f" ({said})." if said else "."),
+    )  # fmt: skip
 
 
 def duration_option(text: str, option: str | None = None) -> timedelta:

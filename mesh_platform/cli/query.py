@@ -18,7 +18,7 @@ from rich.table import Table
 
 from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
-from mesh_platform.cli.options import principal_option
+from mesh_platform.cli.options import format_option, principal_option
 from mesh_platform.errors import MeshError, printable_value
 from mesh_platform.query.engine import parse_at
 from mesh_platform.query.remote import open_session
@@ -28,10 +28,7 @@ from mesh_platform.query.remote import open_session
 @click.argument("sql")
 @click.option("--as", "as_", metavar="PRINCIPAL", help="Read as this principal ($MESH_PRINCIPAL).")
 @click.option("--at", metavar="SNAPSHOT|TIMESTAMP", help="Time travel: a snapshot id or ISO time.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
-    show_default=True, help="Output format.",
-)  # fmt: skip
+@format_option("table", "csv", "json", "parquet")
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
     help="Write the result to this file instead of standard output.",

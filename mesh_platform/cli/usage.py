@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
+from mesh_platform.cli.options import format_option
 from mesh_platform.discovery.usage import DEFAULT_DAYS, usage_report, usage_table
 
 
@@ -20,9 +21,7 @@ from mesh_platform.discovery.usage import DEFAULT_DAYS, usage_report, usage_tabl
     "--days", type=click.IntRange(min=1), default=DEFAULT_DAYS, show_default=True,
     help="Count reads of the last N days.",
 )  # fmt: skip
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option("table", "json")
 @click.pass_context
 @mesh_command
 def usage(ctx: click.Context, address: str | None, days: int, fmt: str) -> None:

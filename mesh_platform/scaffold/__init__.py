@@ -22,14 +22,16 @@ placeholders).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Protocol
 
 import yaml
 
@@ -199,6 +201,49 @@ def _roll_back(moved: list[Path], backups: dict[Path, str | None]) -> None:
             write_atomically(shared, text)
 
 
+class _Outcome(Protocol):
+    """What a scaffold reports of the files it wrote (Scaffolded, adopt's Adopted)."""
+
+    created: list[Path]
+    changed: list[Path]
+
+
+@contextlib.contextmanager
+def _installed(
+    mesh: Mesh, name: str, team: str, staged: list[tuple[Path, Path]], result: _Outcome
+) -> Iterator[None]:
+    """Move each staged (source, target) into place, add ``team`` to principals.yaml and the
+    domain to workspace.yaml, run the body, then create the domain's Iceberg namespace. If
+    anything fails, what was moved is removed and the shared files are restored; the paths
+    moved or changed are recorded in ``result`` (relative to the mesh root) on success."""
+    workspace, principals = mesh.workspace_file, mesh.root / "principals.yaml"
+    moved: list[Path] = []
+    backups: dict[Path, str | None] = {}
+    try:
+        for source, target in staged:
+            os.rename(source, target)
+            moved.append(target)
+        # Shared files last: each is replaced atomically, and restored if a later step fails.
+        for shared in (principals, workspace):
+            backups[shared] = shared.read_text() if shared.is_file() else None
+        if (team_text := _with_team(backups[principals] or "", team, name)) is not None:
+            write_atomically(principals, team_text)
+            result.changed.append(principals)
+        write_atomically(workspace, render_workspace(mesh))
+        result.changed.append(workspace)
+        yield
+        catalog = open_catalog(mesh)
+        try:
+            ensure_namespace(catalog, name)
+        finally:
+            catalog.engine.dispose()
+    except BaseException:
+        _roll_back(moved, backups)
+        raise
+    result.created = [p.relative_to(mesh.root) for p in moved]
+    result.changed = [p.relative_to(mesh.root) for p in result.changed]
+
+
 def new_domain(
     mesh: Mesh, name: str, *, team: str, contact: str | None = None, description: str | None = None
 ) -> Scaffolded:
@@ -222,8 +267,6 @@ def new_domain(
         "expires": (dt.date.today() + dt.timedelta(days=365 * GRANT_YEARS)).isoformat(),
     }
     staging = Path(tempfile.mkdtemp(prefix=f".mesh-new-{name}-", dir=mesh.root))
-    moved: list[Path] = []
-    backups: dict[Path, str | None] = {}
     result = Scaffolded()
     try:
         _render_tree(TEMPLATES / "domain" / "code", staging / "code", values)
@@ -236,40 +279,17 @@ def new_domain(
             _with_team(principals.read_text() if principals.is_file() else "", team, name),
             principals,
         )
-        for source, target in (
-            (staging / "code", code_dir),
-            (staging / "dbt", dbt_dir),
-            (staging / "test.py", test_file),
-        ):
-            os.rename(source, target)
-            moved.append(target)
-        # Shared files last: each is replaced atomically, and restored if a later step fails.
-        for shared in (principals, workspace):
-            backups[shared] = shared.read_text() if shared.is_file() else None
-        team_text = _with_team(backups[principals] or "", team, name)
-        if team_text is not None:
-            write_atomically(principals, team_text)
-            result.changed.append(principals)
-        write_atomically(workspace, render_workspace(mesh))
-        result.changed.append(workspace)
-        mesh.ensure_state_dir()
-        catalog = open_catalog(mesh)
-        try:
-            ensure_namespace(catalog, name)
-        finally:
-            catalog.engine.dispose()
-    except BaseException as exc:
-        _roll_back(moved, backups)
-        if isinstance(exc, OSError):
-            raise ScaffoldError(
-                f"could not scaffold domain {name!r}: {exc}; nothing was left behind",
-                fix="fix the cause above and run the command again",
-            ) from exc
-        raise
+        staged = [(staging / "code", code_dir), (staging / "dbt", dbt_dir),
+                  (staging / "test.py", test_file)]  # fmt: skip
+        with _installed(mesh, name, team, staged, result):
+            mesh.ensure_state_dir()
+    except OSError as exc:
+        raise ScaffoldError(
+            f"could not scaffold domain {name!r}: {exc}; nothing was left behind",
+            fix="fix the cause above and run the command again",
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    result.created = [p.relative_to(mesh.root) for p in moved]
-    result.changed = [p.relative_to(mesh.root) for p in result.changed]
     result.next_commands = [
         f"mesh prepare --domain {name}",
         f"mesh check --domain {name}",

@@ -48,7 +48,6 @@ from mesh_platform.dbt.isolation import isolation_problems
 from mesh_platform.dbt.project import load_manifest, prepare
 from mesh_platform.domain import DOMAIN_FILE, Domain, load_domain, parse_domain_spec
 from mesh_platform.errors import MeshError
-from mesh_platform.files import write_atomically
 from mesh_platform.scaffold import (
     TEMPLATES,
     _check_description,
@@ -56,15 +55,13 @@ from mesh_platform.scaffold import (
     _check_new_domain,
     _check_team,
     _check_writable,
+    _installed,
     _render_tree,
-    _roll_back,
     _with_team,
 )
 from mesh_platform.scaffold.adopt_build import build_once, describe_products, read_back
 from mesh_platform.scaffold.describe import ProductFacts, find_todos
 from mesh_platform.scaffold.validate import ScaffoldError, validate_principals
-from mesh_platform.storage.catalog import ensure_namespace, open_catalog
-from mesh_platform.workspace import render_workspace
 
 PLATFORM_PACKAGE_PATH = "../../mesh_platform/dbt/dbt_package"
 PLATFORM_PACKAGE_LINE = (
@@ -290,28 +287,12 @@ def adopt(
     _check_writable(mesh, (workspace, principals), mesh.domains_dir)
     result = Adopted(name, source)
     staging = Path(tempfile.mkdtemp(prefix=f".mesh-adopt-{name}-", dir=mesh.root))
-    moved: list[Path] = []
-    backups: dict[Path, str | None] = {}
     try:
         _stage(mesh, staging, source, name, team, contact, description, project)
-        for staged, target in ((staging / "code", code_dir), (staging / "dbt", dbt_dir)):
-            os.rename(staged, target)
-            moved.append(target)
-        for shared in (principals, workspace):
-            backups[shared] = shared.read_text() if shared.is_file() else None
-        if (team_text := _with_team(backups[principals] or "", team, name)) is not None:
-            write_atomically(principals, team_text)
-            result.changed.append(principals)
-        write_atomically(workspace, render_workspace(mesh))
-        result.changed.append(workspace)
-        _adopt_files(mesh, load_domain(mesh, name), products, team, contact, result)
-        catalog = open_catalog(mesh)
-        try:
-            ensure_namespace(catalog, name)
-        finally:
-            catalog.engine.dispose()
+        staged = [(staging / "code", code_dir), (staging / "dbt", dbt_dir)]
+        with _installed(mesh, name, team, staged, result):
+            _adopt_files(mesh, load_domain(mesh, name), products, team, contact, result)
     except BaseException as exc:
-        _roll_back(moved, backups)
         for state in (mesh.domain_state_dir(name), mesh.state_dir / "dbt" / name):
             shutil.rmtree(state, ignore_errors=True)
         if isinstance(exc, MeshError):  # named in the team's project, which is what to fix
@@ -333,8 +314,6 @@ def adopt(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    result.created = [p.relative_to(mesh.root) for p in moved]
-    result.changed = [p.relative_to(mesh.root) for p in result.changed]
     result.next_commands = [
         "fill each TODO(mesh) above (edit the YAML; the suggested classifications too, if wrong)",
         f"mesh check --domain {name}",

@@ -15,13 +15,14 @@ its query rather than filling the service's memory.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mesh_platform.config import Mesh
 from mesh_platform.errors import MeshError
@@ -31,6 +32,7 @@ from mesh_platform.query.engine import QueryLimitError, QuerySession
 from mesh_platform.serve.catalog import Catalogs, PrincipalCatalog
 from mesh_platform.serve.identity import Identity
 from mesh_platform.serve.results import Column, columns, data_rows
+from mesh_platform.settings import ServeSettings
 
 Encoder = Callable[[Any, list[Column]], list[bytes]]
 QUEUED_BATCHES = 4  # encoded batches waiting for a client at most, per query
@@ -281,3 +283,20 @@ class Engines:
         for session in sessions:
             session.close()
         self.catalogs.close()
+
+
+class Service(Protocol):
+    """What a connection asks of the service that accepted it (serve.server.Server): the
+    protocol layer depends on this shape, not on the service's module."""
+
+    tls_context: ssl.SSLContext | None
+    settings: ServeSettings
+    engines: Engines
+
+    def cancel(self, process_id: int, secret: bytes) -> None: ...
+    def check_login_allowed(self, peer: str, user: str, app: str, *, tls: bool) -> None: ...
+    async def authenticate(self, peer: str, user: str, password: str, app: str) -> Identity: ...
+    def still_valid(self, client: Client | None) -> bool: ...
+    async def catalog_query(
+        self, client: Client, statement: Any, portal: Any, encode: Encoder = ...
+    ) -> Result: ...

@@ -20,7 +20,7 @@ import logging
 import secrets
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 from pygwire import BackendConnection, PygwireError
@@ -40,12 +40,9 @@ from mesh_platform.serve.copy_out import (
     parse_copy,
     text_rows,
 )
-from mesh_platform.serve.engines import Client, Encoder, Result
+from mesh_platform.serve.engines import Client, Encoder, Result, Service
 from mesh_platform.serve.errors import ProtocolViolation, error_fields
 from mesh_platform.serve.results import columns, data_rows, parameter_text
-
-if TYPE_CHECKING:
-    from mesh_platform.serve.server import Server
 
 log = logging.getLogger("mesh.serve")
 _STATUS = {"I": TransactionStatus.IDLE, "T": TransactionStatus.IN_TRANSACTION,
@@ -72,7 +69,7 @@ class Portal:
 class Connection:
     """The protocol of one client: its login, then its statements."""
 
-    def __init__(self, server: Server, reader: Any, writer: Any, peer: str) -> None:
+    def __init__(self, server: Service, reader: Any, writer: Any, peer: str) -> None:
         self.server = server
         self.reader, self.writer = reader, writer
         self.peer = peer
