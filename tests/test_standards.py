@@ -29,7 +29,7 @@ from mesh_platform.errors import MeshError
 from mesh_platform.products.registry import UnknownProductError, load_directory
 
 TODAY = dt.date(2026, 11, 25)
-ODPS_SCHEMA = Path(validation.__file__).parent / "schemas" / "odps-json-schema-v1.0.0.json"
+ODPS_SCHEMA = Path(validation.__file__).parent / "schemas" / "odps-json-schema-v1.1.0.json"
 
 
 def _official_schema(fmt: str) -> dict:
@@ -115,7 +115,7 @@ def test_identity_version_and_status_of_every_product(prepared_mesh, documents):
     for address, d in load_directory(prepared_mesh).descriptors.items():
         odcs, odps = documents["odcs"][address], documents["odps"][address]
         assert odcs["apiVersion"].startswith("v3.") and odcs["kind"] == "DataContract"
-        assert odps["apiVersion"] == "v1.0.0" and odps["kind"] == "DataProduct"
+        assert odps["apiVersion"] == "v1.1.0" and odps["kind"] == "DataProduct"
         for doc in (odcs, odps):
             assert doc["id"] == d.address.urn
             assert doc["name"] == address
@@ -208,12 +208,14 @@ def test_orders_contract_keys_partitioning_and_rules(documents):
     (in_set,) = props["order_status"]["quality"]
     assert in_set["metric"] == "invalidValues"
     assert in_set["arguments"] == {"validValues": ["F", "O", "P"]}
-    (between,) = props["total_price"]["quality"]  # no library metric: the GE rule as is
-    assert between["type"] == "custom" and between["engine"] == odcs_quality.GX_ENGINE
-    assert between["implementation"] == {
-        "type": "expect_column_values_to_be_between",
-        "kwargs": {"column": "total_price", "min_value": 0},
-    }
+    (between,) = props["total_price"]["quality"]  # no library metric: the standard's sql rule
+    assert between["type"] == "sql" and "engine" not in between
+    assert between["query"] == "SELECT COUNT(*) FROM ${table} WHERE ${column} < 0"
+    assert (between["mustBe"], between["unit"]) == (0, "rows")
+    volume = next(r for r in table["quality"] if r.get("engine") == odcs_quality.MESH_ENGINE)
+    assert volume["type"] == "custom" and volume["description"].startswith(
+        odcs_quality.NOT_STANDARD
+    )
 
 
 def test_deprecated_nations_maps_to_deprecated_then_retired(prepared_mesh, records, documents):
@@ -221,6 +223,7 @@ def test_deprecated_nations_maps_to_deprecated_then_retired(prepared_mesh, recor
     assert odcs["status"] == odps["status"] == "deprecated"
     assert odcs["version"] == "1.3.0"
     assert odcs["schema"][0]["deprecated"] is True
+    assert odps["deprecated"] is True and "deprecated" not in documents["odps"]["sales.orders"]
     assert {"property": "endOfLife", "value": "2027-06-30"}.items() <= next(
         s for s in odcs["slaProperties"] if s["property"] == "endOfLife"
     ).items()
@@ -247,12 +250,10 @@ def test_odps_input_ports_are_the_upstream_products(prepared_mesh, documents):
     assert [c["id"] for c in output["inputContracts"]] == [
         p["contractId"] for p in doc["inputPorts"]
     ]
-    assert doc["team"][0] == {
-        "username": "marketing-analytics@example.com",
-        "name": "marketing",
-        "description": "Owning team (principal team:marketing).",
-        "role": "owner",
-    }
+    assert doc["team"]["name"] == "marketing"  # an object with members, as ODCS v3.1+
+    assert doc["team"]["members"] == [
+        {"username": "marketing-analytics@example.com", "role": "owner"}
+    ]
     # a Python product's declared input; a product built from domain sources has no input port
     python = documents["odps"]["marketing.segment_summary"]
     assert [p["name"] for p in python["inputPorts"]] == ["marketing.customer_segments"]
@@ -294,11 +295,9 @@ def test_broken_documents_fail_validation(documents, validators, fmt):
         bad_url = copy.deepcopy(doc)
         bad_url["support"][0]["url"] = "not a uri"
         assert any("uri" in e for e in _errors(validators[fmt], bad_url))
-        no_status = copy.deepcopy(doc)
-        del no_status["status"]
-        assert any(
-            "'status' is a required property" in e for e in _errors(validators[fmt], no_status)
-        )
+        team_list = copy.deepcopy(doc)  # the pre-v1.0.0 shape: a list of members
+        team_list["team"] = doc["team"]["members"]
+        assert any(e.startswith("team:") for e in _errors(validators[fmt], team_list))
 
 
 # --- mapping units -------------------------------------------------------------------------------
