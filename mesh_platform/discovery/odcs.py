@@ -284,8 +284,11 @@ def _server(mesh: Mesh, descriptor: ProductDescriptor) -> Server:
     """The product's Iceberg table in the mesh's catalog, as the standard's ``iceberg`` server:
     the catalog's URL (without any password) and the warehouse. ODCS tools read the table with
     pyiceberg from there, e.g. ``DATACONTRACT_ICEBERG_CATALOG_TYPE=sql datacontract test``
-    (the catalog is a pyiceberg SQL catalog, which the standard has no field for; a password
-    or S3 credentials come from the tool's own settings, never from the contract).
+    (the catalog is a pyiceberg SQL catalog, which the standard has no field for). Secrets come
+    from the tool's own settings, never from the contract: the catalog URL with its password
+    (``DATACONTRACT_ICEBERG_CATALOG_URL``), the S3 keys (``DATACONTRACT_S3_ACCESS_KEY_ID``,
+    ``DATACONTRACT_S3_SECRET_ACCESS_KEY``) and an S3-compatible endpoint
+    (``DATACONTRACT_ICEBERG_S3_ENDPOINT``) for a warehouse on S3.
 
     Whoever runs them reads the stored data with the catalog's and the warehouse's credentials:
     the owner's view, before the mesh's read-time masks, row filters and grants, which only the
