@@ -26,6 +26,7 @@ from mesh_platform.discovery import odcs_quality, odcs_types, standards, validat
 from mesh_platform.discovery.catalog import product_records
 from mesh_platform.discovery.standard_fields import FORMATS, safe_uri
 from mesh_platform.errors import MeshError
+from mesh_platform.products.descriptor_sla import Expectation
 from mesh_platform.products.registry import UnknownProductError, load_directory
 
 TODAY = dt.date(2026, 11, 25)
@@ -408,3 +409,27 @@ def test_mesh_export_command(prepared_mesh, tmp_path):
     result = CliRunner().invoke(cli, [*root, "export", "sales.ordrs", "--format", "odcs"])
     assert result.exit_code == 1
     assert "did you mean sales.orders" in result.output
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"min_value": 0}, {"type": "sql", "mustBe": 0, "unit": "rows",
+          "query": "SELECT COUNT(*) FROM ${table} WHERE ${column} < 0"}),
+        ({"min_value": 1, "max_value": 50, "strict_max": True}, {"type": "sql", "mustBe": 0,
+          "unit": "rows",
+          "query": "SELECT COUNT(*) FROM ${table} WHERE ${column} < 1 OR ${column} >= 50"}),
+        ({"max_value": 0.1, "mostly": 0.95}, {"type": "sql", "mustBeLessOrEqualTo": 5.0,
+          "unit": "percent", "query": "SELECT COALESCE(100.0 * SUM(CASE WHEN ${column} > 0.1 "
+          "THEN 1 ELSE 0 END) / NULLIF(COUNT(*), 0), 0) FROM ${table}"}),
+        ({"min_value": "2020-01-01"}, {"type": "custom"}),  # no number: no standard form
+    ],
+)  # fmt: skip
+def test_between_on_values_is_the_standards_sql_rule(kwargs, expected):
+    rule = odcs_quality.quality_rule(
+        Expectation(type="expect_column_values_to_be_between", kwargs={"column": "x", **kwargs})
+    ).model_dump(by_alias=True, exclude_none=True)
+    assert expected.items() <= rule.items()
+    if rule["type"] == "custom":
+        assert rule["engine"] == odcs_quality.GX_ENGINE
+        assert rule["description"].startswith(odcs_quality.NOT_STANDARD)
