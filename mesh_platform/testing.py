@@ -64,6 +64,7 @@ MESH_FILES = (
     "governance.yaml",
     "principals.yaml",
     "workspace.yaml",
+    "datacontract-config.yaml",
     "domains",
     "dbt_projects",
 )

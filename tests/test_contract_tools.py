@@ -26,20 +26,20 @@ import jsonschema
 import pytest
 import yaml
 
-from mesh_platform.discovery import odcs, odcs_quality, odps, validation
+from mesh_platform.discovery import odcs_quality, odps, validation
 from mesh_platform.discovery.catalog import product_records
 from mesh_platform.discovery.standards import export_product
 from mesh_platform.products.registry import load_directory
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = {odcs.CATALOG_TYPE_ENV: "sql"}  # the tool's setting, not an edit of the contract
 VENDORED_ODPS = Path(validation.__file__).parent / "schemas" / validation.ODPS_SCHEMA_FILE
 
 
 @pytest.fixture(autouse=True)
 def _no_datacontract_settings(monkeypatch: pytest.MonkeyPatch):
-    """The runs see only CONFIG: none of the developer's DATACONTRACT_* settings."""
+    """The runs see only the mesh root's datacontract-config.yaml, none of the developer's
+    DATACONTRACT_* settings."""
     for key in list(os.environ):
         if key.startswith("DATACONTRACT_"):
             monkeypatch.delenv(key)
@@ -74,10 +74,15 @@ def contracts(sample_build, addresses, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def data_contract():
-    from datacontract.data_contract import DataContract  # heavy: ibis, duckdb, pyiceberg
+def data_contract(sample_build):
+    """datacontract-cli's DataContract, with the tool's settings from the mesh root's
+    datacontract-config.yaml (what its command line reads there): the catalog type only."""
+    from datacontract.config import Config  # heavy: datacontract-cli (ibis, duckdb, pyiceberg)
+    from datacontract.data_contract import DataContract  # heavy: datacontract-cli
 
-    return DataContract
+    settings = Config.from_yaml(sample_build.root / "datacontract-config.yaml")
+    assert settings.model_dump(exclude_none=True) == {"iceberg_catalog_type": "sql"}
+    return lambda path: DataContract(data_contract_file=str(path), config=settings)
 
 
 def _result(run) -> str:
@@ -132,8 +137,8 @@ def test_datacontract_lint_and_test_pass_every_exported_contract_as_is(
     failures, executed = {}, {}
     for address, path in contracts.items():
         before = hashlib.sha256(path.read_bytes()).hexdigest()
-        lint = data_contract(data_contract_file=str(path)).lint()
-        test = data_contract(data_contract_file=str(path), config=CONFIG).test()
+        lint = data_contract(path).lint()
+        test = data_contract(path).test()
         assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # run as exported
         if _result(lint) != "passed" or _result(test) != "passed":
             failures[address] = {"lint": _not_passed(lint), "test": _not_passed(test)}
@@ -181,9 +186,7 @@ def test_a_rule_that_cannot_hold_fails(contracts, rows, data_contract, tmp_path)
         (rule,) = [r for r in document["schema"][0]["quality"] if r.get("metric") == "rowCount"]
         rule["mustBeGreaterOrEqualTo"] = real + 1
 
-    run = data_contract(
-        data_contract_file=str(_edited(contracts[address], tmp_path, more_rows)), config=CONFIG
-    ).test()
+    run = data_contract(_edited(contracts[address], tmp_path, more_rows)).test()
     assert _result(run) == "failed"
     failed = _not_passed(run)
     assert [c["type"] for c in failed] == ["row_count"], failed
@@ -194,24 +197,26 @@ def test_a_rule_that_cannot_hold_fails(contracts, rows, data_contract, tmp_path)
         assert rule["type"] == "sql"
         rule["query"] = rule["query"].replace("< 0", "< 1e15")  # every price is below 1e15
 
-    run = data_contract(
-        data_contract_file=str(_edited(contracts[address], tmp_path, no_price_fits)),
-        config=CONFIG,
-    ).test()
+    run = data_contract(_edited(contracts[address], tmp_path, no_price_fits)).test()
     assert _result(run) == "failed"
     failed = _not_passed(run)
     assert [(c["type"], c["result"]) for c in failed] == [("field_quality_sql", "failed")], failed
 
 
-def test_the_command_line_runs_an_export_as_is(contracts):
-    """`datacontract lint` and `datacontract test` as a user runs them: the file as exported,
-    the catalog type in the tool's environment."""
+def test_the_command_line_runs_an_export_as_is(sample_build, contracts):
+    """`datacontract lint` and `datacontract test` as the owner runs them from the mesh root:
+    the file as exported, no DATACONTRACT_* variable (the root's datacontract-config.yaml)."""
     path = contracts["sales.customers"]
     tool = Path(sys.executable).with_name("datacontract")
-    env = {**os.environ, **CONFIG}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACONTRACT_")}
     for command in ("lint", "test"):
         result = subprocess.run(
-            [str(tool), command, str(path)], capture_output=True, text=True, env=env, timeout=300
+            [str(tool), command, str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=sample_build.root,
+            timeout=300,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = yaml.safe_load(path.read_text())

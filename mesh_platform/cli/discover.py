@@ -213,8 +213,9 @@ def export(ctx: click.Context, address: str, fmt: str, output: Path | None, vali
     """Export a product in an open standard, as YAML: its data contract (ODCS, Bitol Open Data
     Contract Standard v3) or its product descriptor (ODPS, Bitol Open Data Product Standard
     v1.1). ADDRESS is a product address (sales.orders) or URN. datacontract-cli runs an exported
-    contract as is: DATACONTRACT_ICEBERG_CATALOG_TYPE=sql datacontract test FILE (it reads the
-    stored table with the catalog's credentials: the owner's view, before read-time masks)."""
+    contract as is from the mesh root (datacontract test FILE; its datacontract-config.yaml is
+    there): it reads the stored table with the catalog's credentials, the owner's view, before
+    read-time masks."""
     mesh = load_context_mesh(ctx)
     text = export_product(mesh, address, fmt, output=output, validate=validate)
     if output is None:

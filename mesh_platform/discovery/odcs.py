@@ -276,15 +276,17 @@ def _roles(descriptor: ProductDescriptor) -> list[Role]:
 
 
 CATALOG_TYPE_ENV = "DATACONTRACT_ICEBERG_CATALOG_TYPE"
-"""datacontract-cli's setting for the pyiceberg catalog type: the standard's ``iceberg`` server
-names a catalog by URL only, and the tool takes an URL for a REST catalog unless told."""
+"""datacontract-cli's setting for the pyiceberg catalog type (``iceberg.catalog_type`` in its
+datacontract-config.yaml, which the mesh root holds): the standard's ``iceberg`` server names a
+catalog by URL only, and the tool takes an URL for a REST catalog unless told."""
 
 
 def _server(mesh: Mesh, descriptor: ProductDescriptor) -> Server:
     """The product's Iceberg table in the mesh's catalog, as the standard's ``iceberg`` server:
     the catalog's URL (without any password) and the warehouse. ODCS tools read the table with
-    pyiceberg from there, e.g. ``DATACONTRACT_ICEBERG_CATALOG_TYPE=sql datacontract test``
-    (the catalog is a pyiceberg SQL catalog, which the standard has no field for). Secrets come
+    pyiceberg from there: ``datacontract test`` run from the mesh root, whose
+    datacontract-config.yaml tells it the catalog is a pyiceberg SQL catalog (the standard has no
+    field for that; elsewhere ``DATACONTRACT_ICEBERG_CATALOG_TYPE=sql``). Secrets come
     from the tool's own settings, never from the contract: the catalog URL with its password
     (``DATACONTRACT_ICEBERG_CATALOG_URL``), the S3 keys (``DATACONTRACT_S3_ACCESS_KEY_ID``,
     ``DATACONTRACT_S3_SECRET_ACCESS_KEY``) and an S3-compatible endpoint
@@ -298,8 +300,9 @@ def _server(mesh: Mesh, descriptor: ProductDescriptor) -> Server:
     return Server(
         server=catalog,
         type="iceberg",
-        description=f"The mesh's Iceberg catalog (a pyiceberg SQL catalog: set {CATALOG_TYPE_ENV}"
-        f"=sql for datacontract-cli); the product is table {d.domain}.{d.address.table}. Read "
+        description=f"The mesh's Iceberg catalog, a pyiceberg SQL catalog (datacontract-cli: "
+        f"run it from the mesh root, or set {CATALOG_TYPE_ENV}=sql); the product is table "
+        f"{d.domain}.{d.address.table}. Read "
         "directly, it is the stored data before read-time masks, row filters and grants: the "
         "owner's view. Consumers read through the mesh (mesh query, mesh serve).",
         environment=mesh.settings.profile,

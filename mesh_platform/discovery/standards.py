@@ -24,7 +24,7 @@ original expectation in its custom property ``greatExpectations``. Freshness is 
 filter as custom properties), the owner is ``team`` and ``support``. The server is the product's
 table in the mesh's catalog as the standard's ``iceberg`` server (catalog URL without any
 password, namespace, warehouse), the form datacontract-cli opens: ``datacontract test`` runs an
-export unchanged, told only the catalog type (``DATACONTRACT_ICEBERG_CATALOG_TYPE=sql``); it
+export unchanged, told only the catalog type (the mesh root's datacontract-config.yaml); it
 reads the stored data with the platform's credentials, the owner's view. What has no field in
 the standard (address, lineage, masking, partitioning, ...) is a custom property
 (:mod:`.standard_fields` holds what both standards share).
