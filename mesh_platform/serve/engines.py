@@ -111,6 +111,28 @@ class Result:
         return item
 
 
+def hand_over(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], item: Any, gone: threading.Event
+) -> None:
+    """Put ``item`` on ``queue`` (the connection's, a bounded one: waits while the client reads
+    slowly) from a query thread; ClientGoneError once ``gone`` is set.
+
+    One put, awaited: never retried. A put cancelled after a timeout may already have landed
+    (the loop ran it but had not yet reported it: a busy machine), so a retry could send a batch
+    twice; waiting on the same put cannot."""
+    future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+    while True:
+        try:
+            future.result(timeout=0.5)
+            return
+        except TimeoutError:
+            if gone.is_set():
+                future.cancel()  # if it landed anyway, nobody reads that queue any more
+                raise ClientGoneError(
+                    "the client disconnected mid-result", fix="nothing to fix on the service"
+                ) from None
+
+
 async def _next(queue: asyncio.Queue[Any], task: asyncio.Future[Any]) -> Any:
     """The next item of ``queue``, or the task's error if it ends without one."""
     getter = asyncio.ensure_future(queue.get())
@@ -217,15 +239,7 @@ class Engines:
         cancel(stop)
 
         def put(item: Any) -> None:
-            while not client.closed.is_set():
-                future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-                try:
-                    return future.result(timeout=0.5)
-                except TimeoutError:
-                    future.cancel()
-            raise ClientGoneError(
-                "the client disconnected mid-result", fix="nothing to fix on the service"
-            )
+            hand_over(loop, queue, item, client.closed)
 
         def consume(reader: Any, max_rows: int) -> int:
             described = columns(reader.schema)
