@@ -11,6 +11,7 @@ publishers) run against PostgreSQL in tests/test_wap.py, parametrised over both 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def test_a_broken_profile_fails_at_start_up_naming_what_was_tried(services, tmp_
         secret = "not-the-password"
     elif case == "unreachable database":
         for key in ("MESH_POSTGRES_URL", "MESH_CATALOG__URI"):
-            env[key] = env[key].replace("127.0.0.1:55432", "127.0.0.1:1")
+            env[key] = re.sub(r"@127\.0\.0\.1:\d+/", "@127.0.0.1:1/", env[key])  # any port
     elif case == "missing bucket":
         env["MESH_CATALOG__WAREHOUSE"] = "s3://no-such-bucket/wh"
     elif case == "unreachable endpoint":
