@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pyiceberg.schema import index_name_by_id
 from pyiceberg.table.sorting import SortDirection
 
 from mesh_platform.addressing import ProductAddress
@@ -59,7 +60,7 @@ def live_files(table):
 def test_files_carry_the_tables_field_ids_at_every_depth_and_are_zstd(catalog, conn):
     table, _ = publish(catalog, conn)
     schema = table.schema()
-    expected = {schema.find_column_name(i): i for i in schema._lazy_id_to_name}
+    expected = {name: i for i, name in index_name_by_id(schema).items()}
     for location in live_files(table):
         meta = pq.read_metadata(location.removeprefix("file://"))
         ids = datafiles.parquet_field_ids(meta.schema.to_arrow_schema())
