@@ -170,3 +170,12 @@ def test_an_incremental_batch_cannot_make_required_a_column_main_holds_nulls_in(
 
 def _parquet_files(root):
     return [str(p) for p in Path(root).rglob("*.parquet")]
+
+
+def test_a_writer_given_no_spec_keeps_what_the_table_declares(catalog, conn):
+    publish(catalog, conn)  # the contract's spec: required key, sort order
+    table, _ = publish(catalog, conn, spec=None, batch_id="rewrite")  # a tool, a rewrite
+    assert table.schema().find_field("order_key").required
+    assert table.schema().identifier_field_names() == {"order_key"}
+    assert len(table.sort_order().fields) == 2
+    assert table.schema().find_field("order_key").doc == "Order identifier."

@@ -31,7 +31,11 @@ import pyarrow as pa
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import MeshError
-from mesh_platform.storage.datafiles import TARGET_FILE_SIZE_BYTES, layout_properties
+from mesh_platform.storage.datafiles import (
+    FILE_SIZE_PROPERTY,
+    TARGET_FILE_SIZE_BYTES,
+    layout_properties,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -52,6 +56,20 @@ class TableSpec:
     identifier: tuple[str, ...] = ()  # the primary key
     sort_by: tuple[str, ...] = ()
     target_file_size_bytes: int = TARGET_FILE_SIZE_BYTES
+
+    @classmethod
+    def of_table(cls, table: Table | None) -> TableSpec:
+        """What ``table`` declares now: a writer given no spec (a rewrite, a tool) keeps it."""
+        if table is None:
+            return cls()
+        schema = table.schema()
+        size = table.properties.get(FILE_SIZE_PROPERTY)
+        return cls(
+            required=tuple(f.name for f in schema.fields if f.required),
+            identifier=tuple(sorted(schema.identifier_field_names())),
+            sort_by=tuple(_sort_names(table)),
+            target_file_size_bytes=int(size) if size else TARGET_FILE_SIZE_BYTES,
+        )
 
     def properties(self) -> dict[str, str]:
         """The table's ``write.*`` properties (storage/datafiles.layout_properties)."""

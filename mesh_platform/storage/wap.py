@@ -166,7 +166,7 @@ def _prepare_table(
 
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
-    spec = spec or TableSpec()
+    spec = spec if spec is not None else TableSpec.of_table(table)  # no spec: keep the table's
     # Docs and required flags (a new table's) from the contract (storage/tablespec.py).
     arrow_schema = spec.arrow_schema(arrow_schema, table.schema() if table is not None else None)
     # Descriptor properties (version, status...) are written at creation and after each
@@ -254,8 +254,8 @@ def stage_to_audit(
 
     main = table.current_snapshot()
     assert main is not None  # _prepare_table gives every table an initial snapshot
-    if is_published(main):
-        check_tightening(table, address, spec or TableSpec(), partitioning)
+    if is_published(main) and spec is not None:
+        check_tightening(table, address, spec, partitioning)
     table = _branch_from_main(catalog, table, address, batch_id, main)
     data_files, row_count, replaced = _write_files(catalog, table, conn, source, partitioning,
                                                    spec)  # fmt: skip
