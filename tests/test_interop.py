@@ -128,3 +128,36 @@ def test_mesh_check_warns_of_a_granularity_that_writes_tiny_files(sample_build):
     assert "sales.orders" in result.stdout and "month of order_date" in result.stdout
     assert "dbt_projects/sales/models/products/products.yml" in result.stdout
     assert "partition_by" in result.stdout and warning
+
+
+def test_every_schema_carries_its_contract(sample_build, products):
+    """Column docs, required columns (not_null) and identifier fields (primary key) as each
+    product's contract declares them; the sort order where one is declared. (The platform's
+    own ``mesh.sla_history`` is appended by pyiceberg, not published through a contract.)"""
+    catalog = open_catalog(sample_build)
+    directory = load_directory(sample_build)
+    wrong = []
+    for address, _owner in products:
+        if address.startswith(f"{PLATFORM_NAMESPACE}."):
+            continue
+        descriptor = directory.descriptors[address]
+        table = catalog.load_table(tuple(address.split(".")))
+        schema, spec = table.schema(), descriptor.table_spec()
+        found = (
+            {f.name: f.doc for f in schema.fields if f.doc},
+            tuple(f.name for f in schema.fields if f.required),
+            set(schema.identifier_field_names()),
+            [schema.find_column_name(f.source_id) for f in table.sort_order().fields],
+        )
+        wanted = (
+            {k: v.strip() for k, v in spec.docs.items()},
+            spec.required,
+            set(spec.identifier),
+            list(spec.sort_by),
+        )
+        if found != wanted:
+            wrong.append(f"{address}: {found} != {wanted}")
+    assert not wrong, "\n".join(wrong)
+    customers = catalog.load_table(("sales", "customers"))
+    assert [f.name for f in customers.schema().fields if f.required] == ["customer_key"]
+    assert len(customers.sort_order().fields) == 2  # the sample declares sort_by
