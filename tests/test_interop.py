@@ -76,7 +76,7 @@ def read_with(engine: str, duck, table) -> pa.Table:
         return table.scan().to_arrow()
     if engine == "duckdb-iceberg":
         location = warehouse.engine_path(table.metadata_location)
-        return duck.execute(f"SELECT * FROM iceberg_scan('{location}')").arrow()
+        return duck.execute(f"SELECT * FROM iceberg_scan('{location}')").fetch_arrow_table()
     if engine == "polars":
         return pl.scan_iceberg(table).collect().to_arrow()
     return daft.read_iceberg(table).to_arrow()

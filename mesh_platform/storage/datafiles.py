@@ -19,6 +19,11 @@ them are laid out alike, in the form any Iceberg reader takes without help:
 whose column is optional where the table's is required, and DuckDB writes every column
 optional (duckdb/duckdb#23051), so the files are registered with the required flags relaxed for
 the check only, after the check above proved them free of nulls.
+
+Known limit: Daft 0.7 reads lists and maps of these files through Iceberg wrongly ("list type
+must have a single child, found 0"): DuckDB annotates them with the legacy LIST/MAP converted
+types only, and Daft's field-id projection needs the logical type (a pyarrow-written file with
+the same ids reads). pyiceberg, DuckDB and polars read them; the sample has no such column.
 """
 
 from __future__ import annotations
