@@ -105,8 +105,14 @@ def write_data_files(
     null besides those the table's schema already requires. File size and row group size
     default to the table's ``write.*`` properties, then to Iceberg's figures above.
 
-    The files go into a fresh folder under the table's ``data/``. Raises MeshError, deleting
-    what it wrote, when a required column holds nulls.
+    ``catalog_properties``: the catalog's (pyiceberg) properties, for an object store's
+    credentials. The files go into a fresh folder under the table's ``data/``. Raises
+    MeshError, deleting what it wrote, when a required column holds nulls.
+
+    A rewrite (compaction) reads the table's rows into ``source`` (the snapshot's files,
+    ``(SELECT * FROM read_parquet([...]))``: columns as the table names them) and commits
+    ``register_data_files`` with the delete of the files it replaces in one transaction, the
+    way storage/wap.py stages a batch.
     """
     properties = table.properties
     file_size = target_file_size_bytes or int(
