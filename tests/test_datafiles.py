@@ -15,10 +15,14 @@ from pyiceberg.table.sorting import SortDirection
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import MeshError
+from mesh_platform.governance.layout import PartitionFileSize
+from mesh_platform.governance.policy import PolicyContext
+from mesh_platform.products.descriptor import descriptor_from_node
 from mesh_platform.storage import datafiles
 from mesh_platform.storage.partitioning import Partitioning
 from mesh_platform.storage.tablespec import TableSpec
 from mesh_platform.storage.wap import write_audit_publish
+from tests.test_descriptor import node
 
 ORDERS = ProductAddress("sales", "orders")
 SPEC = TableSpec(
@@ -179,3 +183,26 @@ def test_a_writer_given_no_spec_keeps_what_the_table_declares(catalog, conn):
     assert table.schema().identifier_field_names() == {"order_key"}
     assert len(table.sort_order().fields) == 2
     assert table.schema().find_field("order_key").doc == "Order identifier."
+
+
+def test_a_granularity_that_writes_tiny_files_warns_with_the_fix(mesh, catalog, conn):
+    raw = node(partition_by={"column": "order_date", "granularity": "day"})
+    raw["columns"]["order_date"] = {"name": "order_date", "data_type": "date"}
+    descriptor = descriptor_from_node("sales", raw)
+    part = Partitioning("order_date", "day")
+    conn.execute("CREATE TABLE dated AS SELECT order_key, order_date, note AS email, "
+                 "note AS phone, order_key::DOUBLE AS amount FROM orders")  # fmt: skip
+    publish(catalog, conn, "main.dated", spec=TableSpec(), partitioning=part)
+    ctx = PolicyContext("sales", [descriptor], mesh=mesh)
+    (warning,) = PartitionFileSize().evaluate(ctx)
+    assert warning.subject == "sales.orders" and warning.file == descriptor.source_file
+    assert "partitioned by day of order_date, its 60 data files average" in warning.message
+    assert "remove its `partition_by`" in warning.fix
+    assert (
+        list(
+            PartitionFileSize().evaluate(
+                PolicyContext("sales", [descriptor], mesh=mesh, params={"min_file_mb": 0.001})
+            )
+        )
+        == []
+    )
