@@ -11,6 +11,7 @@ ids of the table's schema, nested fields included: no reader needs a name mappin
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import daft
@@ -122,12 +123,16 @@ def test_every_data_file_carries_the_iceberg_field_ids(sample_build, products):
 
 def test_mesh_check_warns_of_a_granularity_that_writes_tiny_files(sample_build):
     # sales.orders is partitioned by month: at the sample's scale, files of a few kilobytes
-    result = run_mesh(sample_build.root, "check", "--domain", "sales")
-    assert "partition_file_size" in result.stdout, result.stdout[-3000:]
-    warning = next(line for line in result.stdout.splitlines() if "partition_file_size" in line)
-    assert "sales.orders" in result.stdout and "month of order_date" in result.stdout
-    assert "dbt_projects/sales/models/products/products.yml" in result.stdout
-    assert "partition_by" in result.stdout and warning
+    result = run_mesh(sample_build.root, "check", "--domain", "sales", "--format", "json")
+    found = [
+        v for v in json.loads(result.stdout)["violations"] if v["policy"] == "partition_file_size"
+    ]
+    assert [v["subject"] for v in found] == ["sales.orders"], result.stdout[-3000:]
+    (warning,) = found
+    assert warning["severity"] == "warn" and not warning["blocking"]
+    assert warning["message"].startswith("partitioned by month of order_date, its ")
+    assert warning["file"] == "dbt_projects/sales/models/products/products.yml"
+    assert warning["line"] and "partition_by" in warning["fix"]
 
 
 def test_every_schema_carries_its_contract(sample_build, products):
