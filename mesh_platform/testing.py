@@ -59,14 +59,8 @@ MESH = str(Path(sys.executable).with_name("mesh"))
 SF = 0.01
 """The TPC-H scale factor of the suites' builds of the sample mesh."""
 
-MESH_FILES = (
-    "mesh.yaml",
-    "governance.yaml",
-    "principals.yaml",
-    "workspace.yaml",
-    "domains",
-    "dbt_projects",
-)
+MESH_FILES = ("mesh.yaml", "governance.yaml", "principals.yaml", "workspace.yaml",
+              "datacontract-config.yaml", "domains", "dbt_projects")  # fmt: skip
 _IGNORE = shutil.ignore_patterns(
     "target", "dbt_packages", "logs", "__pycache__", ".user.yml", "package-lock.yml"
 )

@@ -26,10 +26,11 @@ from mesh_platform.discovery import odcs_quality, odcs_types, standards, validat
 from mesh_platform.discovery.catalog import product_records
 from mesh_platform.discovery.standard_fields import FORMATS, safe_uri
 from mesh_platform.errors import MeshError
+from mesh_platform.products.descriptor_sla import Expectation
 from mesh_platform.products.registry import UnknownProductError, load_directory
 
 TODAY = dt.date(2026, 11, 25)
-ODPS_SCHEMA = Path(validation.__file__).parent / "schemas" / "odps-json-schema-v1.0.0.json"
+ODPS_SCHEMA = Path(validation.__file__).parent / "schemas" / "odps-json-schema-v1.1.0.json"
 
 
 def _official_schema(fmt: str) -> dict:
@@ -115,7 +116,7 @@ def test_identity_version_and_status_of_every_product(prepared_mesh, documents):
     for address, d in load_directory(prepared_mesh).descriptors.items():
         odcs, odps = documents["odcs"][address], documents["odps"][address]
         assert odcs["apiVersion"].startswith("v3.") and odcs["kind"] == "DataContract"
-        assert odps["apiVersion"] == "v1.0.0" and odps["kind"] == "DataProduct"
+        assert odps["apiVersion"] == "v1.1.0" and odps["kind"] == "DataProduct"
         for doc in (odcs, odps):
             assert doc["id"] == d.address.urn
             assert doc["name"] == address
@@ -208,12 +209,14 @@ def test_orders_contract_keys_partitioning_and_rules(documents):
     (in_set,) = props["order_status"]["quality"]
     assert in_set["metric"] == "invalidValues"
     assert in_set["arguments"] == {"validValues": ["F", "O", "P"]}
-    (between,) = props["total_price"]["quality"]  # no library metric: the GE rule as is
-    assert between["type"] == "custom" and between["engine"] == odcs_quality.GX_ENGINE
-    assert between["implementation"] == {
-        "type": "expect_column_values_to_be_between",
-        "kwargs": {"column": "total_price", "min_value": 0},
-    }
+    (between,) = props["total_price"]["quality"]  # no library metric: the standard's sql rule
+    assert between["type"] == "sql" and "engine" not in between
+    assert between["query"] == "SELECT COUNT(*) FROM ${table} WHERE ${column} < 0"
+    assert (between["mustBe"], between["unit"]) == (0, "rows")
+    volume = next(r for r in table["quality"] if r.get("engine") == odcs_quality.MESH_ENGINE)
+    assert volume["type"] == "custom" and volume["description"].startswith(
+        odcs_quality.NOT_STANDARD
+    )
 
 
 def test_deprecated_nations_maps_to_deprecated_then_retired(prepared_mesh, records, documents):
@@ -221,6 +224,7 @@ def test_deprecated_nations_maps_to_deprecated_then_retired(prepared_mesh, recor
     assert odcs["status"] == odps["status"] == "deprecated"
     assert odcs["version"] == "1.3.0"
     assert odcs["schema"][0]["deprecated"] is True
+    assert odps["deprecated"] is True and "deprecated" not in documents["odps"]["sales.orders"]
     assert {"property": "endOfLife", "value": "2027-06-30"}.items() <= next(
         s for s in odcs["slaProperties"] if s["property"] == "endOfLife"
     ).items()
@@ -247,12 +251,10 @@ def test_odps_input_ports_are_the_upstream_products(prepared_mesh, documents):
     assert [c["id"] for c in output["inputContracts"]] == [
         p["contractId"] for p in doc["inputPorts"]
     ]
-    assert doc["team"][0] == {
-        "username": "marketing-analytics@example.com",
-        "name": "marketing",
-        "description": "Owning team (principal team:marketing).",
-        "role": "owner",
-    }
+    assert doc["team"]["name"] == "marketing"  # an object with members, as ODCS v3.1+
+    assert doc["team"]["members"] == [
+        {"username": "marketing-analytics@example.com", "role": "owner"}
+    ]
     # a Python product's declared input; a product built from domain sources has no input port
     python = documents["odps"]["marketing.segment_summary"]
     assert [p["name"] for p in python["inputPorts"]] == ["marketing.customer_segments"]
@@ -294,11 +296,9 @@ def test_broken_documents_fail_validation(documents, validators, fmt):
         bad_url = copy.deepcopy(doc)
         bad_url["support"][0]["url"] = "not a uri"
         assert any("uri" in e for e in _errors(validators[fmt], bad_url))
-        no_status = copy.deepcopy(doc)
-        del no_status["status"]
-        assert any(
-            "'status' is a required property" in e for e in _errors(validators[fmt], no_status)
-        )
+        team_list = copy.deepcopy(doc)  # the pre-v1.0.0 shape: a list of members
+        team_list["team"] = doc["team"]["members"]
+        assert any(e.startswith("team:") for e in _errors(validators[fmt], team_list))
 
 
 # --- mapping units -------------------------------------------------------------------------------
@@ -409,3 +409,27 @@ def test_mesh_export_command(prepared_mesh, tmp_path):
     result = CliRunner().invoke(cli, [*root, "export", "sales.ordrs", "--format", "odcs"])
     assert result.exit_code == 1
     assert "did you mean sales.orders" in result.output
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"min_value": 0}, {"type": "sql", "mustBe": 0, "unit": "rows",
+          "query": "SELECT COUNT(*) FROM ${table} WHERE ${column} < 0"}),
+        ({"min_value": 1, "max_value": 50, "strict_max": True}, {"type": "sql", "mustBe": 0,
+          "unit": "rows",
+          "query": "SELECT COUNT(*) FROM ${table} WHERE ${column} < 1 OR ${column} >= 50"}),
+        ({"max_value": 0.1, "mostly": 0.95}, {"type": "sql", "mustBeLessOrEqualTo": 5.0,
+          "unit": "percent", "query": "SELECT COALESCE(100.0 * SUM(CASE WHEN ${column} > 0.1 "
+          "THEN 1 ELSE 0 END) / NULLIF(COUNT(*), 0), 0) FROM ${table}"}),
+        ({"min_value": "2020-01-01"}, {"type": "custom"}),  # no number: no standard form
+    ],
+)  # fmt: skip
+def test_between_on_values_is_the_standards_sql_rule(kwargs, expected):
+    rule = odcs_quality.quality_rule(
+        Expectation(type="expect_column_values_to_be_between", kwargs={"column": "x", **kwargs})
+    ).model_dump(by_alias=True, exclude_none=True)
+    assert expected.items() <= rule.items()
+    if rule["type"] == "custom":
+        assert rule["engine"] == odcs_quality.GX_ENGINE
+        assert rule["description"].startswith(odcs_quality.NOT_STANDARD)

@@ -196,7 +196,7 @@ def catalog(ctx: click.Context, output: Path) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["odcs", "odps"]), required=True,
     help="odcs: the data contract (Open Data Contract Standard v3); odps: the product descriptor "
-    "(Open Data Product Standard v1).",
+    "(Open Data Product Standard v1.1).",
 )  # fmt: skip
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
@@ -205,14 +205,17 @@ def catalog(ctx: click.Context, output: Path) -> None:
 @click.option(
     "--validate", is_flag=True,
     help="Check the document against the standard's official JSON Schema before writing it "
-    "(jsonschema; ODCS's schema comes with open-data-contract-standard).",
+    "(jsonschema; ODCS's schema comes with open-data-contract-standard, ODPS's is vendored).",
 )  # fmt: skip
 @click.pass_context
 @mesh_command
 def export(ctx: click.Context, address: str, fmt: str, output: Path | None, validate: bool) -> None:
     """Export a product in an open standard, as YAML: its data contract (ODCS, Bitol Open Data
-    Contract Standard v3) or its product descriptor (ODPS, Bitol Open Data Product Standard v1).
-    ADDRESS is a product address (sales.orders) or URN."""
+    Contract Standard v3) or its product descriptor (ODPS, Bitol Open Data Product Standard
+    v1.1). ADDRESS is a product address (sales.orders) or URN. datacontract-cli runs an exported
+    contract as is from the mesh root (datacontract test FILE; its datacontract-config.yaml is
+    there): it reads the stored table with the catalog's credentials, the owner's view, before
+    read-time masks."""
     mesh = load_context_mesh(ctx)
     text = export_product(mesh, address, fmt, output=output, validate=validate)
     if output is None:

@@ -275,21 +275,43 @@ def _roles(descriptor: ProductDescriptor) -> list[Role]:
     return roles
 
 
+CATALOG_TYPE_ENV = "DATACONTRACT_ICEBERG_CATALOG_TYPE"
+"""datacontract-cli's setting for the pyiceberg catalog type (``iceberg.catalog_type`` in its
+datacontract-config.yaml, which the mesh root holds): the standard's ``iceberg`` server names a
+catalog by URL only, and the tool takes an URL for a REST catalog unless told."""
+
+
 def _server(mesh: Mesh, descriptor: ProductDescriptor) -> Server:
-    """The mesh's Iceberg catalog, its URL without any password."""
+    """The product's Iceberg table in the mesh's catalog, as the standard's ``iceberg`` server:
+    the catalog's URL (without any password) and the warehouse. ODCS tools read the table with
+    pyiceberg from there: ``datacontract test`` run from the mesh root, whose
+    datacontract-config.yaml tells it the catalog is a pyiceberg SQL catalog (the standard has no
+    field for that; elsewhere ``DATACONTRACT_ICEBERG_CATALOG_TYPE=sql``). Secrets come
+    from the tool's own settings, never from the contract: the catalog URL with its password
+    (``DATACONTRACT_ICEBERG_CATALOG_URL``), the S3 keys (``DATACONTRACT_S3_ACCESS_KEY_ID``,
+    ``DATACONTRACT_S3_SECRET_ACCESS_KEY``) and an S3-compatible endpoint
+    (``DATACONTRACT_ICEBERG_S3_ENDPOINT``) for a warehouse on S3.
+
+    Whoever runs them reads the stored data with the catalog's and the warehouse's credentials:
+    the owner's view, before the mesh's read-time masks, row filters and grants, which only the
+    mesh's read paths apply. Those credentials are the platform's, not a consumer's."""
     d = descriptor
     catalog = mesh.settings.catalog.name
     return Server(
         server=catalog,
         type="iceberg",
-        description=f"The mesh's Iceberg catalog (pyiceberg SQL catalog); the product is table "
-        f"{d.domain}.{d.address.table}.",
+        description=f"The mesh's Iceberg catalog, a pyiceberg SQL catalog (datacontract-cli: "
+        f"run it from the mesh root, or set {CATALOG_TYPE_ENV}=sql); the product is table "
+        f"{d.domain}.{d.address.table}. Read "
+        "directly, it is the stored data before read-time masks, row filters and grants: the "
+        "owner's view. Consumers read through the mesh (mesh query, mesh serve).",
+        environment=mesh.settings.profile,
         catalog=catalog,
         catalogUrl=safe_uri(mesh.catalog_uri),
         namespace=d.domain,
         warehouse=safe_uri(mesh.warehouse),
         customProperties=[
-            custom_property("catalogType", "sql"),
+            custom_property("catalogType", "sql", "pyiceberg catalog type of catalogUrl."),
             custom_property("table", ".".join(d.address.iceberg_identifier)),
         ],
     )

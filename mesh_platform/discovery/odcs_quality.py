@@ -1,10 +1,19 @@
 """Great Expectations expectations (and the volume check) as ODCS quality rules.
 
-Each expectation of a descriptor becomes one :class:`DataQuality` rule: a library metric
-(``nullValues``, ``duplicateValues``, ``invalidValues``, ``rowCount``) where one says the same
-thing, else a ``custom`` rule run by the ``great-expectations`` engine. Every such rule carries
-the original expectation in its custom property ``greatExpectations``. The volume check is a
-``custom`` rule of the ``mesh`` engine.
+Each expectation of a descriptor becomes one :class:`DataQuality` rule in a form the standard
+defines, so that ODCS tools (datacontract-cli's ``datacontract test``) execute it instead of
+skipping it: a library metric (``nullValues``, ``duplicateValues``, ``invalidValues``,
+``rowCount`` with ``mustBe`` / ``mustBeBetween`` / ``mustBeGreaterOrEqualTo`` /
+``mustBeLessOrEqualTo``) where one says the same thing; a ``sql`` rule (a count of the rows that
+break it, written with the standard's ``${table}`` / ``${column}`` placeholders) for a
+"between" on column values, which no library metric says. Only what has no standard form stays
+``custom`` (engine ``great-expectations``), and says so in its description: ODCS tools skip it,
+the mesh runs it. Every rule carries the original expectation in its custom property
+``greatExpectations``.
+
+The volume check compares a new snapshot's row count with the published one's: the standard
+has no form for a rule over two snapshots (``rowCount`` bounds one), so it stays a ``custom``
+rule of the ``mesh`` engine, marked the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ from mesh_platform.products.descriptor_sla import Expectation
 GX_ENGINE = "great-expectations"
 GX_PROPERTY = "greatExpectations"  # the custom property holding a rule's original expectation
 MESH_ENGINE = "mesh"
+NOT_STANDARD = (
+    "Custom rule: the standard has no form for it, so ODCS tools skip it; the mesh runs it."
+)
 
 
 def is_number(value: Any) -> bool:
@@ -95,6 +107,43 @@ def _library_metric(expectation: Expectation) -> dict[str, Any] | None:
     return None
 
 
+def _literal(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _between_sql(expectation: Expectation) -> dict[str, Any] | None:
+    """expect_column_values_to_be_between as an ODCS ``sql`` rule: the rows (or the percent of
+    rows) whose value is out of bounds; NULLs are not counted, as Great Expectations does."""
+    kwargs = dict(expectation.kwargs)
+    mostly = kwargs.pop("mostly", None)
+    if expectation.type != "expect_column_values_to_be_between" or not expectation.column:
+        return None
+    if not set(kwargs) <= {"column", "min_value", "max_value", "strict_min", "strict_max"}:
+        return None
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if (low is None and high is None) or any(
+        v is not None and not is_number(v) for v in (low, high)
+    ):
+        return None
+    outside = []
+    if low is not None:
+        outside.append(f"${{column}} {'<=' if kwargs.get('strict_min') else '<'} {_literal(low)}")
+    if high is not None:
+        outside.append(f"${{column}} {'>=' if kwargs.get('strict_max') else '>'} {_literal(high)}")
+    broken = " OR ".join(outside)
+    count = _count_operator(mostly)
+    if count is None:
+        return None
+    if count["unit"] == "rows":
+        query = f"SELECT COUNT(*) FROM ${{table}} WHERE {broken}"
+    else:
+        query = (
+            f"SELECT COALESCE(100.0 * SUM(CASE WHEN {broken} THEN 1 ELSE 0 END) / "
+            "NULLIF(COUNT(*), 0), 0) FROM ${table}"
+        )
+    return {"query": query, **count}
+
+
 def quality_rule(expectation: Expectation) -> DataQuality:
     """One ODCS quality rule for one Great Expectations expectation of the descriptor."""
     kwargs = jsonable(expectation.kwargs)
@@ -114,8 +163,11 @@ def quality_rule(expectation: Expectation) -> DataQuality:
     original = {"type": expectation.type, "kwargs": kwargs}
     if (metric := _library_metric(expectation)) is not None:
         check: dict[str, Any] = {"type": "library", **metric}
+    elif (sql := _between_sql(expectation)) is not None:
+        check = {"type": "sql", **sql}
     else:
         check = {"type": "custom", "engine": GX_ENGINE, "implementation": original}
+        description = f"{NOT_STANDARD} {description}"
     return DataQuality(
         name=expectation.label(),
         description=description,
@@ -143,8 +195,8 @@ def volume_rule(descriptor: ProductDescriptor) -> DataQuality | None:
     effect = "a failure blocks it" if volume.blocking else "a failure is only a warning"
     return DataQuality(
         name="volume",
-        description=f"Each new snapshot has {' and '.join(bounds)} the rows of the published "
-        f"one. Checked before every publication; {effect}.",
+        description=f"{NOT_STANDARD} Each new snapshot has {' and '.join(bounds)} the rows of "
+        f"the published one. Checked before every publication; {effect}.",
         type="custom",
         engine=MESH_ENGINE,
         implementation=jsonable({"check": "volume", **volume.model_dump(exclude_none=True)}),

@@ -1,4 +1,4 @@
-"""A product in the Open Data Product Standard v1 (``kind: DataProduct``).
+"""A product in the Open Data Product Standard v1.1 (``kind: DataProduct``).
 
 One output port (its table, whose ``contractId`` is the ODCS contract's ``id``) and one input
 port per upstream product (its URN as ``contractId``). ODPS has no official Python models: the
@@ -24,7 +24,7 @@ from mesh_platform.discovery.standard_fields import (
 )
 from mesh_platform.products.descriptor import ProductDescriptor
 
-API_VERSION = "v1.0.0"
+API_VERSION = "v1.1.0"
 OUTPUT_PORT_TYPE = "tables"
 
 
@@ -89,19 +89,19 @@ def odps_product(
             {"id": p["contractId"], "version": p["version"]} for p in inputs
         ]
     product = header(API_VERSION, "DataProduct", record, descriptors, today or dt.date.today())
+    if body.status == "deprecated":
+        product["deprecated"] = True
     if inputs:
         product["inputPorts"] = inputs
     product |= {
         "outputPorts": [output],
         "support": dumped(support(d)),
-        "team": [
-            {
-                "username": body.owner.contact,
-                "name": body.owner.team,
-                "description": f"Owning team (principal team:{body.owner.team}).",
-                "role": "owner",
-            }
-        ],
+        "team": {
+            "name": body.owner.team,
+            "description": f"Owning team of {record.address} (principal team:{body.owner.team}); "
+            "it decides who may read the product.",
+            "members": [{"username": body.owner.contact, "role": "owner"}],
+        },
         "customProperties": _custom_properties(record),
     }
     return product

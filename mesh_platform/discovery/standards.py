@@ -2,7 +2,7 @@
 
 - ``odcs``: its data contract in the Open Data Contract Standard v3 (``kind: DataContract``),
   built with the official models of the ``open-data-contract-standard`` package (:mod:`.odcs`);
-- ``odps``: its product descriptor in the Open Data Product Standard v1 (``kind: DataProduct``,
+- ``odps``: its product descriptor in the Open Data Product Standard v1.1 (``kind: DataProduct``,
   :mod:`.odps`).
 
 Both are derived from the product's record (:mod:`mesh_platform.discovery.catalog`), so they work
@@ -14,22 +14,29 @@ has passed). ``schema`` is one object, the Iceberg table, whose properties are t
 DuckDB type as ``physicalType`` and its ``logicalType`` (:mod:`.odcs_types`); the classification;
 personal data as critical data elements; ``required`` / ``unique`` / ``primaryKey`` from dbt's
 constraints and the descriptor's expectations; the partition column as ``partitioned``. Each
-Great Expectations expectation becomes one quality rule (:mod:`.odcs_quality`): a library metric
-(``nullValues``, ``duplicateValues``, ``invalidValues``, ``rowCount``) where one says the same
-thing, else a ``custom`` rule run by the ``great-expectations`` engine; every such rule carries the
-original expectation in its custom property ``greatExpectations``. The volume check is a
-``custom`` rule of the ``mesh`` engine. Freshness is the SLA property ``latency`` (a sunset date
-``endOfLife``), the grants are ``roles`` (expiry, columns and row filter as custom properties), the
-server is the mesh's Iceberg catalog (its URL without any password), the owner is ``team`` and
-``support``. What has no field in the standard (address, lineage, masking, partitioning, ...) is a
-custom property (:mod:`.standard_fields` holds what both standards share).
+Great Expectations expectation becomes one quality rule in a form the standard defines, so that
+ODCS tools execute it (:mod:`.odcs_quality`): a library metric (``nullValues``,
+``duplicateValues``, ``invalidValues``, ``rowCount`` with its bounds) or, for a "between" on
+column values, a ``sql`` rule; what has no standard form stays a ``custom`` rule that says ODCS
+tools skip it (the volume check, which compares two snapshots, is one). Every rule carries the
+original expectation in its custom property ``greatExpectations``. Freshness is the SLA property
+``latency`` (a sunset date ``endOfLife``), the grants are ``roles`` (expiry, columns and row
+filter as custom properties), the owner is ``team`` and ``support``. The server is the product's
+table in the mesh's catalog as the standard's ``iceberg`` server (catalog URL without any
+password, namespace, warehouse), the form datacontract-cli opens: ``datacontract test`` runs an
+export unchanged, told only the catalog type (the mesh root's datacontract-config.yaml); it
+reads the stored data with the platform's credentials, the owner's view. What has no field in
+the standard (address, lineage, masking, partitioning, ...) is a custom property
+(:mod:`.standard_fields` holds what both standards share).
 
 ODPS ``id`` is the URN too; one output port (the table, whose ``contractId`` is the ODCS ``id``)
-and one input port per upstream product (its URN as ``contractId``).
+and one input port per upstream product (its URN as ``contractId``); ``team`` is an object with
+its ``members``, as in ODCS.
 
 The official JSON Schemas validate both documents (``--validate``, and the tests;
 :mod:`.validation`): ODCS's ships in the ``open-data-contract-standard`` package, ODPS's is
-vendored in ``schemas/`` (see its README). Validation uses ``jsonschema``.
+vendored in ``schemas/`` (its README gives the source, commit and date). Validation uses
+``jsonschema``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import jsonschema
 
 from mesh_platform.discovery.standard_fields import unknown_format
 
-ODPS_SCHEMA_FILE = "odps-json-schema-v1.0.0.json"
+ODPS_SCHEMA_FILE = "odps-json-schema-v1.1.0.json"
 
 
 def official_schema(fmt: str) -> dict[str, Any]:
