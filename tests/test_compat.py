@@ -100,3 +100,27 @@ def test_pyiceberg_schema_without_ids():
         ("id", "long"),
         ("name", "string"),
     ]
+
+
+def test_pyiceberg_parquet_file_to_data_file_refuses_optional_columns_for_required_ones(
+    catalog, duck, tmp_path
+):
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import LongType, NestedField
+
+    used_by = "registering the platform's data files (mesh_platform/storage/datafiles.py)"
+    build = private("pyiceberg.io.pyarrow", "parquet_file_to_data_file", used_by)
+    expect_parameters(build, ["io", "table_metadata", "file_path"], "parquet_file_to_data_file")
+    from mesh_platform.compat.pyiceberg import data_files_with_relaxed_nullability
+
+    catalog.create_namespace("compat")
+    table = catalog.create_table(
+        ("compat", "t"), Schema(NestedField(1, "id", LongType(), required=True))
+    )
+    path = tmp_path / "f.parquet"
+    duck.execute(f"COPY (SELECT 1::BIGINT AS id) TO '{path}' (FORMAT parquet, FIELD_IDS {{id: 1}})")
+    with pytest.raises(ValueError):  # still the reason for the wrapper: DuckDB writes optional
+        build(table.io, table.metadata, str(path))
+    (data_file,) = data_files_with_relaxed_nullability(table.io, table.metadata, [str(path)])
+    assert data_file.record_count == 1 and data_file.null_value_counts == {1: 0}
+    assert table.schema().find_field("id").required  # the table's schema is untouched

@@ -406,3 +406,46 @@ def test_descriptor_is_immutable_and_node_is_not_modified():
     assert raw == before
     with pytest.raises(ValueError):
         d.name = "other"  # frozen: the derived address cannot drift
+
+
+# --- what the contract says of the Iceberg table ---------------------------------------------
+
+
+def test_the_table_spec_carries_docs_not_null_columns_the_key_and_the_sort_order():
+    raw = node(sort_by=["order_key"])
+    raw["columns"]["order_key"]["constraints"] = [{"type": "not_null", "name": None}]
+    raw["columns"]["email"]["constraints"] = [{"type": "not_null"}]
+    raw["constraints"] = [{"type": "primary_key", "columns": ["order_key"]}]  # model level
+    spec = descriptor_from_node("sales", raw).table_spec()
+    assert spec.docs == {"order_key": "Order id.", "email": "Customer email."}
+    assert spec.required == ("order_key", "email")
+    assert spec.identifier == ("order_key",)
+    assert spec.sort_by == ("order_key",)
+
+
+SORTED_YAML = """\
+models:
+  - name: orders
+    config:
+      meta:
+        mesh:
+          sort_by: [order_kye]
+"""
+
+
+def test_a_sort_column_that_is_not_a_column_is_named_with_file_line_and_fix():
+    with pytest.raises(DescriptorError) as err:
+        descriptor_from_node("sales", node(sort_by=["order_kye"]), yaml_text=SORTED_YAML)
+    assert "line 6: mesh.sort_by[0]:" in err.value.what
+    assert "'order_kye' is not a column of the product; did you mean 'order_key'?" in (
+        err.value.what
+    )
+    assert YAML_FILE in err.value.what
+    assert err.value.line == 6 and "sort by columns of the product" in err.value.fix
+
+
+def test_a_primary_key_on_a_double_column_is_refused():
+    raw = node()
+    raw["columns"]["amount"]["constraints"] = [{"type": "primary_key"}]
+    with pytest.raises(DescriptorError, match="identifier fields cannot be float or double"):
+        descriptor_from_node("sales", raw)

@@ -10,3 +10,4 @@ whole set, and the gate's data checks (``data``) are registered wherever publica
 from mesh_platform.governance import builtin as _builtin  # noqa: F401
 from mesh_platform.governance import data as _data  # noqa: F401
 from mesh_platform.governance import declarations as _declarations  # noqa: F401
+from mesh_platform.governance import layout as _layout  # noqa: F401

@@ -61,16 +61,17 @@ from mesh_platform.products.descriptor_lines import (
     FieldError,
     Problem,
     dbt_source,
-    did_you_mean,
     invalid_descriptor,
     located_problems,
     missing_descriptor,
     node_columns,
     node_meta,
+    refuse_unknown,
     validated,
 )
 from mesh_platform.products.descriptor_sla import Sla
 from mesh_platform.query.sql import check_row_filter
+from mesh_platform.storage.tablespec import TableSpec
 
 DESCRIPTOR_META_KEY = "mesh"
 
@@ -145,6 +146,12 @@ class DescriptorBody(BaseModel):
     partition_by: PartitionBy | None = Field(
         default=None, description="Date partitioning; runs publish only changed partitions."
     )
+    sort_by: list[str] = Field(
+        default_factory=list,
+        description="Columns the table's files are sorted by (its Iceberg sort order): the "
+        "columns readers filter on most, so engines skip row groups.",
+        examples=[["order_date", "customer_key"]],
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -208,30 +215,29 @@ class ProductDescriptor(BaseModel):
         names = [c.name for c in self.columns]
         if part is not None:
             field = ("mesh", "partition_by", "column")
+            refuse_unknown(field, [part.column], names, "name one of the product's columns")
             column = self.column(part.column)
-            if column is None:
-                close = did_you_mean(part.column, names)
-                raise FieldError(
-                    field, f"{part.column!r} is not a column"
-                    + (f"; did you mean {close!r}?" if close else ""),
-                    fix=f"name one of the product's columns ({', '.join(names)})",
-                )  # fmt: skip
-            if column.data_type and not re.search(r"date|timestamp", column.data_type, re.I):
+            if (
+                column
+                and column.data_type
+                and not re.search(r"date|timestamp", column.data_type, re.I)
+            ):
                 raise FieldError(
                     field, f"{part.column!r} is {column.data_type}; it must be a date or "
                     "timestamp column", fix="partition by a date or timestamp column",
                 )  # fmt: skip
-        for i, grant in enumerate(self.body.grants):
-            unknown = [c for c in grant.columns or () if c not in names]
-            if unknown:
-                close = [m for c in unknown if (m := did_you_mean(c, names))]
+        for i, name in enumerate(self.body.sort_by):
+            refuse_unknown(("mesh", "sort_by", i), [name], names, "sort by columns of the product")
+        for column in self.columns:
+            if column.primary_key and re.search(r"float|double|real", column.data_type or "", re.I):
                 raise FieldError(
-                    ("mesh", "grants", i, "columns"),
-                    f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
-                    "not a column of the product"
-                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""),
-                    fix=f"grant columns of the product ({', '.join(names)})",
+                    ("columns", column.name, "constraints"), f"primary key {column.name!r} is "
+                    f"{column.data_type}; Iceberg identifier fields cannot be float or double",
+                    fix="make the key an integer, string, date or decimal column",
                 )  # fmt: skip
+        for i, grant in enumerate(self.body.grants):
+            field = ("mesh", "grants", i, "columns")
+            refuse_unknown(field, grant.columns or [], names, "grant columns of the product")
             if grant.rows is not None:
                 try:
                     check_row_filter(grant.rows, names, what="the row filter")
@@ -253,6 +259,17 @@ class ProductDescriptor(BaseModel):
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
+
+    def table_spec(self) -> TableSpec:
+        """What the contract says of the product's Iceberg table, as plain data for storage:
+        column docs, not-null columns (required), the primary key (identifier fields), the
+        sort order."""
+        return TableSpec(
+            docs={c.name: c.description for c in self.columns if c.description.strip()},
+            required=tuple(c.name for c in self.columns if c.not_null),
+            identifier=tuple(c.name for c in self.columns if c.primary_key),
+            sort_by=tuple(self.body.sort_by),
+        )
 
     def iceberg_properties(self) -> dict[str, str]:
         """Table properties that make the product self-describing to any Iceberg reader."""

@@ -21,6 +21,19 @@ PII_KINDS = frozenset(
 CLASS_LEVELS = frozenset({"public", "internal", "confidential"})
 
 
+class ColumnConstraint(BaseModel):
+    """A constraint of the contract on one column, as dbt writes it (``constraints: [{type:
+    not_null}]``); dbt's other keys (name, expression...) are dbt's own and not kept here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["not_null", "primary_key", "unique", "check", "foreign_key", "custom"] = Field(
+        description="The constraint: not_null and primary_key make the Iceberg column required "
+        "(primary_key: an identifier field).",
+        examples=["not_null"],
+    )
+
+
 class Column(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +49,10 @@ class Column(BaseModel):
     masking: Literal["hash", "redact", "truncate", "tokenise"] | None = Field(
         default=None,
         description="How a personal-data column is masked (pii_masking policy).",
+    )
+    constraints: list[ColumnConstraint] = Field(
+        default_factory=list,
+        description="The contract's constraints: [{type: not_null}, {type: primary_key}].",
     )
     masking_at: Literal["publication", "read"] = Field(
         default="publication",
@@ -61,6 +78,15 @@ class Column(BaseModel):
     def pii_kind(self) -> str | None:
         c = self.classification or ""
         return c[4:] if c.startswith("pii:") else None
+
+    @property
+    def not_null(self) -> bool:
+        """Declared not null (a primary key's column is): required in the Iceberg schema."""
+        return any(c.type in ("not_null", "primary_key") for c in self.constraints)
+
+    @property
+    def primary_key(self) -> bool:
+        return any(c.type == "primary_key" for c in self.constraints)
 
     @property
     def masked_on_publication(self) -> bool:

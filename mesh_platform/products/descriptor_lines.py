@@ -366,12 +366,17 @@ def node_columns(
     for name, col in (node.get("columns") or {}).items():
         meta = node_meta(col)
         problems += column_meta_typos(name, meta, source)
+        constraints = [c.get("type") for c in col.get("constraints") or ()]
+        for constraint in node.get("constraints") or ():  # model-level: {type, columns}
+            if name in (constraint.get("columns") or ()):
+                constraints.append(constraint.get("type"))
         columns.append({
             "name": name, "data_type": col.get("data_type"),
             "description": col.get("description") or "",
             "classification": meta.get(CLASSIFICATION_META_KEY),
             "masking": meta.get(MASKING_META_KEY),
             "masking_at": meta.get(MASKING_AT_META_KEY) or "publication",
+            "constraints": [{"type": t} for t in dict.fromkeys(constraints) if t],
         })  # fmt: skip
     return columns, problems
 
@@ -389,3 +394,17 @@ def missing_descriptor(
         + "; at least purpose, owner {team, contact}, version and status",
         path=source.file, line=line,
     )  # fmt: skip
+
+
+def refuse_unknown(field: tuple[str | int, ...], wanted: list[str], names: list[str],
+                    fix: str) -> None:  # fmt: skip
+    """A FieldError at ``field`` if a name of ``wanted`` is not a column (did you mean)."""
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        close = [m for c in unknown if (m := did_you_mean(c, names))]
+        raise FieldError(
+            field, f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
+            "not a column of the product"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""),
+            fix=f"{fix} ({', '.join(names)})",
+        )  # fmt: skip

@@ -214,6 +214,7 @@ def publish_product(
             CLASSIFICATION_PROPERTY: json.dumps(descriptor.classification_record(), sort_keys=True),
         },
         table_properties=descriptor.iceberg_properties(),
+        spec=descriptor.table_spec(),
         partitioning=partition_plan.partitioning if partition_plan else None,
         gate=_gate(catalog, publication, exemptions),
         quarantine_if=lambda failures: any(is_personal_data_policy(n) for n in failures),

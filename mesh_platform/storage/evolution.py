@@ -9,10 +9,10 @@ unchanged ``list<string>`` column is not equal to itself across a publication, a
 ``promote`` refuses every nested type. A nested field is named by its path
 (``address.zip``, ``tags.element``, ``prices.value``), as pyiceberg names it.
 
-Nullability is not compared: DuckDB's Arrow output marks every field nullable at every depth,
-so the tables the platform creates hold optional fields only, and a product's not-null
-guarantees are its contract's and its tests' (``union_by_name`` relaxes a required field a
-batch makes optional, which readers of optional fields do not notice).
+Nullability is not compared: DuckDB's Arrow output marks every field nullable at every depth;
+which top-level columns are required is the contract's (``not_null`` constraints), applied by
+storage/tablespec.py (a column dropping its constraint is relaxed, which readers of optional
+fields do not notice; one gaining it is tightened once main proves it free of nulls).
 """
 
 from __future__ import annotations

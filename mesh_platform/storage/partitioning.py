@@ -1,20 +1,17 @@
-"""Partitioned products: a date column and its granularity (day, month, year), the Iceberg
-partition field that goes with it, and the Parquet files DuckDB writes per partition."""
+"""Partitioned products: a date column and its granularity (day, month, year) and the Iceberg
+partition field that goes with it (storage/datafiles.py writes the files, one folder per
+partition)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
-from mesh_platform.storage import warehouse
+from mesh_platform.addressing import ProductAddress, quote_ident
 
 if TYPE_CHECKING:
-    import duckdb
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.expressions import BooleanExpression
     from pyiceberg.table import Table
@@ -83,30 +80,3 @@ def ensure_partition_field(
             partitioning.column, transform, f"{partitioning.column}_{partitioning.granularity}"
         )
     return catalog.load_table(address.iceberg_identifier)
-
-
-def copy_partitions(
-    conn: duckdb.DuckDBPyConnection, source: str, data_dir: str, partitioning: Partitioning
-) -> tuple[list[str], int]:
-    """DuckDB writes the rows of the changed partitions, one file per partition (add_files
-    derives each file's partition from its column statistics)."""
-    where = ""
-    if partitioning.changed is not None:
-        conn.execute("CREATE OR REPLACE TEMP TABLE _mesh_changed (p DATE)")
-        conn.executemany(
-            "INSERT INTO _mesh_changed VALUES (?)", [[d] for d in partitioning.changed]
-        )
-        where = f" WHERE {partitioning.sql_expr} IN (SELECT p FROM _mesh_changed)"
-    batch_dir = warehouse.join(data_dir, f"batch-{uuid.uuid4()}")
-    row_count = conn.execute(f"SELECT count(*) FROM {source}{where}").fetchone()[0]
-    if row_count:
-        conn.execute(
-            f"COPY (SELECT *, strftime({partitioning.sql_expr}, '%Y-%m-%d') AS _mesh_partition "
-            f"FROM {source}{where}) TO {quote_literal(batch_dir)} "
-            "(FORMAT parquet, PARTITION_BY (_mesh_partition))"
-        )
-    if not warehouse.is_remote(batch_dir):  # DuckDB's glob() would read [ ] * ? in the path
-        return sorted(str(p) for p in Path(batch_dir).rglob("*.parquet")), row_count
-    pattern = quote_literal(warehouse.join(batch_dir, "**", "*.parquet"))
-    files = [row[0] for row in conn.execute(f"SELECT file FROM glob({pattern})").fetchall()]
-    return sorted(files), row_count

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
-from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
+from mesh_platform.addressing import ProductAddress, quote_ident
 from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.errors import ConcurrentPublishError, MeshError
 from mesh_platform.storage import warehouse
@@ -35,11 +35,19 @@ from mesh_platform.storage.catalog import (
     is_concurrent_commit,
     load_product_table,
 )
+from mesh_platform.storage.datafiles import register_data_files, write_data_files
 from mesh_platform.storage.evolution import compare_schemas
 from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.metadata import BATCH_PROPERTY, INITIAL_PROPERTY, is_published
-from mesh_platform.storage.partitioning import Partitioning, copy_partitions, ensure_partition_field
+from mesh_platform.storage.partitioning import Partitioning, ensure_partition_field
 from mesh_platform.storage.quarantine import Quarantine, quarantine_batch
+from mesh_platform.storage.tablespec import (
+    TableSpec,
+    check_tightening,
+    relax,
+    set_sort_order,
+    tighten,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -151,15 +159,19 @@ def _prepare_table(
     arrow_schema: pa.Schema,
     table_properties: Mapping[str, str] | None = None,
     partitioning: Partitioning | None = None,
+    spec: TableSpec | None = None,
 ) -> Table:
     # heavy: pyiceberg (~2 s), only when a batch is written
     from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
     ensure_namespace(catalog, address.domain)
     table = load_product_table(catalog, address)
+    spec = spec if spec is not None else TableSpec.of_table(table)  # no spec: keep the table's
+    # Docs and required flags (a new table's) from the contract (storage/tablespec.py).
+    arrow_schema = spec.arrow_schema(arrow_schema, table.schema() if table is not None else None)
     # Descriptor properties (version, status...) are written at creation and after each
     # publication (write_audit_publish): a blocked batch must not advertise its new version.
-    wanted = {"mesh.address": str(address), **TABLE_PROPERTIES}
+    wanted = {"mesh.address": str(address), **spec.properties(), **TABLE_PROPERTIES}
     if table is None:
         try:
             table = catalog.create_table(
@@ -183,9 +195,9 @@ def _prepare_table(
             table.append(arrow_schema.empty_table(), snapshot_properties={INITIAL_PROPERTY: "true"})
         table = catalog.load_table(address.iceberg_identifier)
     else:
-        table = _evolve_schema(catalog, table, address, arrow_schema)
+        table = _evolve_schema(catalog, relax(catalog, table, address, spec), address, arrow_schema)
     _check_location(catalog, table, address)
-    return table
+    return set_sort_order(catalog, table, address, spec)
 
 
 def _check_location(catalog: SqlCatalog, table: Table, address: ProductAddress) -> None:
@@ -212,20 +224,22 @@ def stage_to_audit(
     properties: dict[str, str],
     table_properties: Mapping[str, str] | None = None,
     partitioning: Partitioning | None = None,
+    spec: TableSpec | None = None,
 ) -> AuditStage:
     """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch.
 
-    Write: DuckDB writes one Parquet file into the table's data folder (the fast path) and
-    pyiceberg registers it on branch ``audit-<batch>``, created at main's head, replacing the
-    content there. Main does not move: readers keep the published snapshot. A batch already on
-    main (a retried run) is reported, not written twice.
+    Write: DuckDB writes the Parquet files into the table's data folder (the fast path,
+    storage/datafiles.py) and pyiceberg registers them on branch ``audit-<batch>``, created at
+    main's head, replacing the content there. Main does not move: readers keep the published
+    snapshot. A batch already on main (a retried run) is reported, not written twice.
+    ``spec``: what the contract says of the table (docs, required columns, key, sort order).
     """
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
     before = load_product_table(catalog, address)
     known = before.schema() if before is not None else None
-    table = _prepare_table(catalog, address, arrow_schema, table_properties, partitioning)
+    table = _prepare_table(catalog, address, arrow_schema, table_properties, partitioning, spec)
     added = ()  # columns and nested fields (address.country): reverted if the batch is blocked
     if known is not None:
         added = tuple(compare_schemas(known, pyarrow_to_schema_without_ids(arrow_schema)).added)
@@ -240,8 +254,11 @@ def stage_to_audit(
 
     main = table.current_snapshot()
     assert main is not None  # _prepare_table gives every table an initial snapshot
+    if is_published(main) and spec is not None:
+        check_tightening(table, address, spec, partitioning)
     table = _branch_from_main(catalog, table, address, batch_id, main)
-    data_files, row_count, replaced = _write_files(catalog, table, conn, source, partitioning)
+    data_files, row_count, replaced = _write_files(catalog, table, conn, source, partitioning,
+                                                   spec)  # fmt: skip
     summary = {**properties, BATCH_PROPERTY: batch_id, "mesh.rows": str(row_count)}
     if partitioning is not None:
         summary["mesh.partitions_replaced"] = (
@@ -252,8 +269,8 @@ def stage_to_audit(
             if is_published(main):
                 tx.delete(replaced, snapshot_properties=summary, branch=branch)
             if data_files:
-                tx.add_files([str(f) for f in data_files], snapshot_properties=summary,
-                             branch=branch)  # fmt: skip
+                register_data_files(table, tx, data_files, snapshot_properties=summary,
+                                    branch=branch)  # fmt: skip
     except Exception as exc:
         for data_file in data_files:  # nothing references them: do not leave orphans
             warehouse.delete(data_file, catalog.properties)
@@ -303,23 +320,20 @@ def _write_files(
     conn: duckdb.DuckDBPyConnection,
     source: str,
     partitioning: Partitioning | None,
+    spec: TableSpec | None,
 ) -> tuple[list[str], int, BooleanExpression]:
-    """DuckDB writes the batch into the table's data folder: (its files, its rows, the rows
-    of main it replaces)."""
+    """The batch's data files (storage/datafiles.write_data_files), its rows, and the rows of
+    main it replaces."""
     # heavy: pyiceberg (~2 s), only when a batch is written
     from pyiceberg.expressions import AlwaysTrue
 
-    warehouse.configure_duckdb(conn, catalog.properties)
-    if partitioning is None:
-        data_files = [warehouse.new_data_file(table.location())]
-        conn.execute(
-            f"COPY (SELECT * FROM {source}) TO {quote_literal(data_files[0])} (FORMAT parquet)"
-        )
-        row_count = conn.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
-        return data_files, row_count, AlwaysTrue()
-    data_dir = warehouse.new_data_folder(table.location())
-    data_files, row_count = copy_partitions(conn, source, data_dir, partitioning)
-    return data_files, row_count, partitioning.replaced_rows()
+    written = write_data_files(
+        conn, source, table, partitioning=partitioning,
+        not_null=spec.required if spec is not None else (),
+        catalog_properties=catalog.properties,
+    )  # fmt: skip
+    replaced = AlwaysTrue() if partitioning is None else partitioning.replaced_rows()
+    return list(written.files), written.rows, replaced
 
 
 def publish_audited(catalog: SqlCatalog, stage: AuditStage) -> int:
@@ -388,6 +402,7 @@ def write_audit_publish(
     gate: Gate | None = None,
     quarantine_if: QuarantinePolicy | None = None,
     attempts: int = PUBLISH_ATTEMPTS,
+    spec: TableSpec | None = None,
 ) -> WapResult:
     """Stage ``relation`` on an audit branch, run ``gate`` on the stage, publish if it passes.
 
@@ -398,13 +413,15 @@ def write_audit_publish(
     another publisher moves main in between, the batch is restaged from the new main and the
     gate runs again, up to ``attempts`` times; then ConcurrentPublishError propagates. On a
     PostgreSQL catalog, publishers of one product take turns (``product_lock``), so every one
-    of them publishes.
+    of them publishes. ``spec``: what the contract says of the table (storage/tablespec.py);
+    its required columns and key are set once a publication proves them.
     """
     with product_lock(catalog, address):
         return _write_audit_publish(
             catalog, address, conn, relation,
             batch_id=batch_id, properties=properties, table_properties=table_properties,
             partitioning=partitioning, gate=gate, quarantine_if=quarantine_if, attempts=attempts,
+            spec=spec,
         )  # fmt: skip
 
 
@@ -421,13 +438,14 @@ def _write_audit_publish(
     gate: Gate | None,
     quarantine_if: QuarantinePolicy | None,
     attempts: int,
+    spec: TableSpec | None,
 ) -> WapResult:
     for attempt in range(1, attempts + 1):
         try:
             stage = stage_to_audit(
                 catalog, address, conn, relation,
                 batch_id=batch_id, properties=properties, table_properties=table_properties,
-                partitioning=partitioning,
+                partitioning=partitioning, spec=spec,
             )  # fmt: skip
             if stage.already_published:
                 return WapResult(stage, stage.snapshot_id, [], attempt)
@@ -440,6 +458,8 @@ def _write_audit_publish(
                 return WapResult(stage, None, failures, attempt)
             published = publish_audited(catalog, stage)
             _set_properties(catalog, address, table_properties)
+            if spec is not None:
+                tighten(catalog, address, spec)
             return WapResult(stage, published, [], attempt)
         except ConcurrentPublishError:
             if attempt == attempts:
