@@ -168,9 +168,7 @@ def publish_product(
 ) -> Publication:
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
     check (the Publication says what failed), raises only for storage errors. ``full_refresh``:
-    a partitioned product republishes every partition (its recorded fingerprints ignored).
-    ``rejected_retention``: how long a blocked batch stays on its audit branch."""
-
+    a partitioned product republishes every partition (its recorded fingerprints ignored)."""
     start = time.perf_counter()
     address = descriptor.address
     publication = Publication(descriptor, failed_elsewhere=tuple(failed_elsewhere))

@@ -21,9 +21,8 @@ Maintenance must never hurt a reader or a writer, so :func:`maintain`:
 - deletes unreferenced files only when older than ``orphan_margin`` (at least
   :data:`MIN_ORPHAN_MARGIN`, see there), and only inside the table's own warehouse folder.
 
-It also keeps the table healthy (storage.health): the metadata-retention properties are set
-on a table that lacks them, and the version hint names the current metadata file (the hint is
-never an orphan).
+It sets the metadata-retention properties a table lacks and writes its version hint (never an
+orphan): storage.health.
 
 A dry run takes the lock too and reports exactly what a real run would remove: the branches, the
 snapshots, and the orphan files, counting those that expiring and dropping branches would free.
@@ -203,31 +202,10 @@ def _maintain_locked(
     )
     report.table_location = table.location()
     _check_location(catalog, table, address)
-    now_ms = int((now if now is not None else time.time()) * 1000)
-    cutoff = now_ms - int(retain.total_seconds() * 1000)
-
-    main_line = [s.snapshot_id for s in ancestors_of(table.current_snapshot(), table.metadata)]
-    rejected_ms = int(rejected_retention.total_seconds() * 1000)
-    _judge_branches(
-        table, report, main_line, exclusive=exclusive, cutoff=cutoff, now_ms=now_ms,
-        rejected_ms=rejected_ms,
+    _plan_changes(
+        table, report, exclusive=exclusive, retain=retain, keep_last=keep_last, now=now,
+        protect=protect, rejected_retention=rejected_retention,
     )  # fmt: skip
-
-    staying = {
-        ref.snapshot_id
-        for name, ref in table.metadata.refs.items()
-        if name not in report.removed_branches
-    }
-    keep = set(main_line[:keep_last]) | staying | set(protect)
-    dropped = _branch_snapshots(table, report.removed_branches, main_line)
-    report.expired_snapshots = sorted(
-        s.snapshot_id
-        for s in table.snapshots()
-        if (s.timestamp_ms < cutoff or s.snapshot_id in dropped) and s.snapshot_id not in keep
-    )
-    report.set_properties = sorted(
-        k for k, v in HEALTH_PROPERTIES.items() if table.properties.get(k) != v
-    )
     changes = bool(report.removed_branches or report.expired_snapshots or report.set_properties)
 
     # What stays referenced once the branches are dropped and the snapshots expired.
@@ -272,6 +250,43 @@ def _maintain_locked(
     report.orphan_files = orphans
     if not dry_run:
         _delete_orphans(table, address, orphans)
+
+
+def _plan_changes(
+    table: Table,
+    report: MaintenanceReport,
+    *,
+    exclusive: bool,
+    retain: timedelta,
+    keep_last: int,
+    now: float | None,
+    protect: Collection[int],
+    rejected_retention: timedelta,
+) -> None:
+    """Fill the report's branches to drop, snapshots to expire and properties to set."""
+    now_ms = int((now if now is not None else time.time()) * 1000)
+    cutoff = now_ms - int(retain.total_seconds() * 1000)
+    main_line = [s.snapshot_id for s in ancestors_of(table.current_snapshot(), table.metadata)]
+    rejected_ms = int(rejected_retention.total_seconds() * 1000)
+    _judge_branches(
+        table, report, main_line, exclusive=exclusive, cutoff=cutoff, now_ms=now_ms,
+        rejected_ms=rejected_ms,
+    )  # fmt: skip
+    staying = {
+        ref.snapshot_id
+        for name, ref in table.metadata.refs.items()
+        if name not in report.removed_branches
+    }
+    keep = set(main_line[:keep_last]) | staying | set(protect)
+    dropped = _branch_snapshots(table, report.removed_branches, main_line)
+    report.expired_snapshots = sorted(
+        s.snapshot_id
+        for s in table.snapshots()
+        if (s.timestamp_ms < cutoff or s.snapshot_id in dropped) and s.snapshot_id not in keep
+    )
+    report.set_properties = sorted(
+        k for k, v in HEALTH_PROPERTIES.items() if table.properties.get(k) != v
+    )
 
 
 def _judge_branches(
