@@ -1,8 +1,9 @@
 """Maintenance of the mesh's products (`mesh maintain`): every published product of the selected
-domains (and the platform's own tables, such as ``mesh.sla_history``) compacted when its files
-need it (:func:`mesh_platform.storage.compaction.compact`, through write-audit-publish), then
-maintained by :func:`mesh_platform.storage.maintenance.maintain`, each under its publication
-lock, the snapshots consumers read next (:mod:`mesh_platform.products.cuts`) never expired.
+domains (and the platform's own tables, such as ``mesh.sla_history``) maintained by
+:func:`mesh_platform.storage.maintenance.maintain`, then compacted when its files need it
+(:func:`mesh_platform.storage.compaction.compact`, through write-audit-publish), each under its
+publication lock, the snapshots consumers read next (:mod:`mesh_platform.products.cuts`) never
+expired. A table maintenance could not read or had to skip is not compacted.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def maintain_products(
     compaction: bool = True,
     platform: bool = False,
 ) -> Iterator[ProductMaintenance]:
-    """Compact (``compaction``) and maintain each product table of ``domains`` in turn, and of
+    """Maintain and compact (``compaction``) each product table of ``domains`` in turn, and of
     the platform's namespace if ``platform``, yielding each outcome as it is done. A product
     whose table cannot be maintained (a MeshError) is yielded with the error; the others are
     still maintained."""
@@ -55,10 +56,8 @@ def maintain_products(
         for _, name in catalog.list_tables(domain):
             product = f"{domain}.{name}"
             address = ProductAddress.parse(product)
-            compacted = None
+            compacted, report = None, None
             try:
-                if compaction:
-                    compacted = compact(catalog, address, dry_run=dry_run, lock_wait=lock_wait)
                 report = maintain(
                     catalog,
                     address,
@@ -70,7 +69,9 @@ def maintain_products(
                     protect=protected.get(product, set()),
                     rejected_retention=mesh.settings.tables.rejected_retention,
                 )
+                if compaction and not report.skipped:
+                    compacted = compact(catalog, address, dry_run=dry_run, lock_wait=lock_wait)
             except MeshError as exc:
-                yield ProductMaintenance(product, error=exc, compaction=compacted)
+                yield ProductMaintenance(product, report, exc, compacted)
                 continue
             yield ProductMaintenance(product, report=report, compaction=compacted)

@@ -221,7 +221,11 @@ def _compact_locked(catalog: SqlCatalog, address: ProductAddress, report: Compac
     report.reasons = rewrite_reasons(facts, table.spec().spec_id)
     if not report.reasons:
         return
-    partitioning = table_partitioning(table)
+    try:
+        partitioning = table_partitioning(table)
+    except MeshError as exc:  # a table another engine partitions its own way
+        report.skipped = exc.what
+        return
     if report.dry_run:
         groups: dict[tuple, list[FileFacts]] = defaultdict(list)
         for f in facts:
@@ -303,13 +307,18 @@ def _check(
 
 
 def _no_gain(before: list[FileFacts], after: list[FileFacts], spec_id: int) -> str:
-    """Why publishing the rewrite would not improve the table ("" if it would)."""
-    if len(rewrite_reasons(after, spec_id)) < len(rewrite_reasons(before, spec_id)):
+    """Why publishing the rewrite would not improve the table ("" if it would): it must not
+    bring a format problem the files did not have (pyiceberg's zstd files with field ids
+    rewritten by a writer without them), and must leave fewer problems or fewer files."""
+    worse = _format_problems(after) - _format_problems(before)
+    fewer = len(rewrite_reasons(after, spec_id)) < len(rewrite_reasons(before, spec_id))
+    if not worse and (fewer or len(after) < len(before)):
         return ""
-    if len(after) < len(before):
-        return ""
-    return (
-        "discarded: the writer's files would still have "
-        + "; ".join(rewrite_reasons(after, spec_id))
-        + " (nothing to gain yet)"
-    )
+    left = "; ".join(rewrite_reasons(after, spec_id)) or "the same files"
+    return f"rewrite discarded: the writer's files would have {left} (nothing to gain yet)"
+
+
+def _format_problems(facts: list[FileFacts]) -> set[str]:
+    return {"field ids" for f in facts if not f.field_ids} | {
+        "codec" for f in facts if f.codecs and f.codecs != {"ZSTD"}
+    }
