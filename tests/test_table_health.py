@@ -21,6 +21,8 @@ import pytest
 
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.duckdb_ext import connect
+from mesh_platform.products.descriptor import descriptor_from_node
+from mesh_platform.products.publish import publish_product
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.storage.compaction import (
@@ -33,6 +35,7 @@ from mesh_platform.storage.compaction import (
 from mesh_platform.storage.health import METADATA_VERSIONS_KEPT, VERSION_HINT
 from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.maintenance import maintain
+from mesh_platform.storage.metadata import COMPACTION_PROPERTY
 from mesh_platform.storage.references import referenced_files
 from mesh_platform.storage.wap import stage_to_audit, write_audit_publish
 from mesh_platform.testing import publish_from_duckdb, run_mesh
@@ -289,3 +292,55 @@ def test_after_mesh_maintain_every_data_file_is_zstd(maintained):
         for codec in f.codecs
     }
     assert {codec for _, codec in codecs} == {"ZSTD"}, sorted(codecs)
+
+
+def _monthly_orders():
+    mesh = {
+        "purpose": "Order headers.", "version": "1.0.0",
+        "owner": {"team": "sales", "contact": "sales-data@example.com"},
+        "partition_by": {"column": "order_date", "granularity": "month"},
+    }  # fmt: skip
+    node = {
+        "resource_type": "model", "access": "public", "name": "orders",
+        "description": "One row per order.", "original_file_path": "models/orders.sql",
+        "config": {"materialized": "incremental", "meta": {"mesh": mesh}},
+        "columns": {c: {"data_type": t} for c, t in
+                    (("order_key", "bigint"), ("order_date", "date"), ("amount", "double"))},
+    }  # fmt: skip
+    return descriptor_from_node("sales", node)
+
+
+def test_a_compacted_partitioned_product_stays_incremental(mesh):
+    """The partition fingerprints recorded at publication still describe main after a
+    compaction (same rows): the next run replaces only the changed partition."""
+    conn = connect(mesh.state_dir / "sales.duckdb")
+    conn.execute(
+        "CREATE TABLE main.orders AS SELECT range AS order_key, "
+        "DATE '2024-01-01' + (range % 90)::INT AS order_date, range * 1.5 AS amount "
+        "FROM range(900)"
+    )
+    catalog = open_catalog(mesh)
+    publish_product(catalog, _monthly_orders(), conn, "main.orders", batch_id="b1", run_id="b1")
+    # A rewrite of January into two files, committed as a compaction commits (same rows).
+    table = _table(catalog)
+    folder = warehouse.local_path(table.location()) / "data"
+    files = [str(folder / f"january-{half}.parquet") for half in (0, 1)]
+    for half, path in enumerate(files):
+        conn.execute(
+            f"COPY (SELECT * FROM main.orders WHERE order_date < DATE '2024-02-01' "
+            f"AND order_key % 2 = {half}) TO '{path}' (FORMAT parquet)"
+        )
+    with table.transaction() as tx:
+        marker = {COMPACTION_PROPERTY: "c1"}
+        tx.delete("order_date < '2024-02-01'", snapshot_properties=marker)
+        tx.add_files(files, snapshot_properties=marker)
+    assert len(file_facts(_table(catalog))) == 4
+
+    conn.execute("UPDATE main.orders SET amount = -1 WHERE order_key = 100")  # February
+    publication = publish_product(
+        catalog, _monthly_orders(), conn, "main.orders", batch_id="b2", run_id="b2"
+    )
+    assert publication.partitions == "1 of 3 partition(s) changed"
+    rows = _table(catalog).scan().to_arrow().num_rows
+    assert rows == 900
+    conn.close()
