@@ -141,10 +141,16 @@ def drop_expired_batches(
     """Remove the blocked batches of ``address`` kept past their expiry: their branches, their
     snapshots and their files (quarantine_batch; main untouched). The caller holds the product's
     lock (write-audit-publish does, before staging its own batch ``keep``)."""
+    # heavy: pyiceberg (~2 s), only when a batch is written or maintained
+    from pyiceberg.exceptions import CommitFailedException
+
     table = load_product_table(catalog, address)
     if table is None:  # never published: nothing to drop
         return []
-    return [
-        ExpiredBatch(branch, quarantine_batch(catalog, address, branch))
-        for branch in expired_audit_branches(table, retention, now_ms=now_ms, keep=keep)
-    ]
+    dropped = []
+    for branch in expired_audit_branches(table, retention, now_ms=now_ms, keep=keep):
+        # A commit lost to a writer without the lock: its files are gone all the same, and
+        # maintenance drops the branch; the publication goes on.
+        with contextlib.suppress(CommitFailedException):
+            dropped.append(ExpiredBatch(branch, quarantine_batch(catalog, address, branch)))
+    return dropped
