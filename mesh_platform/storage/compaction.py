@@ -186,11 +186,11 @@ def compact(
     dry run reports the reasons and the estimated files after. A lock busy for ``lock_wait``
     leaves the product alone (``skipped``). A check that fails discards the rewrite and raises
     MeshError: main is untouched."""
-    start = time.perf_counter()
-    report = CompactionReport(address, dry_run=dry_run)
     # heavy: pyiceberg (~2 s), only when a table is compacted
     from pyiceberg.exceptions import NoSuchTableError
 
+    start = time.perf_counter()
+    report = CompactionReport(address, dry_run=dry_run)
     try:
         with product_lock(catalog, address, timeout=lock_wait.total_seconds()):
             _compact_locked(catalog, address, report)
