@@ -193,7 +193,11 @@ def compact(
     report = CompactionReport(address, dry_run=dry_run)
     try:
         with product_lock(catalog, address, timeout=lock_wait.total_seconds()):
-            _compact_locked(catalog, address, report)
+            try:
+                _compact_locked(catalog, address, report)
+            finally:  # a discarded rewrite commits too (its branch dropped)
+                if not dry_run:
+                    write_version_hint(catalog.load_table(address.iceberg_identifier))
     except ConcurrentPublishError:
         report.skipped = "publication in progress (its lock stayed busy); run again"
     except NoSuchTableError:
@@ -258,7 +262,6 @@ def _compact_locked(catalog: SqlCatalog, address: ProductAddress, report: Compac
         report.skipped = no_gain
         return
     report.files_after, report.bytes_after = len(after), sum(f.size for f in after)
-    write_version_hint(catalog.load_table(address.iceberg_identifier))
 
 
 def _stage_rewrite(
