@@ -123,19 +123,23 @@ def maintain(
     orphans = find_orphans(mesh, directory.descriptors, directory.problems)
     print_orphans([o for o in orphans if not domains or o.namespace in domains])
     for report in compactions:
-        out.print(f"{report.address}: rewrite: {'; '.join(report.reasons)}", highlight=False)
+        why = f" ({escape(printable(report.skipped))})" if report.skipped else ""
+        out.print(
+            f"{report.address}: rewrite for {escape('; '.join(report.reasons))}{why}",
+            highlight=False,
+        )
     _print_maintenance_outcome(reports, failed, verbose=verbose)
 
 
 def _rewrite_cell(report: CompactionReport | None) -> str:
-    """The rewrite column: files before -> after (with --dry-run: the estimate), or why not."""
+    """The rewrite column: files before -> after (with --dry-run: the estimate), or not done
+    (why: with --verbose)."""
     if report is None or (not report.reasons and not report.skipped):
         return "-"
     if report.skipped:
-        return f"[yellow]skipped[/] ({escape(printable(report.skipped))})"
+        return "[yellow]not rewritten[/]"
     after = "?" if report.files_after is None else str(report.files_after)
-    arrow = "->" if not report.dry_run else "-> ~"
-    return f"{report.files_before} {arrow}{'' if report.dry_run else ' '}{after} files"
+    return f"{report.files_before} -> {'~' if report.dry_run else ''}{after} files"
 
 
 def _check_orphan_margin(text: str, margin: timedelta) -> None:

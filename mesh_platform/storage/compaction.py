@@ -20,8 +20,11 @@ Parquet footers (field ids, codec), read cheaply with pyarrow, never from the da
 - a file is larger than :data:`MAX_FILE_BYTES`, or was written under an older partition spec;
 - a file lacks Iceberg field ids (readers without name mapping cannot read it) or is not zstd.
 
-A rewrite that would not improve on what it replaces (the writer does not produce the format
-asked for yet) is discarded before publication and reported, so maintenance never churns.
+Before rewriting, one row of the table goes through the same writer (a probe file, deleted at
+once): a rewrite that would bring a format problem the files do not have (pyiceberg's zstd files
+with field ids rewritten by a writer without them), or that only format problems call for and
+the writer does not fix yet, is not attempted. A staged rewrite that would still not improve the
+table is discarded before publication. Either way it is reported, and maintenance never churns.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import math
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from mesh_platform.addressing import ProductAddress, quote_literal
+from mesh_platform.addressing import ProductAddress, quote_ident, quote_literal
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.errors import ConcurrentPublishError, MeshError
 from mesh_platform.storage import warehouse
@@ -48,7 +52,8 @@ from mesh_platform.storage.metadata import (
 )
 from mesh_platform.storage.partitioning import Partitioning
 from mesh_platform.storage.quarantine import quarantine_batch
-from mesh_platform.storage.wap import AuditStage, publish_audited, stage_to_audit
+from mesh_platform.storage.references import remove_empty_folders
+from mesh_platform.storage.wap import AuditStage, _write_files, publish_audited, stage_to_audit
 
 if TYPE_CHECKING:
     import duckdb
@@ -63,6 +68,7 @@ SMALL_FILE_BYTES = 8 * MiB
 # Summary entries of a publication that describe its batch, not the product's content.
 _BATCH_ONLY = {BATCH_PROPERTY, INITIAL_PROPERTY, "mesh.rows", "mesh.partitions_replaced"}
 _VIEW = "main.mesh_compaction_source"
+_PROBE = "main.mesh_compaction_probe"
 
 
 @dataclass(frozen=True)
@@ -96,40 +102,47 @@ class CompactionReport:
 
 def file_facts(table: Table, snapshot: Snapshot | None = None) -> list[FileFacts]:
     """The data files of ``snapshot`` (main's head by default) with their footer facts."""
-    # heavy: pyarrow.parquet (~0.3 s), only when files are judged
-    import pyarrow.parquet as pq
-
     snapshot_id = snapshot.snapshot_id if snapshot is not None else None
-    facts = []
+    facts: list[FileFacts] = []
     for task in table.scan(snapshot_id=snapshot_id).plan_files():
         data = task.file
-        if warehouse.is_remote(data.file_path):
-            footer = pq.read_metadata(
-                data.file_path.split("://", 1)[1],
-                filesystem=warehouse.arrow_filesystem(table.io.properties),
-            )
-        else:
-            footer = pq.read_metadata(warehouse.local_path(data.file_path))
-        codecs = {
-            footer.row_group(g).column(c).compression
-            for g in range(footer.num_row_groups)
-            for c in range(footer.num_columns)
-        }
-        ids = all(
-            f.metadata and b"PARQUET:field_id" in f.metadata
-            for f in footer.schema.to_arrow_schema()
-        )
+        codecs, ids = _footer(data.file_path, table.io.properties)
         facts.append(
             FileFacts(
                 data.file_path, data.file_size_in_bytes, data.record_count, data.spec_id,
-                tuple(data.partition), frozenset(codecs), ids,
+                tuple(data.partition), codecs, ids,
             )
         )  # fmt: skip
     return facts
 
 
+def _footer(location: str, properties: Mapping[str, str]) -> tuple[frozenset[str], bool]:
+    """A Parquet file's codecs and whether every top-level column carries a field id."""
+    # heavy: pyarrow.parquet (~0.3 s), only when files are judged
+    import pyarrow.parquet as pq
+
+    if warehouse.is_remote(location):
+        filesystem = warehouse.arrow_filesystem(properties)
+        footer = pq.read_metadata(location.split("://", 1)[1], filesystem=filesystem)
+    else:
+        footer = pq.read_metadata(warehouse.local_path(location))
+    codecs = {
+        footer.row_group(g).column(c).compression
+        for g in range(footer.num_row_groups)
+        for c in range(footer.num_columns)
+    }
+    schema = footer.schema.to_arrow_schema()
+    ids = all(f.metadata and b"PARQUET:field_id" in f.metadata for f in schema)
+    return frozenset(codecs), ids
+
+
 def rewrite_reasons(facts: list[FileFacts], current_spec_id: int) -> list[str]:
     """Why these files need a rewrite (empty: they do not); see the module's doc."""
+    return layout_reasons(facts, current_spec_id) + format_reasons(facts)
+
+
+def layout_reasons(facts: list[FileFacts], current_spec_id: int) -> list[str]:
+    """Too many files for their bytes, files too large, files of an older partition spec."""
     groups: dict[tuple, list[FileFacts]] = defaultdict(list)
     for f in facts:
         groups[(f.spec_id, f.partition)].append(f)
@@ -142,6 +155,12 @@ def rewrite_reasons(facts: list[FileFacts], current_spec_id: int) -> list[str]:
         reasons.append(f"{large} file(s) over {MAX_FILE_BYTES // MiB} MB")
     if old := sum(1 for f in facts if f.spec_id != current_spec_id):
         reasons.append(f"{old} file(s) of an older partition spec")
+    return reasons
+
+
+def format_reasons(facts: list[FileFacts]) -> list[str]:
+    """Files without field ids, files not zstd."""
+    reasons = []
     if no_ids := sum(1 for f in facts if not f.field_ids):
         reasons.append(f"{no_ids} file(s) without Iceberg field ids")
     if not_zstd := sum(1 for f in facts if f.codecs and f.codecs != {"ZSTD"}):
@@ -239,6 +258,9 @@ def _compact_locked(catalog: SqlCatalog, address: ProductAddress, report: Compac
     conn = connect(extensions=("iceberg",))
     try:
         warehouse.configure_duckdb(conn, table.io.properties)
+        if why := _hopeless(catalog, conn, table, main, partitioning, facts):
+            report.skipped = why
+            return
         stage = _stage_rewrite(catalog, address, conn, table, main, partitioning)
         try:
             staged = catalog.load_table(address.iceberg_identifier)
@@ -262,6 +284,54 @@ def _compact_locked(catalog: SqlCatalog, address: ProductAddress, report: Compac
         report.skipped = no_gain
         return
     report.files_after, report.bytes_after = len(after), sum(f.size for f in after)
+
+
+def _hopeless(
+    catalog: SqlCatalog,
+    conn: duckdb.DuckDBPyConnection,
+    table: Table,
+    main: Snapshot,
+    partitioning: Partitioning | None,
+    facts: list[FileFacts],
+) -> str:
+    """Why a rewrite cannot help ("" if it can), from a one-row probe through the writer
+    (deleted at once): it would bring a format problem the files do not have, or only format
+    problems call for it and the writer does not fix them (yet)."""
+    before = _format_problems(facts)
+    written = _writer_problems(catalog, conn, table, main, partitioning)
+    if worse := written - before:
+        return f"not rewritten: the writer's files would lack {' and '.join(sorted(worse))}"
+    if not layout_reasons(facts, table.spec().spec_id) and before <= written:
+        return f"not rewritten: the writer does not write {' and '.join(sorted(before))} yet"
+    return ""
+
+
+def _writer_problems(
+    catalog: SqlCatalog,
+    conn: duckdb.DuckDBPyConnection,
+    table: Table,
+    main: Snapshot,
+    partitioning: Partitioning | None,
+) -> set[str]:
+    """The format problems of a file the writer (wap._write_files) writes now."""
+    conn.execute(
+        f"CREATE OR REPLACE VIEW {_PROBE} AS SELECT * FROM iceberg_scan("
+        f"{quote_literal(warehouse.engine_path(table.metadata_location))}, "
+        f"snapshot_from_id = {int(main.snapshot_id)}) LIMIT 1"
+    )
+    schema, name = _PROBE.split(".")
+    files, _, _ = _write_files(
+        catalog, table, conn, f"{quote_ident(schema)}.{quote_ident(name)}", partitioning
+    )
+    try:
+        footers = [_footer(f, table.io.properties) for f in files]
+    finally:
+        for location in files:
+            warehouse.delete(location, table.io.properties)
+        remove_empty_folders(table.location(), files)
+    return {"field ids" for _, ids in footers if not ids} | {
+        "zstd" for codecs, _ in footers if codecs and codecs != {"ZSTD"}
+    }
 
 
 def _stage_rewrite(
@@ -323,5 +393,5 @@ def _no_gain(before: list[FileFacts], after: list[FileFacts], spec_id: int) -> s
 
 def _format_problems(facts: list[FileFacts]) -> set[str]:
     return {"field ids" for f in facts if not f.field_ids} | {
-        "codec" for f in facts if f.codecs and f.codecs != {"ZSTD"}
+        "zstd" for f in facts if f.codecs and f.codecs != {"ZSTD"}
     }
