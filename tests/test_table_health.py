@@ -15,7 +15,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -204,12 +203,15 @@ def test_compaction_rewrites_small_files_keeping_every_row_once(catalog, conn):
 
 
 def test_compaction_leaves_no_small_file_in_a_table_over_the_threshold(catalog, conn):
-    rng = np.random.default_rng(18)
     publish_from_duckdb(catalog, ORDERS, conn, "main.v10", properties={})
-    for i in range(10):  # ~1.6 MB of incompressible text per file: 16 MB in small files
-        keys = pa.array(np.arange(i * 100_000, (i + 1) * 100_000), pa.int64())
-        notes = pa.array(rng.integers(0, 2**62, 100_000).astype(str))
-        _table(catalog).append(pa.table({"order_key": keys, "note": notes}))
+    for i in range(10):  # ~1.7 MB of random hex per file: 17 MB in small files
+        rows = conn.execute(
+            "SELECT range AS order_key, md5(random()::VARCHAR) AS note FROM range(?, ?)",
+            [i * 60_000, (i + 1) * 60_000],
+        ).to_arrow_table()
+        _table(catalog).append(
+            rows.cast(pa.schema([("order_key", pa.int64()), ("note", pa.string())]))
+        )
     facts = file_facts(_table(catalog))
     assert sum(f.size for f in facts) > SMALL_FILE_BYTES
 
