@@ -7,11 +7,14 @@ Layering follows pyiceberg's habit: file -> environment -> code. Any key can be 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mesh_platform.formats import parse_duration
 
 
 class CatalogSettings(BaseModel):
@@ -205,6 +208,31 @@ class ServeSettings(BaseModel):
     )
 
 
+class TableSettings(BaseModel):
+    """How product tables are kept healthy (write-audit-publish, ``mesh maintain``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rejected_batch_retention: str = Field(
+        default="24h",
+        description="How long a batch the gate blocked stays on its audit branch for "
+        "inspection (the branch's Iceberg max-ref-age-ms), readable by any engine given the "
+        "warehouse; then the product's next publication or `mesh maintain` removes it with its "
+        "files. A batch blocked for personal data is removed at once, whatever this says.",
+        examples=["24h", "90m", "7d"],
+    )
+
+    @field_validator("rejected_batch_retention")
+    @classmethod
+    def _duration(cls, text: str) -> str:
+        parse_duration(text)  # ValueError naming the accepted form
+        return text
+
+    @property
+    def rejected_retention(self) -> timedelta:
+        return parse_duration(self.rejected_batch_retention)
+
+
 class MeshSettings(BaseSettings):
     """Typed view of mesh.yaml. Environment variables (MESH_*) win over the file."""
 
@@ -231,6 +259,7 @@ class MeshSettings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    tables: TableSettings = Field(default_factory=TableSettings)
     profile: Literal["local", "production"] = Field(
         default="local",
         description="Deployment profile. local: the embedded default (sqlite files, local "

@@ -34,7 +34,7 @@ from mesh_platform.sla.history import read_history
 from mesh_platform.sla.record import record_safely
 from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.storage.locks import product_lock
-from mesh_platform.storage.metadata import BATCH_PROPERTY, is_published
+from mesh_platform.storage.metadata import BATCH_PROPERTY, COMPACTION_PROPERTY, is_published
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -88,6 +88,8 @@ def unacknowledged(
         if snapshot.snapshot_id in known or not is_published(snapshot):
             break
         summary = snapshot.summary or {}
+        if summary.get(COMPACTION_PROPERTY):  # a rewrite of main by `mesh maintain`: no batch
+            continue
         run_id, batch_id = summary.get(RUN_PROPERTY), summary.get(BATCH_PROPERTY)
         if batch_id not in seen:  # a batch that replaced rows commits two snapshots: its head
             run = instance.get_run_by_id(run_id) if run_id and batch_id else None

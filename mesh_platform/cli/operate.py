@@ -25,6 +25,7 @@ from mesh_platform.products.maintenance import maintain_products
 from mesh_platform.products.registry import load_directory
 from mesh_platform.products.retirement import retire as finish_retirement
 from mesh_platform.storage.catalog import open_catalog
+from mesh_platform.storage.compaction import CompactionReport
 from mesh_platform.storage.maintenance import (
     MIN_ORPHAN_MARGIN,
     MaintenanceReport,
@@ -56,6 +57,11 @@ from mesh_platform.storage.repair import repair as repair_product
     "and dropping branches would free included); change nothing.",
 )  # fmt: skip
 @click.option(
+    "--compact/--no-compact", default=True, show_default=True,
+    help="Rewrite tables of many small files (or of files without field ids or zstd) into "
+    "target-size files, through write-audit-publish.",
+)  # fmt: skip
+@click.option(
     "-v", "--verbose", is_flag=True,
     help="List every branch, snapshot and file removed (with --dry-run: that would be).",
 )  # fmt: skip
@@ -69,9 +75,11 @@ def maintain(
     orphan_margin: str,
     lock_wait: str,
     dry_run: bool,
+    compact: bool,
     verbose: bool,
 ) -> None:
-    """Expire old snapshots, drop stale audit branches and remove orphan files of products.
+    """Compact small files, expire old snapshots, drop stale audit branches and remove orphan
+    files of products (and of the platform's own tables when no --domain is given).
 
     Each product is maintained under its publication lock: a product being published is
     waited for (--lock-wait), then skipped and reported (run again). A product whose table
@@ -85,27 +93,53 @@ def maintain(
     mesh = load_context_mesh(ctx)
     selected = selected_domains(mesh, domains)
     reports: list[MaintenanceReport] = []
+    compactions: list[CompactionReport] = []
     failed: list[tuple[str, MeshError]] = []
     table = Table(title="mesh maintain" + (" (dry run)" if dry_run else ""))
-    for col in ("product", "result", "expired snapshots", "removed branches", "orphan files"):
+    for col in (
+        "product", "result", "rewrite", "expired snapshots", "removed branches", "orphan files"
+    ):  # fmt: skip
         table.add_column(col)
     for done in maintain_products(
         mesh, selected, retain=retain_for, keep_last=keep_last, orphan_margin=margin,
-        lock_wait=wait, dry_run=dry_run,
+        lock_wait=wait, dry_run=dry_run, compaction=compact, platform=not domains,
     ):  # fmt: skip
+        rewrite = _rewrite_cell(done.compaction)
         if done.error is not None:
             if debug:
                 raise done.error
             failed.append((done.product, done.error))
-            table.add_row(escape(printable_value(done.product)), "[red]failed[/]", "-", "-", "-")
+            table.add_row(
+                escape(printable_value(done.product)), "[red]failed[/]", rewrite, "-", "-", "-"
+            )
         elif done.report is not None:
             reports.append(done.report)
-            table.add_row(*_maintenance_row(done.report))
+            row = _maintenance_row(done.report)
+            table.add_row(*row[:2], rewrite, *row[2:])
+            if verbose and done.compaction is not None and done.compaction.reasons:
+                compactions.append(done.compaction)
     out.print(table)
     directory = load_directory(mesh, refresh=False)  # as prepared: no dbt parse here
     orphans = find_orphans(mesh, directory.descriptors, directory.problems)
     print_orphans([o for o in orphans if not domains or o.namespace in domains])
+    for report in compactions:
+        why = f" ({escape(printable(report.skipped))})" if report.skipped else ""
+        out.print(
+            f"{report.address}: rewrite for {escape('; '.join(report.reasons))}{why}",
+            highlight=False,
+        )
     _print_maintenance_outcome(reports, failed, verbose=verbose)
+
+
+def _rewrite_cell(report: CompactionReport | None) -> str:
+    """The rewrite column: files before -> after (with --dry-run: the estimate), or not done
+    (why: with --verbose)."""
+    if report is None or (not report.reasons and not report.skipped):
+        return "-"
+    if report.skipped:
+        return "[yellow]not rewritten[/]"
+    after = "?" if report.files_after is None else str(report.files_after)
+    return f"{report.files_before} -> {'~' if report.dry_run else ''}{after} files"
 
 
 def _check_orphan_margin(text: str, margin: timedelta) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh_platform.addressing import quote_ident
 from mesh_platform.storage import warehouse
-from mesh_platform.storage.metadata import is_published
+from mesh_platform.storage.metadata import COMPACTION_PROPERTY, is_published
 from mesh_platform.storage.partitioning import partition_transform
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def plan(
     main = table.current_snapshot() if table is not None else None
     if table is None or main is None or not is_published(main):
         return PartitionPlan(everything, current, "first publication")
-    if snapshot_id is None or main.snapshot_id != snapshot_id:
+    if snapshot_id is None or _published_from(table, main) != snapshot_id:
         return republish("main is not the snapshot last published from here")
     if not any(f.name.startswith(partitioning.column) for f in table.spec().fields):
         return PartitionPlan(everything, current, "table not partitioned")
@@ -230,6 +230,16 @@ def plan(
         current,
         f"{len(changed)} of {len(current)} partition(s) changed",
     )
+
+
+def _published_from(table: Table, main: Any) -> int:
+    """The snapshot whose content main holds: main's head, or, when ``mesh maintain`` compacted
+    it since (same rows, new files: storage.compaction), the snapshot the compaction rewrote.
+    (The manifests are still verified against the recorded state.)"""
+    snapshot = main
+    while snapshot is not None and (snapshot.summary or {}).get(COMPACTION_PROPERTY):
+        snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id or 0)
+    return snapshot.snapshot_id if snapshot is not None else main.snapshot_id
 
 
 def record(

@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from mesh_platform.products.gate import SCHEMA_CHECK, GateContext, is_personal_d
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.storage.catalog import load_product_table
 from mesh_platform.storage.evolution import compare_schemas
+from mesh_platform.storage.health import DEFAULT_REJECTED_RETENTION
 from mesh_platform.storage.metadata import CLASSIFICATION_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning
 from mesh_platform.storage.wap import write_audit_publish
@@ -162,11 +164,11 @@ def publish_product(
     salt: str | None = None,
     exemptions: Mapping[str, str] | None = None,
     full_refresh: bool = False,
+    rejected_retention: timedelta = DEFAULT_REJECTED_RETENTION,
 ) -> Publication:
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
     check (the Publication says what failed), raises only for storage errors. ``full_refresh``:
     a partitioned product republishes every partition (its recorded fingerprints ignored)."""
-
     start = time.perf_counter()
     address = descriptor.address
     publication = Publication(descriptor, failed_elsewhere=tuple(failed_elsewhere))
@@ -218,6 +220,7 @@ def publish_product(
         partitioning=partition_plan.partitioning if partition_plan else None,
         gate=_gate(catalog, publication, exemptions),
         quarantine_if=lambda failures: any(is_personal_data_policy(n) for n in failures),
+        retention=rejected_retention,
     )
     publication.stage = result.stage
     publication.snapshot_id = result.published_snapshot_id
@@ -383,6 +386,7 @@ def publish_in_run(
         salt=mesh.pii_salt(),
         exemptions=gate_exemptions(mesh, str(descriptor.address)),
         full_refresh=full_refresh,
+        rejected_retention=mesh.settings.tables.rejected_retention,
     )
     if publication.quarantine is not None:
         try:

@@ -46,6 +46,7 @@ from mesh_platform.sla.events import (
 )
 from mesh_platform.sla.journal import Pending, journal, journal_dir, journal_files, pending
 from mesh_platform.storage.catalog import ensure_namespace, is_concurrent_commit, open_catalog
+from mesh_platform.storage.health import HEALTH_PROPERTIES, write_version_hint
 from mesh_platform.storage.locks import product_lock
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ def _history_table(catalog: Any) -> Any:
                 "comment": "Gate evaluations of every product (mesh_platform.sla.history)",
                 "mesh.address": str(HISTORY),
                 "mesh.owner": "platform",
+                **HEALTH_PROPERTIES,
             },
         )
     have = {field.name for field in table.schema().fields}
@@ -214,6 +216,7 @@ def record(mesh: Mesh, events: Iterable[GateEvent], catalog: Any = None) -> Reco
             replay = _not_recorded(table, backlog.events)
             if replay or events:
                 _append(catalog, table, to_arrow([*replay, *events]))
+                write_version_hint(catalog.load_table(HISTORY.iceberg_identifier))
             for path in backlog.files:  # written (or already there): done with them
                 path.unlink(missing_ok=True)
         return Recorded(

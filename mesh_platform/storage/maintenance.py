@@ -7,9 +7,11 @@ Maintenance must never hurt a reader or a writer, so :func:`maintain`:
   maintenance waits a bounded time and otherwise leaves the product alone, reported as skipped
   ("publication in progress, run again"): it never races a publication;
 - under the lock no publisher of the product is mid-flight, so an audit branch it finds was left
-  by a finished run (a blocked batch, kept for inspection until it is older than ``retain``,
-  judged by the branch head's own commit time) or by a dead one (a branch still at a snapshot of
-  main's history: created, nothing staged, dropped at once);
+  by a finished run (a blocked batch, kept for inspection until its head is older than the
+  branch's ``max-ref-age-ms``, or ``rejected_retention`` for a branch written without one:
+  storage.health) or by a dead one (a branch still at a snapshot of main's history: created,
+  nothing staged, dropped at once); a dropped branch's own snapshots are expired with it, so
+  its files go as orphans;
 - never deletes a file reachable from a catalog pointer (the row's metadata location and
   previous metadata location, the snapshot current in the latter: a reader may have just
   resolved it), the metadata log, or any snapshot that stays (every ref's history, the
@@ -18,6 +20,9 @@ Maintenance must never hurt a reader or a writer, so :func:`maintain`:
   nothing of that product is deleted;
 - deletes unreferenced files only when older than ``orphan_margin`` (at least
   :data:`MIN_ORPHAN_MARGIN`, see there), and only inside the table's own warehouse folder.
+
+It sets the metadata-retention properties a table lacks and writes its version hint (never an
+orphan): storage.health.
 
 A dry run takes the lock too and reports exactly what a real run would remove: the branches, the
 snapshots, and the orphan files, counting those that expiring and dropping branches would free.
@@ -47,6 +52,13 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.errors import ConcurrentPublishError, MeshError, UnreadableMetadataError
 from mesh_platform.storage import warehouse
 from mesh_platform.storage.catalog import CatalogRow, catalog_row
+from mesh_platform.storage.health import (
+    AUDIT_PREFIX,
+    DEFAULT_REJECTED_RETENTION,
+    HEALTH_PROPERTIES,
+    version_hint_location,
+    write_version_hint,
+)
 from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.references import (
     referenced_files,
@@ -54,7 +66,6 @@ from mesh_platform.storage.references import (
     snapshot_files,
 )
 
-AUDIT_PREFIX = "audit-"
 T = TypeVar("T")
 
 # The shortest orphan margin maintenance accepts: the time a publisher may hold a product's lock
@@ -87,6 +98,7 @@ class MaintenanceReport:
     kept_branches: list[str] = field(default_factory=list)  # audit branches spared
     table_location: str = ""
     skipped: str | None = None  # why the product was left untouched (run again)
+    set_properties: list[str] = field(default_factory=list)  # health properties it lacked
 
     def orphan_counts(self) -> dict[str, int]:
         """Orphan files by the table folder they are in: ``data``, ``metadata`` (or ``other``)."""
@@ -125,6 +137,7 @@ def maintain(
     now: float | None = None,
     protect: Collection[int] = (),
     lock_wait: timedelta = DEFAULT_LOCK_WAIT,
+    rejected_retention: timedelta = DEFAULT_REJECTED_RETENTION,
 ) -> MaintenanceReport:
     """Drop stale audit branches, expire snapshots older than ``retain`` (keeping main's last
     ``keep_last``, every ref's head and the ``protect`` ids), then remove orphan files older
@@ -135,7 +148,8 @@ def maintain(
     Raises (nothing of the product changed or deleted): UnreadableMetadataError, its metadata,
     a manifest list or a manifest cannot be read; MaintenanceError, its catalog row cannot be
     read or its location is outside its folder; MeshError, an orphan margin below
-    MIN_ORPHAN_MARGIN. ``now`` shifts snapshot retention only (tests).
+    MIN_ORPHAN_MARGIN. ``now`` shifts snapshot and branch retention only (tests).
+    ``rejected_retention``: how long a blocked batch's branch written without an expiry stays.
     """
     check_orphan_margin(orphan_margin)
     report = MaintenanceReport(address, dry_run=dry_run)
@@ -154,6 +168,7 @@ def maintain(
             _maintain_locked(
                 catalog, address, report, exclusive=exclusive, retain=retain,
                 keep_last=keep_last, orphan_margin=orphan_margin, now=now, protect=protect,
+                rejected_retention=rejected_retention,
             )  # fmt: skip
         except NoSuchTableError:
             report.skipped = "no longer in the catalog (dropped meanwhile)"
@@ -176,6 +191,7 @@ def _maintain_locked(
     orphan_margin: timedelta,
     now: float | None,
     protect: Collection[int],
+    rejected_retention: timedelta,
 ) -> None:
     dry_run = report.dry_run
     pointers = _pointers(catalog, address)
@@ -186,24 +202,11 @@ def _maintain_locked(
     )
     report.table_location = table.location()
     _check_location(catalog, table, address)
-    now_ms = int((now if now is not None else time.time()) * 1000)
-    cutoff = now_ms - int(retain.total_seconds() * 1000)
-
-    main_line = [s.snapshot_id for s in ancestors_of(table.current_snapshot(), table.metadata)]
-    _judge_branches(table, report, main_line, exclusive=exclusive, cutoff=cutoff)
-
-    staying = {
-        ref.snapshot_id
-        for name, ref in table.metadata.refs.items()
-        if name not in report.removed_branches
-    }
-    keep = set(main_line[:keep_last]) | staying | set(protect)
-    report.expired_snapshots = sorted(
-        s.snapshot_id
-        for s in table.snapshots()
-        if s.timestamp_ms < cutoff and s.snapshot_id not in keep
-    )
-    changes = bool(report.removed_branches or report.expired_snapshots)
+    _plan_changes(
+        table, report, exclusive=exclusive, retain=retain, keep_last=keep_last, now=now,
+        protect=protect, rejected_retention=rejected_retention,
+    )  # fmt: skip
+    changes = bool(report.removed_branches or report.expired_snapshots or report.set_properties)
 
     # What stays referenced once the branches are dropped and the snapshots expired.
     expired = set(report.expired_snapshots)
@@ -218,7 +221,10 @@ def _maintain_locked(
     if changes and not dry_run:
         table = _commit_changes(catalog, table, address, report)
         pointers = _pointers(catalog, address)
+    if not dry_run:
+        write_version_hint(table)
     expected = table.metadata_location
+    live |= {warehouse.normalise(version_hint_location(table.location()))}
     live |= {warehouse.normalise(table.metadata_location)}
     live |= {warehouse.normalise(e.metadata_file) for e in table.metadata.metadata_log}
     live |= {
@@ -246,8 +252,52 @@ def _maintain_locked(
         _delete_orphans(table, address, orphans)
 
 
+def _plan_changes(
+    table: Table,
+    report: MaintenanceReport,
+    *,
+    exclusive: bool,
+    retain: timedelta,
+    keep_last: int,
+    now: float | None,
+    protect: Collection[int],
+    rejected_retention: timedelta,
+) -> None:
+    """Fill the report's branches to drop, snapshots to expire and properties to set."""
+    now_ms = int((now if now is not None else time.time()) * 1000)
+    cutoff = now_ms - int(retain.total_seconds() * 1000)
+    main_line = [s.snapshot_id for s in ancestors_of(table.current_snapshot(), table.metadata)]
+    rejected_ms = int(rejected_retention.total_seconds() * 1000)
+    _judge_branches(
+        table, report, main_line, exclusive=exclusive, cutoff=cutoff, now_ms=now_ms,
+        rejected_ms=rejected_ms,
+    )  # fmt: skip
+    staying = {
+        ref.snapshot_id
+        for name, ref in table.metadata.refs.items()
+        if name not in report.removed_branches
+    }
+    keep = set(main_line[:keep_last]) | staying | set(protect)
+    dropped = _branch_snapshots(table, report.removed_branches, main_line)
+    report.expired_snapshots = sorted(
+        s.snapshot_id
+        for s in table.snapshots()
+        if (s.timestamp_ms < cutoff or s.snapshot_id in dropped) and s.snapshot_id not in keep
+    )
+    report.set_properties = sorted(
+        k for k, v in HEALTH_PROPERTIES.items() if table.properties.get(k) != v
+    )
+
+
 def _judge_branches(
-    table: Table, report: MaintenanceReport, main_line: list[int], *, exclusive: bool, cutoff: int
+    table: Table,
+    report: MaintenanceReport,
+    main_line: list[int],
+    *,
+    exclusive: bool,
+    cutoff: int,
+    now_ms: int,
+    rejected_ms: int,
 ) -> None:
     """Sort the table's audit branches into the report's removed and kept ones, with why."""
     for name, ref in sorted(table.metadata.refs.items()):
@@ -268,18 +318,38 @@ def _judge_branches(
             why = "nothing staged: left by a dead run"
         elif head.timestamp_ms < cutoff:
             why = "older than --retain"
+        elif head.timestamp_ms + (ref.max_ref_age_ms or rejected_ms) < now_ms:
+            why = "past its expiry (a blocked batch kept its retention)"
         else:
             report.kept_branches.append(name)
-            report.branch_reasons[name] = "younger than --retain: a blocked batch, kept to inspect"
+            report.branch_reasons[name] = "a blocked batch, kept to inspect until its expiry"
             continue
         report.removed_branches.append(name)
         report.branch_reasons[name] = why
 
 
+def _branch_snapshots(table: Table, branches: Collection[str], main_line: list[int]) -> set[int]:
+    """The snapshots of ``branches`` off main's history (what their batches committed)."""
+    main = set(main_line)
+    found: set[int] = set()
+    for name in branches:
+        head = table.snapshot_by_id(table.metadata.refs[name].snapshot_id)
+        for snapshot in ancestors_of(head, table.metadata) if head is not None else ():
+            if snapshot.snapshot_id in main:
+                break
+            found.add(snapshot.snapshot_id)
+    return found
+
+
 def _commit_changes(
     catalog: SqlCatalog, table: Table, address: ProductAddress, report: MaintenanceReport
 ) -> Table:
-    """Drop the report's branches, then expire its snapshots; the table as it is after."""
+    """Set the missing health properties, drop the report's branches, then expire its
+    snapshots; the table as it is after."""
+    if report.set_properties:
+        with table.transaction() as tx:
+            tx.set_properties({k: HEALTH_PROPERTIES[k] for k in report.set_properties})
+        table = catalog.load_table(address.iceberg_identifier)
     if report.removed_branches:
         with table.manage_snapshots() as refs:
             for name in report.removed_branches:

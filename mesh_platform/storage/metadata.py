@@ -49,6 +49,9 @@ INITIAL_PROPERTY = "mesh.initial"  # the empty snapshot audit branches start fro
 BATCH_PROPERTY = "mesh.batch_id"  # the batch (run) a snapshot committed
 # The columns' classification and masking a snapshot was published under (JSON).
 CLASSIFICATION_PROPERTY = "mesh.classification"
+# On a compaction's snapshots (storage.compaction): its id. The content is main's before it,
+# with the summary of the batch that published it (run, classification...) carried over.
+COMPACTION_PROPERTY = "mesh.compaction"
 
 
 def is_published(snapshot: Any) -> bool:

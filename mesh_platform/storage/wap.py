@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -37,6 +38,14 @@ from mesh_platform.storage.catalog import (
 )
 from mesh_platform.storage.datafiles import register_data_files, write_data_files
 from mesh_platform.storage.evolution import compare_schemas
+from mesh_platform.storage.health import (
+    DEFAULT_REJECTED_RETENTION,
+    HEALTH_PROPERTIES,
+    branch_expiry_ms,
+    drop_expired_batches,
+    keep_branch_expiry,
+    write_version_hint,
+)
 from mesh_platform.storage.locks import product_lock
 from mesh_platform.storage.metadata import BATCH_PROPERTY, INITIAL_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning, ensure_partition_field
@@ -56,8 +65,9 @@ if TYPE_CHECKING:
     from pyiceberg.table.snapshots import Snapshot
 
 # pyiceberg's own commit retry replays a branch write on stale metadata; we retry ourselves
-# instead, restaging from the current main (write_audit_publish).
-TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
+# instead, restaging from the current main (write_audit_publish). Metadata-file retention:
+# storage.health.
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0", **HEALTH_PROPERTIES}
 
 
 def _evolve_schema(
@@ -225,6 +235,7 @@ def stage_to_audit(
     table_properties: Mapping[str, str] | None = None,
     partitioning: Partitioning | None = None,
     spec: TableSpec | None = None,
+    retention: timedelta = DEFAULT_REJECTED_RETENTION,
 ) -> AuditStage:
     """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch.
 
@@ -233,6 +244,7 @@ def stage_to_audit(
     main's head, replacing the content there. Main does not move: readers keep the published
     snapshot. A batch already on main (a retried run) is reported, not written twice.
     ``spec``: what the contract says of the table (docs, required columns, key, sort order).
+    The branch expires after ``retention`` (its ``max-ref-age-ms``: storage.health).
     """
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
@@ -256,7 +268,8 @@ def stage_to_audit(
     assert main is not None  # _prepare_table gives every table an initial snapshot
     if is_published(main) and spec is not None:
         check_tightening(table, address, spec, partitioning)
-    table = _branch_from_main(catalog, table, address, batch_id, main)
+    expiry = branch_expiry_ms(retention)
+    table = _branch_from_main(catalog, table, address, batch_id, main, expiry)
     data_files, row_count, replaced = _write_files(catalog, table, conn, source, partitioning,
                                                    spec)  # fmt: skip
     summary = {**properties, BATCH_PROPERTY: batch_id, "mesh.rows": str(row_count)}
@@ -271,6 +284,7 @@ def stage_to_audit(
             if data_files:
                 register_data_files(table, tx, data_files, snapshot_properties=summary,
                                     branch=branch)  # fmt: skip
+            keep_branch_expiry(tx, branch, expiry)
     except Exception as exc:
         for data_file in data_files:  # nothing references them: do not leave orphans
             warehouse.delete(data_file, catalog.properties)
@@ -294,7 +308,12 @@ def stage_to_audit(
 
 
 def _branch_from_main(
-    catalog: SqlCatalog, table: Table, address: ProductAddress, batch_id: str, main: Snapshot
+    catalog: SqlCatalog,
+    table: Table,
+    address: ProductAddress,
+    batch_id: str,
+    main: Snapshot,
+    max_ref_age_ms: int,
 ) -> Table:
     """Create the batch's audit branch at main's head (replacing one an earlier attempt of the
     batch left); the table as it is after."""
@@ -308,7 +327,7 @@ def _branch_from_main(
                 refs.remove_branch(branch)
             table = catalog.load_table(address.iceberg_identifier)
         with table.manage_snapshots() as refs:
-            refs.create_branch(main.snapshot_id, branch)
+            refs.create_branch(main.snapshot_id, branch, max_ref_age_ms=max_ref_age_ms)
     except CommitFailedException as exc:
         raise _concurrent(address, batch_id, exc) from exc
     return catalog.load_table(address.iceberg_identifier)
@@ -403,6 +422,7 @@ def write_audit_publish(
     quarantine_if: QuarantinePolicy | None = None,
     attempts: int = PUBLISH_ATTEMPTS,
     spec: TableSpec | None = None,
+    retention: timedelta = DEFAULT_REJECTED_RETENTION,
 ) -> WapResult:
     """Stage ``relation`` on an audit branch, run ``gate`` on the stage, publish if it passes.
 
@@ -415,14 +435,21 @@ def write_audit_publish(
     PostgreSQL catalog, publishers of one product take turns (``product_lock``), so every one
     of them publishes. ``spec``: what the contract says of the table (storage/tablespec.py);
     its required columns and key are set once a publication proves them.
+
+    A blocked batch's branch expires after ``retention``; under the same lock, before staging,
+    the blocked batches of the product past their expiry are removed, and at the end the
+    table's version hint names its current metadata (storage.health).
     """
     with product_lock(catalog, address):
-        return _write_audit_publish(
+        drop_expired_batches(catalog, address, retention, keep=audit_branch(batch_id))
+        result = _write_audit_publish(
             catalog, address, conn, relation,
             batch_id=batch_id, properties=properties, table_properties=table_properties,
             partitioning=partitioning, gate=gate, quarantine_if=quarantine_if, attempts=attempts,
-            spec=spec,
+            spec=spec, retention=retention,
         )  # fmt: skip
+        write_version_hint(catalog.load_table(address.iceberg_identifier))
+        return result
 
 
 def _write_audit_publish(
@@ -439,13 +466,14 @@ def _write_audit_publish(
     quarantine_if: QuarantinePolicy | None,
     attempts: int,
     spec: TableSpec | None,
+    retention: timedelta,
 ) -> WapResult:
     for attempt in range(1, attempts + 1):
         try:
             stage = stage_to_audit(
                 catalog, address, conn, relation,
                 batch_id=batch_id, properties=properties, table_properties=table_properties,
-                partitioning=partitioning, spec=spec,
+                partitioning=partitioning, spec=spec, retention=retention,
             )  # fmt: skip
             if stage.already_published:
                 return WapResult(stage, stage.snapshot_id, [], attempt)
