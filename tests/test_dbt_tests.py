@@ -146,3 +146,37 @@ def test_warn_warns_and_a_test_that_cannot_run_blocks(manifest, sales_db):
     for name in (uncompiled.name, broken.name):
         assert outcomes[name].blocks and "could not run" in outcomes[name].description
     assert "did not compile" in outcomes[uncompiled.name].description
+
+
+class _Keys:
+    """dagster-dbt's key of a node, as the sales code location's translator names it."""
+
+    def get_asset_key(self, node):
+        import dagster as dg
+
+        return dg.AssetKey(["sales", node["name"]])
+
+
+def test_a_step_runs_each_test_once_where_its_model_is(manifest, sales_db):
+    from mesh_platform.assets.dbt_checks import plan_tests, run_before
+
+    everything = {k for k in plan_tests(manifest, _Keys(), [], [], []).keys.values() if k}
+    plan = plan_tests(manifest, _Keys(), everything, built=[ORDERS], failed_models=[])
+    assert {t.name for t in plan.of_product[ORDERS]} == {
+        t.name for t in dbt_tests(manifest) if subject(t) == ORDERS
+    }
+    before = {t.name for t in plan.before}
+    assert "unique_customers_customer_key" in before and not before & {
+        t.name for t in plan.of_product[ORDERS]
+    }
+    # a model that did not build: dbt build skipped the tests reading it, so does the step
+    skipped = plan_tests(manifest, _Keys(), everything, [ORDERS], ["model.sales.customers"])
+    names = {t.name for t in skipped.of_product[ORDERS] + skipped.before}
+    assert "relationships_orders_customer_key__customer_key__ref_customers_" not in names
+    assert "unique_customers_customer_key" not in names
+    # a failed test run before publication blocks the products built from its model
+    sales_db.execute("UPDATE customers SET customer_key = 1 WHERE customer_key = 2")
+    outcomes, blocking = run_before(sales_db, manifest, plan)
+    assert outcomes["unique_customers_customer_key"].blocks
+    assert blocking["model.sales.customers"] == ["dbt test unique_customers_customer_key"]
+    assert ORDERS not in blocking  # orders is not built from customers

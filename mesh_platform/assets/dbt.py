@@ -34,7 +34,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from mesh_platform.assets.checks import check_result
-from mesh_platform.assets.dbt_checks import plan_tests, run_before, test_results
+from mesh_platform.assets.dbt_checks import plan_tests, run_domain_tests, test_results
 from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.reporting import (
     REPORTED,
@@ -420,7 +420,7 @@ def run_domain_dbt(
         record_landing_built(mesh, domain, landing, run_results, nodes)
     plan = plan_tests(manifest, translator, context.selected_asset_check_keys, built,
                       _failed_models(run_results))  # fmt: skip
-    tested, blocking = run_before(mesh, domain, manifest, plan)
+    tested, blocking = run_domain_tests(mesh, domain, manifest, plan)
     publications = publish_products(
         context, mesh, domain, built, inputs, blocking, full_refresh=full_refresh,
         tests={uid: (nodes[uid]["relation_name"], t) for uid, t in plan.of_product.items()},

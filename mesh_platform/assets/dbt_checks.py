@@ -74,15 +74,12 @@ def plan_tests(
 
 
 def run_before(
-    mesh: Mesh, domain: Domain, manifest: Mapping[str, Any], plan: TestPlan
+    conn: Any, manifest: Mapping[str, Any], plan: TestPlan
 ) -> tuple[dict[str, CheckOutcome], dict[str, list[str]]]:
-    """Run the tests that are not a built product's on the models in the domain's DuckDB:
-    (test name -> outcome, model uid -> the failed blocking tests that block it, as
+    """Run the tests that are not a built product's on the models in the domain's DuckDB
+    (``conn``): (test name -> outcome, model uid -> the failed blocking tests that block it, as
     ``dbt test <name>``, for every model built from what a failed test tests)."""
-    if not plan.before:
-        return {}, {}
-    with contextlib.closing(connect(mesh.domain_duckdb(domain.name), read_only=True)) as conn:
-        outcomes = run_tests(conn, plan.before)
+    outcomes = run_tests(conn, plan.before)
     blocking: dict[str, list[str]] = {}
     for test in plan.before:
         if outcomes[test.name].blocks:
@@ -90,6 +87,16 @@ def run_before(
             for model in downstream(manifest, tested):
                 blocking.setdefault(model, []).append(f"dbt test {test.name}")
     return outcomes, blocking
+
+
+def run_domain_tests(
+    mesh: Mesh, domain: Domain, manifest: Mapping[str, Any], plan: TestPlan
+) -> tuple[dict[str, CheckOutcome], dict[str, list[str]]]:
+    """:func:`run_before` on the domain's DuckDB, once dbt has exited."""
+    if not plan.before:
+        return {}, {}
+    with contextlib.closing(connect(mesh.domain_duckdb(domain.name), read_only=True)) as conn:
+        return run_before(conn, manifest, plan)
 
 
 def test_results(
