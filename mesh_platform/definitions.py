@@ -64,7 +64,7 @@ class RawLandingConfig(dg.Config):
 class DbtBuildConfig(dg.Config):
     full_refresh: bool = Field(
         default=False,
-        description="Rebuild from nothing: `dbt build --full-refresh` (incremental models "
+        description="Rebuild from nothing: `dbt run --full-refresh` (incremental models "
         "rebuilt from their sources) and every partition of partitioned products republished "
         "through the gate, whatever their recorded fingerprints say.",
     )

@@ -48,8 +48,14 @@ def check_specs(descriptor: ProductDescriptor, *, contract: bool = True) -> list
 def check_result(
     descriptor: ProductDescriptor, name: str, outcome: CheckOutcome
 ) -> dg.AssetCheckResult:
+    return outcome_result(product_key(descriptor.address), name, outcome)
+
+
+def outcome_result(key: dg.AssetKey, name: str, outcome: CheckOutcome) -> dg.AssetCheckResult:
+    """``outcome`` as the result of the check ``name`` of the asset ``key``: a failed
+    non-blocking check (a dbt test of severity warn) is a warning."""
     return dg.AssetCheckResult(
-        asset_key=product_key(descriptor.address),
+        asset_key=key,
         check_name=name,
         passed=outcome.passed,
         severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,

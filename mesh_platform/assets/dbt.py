@@ -1,16 +1,21 @@
 """What happens when a domain's dbt assets materialise.
 
-    stage inputs -> dbt build (domain DuckDB) -> write-audit-publish products -> report
+    stage inputs -> dbt run (domain DuckDB) -> other tests -> write-audit-publish products
+    (each product's dbt tests in its gate) -> report
 
 1. Products the domain consumes (mesh-input sources) are copied into the domain's DuckDB from
    one consistent cut of each producer (:mod:`mesh_platform.products.cuts`: the snapshots one
    producer run left), pinned for the whole run.
-2. ``dbt build`` runs models and tests in the domain's own DuckDB (contracts stop a model before
-   it is built; tests run after), with the profile the platform writes, whatever the code
+2. ``dbt run`` builds the models in the domain's own DuckDB (contracts stop a model before it
+   is built), with the profile the platform writes, whatever the code
    location's dbt resource says: its connection is confined to the domain's own folders
    (:mod:`mesh_platform.dbt.lockdown`), so a model cannot read, write or ATTACH another
    domain's files even if the load-time checks missed it.
-3. Each product dbt built is written to an audit branch of its Iceberg table, and main is
+3. The dbt tests run in the platform, from the SQL dbt compiled (:mod:`mesh_platform.assets.
+   dbt_checks`): those of other models first, on the models as built; a product's own tests in
+   its gate. dbt's per-test overhead is gone (``dbt build`` ran each test as its own query: at
+   SF 1 the tests doubled the dbt step) and a product's tests check exactly what is published.
+   Each product dbt built is written to an audit branch of its Iceberg table, and main is
    fast-forwarded to it only if none of the product's blocking checks failed. DuckDB allows one
    writer process, so this waits until dbt has exited; materialisations are reported after
    publication, so "materialised" in Dagster means "published in Iceberg".
@@ -29,6 +34,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from mesh_platform.assets.checks import check_result
+from mesh_platform.assets.dbt_checks import plan_tests, run_domain_tests, test_results
 from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.reporting import (
     REPORTED,
@@ -46,6 +52,7 @@ from mesh_platform.dbt.project import RUN_TARGET, platform_profile
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.products import incremental
+from mesh_platform.products.dbt_tests import DbtTest
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.gate import CONTRACT_CHECK, prewarm
 from mesh_platform.products.lifecycle import publication_stops, replaced_in_place
@@ -87,42 +94,13 @@ def _run_results(invocation: Any) -> dict[str, Any]:
         return {}
 
 
-def _failed_nodes(run_results: Mapping[str, Any], nodes: Mapping[str, Any]) -> dict[str, str]:
-    """'model x' / 'test y' -> dbt status, for every model that did not build and every test
-    that failed or errored."""
-    failed = {}
-    for result in run_results.get("results", []):
-        node = nodes.get(result.get("unique_id", ""))
-        status = result.get("status", "unknown")
-        if node is None:
-            continue
-        if node["resource_type"] == "model" and status != "success":
-            failed[f"model {node['name']}"] = status
-        elif node["resource_type"] == "test" and status in ("fail", "error"):
-            failed[f"test {node['name']}"] = status
-    return failed
-
-
-def blocking_failures(
-    run_results: Mapping[str, Any], nodes: Mapping[str, Any]
-) -> dict[str, list[str]]:
-    """model unique_id -> names of its failed blocking checks (dbt tests of severity error).
-
-    A test failing at severity warn reports status ``warn``, never ``fail``: only errors block
-    publication. A relationships test without an attached node blocks every model it reads.
-    """
-    blocking: dict[str, list[str]] = {}
-    for result in run_results.get("results", []):
-        node = nodes.get(result.get("unique_id", ""))
-        if node is None or node["resource_type"] != "test":
-            continue
-        if result.get("status") not in ("fail", "error"):
-            continue
-        attached = node.get("attached_node")
-        models = [attached] if attached else node.get("depends_on", {}).get("nodes", [])
-        for model in models:
-            blocking.setdefault(model, []).append(node["name"])
-    return blocking
+def _failed_models(run_results: Mapping[str, Any]) -> dict[str, str]:
+    """model unique_id -> dbt status, for every model that did not build."""
+    return {
+        r["unique_id"]: r.get("status", "unknown")
+        for r in run_results.get("results", [])
+        if r.get("unique_id", "").startswith("model.") and r.get("status") != "success"
+    }
 
 
 def _model_errors(run_results: Mapping[str, Any]) -> dict[str, str]:
@@ -160,6 +138,26 @@ def _still_published(
     return {uid: b for uid, b in built.items() if uid not in refused}, refused
 
 
+def _log_publication(context: Any, publication: Publication) -> None:
+    address, descriptor = publication.descriptor.address, publication.descriptor
+    if publication.published:
+        stage = publication.stage
+        if stage is None:
+            note, rows = " (no partition changed)", 0
+        else:
+            rows = stage.row_count
+            note = " (batch was already published)" if stage.already_published else ""
+        if publication.partitions:
+            note += f"; partitions: {publication.partitions}"
+        context.log.info(
+            f"published {address} v{descriptor.body.version}: snapshot "
+            f"{publication.snapshot_id}, {rows} rows written in "
+            f"{publication.seconds:.2f}s{note}"
+        )
+    else:  # `mesh build` prints it from the step's failure (mesh_platform.build)
+        context.log.error(f"{address}: {publication.error}", extra={REPORTED: True})
+
+
 def publish_products(
     context: dg.AssetExecutionContext,
     mesh: Mesh,
@@ -169,9 +167,12 @@ def publish_products(
     blocking: Mapping[str, list[str]],
     *,
     full_refresh: bool = False,
+    tests: Mapping[str, tuple[str, list[DbtTest]]] | None = None,
 ) -> dict[str, Publication]:
     """Write-audit-publish each product dbt built (unique_id -> descriptor and DuckDB relation)
-    through the gate.
+    through the gate. ``tests``: unique_id -> the model's relation as dbt renders it and its
+    dbt tests, run in the gate on the staged snapshot; ``blocking``: unique_id -> the failed
+    blocking tests run before (``dbt test <name>``).
 
     Each product's new data is staged on an audit branch; main is fast-forwarded to it only when
     every blocking check passed (its dbt tests, and the gate: schema, expectations, volume, and
@@ -194,7 +195,7 @@ def publish_products(
     conn = connect(mesh.domain_duckdb(domain.name), extensions=("iceberg",))
     try:
         for unique_id, (descriptor, relation) in built.items():
-            failed_tests = sorted(blocking.get(unique_id, []))
+            dbt_relation, product_tests = (tests or {}).get(unique_id, ("", []))
             try:
                 publication = publish_in_run(
                     mesh,
@@ -204,29 +205,15 @@ def publish_products(
                     relation,
                     run_id=context.run_id,
                     inputs=inputs,
-                    failed_elsewhere=[f"dbt test {t}" for t in failed_tests],
+                    failed_elsewhere=sorted(set(blocking.get(unique_id, []))),
                     full_refresh=full_refresh,
+                    tests=product_tests,
+                    dbt_relation=dbt_relation,
                 )
             except Exception as exc:
                 publication = Publication(descriptor, error=f"{INFRASTRUCTURE_FAILURE}: {exc}")
             publications[unique_id] = publication
-            address = descriptor.address
-            if publication.published:
-                stage = publication.stage
-                if stage is None:
-                    note, rows = " (no partition changed)", 0
-                else:
-                    rows = stage.row_count
-                    note = " (batch was already published)" if stage.already_published else ""
-                if publication.partitions:
-                    note += f"; partitions: {publication.partitions}"
-                context.log.info(
-                    f"published {address} v{descriptor.body.version}: snapshot "
-                    f"{publication.snapshot_id}, {rows} rows written in "
-                    f"{publication.seconds:.2f}s{note}"
-                )
-            else:  # `mesh build` prints it from the step's failure (mesh_platform.build)
-                context.log.error(f"{address}: {publication.error}", extra={REPORTED: True})
+            _log_publication(context, publication)
         record_safely(
             mesh, [GateEvent.of(p, context.run_id) for p in publications.values()], context.log,
             catalog,
@@ -354,13 +341,18 @@ def _fail_on_problems(
     invocation: Any,
     run_results: Mapping[str, Any],
     nodes: Mapping[str, Any],
+    tested: Mapping[str, CheckOutcome],
     publications: Mapping[str, Publication],
     cut_error: str | None,
 ) -> None:
-    """Fail the step naming every model, test or product that failed (the others published)."""
+    """Fail the step naming every model, test or product that failed (the others published).
+    ``tested``: the outcomes of the tests run before publication (a product's own tests are
+    in its publication's message)."""
     problems = {
-        name: f"dbt status {status}" for name, status in _failed_nodes(run_results, nodes).items()
+        f"model {nodes[uid]['name'] if uid in nodes else uid}": f"dbt status {status}"
+        for uid, status in _failed_models(run_results).items()
     }
+    problems.update({f"test {n}": o.description for n, o in tested.items() if o.blocks})
     problems.update(
         {
             str(p.descriptor.address): p.error  # the gate's message (products/blocks.py)
@@ -407,8 +399,9 @@ def run_domain_dbt(
     if refresh:
         context.log.info(f"dbt build --full-refresh: {refresh}")
     # DuckDB has one writer process: buffer dbt's events, publish once dbt has exited.
+    # `dbt run`, not `dbt build`: the platform runs the tests itself (assets.dbt_checks)
     with isolated_dbt(dbt, mesh, domain) as isolated:  # env: read by the sources' locations
-        args = ["build", "--full-refresh"] if refresh else ["build"]
+        args = ["run", "--full-refresh"] if refresh else ["run"]
         invocation = isolated.cli(args, context=context, raise_on_error=False)
         events = list(invocation.stream())
 
@@ -425,9 +418,12 @@ def run_domain_dbt(
     run_results = _run_results(invocation)
     if landing is not None:
         record_landing_built(mesh, domain, landing, run_results, nodes)
+    plan = plan_tests(manifest, translator, context.selected_asset_check_keys, built,
+                      _failed_models(run_results))  # fmt: skip
+    tested, blocking = run_domain_tests(mesh, domain, manifest, plan)
     publications = publish_products(
-        context, mesh, domain, built, inputs, blocking_failures(run_results, nodes),
-        full_refresh=full_refresh,
+        context, mesh, domain, built, inputs, blocking, full_refresh=full_refresh,
+        tests={uid: (nodes[uid]["relation_name"], t) for uid, t in plan.of_product.items()},
     )  # fmt: skip
     cut_error = record_step_cut(context, mesh, domain.name, "dbt", publications.values())
     figures = sla_figures(context, mesh, [str(p.descriptor.address) for p in publications.values()])
@@ -435,4 +431,6 @@ def run_domain_dbt(
     yield from _contract_checks(context, translator, run_results, built)
     for publication in publications.values():
         yield from check_results(context, publication)
-    _fail_on_problems(domain, invocation, run_results, nodes, publications, cut_error)
+        yield from test_results(context, plan, publication.tests)
+    yield from test_results(context, plan, tested)
+    _fail_on_problems(domain, invocation, run_results, nodes, tested, publications, cut_error)

@@ -3,9 +3,9 @@
 Each failed blocking check contributes its description (what it found, with the column and the
 figures: the kind and the row count of personal data, rows against the published rows and the
 ratio against its bound, the column and the change of a schema; never a value) and its fix (what
-to edit, in which file). dbt tests that failed before the gate add theirs. The message is the
-publication's error: the run's failure in Dagster, what `mesh build` prints, the detail of the
-SLA history; nobody re-parses it.
+to edit, in which file). dbt tests that failed before the gate (on a model the product is built
+from) add theirs. The message is the publication's error: the run's failure in Dagster, what
+`mesh build` prints, the detail of the SLA history; nobody re-parses it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from mesh_platform.products.outcomes import CheckOutcome
 
 INDENT = "    "  # under the `  - <product>: ` line the run's failure lists each product on
 DBT_TEST_FIX = (
-    "dbt's output above names the failing rows' test; `dbt test --select <test>` in the "
-    "domain's dbt project shows them. Correct the data (its source or the model), or the test "
-    "if it is the one that is wrong; then build again"
+    "the test, of a model this product is built from, failed before publication (the run "
+    "reports it as its own check); `dbt test --select <test>` in the domain's dbt project "
+    "shows the failing rows. Correct the data (its source or the model), or the test if it is "
+    "the one that is wrong; then build again"
 )
 
 

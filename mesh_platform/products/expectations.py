@@ -1,8 +1,10 @@
 """Run a descriptor's Great Expectations suite on staged rows, without leaking values.
 
-Great Expectations runs on its pandas path: its SQL path on DuckDB is broken as shipped (every
-expectation errors; regex is unsupported for the dialect). Only the columns the suite reads are
-loaded from the staged Parquet files.
+The expectations SQL states exactly run in DuckDB, in one scan of the staged files
+(:mod:`mesh_platform.products.expectations_sql`); Great Expectations runs the others, and is
+imported only then. Great Expectations runs on its pandas path: its SQL path on DuckDB is
+broken as shipped (every expectation errors; regex is unsupported for the dialect). Only the
+columns the suite reads are loaded from the staged Parquet files.
 
 Results are reduced to counts before they leave this module: GE's own results can carry the
 failing values (``partial_unexpected_list``, ``observed_value``), which for a personal-data column
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mesh_platform.products.descriptor import ProductDescriptor
+from mesh_platform.products.expectations_sql import evaluate, sql_expectations
 from mesh_platform.products.outcomes import CheckOutcome
 
 if TYPE_CHECKING:
@@ -83,11 +86,13 @@ def _decimals_as_float(data: pa.Table) -> pa.Table:
     return data
 
 
-def run_suite(
-    descriptor: ProductDescriptor, load: Callable[[Iterable[str] | None], pa.Table]
-) -> CheckOutcome:
-    """Validate the staged rows (``load(columns)`` returns them as Arrow) against the suite."""
-    expectations = descriptor.body.sla.expectations
+def _gx_results(
+    descriptor: ProductDescriptor,
+    load: Callable[[Iterable[str] | None], pa.Table],
+    indices: list[int],
+) -> tuple[int, dict[int, dict[str, Any]]]:
+    """Great Expectations on the expectations at ``indices``: (rows, index -> result)."""
+    expectations = [descriptor.body.sla.expectations[i] for i in indices]
     needs_all = any(e.type in _TABLE_COLUMNS for e in expectations)
     columns = sorted({c for e in expectations for c in e.columns})
     if not needs_all and not columns:  # table-level only: one column gives the row count
@@ -115,32 +120,66 @@ def run_suite(
                 ExpectationConfiguration(
                     type=e.type, kwargs=e.kwargs, meta={_INDEX: i}
                 ).to_domain_obj()
-                for i, e in enumerate(expectations)
+                for i, e in zip(indices, expectations, strict=True)
             ],
         )
         validation = batch.validate(
             suite, result_format={"result_format": "BASIC", "partial_unexpected_count": 0}
         )
-
-    results: dict[str, Any] = {}
-    failed: list[str] = []
+    results: dict[int, dict[str, Any]] = {}
     # GE groups results by column, not in suite order: match each by the index in its meta.
-    by_index = {r.expectation_config.meta[_INDEX]: r for r in validation.results}
-    labels = [e.label() for e in expectations]
-    for i, expectation in enumerate(expectations):
-        result = by_index[i]
-        label = labels[i] if labels.count(labels[i]) == 1 else f"{labels[i]}#{i + 1}"
+    for result in validation.results:
+        i = result.expectation_config.meta[_INDEX]
+        expectation = descriptor.body.sla.expectations[i]
         entry: dict[str, Any] = {"success": bool(result.success)}
         info = result.exception_info or {}
         if info.get("raised_exception"):
             message = str(info.get("exception_message") or "")
             entry["error"] = message.split(":")[0][:80] or "raised an exception"
         entry.update(_safe_result(descriptor, expectation.type, expectation.column, result))
+        results[i] = entry
+    return len(frame), results
+
+
+def run_suite(
+    descriptor: ProductDescriptor,
+    load: Callable[[Iterable[str] | None], pa.Table],
+    sql: tuple[Any, str, Mapping[str, str]] | None = None,
+) -> CheckOutcome:
+    """Validate the staged rows (``load(columns)`` returns them as Arrow) against the suite.
+
+    ``sql``: a DuckDB connection, the staged files as a relation and their columns' types:
+    the expectations SQL states exactly are evaluated there in one scan
+    (:mod:`mesh_platform.products.expectations_sql`), Great Expectations runs the others only
+    (and all of them if that query fails)."""
+    expectations = descriptor.body.sla.expectations
+    by_index: dict[int, dict[str, Any]] = {}
+    rows = 0
+    if sql is not None and (stated := sql_expectations(expectations, sql[2])):
+        try:
+            rows, by_index = evaluate(sql[0], sql[1], expectations, stated)
+        except Exception:  # Great Expectations then evaluates every expectation
+            by_index = {}
+    if rest := [i for i in range(len(expectations)) if i not in by_index]:
+        rows, found = _gx_results(descriptor, load, rest)
+        by_index.update(found)
+
+    results: dict[str, Any] = {}
+    failed: list[str] = []
+    labels = [e.label() for e in expectations]
+    for i in range(len(expectations)):
+        label = labels[i] if labels.count(labels[i]) == 1 else f"{labels[i]}#{i + 1}"
+        entry = by_index[i]
         results[label] = entry
-        if not result.success:
+        if not entry["success"]:
             count = entry.get("unexpected_count")
             failed.append(label + (f" ({count} row(s) unexpected)" if count else ""))
-    metadata: dict[str, Any] = {"rows_checked": len(frame), "results": results}
+    metadata: dict[str, Any] = {
+        "rows_checked": rows,
+        "results": results,
+        "engine": "duckdb" if not rest else "great_expectations" if len(rest) == len(
+            expectations) else "duckdb+great_expectations",
+    }  # fmt: skip
     if failed:
         fix = (
             "correct the data (its source or the model), or the expectation in sla.expectations "

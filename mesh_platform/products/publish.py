@@ -31,16 +31,27 @@ from typing import TYPE_CHECKING, Any
 import mesh_platform.governance  # noqa: F401
 from mesh_platform.access.masking import masked_relation
 from mesh_platform.addressing import quote_ident
-from mesh_platform.compat.pyiceberg import pyarrow_to_schema_without_ids
 from mesh_platform.config import PRIVATE_FILE_MODE, make_private_dir
 from mesh_platform.governance.evaluate import gate_exemptions
 from mesh_platform.products import incremental
 from mesh_platform.products.blocks import block_message
+from mesh_platform.products.dbt_tests import (
+    DbtTest,
+    could_not_run,
+    run_on_staged,
+    run_tests,
+    staged_files,
+)
 from mesh_platform.products.descriptor import ProductDescriptor
-from mesh_platform.products.gate import SCHEMA_CHECK, GateContext, is_personal_data_policy, run_gate
+from mesh_platform.products.gate import (
+    SCHEMA_CHECK,
+    GateContext,
+    is_personal_data_policy,
+    run_gate,
+    schema_compatibility,
+)
 from mesh_platform.products.outcomes import CheckOutcome
 from mesh_platform.storage.catalog import load_product_table
-from mesh_platform.storage.evolution import compare_schemas
 from mesh_platform.storage.health import DEFAULT_REJECTED_RETENTION
 from mesh_platform.storage.metadata import CLASSIFICATION_PROPERTY, is_published
 from mesh_platform.storage.partitioning import Partitioning
@@ -48,7 +59,6 @@ from mesh_platform.storage.wap import write_audit_publish
 
 if TYPE_CHECKING:
     import duckdb
-    import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import Table
 
@@ -68,6 +78,7 @@ class Publication:
     partitions: str | None = None  # partitioned products: what this run replaced
     failed_elsewhere: tuple[str, ...] = ()  # blocking checks run outside the gate (dbt tests)
     quarantine: Quarantine | None = None  # blocked for personal data: removed from the warehouse
+    tests: dict[str, CheckOutcome] = field(default_factory=dict)  # dbt's tests, by dbt's name
 
     @property
     def published(self) -> bool:
@@ -107,48 +118,18 @@ class Publication:
         return found
 
     @property
+    def all_outcomes(self) -> dict[str, CheckOutcome]:
+        """The gate's outcomes after dbt's tests (``dbt test <name>``): what a message lists."""
+        tests = {f"dbt test {name}": o for name, o in sorted(self.tests.items())}
+        return {**tests, **self.outcomes}
+
+    @property
     def failed_checks(self) -> list[str]:
-        """Every blocking check that failed: the gate's and those run before it (dbt tests)."""
+        """Every blocking check that failed: the gate's, dbt's tests, and those run before the
+        gate (``failed_elsewhere``: tests of the models the product is built from)."""
         return sorted(
-            {name for name, o in self.outcomes.items() if o.blocks} | set(self.failed_elsewhere)
+            {name for name, o in self.all_outcomes.items() if o.blocks} | set(self.failed_elsewhere)
         )
-
-
-def schema_compatibility(
-    table: Table | None, new_schema: pa.Schema, *, source_file: str = "the product's descriptor"
-) -> CheckOutcome:
-    """Compare the new rows' schema with the published table's, at every depth (Iceberg's
-    evolution rules, field ids ignored: storage/evolution.py)."""
-    if table is None or not is_published(table.current_snapshot()):  # no reader saw a schema
-        return CheckOutcome(True, "first publication: the table takes this schema")
-    diff = compare_schemas(table.schema(), pyarrow_to_schema_without_ids(new_schema))
-    added, dropped, changed, widened = diff.added, diff.dropped, diff.type_changes, diff.widened
-    metadata: dict[str, Any] = {
-        "added": added,
-        "dropped": dropped,
-        "type_changes": changed,
-        "widened": widened,
-    }
-    if dropped or changed:
-        parts = []
-        if dropped:
-            parts.append(f"dropped or renamed column(s) or field(s) {', '.join(dropped)}")
-        if changed:
-            parts.append(f"incompatible type change(s) {'; '.join(changed)}")
-        return CheckOutcome(
-            False,
-            f"breaking change: {' and '.join(parts)}",
-            metadata,
-            fix="keep the columns and their types (a type may only widen: int -> bigint), or "
-            "publish the change as a new major version (a new dbt model version, descriptor "
-            f"version N+1.0.0 in {source_file}) while this one is deprecated",
-        )
-    what = []
-    if added:
-        what.append(f"adds {', '.join(added)}")
-    if widened:
-        what.append(f"widens {'; '.join(widened)}")
-    return CheckOutcome(True, "compatible" + (f": {', '.join(what)}" if what else ""), metadata)
 
 
 def publish_product(
@@ -165,10 +146,14 @@ def publish_product(
     exemptions: Mapping[str, str] | None = None,
     full_refresh: bool = False,
     rejected_retention: timedelta = DEFAULT_REJECTED_RETENTION,
+    tests: tuple[DbtTest, ...] | list[DbtTest] = (),
+    dbt_relation: str = "",
 ) -> Publication:
     """Write-audit-publish ``relation`` as ``descriptor``'s product; never raises for a failed
     check (the Publication says what failed), raises only for storage errors. ``full_refresh``:
-    a partitioned product republishes every partition (its recorded fingerprints ignored)."""
+    a partitioned product republishes every partition (its recorded fingerprints ignored).
+    ``tests``: the model's dbt tests, run in the gate on the staged snapshot, where the SQL
+    dbt compiled reads ``dbt_relation`` (products.dbt_tests)."""
     start = time.perf_counter()
     address = descriptor.address
     publication = Publication(descriptor, failed_elsewhere=tuple(failed_elsewhere))
@@ -193,13 +178,8 @@ def publish_product(
         partition_plan = _plan_partitions(conn, descriptor, relation, table, full_refresh)
         publication.partitions = partition_plan.reason
         if partition_plan.unchanged:  # nothing to stage: main already holds these rows
+            _keep_unchanged(conn, publication, tests, table)
             publication.seconds = time.perf_counter() - start
-            if failed_elsewhere:  # unchanged data that fails a check is not re-announced
-                publication.error = block_message(
-                    {}, failed_elsewhere, state="no partition changed: main keeps its snapshot"
-                )
-                return publication
-            publication.snapshot_id = table.current_snapshot().snapshot_id
             return publication
 
     result = write_audit_publish(
@@ -218,7 +198,7 @@ def publish_product(
         table_properties=descriptor.iceberg_properties(),
         spec=descriptor.table_spec(),
         partitioning=partition_plan.partitioning if partition_plan else None,
-        gate=_gate(catalog, publication, exemptions),
+        gate=_gate(catalog, publication, exemptions, conn, tests, dbt_relation),
         quarantine_if=lambda failures: any(is_personal_data_policy(n) for n in failures),
         retention=rejected_retention,
     )
@@ -234,11 +214,36 @@ def publish_product(
     return publication
 
 
+def _keep_unchanged(
+    conn: duckdb.DuckDBPyConnection,
+    publication: Publication,
+    tests: tuple[DbtTest, ...] | list[DbtTest],
+    table: Table,
+) -> None:
+    """No partition changed: main stays as it is, announced again unless a blocking check
+    fails. The tests still run, on the model as built (a parent it references may change);
+    unchanged data that fails is not re-announced."""
+    publication.tests = run_tests(conn, tests)
+    if publication.failed_checks:
+        publication.error = block_message(
+            publication.all_outcomes, publication.failed_elsewhere,
+            state="no partition changed: main keeps its snapshot",
+        )  # fmt: skip
+    else:
+        publication.snapshot_id = table.current_snapshot().snapshot_id
+
+
 def _gate(
-    catalog: SqlCatalog, publication: Publication, exemptions: Mapping[str, str] | None
+    catalog: SqlCatalog,
+    publication: Publication,
+    exemptions: Mapping[str, str] | None,
+    conn: duckdb.DuckDBPyConnection,
+    tests: tuple[DbtTest, ...] | list[DbtTest],
+    dbt_relation: str,
 ) -> Callable[[AuditStage], list[str]]:
-    """The audit of a staged batch: every gate check, exemptions applied; the blocking failures
-    (with those of dbt's tests, ``publication.failed_elsewhere``)."""
+    """The audit of a staged batch: every gate check, exemptions applied, and the model's dbt
+    tests, all on the staged snapshot; the blocking failures (with those of the tests run
+    before the gate, ``publication.failed_elsewhere``)."""
     descriptor = publication.descriptor
 
     def gate(stage: AuditStage) -> list[str]:
@@ -248,8 +253,20 @@ def _gate(
             if (o := outcomes.get(name)) is not None and not o.passed:
                 outcomes[name] = CheckOutcome(False, f"{o.description} [{why}]", o.metadata, False)
         publication.outcomes.update(outcomes)
+        if tests:
+            masked = [c.name for c in descriptor.columns if c.masked_on_publication]
+            try:
+                files = staged_files(stage, table)
+            except Exception as exc:  # each test then blocks, saying why (fail closed)
+                why = f"the staged snapshot's files could not be listed ({exc})"
+                publication.tests = {t.name: could_not_run(t, why, "staged") for t in tests}
+            else:
+                publication.tests = run_on_staged(
+                    conn, tests, relation=dbt_relation, files=files, masked=masked,
+                    snapshot_id=stage.snapshot_id,
+                )  # fmt: skip
         return sorted(publication.failed_elsewhere) + [
-            name for name, o in publication.outcomes.items() if o.blocks
+            name for name, o in publication.all_outcomes.items() if o.blocks
         ]
 
     return gate
@@ -313,7 +330,7 @@ def _explain_block(publication: Publication, result: Any, *, first: bool) -> Non
             "manifest file(s) deleted"
         )
     publication.error = block_message(
-        publication.outcomes, publication.failed_elsewhere,
+        publication.all_outcomes, publication.failed_elsewhere,
         state="the product stays unpublished (its first batch)" if first
         else f"main stays at snapshot {result.stage.base_snapshot_id}",
         aftermath=aftermath,
@@ -369,6 +386,8 @@ def publish_in_run(
     inputs: Mapping[str, int],
     failed_elsewhere: list[str] | tuple[str, ...] = (),
     full_refresh: bool = False,
+    tests: tuple[DbtTest, ...] | list[DbtTest] = (),
+    dbt_relation: str = "",
 ) -> Publication:
     """publish_product as a Dagster run does it: the run id is the batch id, the input
     snapshots are recorded, the mesh's salt masks personal data, and the council's waivers and
@@ -387,6 +406,8 @@ def publish_in_run(
         exemptions=gate_exemptions(mesh, str(descriptor.address)),
         full_refresh=full_refresh,
         rejected_retention=mesh.settings.tables.rejected_retention,
+        tests=tests,
+        dbt_relation=dbt_relation,
     )
     if publication.quarantine is not None:
         try:

@@ -237,15 +237,13 @@ def stage_to_audit(
     spec: TableSpec | None = None,
     retention: timedelta = DEFAULT_REJECTED_RETENTION,
 ) -> AuditStage:
-    """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch.
-
-    Write: DuckDB writes the Parquet files into the table's data folder (the fast path,
-    storage/datafiles.py) and pyiceberg registers them on branch ``audit-<batch>``, created at
-    main's head, replacing the content there. Main does not move: readers keep the published
-    snapshot. A batch already on main (a retried run) is reported, not written twice.
-    ``spec``: what the contract says of the table (docs, required columns, key, sort order).
-    The branch expires after ``retention`` (its ``max-ref-age-ms``: storage.health).
-    """
+    """Write DuckDB ``relation`` as the new content of ``address`` on an audit branch: DuckDB
+    writes the Parquet files into the table's data folder (the fast path, storage/datafiles.py)
+    and pyiceberg registers them on branch ``audit-<batch>``, created at main's head, replacing
+    the content there. Main does not move: readers keep the published snapshot. A batch already
+    on main (a retried run) is reported, not written twice. ``spec``: what the contract says of
+    the table (docs, required columns, key, sort order); the branch expires after ``retention``
+    (its ``max-ref-age-ms``: storage.health)."""
     schema_name, table_name = relation.split(".")
     source = f"{quote_ident(schema_name)}.{quote_ident(table_name)}"
     arrow_schema: pa.Schema = conn.execute(f"SELECT * FROM {source} LIMIT 0").arrow().schema
