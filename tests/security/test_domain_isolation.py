@@ -236,7 +236,7 @@ def bypassed(attacked_mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> M
     shutil.copytree(attacked_mesh.state_dir / "domains", root / "state" / "domains")
     mesh = load_mesh(root)
     state = mesh.state_dir
-    (sales_file,) = sorted((state / "warehouse/sales/customers/data").glob("*.parquet"))[-1:]
+    (sales_file,) = sorted((state / "warehouse/sales/customers/data").rglob("*.parquet"))[-1:]
     contacts = state / "domains/sales/raw/customer_contact.parquet"
     sales_db = mesh.duckdb_path("sales")
     for path in (sales_file, contacts, sales_db):
