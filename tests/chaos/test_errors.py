@@ -234,7 +234,7 @@ def test_a_corrupt_manifest_list_is_named_not_blamed_on_the_sql(mesh):
 
 def test_a_corrupt_data_file_is_named_with_the_product_and_the_fix(mesh):
     state = Catalog(mesh).table_state(CUSTOMERS)
-    files = sorted((Path(state.location.removeprefix("file://")) / "data").glob("*.parquet"))
+    files = sorted((Path(state.location.removeprefix("file://")) / "data").rglob("*.parquet"))
     originals = {f: f.read_bytes() for f in files}
     for file, data in originals.items():
         file.write_bytes(data[: len(data) // 2])

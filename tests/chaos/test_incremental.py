@@ -207,7 +207,7 @@ def test_full_refresh_of_the_domain_rebuilds_from_the_sources_through_the_gate(m
 
     output = _build(mesh, "--full-refresh")
     assert "full refresh of every product" in _header(output)
-    assert re.search(r"dbt[\w-]* build --full-refresh --profile sales", output)  # guard
+    assert re.search(r"dbt[\w-]* run --full-refresh --profile sales", output)  # guard
     assert "full refresh: republishing every partition" in output
     summary = _main_summary(mesh)
     assert summary["mesh.partitions_replaced"] == "all"
