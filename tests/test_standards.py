@@ -421,7 +421,7 @@ def test_mesh_export_command(prepared_mesh, tmp_path):
           "query": "SELECT COUNT(*) FROM ${table} WHERE ${column} < 1 OR ${column} >= 50"}),
         ({"max_value": 0.1, "mostly": 0.95}, {"type": "sql", "mustBeLessOrEqualTo": 5.0,
           "unit": "percent", "query": "SELECT COALESCE(100.0 * SUM(CASE WHEN ${column} > 0.1 "
-          "THEN 1 ELSE 0 END) / NULLIF(COUNT(*), 0), 0) FROM ${table}"}),
+          "THEN 1 ELSE 0 END) / NULLIF(COUNT(${column}), 0), 0) FROM ${table}"}),
         ({"min_value": "2020-01-01"}, {"type": "custom"}),  # no number: no standard form
     ],
 )  # fmt: skip

@@ -113,7 +113,8 @@ def _literal(value: Any) -> str:
 
 def _between_sql(expectation: Expectation) -> dict[str, Any] | None:
     """expect_column_values_to_be_between as an ODCS ``sql`` rule: the rows (or the percent of
-    rows) whose value is out of bounds; NULLs are not counted, as Great Expectations does."""
+    non-null rows, ``mostly``'s denominator) whose value is out of bounds; NULLs are not
+    counted, as Great Expectations does."""
     kwargs = dict(expectation.kwargs)
     mostly = kwargs.pop("mostly", None)
     if expectation.type != "expect_column_values_to_be_between" or not expectation.column:
@@ -139,7 +140,7 @@ def _between_sql(expectation: Expectation) -> dict[str, Any] | None:
     else:
         query = (
             f"SELECT COALESCE(100.0 * SUM(CASE WHEN {broken} THEN 1 ELSE 0 END) / "
-            "NULLIF(COUNT(*), 0), 0) FROM ${table}"
+            "NULLIF(COUNT(${column}), 0), 0) FROM ${table}"
         )
     return {"query": query, **count}
 
