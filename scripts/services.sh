@@ -170,9 +170,13 @@ case "${1:-start}" in
     install_postgres
     ;;
   start)
+    # One start at a time (the test workers may all ask at once): the others wait, then find
+    # the servers running. The servers do not inherit the lock (9>&-): it ends with this script.
+    exec 9>"$SERVICES_DIR/start.lock"
+    flock 9
     write_env
-    start_postgres
-    start_s3
+    start_postgres 9>&-
+    start_s3 9>&-
     echo "services: PostgreSQL on 127.0.0.1:$PG_PORT, S3 (moto) on 127.0.0.1:$S3_PORT; source $ENV_FILE" >&2
     ;;
   stop)

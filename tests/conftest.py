@@ -31,6 +31,13 @@ from mesh_platform.testing import (
 )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: a worker per core, at most four (each builds its own sample mesh: about
+    1.5 GB at its peak) and at least two (most of a test's time is one Python process waiting
+    for another: dbt, `mesh`, the webserver, so two share even one core well)."""
+    return max(2, min(os.cpu_count() or 1, 4))
+
+
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
     for key in list(os.environ):
