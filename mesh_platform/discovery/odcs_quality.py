@@ -26,6 +26,7 @@ from open_data_contract_standard.model import DataQuality
 from mesh_platform.discovery.standard_fields import custom_property, jsonable
 from mesh_platform.products.descriptor import ProductDescriptor
 from mesh_platform.products.descriptor_sla import Expectation
+from mesh_platform.products.expectations_sql import outside_bounds
 
 GX_ENGINE = "great-expectations"
 GX_PROPERTY = "greatExpectations"  # the custom property holding a rule's original expectation
@@ -126,12 +127,7 @@ def _between_sql(expectation: Expectation) -> dict[str, Any] | None:
         v is not None and not is_number(v) for v in (low, high)
     ):
         return None
-    outside = []
-    if low is not None:
-        outside.append(f"${{column}} {'<=' if kwargs.get('strict_min') else '<'} {_literal(low)}")
-    if high is not None:
-        outside.append(f"${{column}} {'>=' if kwargs.get('strict_max') else '>'} {_literal(high)}")
-    broken = " OR ".join(outside)
+    broken = outside_bounds("${column}", kwargs, _literal)
     count = _count_operator(mostly)
     if count is None:
         return None

@@ -56,6 +56,19 @@ def _literals(values: Any, kind: str) -> str | None:
     return None
 
 
+def outside_bounds(column: str, kwargs: Any, literal: Any) -> str:
+    """The SQL predicate true for a value expect_column_values_to_be_between rejects (``kwargs``
+    holds at least one bound; ``literal`` writes a bound). The gate and the ODCS export both
+    use it, so the rule other tools run is the gate's own."""
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    parts = []
+    if low is not None:
+        parts.append(f"{column} {'<=' if kwargs.get('strict_min') else '<'} {literal(low)}")
+    if high is not None:
+        parts.append(f"{column} {'>=' if kwargs.get('strict_max') else '>'} {literal(high)}")
+    return " OR ".join(parts)
+
+
 def _unexpected(e: Expectation, col: str, kind: str) -> str | None:
     """A predicate true for a non-null value the expectation rejects (None: not stated)."""
     kw = e.kwargs
@@ -65,12 +78,7 @@ def _unexpected(e: Expectation, col: str, kind: str) -> str | None:
             return None
         if low is None and high is None:
             return None
-        parts = []
-        if low is not None:
-            parts.append(f"{col} {'<=' if kw.get('strict_min') else '<'} {float(low)!r}")
-        if high is not None:
-            parts.append(f"{col} {'>=' if kw.get('strict_max') else '>'} {float(high)!r}")
-        return " OR ".join(parts)
+        return outside_bounds(col, kw, lambda v: repr(float(v)))
     if e.type in ("expect_column_values_to_be_in_set", "expect_column_values_to_not_be_in_set"):
         listing = _literals(kw.get("value_set"), kind)
         if listing is None:
