@@ -15,7 +15,7 @@ Expectations on the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mesh_platform.addressing import quote_ident, quote_literal
@@ -56,7 +56,7 @@ def _literals(values: Any, kind: str) -> str | None:
     return None
 
 
-def outside_bounds(column: str, kwargs: Any, literal: Any) -> str:
+def outside_bounds(column: str, kwargs: Mapping[str, Any], literal: Callable[[Any], str]) -> str:
     """The SQL predicate true for a value expect_column_values_to_be_between rejects (``kwargs``
     holds at least one bound; ``literal`` writes a bound). The gate and the ODCS export both
     use it, so the rule other tools run is the gate's own."""

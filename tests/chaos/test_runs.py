@@ -416,11 +416,7 @@ def _until(what: str, condition, build: subprocess.Popen, log: Path, seconds: fl
 
 def _dbt_of(mesh: Mesh, build: subprocess.Popen, log: Path) -> list[int]:
     def dbt() -> list[int]:
-        return [
-            pid
-            for pid, cmd in _processes(mesh.root)
-            if (" build " in cmd or " run " in cmd) and "dbt" in cmd
-        ]
+        return [pid for pid, cmd in _processes(mesh.root) if " run " in cmd and "dbt" in cmd]
 
     return _until("dbt process", dbt, build, log)
 
