@@ -255,6 +255,14 @@ class MeshSettings(BaseSettings):
         description="Path to the dbt executable. Default: the one installed beside Python.",
         examples=["/opt/venv/bin/dbt"],
     )
+    dbt_warm: bool = Field(
+        default=True,
+        description="Start dbt from a worker that has imported it already (~3 s less per dbt "
+        "invocation): one per user and dbt installation, started on first use, gone after 10 "
+        "minutes unused (mesh_platform/dbt/warm.py). false: every dbt invocation is a new "
+        "process, as `dbt` on the command line.",
+        examples=[True, False],
+    )
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)

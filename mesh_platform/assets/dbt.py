@@ -47,7 +47,7 @@ from mesh_platform.assets.reporting import (
 from mesh_platform.assets.translator import MeshDbtTranslator
 from mesh_platform.config import Mesh, environment, private_umask
 from mesh_platform.dbt.inputs import stage_inputs
-from mesh_platform.dbt.lockdown import guarded_dbt_executable
+from mesh_platform.dbt.lockdown import guarded_dbt_executable, warm_config
 from mesh_platform.dbt.project import RUN_TARGET, platform_profile
 from mesh_platform.domain import Domain
 from mesh_platform.duckdb_ext import connect
@@ -82,7 +82,11 @@ def isolated_dbt(dbt: DbtCliResource, mesh: Mesh, domain: Domain) -> Iterator[Db
             target=RUN_TARGET,
             # dbt dies with the process that runs it (a killed `mesh build` or run worker
             # leaves no dbt writing the domain's DuckDB): dbt.lockdown's guard
-            dbt_executable=guarded_dbt_executable(dbt.dbt_executable, mesh.state_dir / "bin"),
+            dbt_executable=guarded_dbt_executable(
+                dbt.dbt_executable,
+                mesh.state_dir / "bin",
+                warm=warm_config() if mesh.settings.dbt_warm else None,
+            ),
             state_path=dbt.state_path,
         )
 
@@ -192,7 +196,7 @@ def publish_products(
         events = [GateEvent.of(p, context.run_id) for p in publications.values()]
         record_safely(mesh, events, context.log)
         return publications
-    conn = connect(mesh.domain_duckdb(domain.name), extensions=("iceberg",))
+    conn = connect(mesh.domain_duckdb(domain.name))
     try:
         for unique_id, (descriptor, relation) in built.items():
             dbt_relation, product_tests = (tests or {}).get(unique_id, ("", []))

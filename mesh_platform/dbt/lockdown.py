@@ -4,8 +4,10 @@
   :mod:`mesh_platform.dbt.duckdb_plugin` applies it) has external access off except the domain's
   own state folder and its project's seed files, no extension loading, and its configuration
   locked, so no ``SET`` undoes it.
-- :func:`guarded_dbt_executable`: dbt runs through a wrapper that dies with the process that
-  started it, so a killed run leaves no dbt writing the domain's DuckDB.
+- :func:`guarded_dbt_executable`: dbt runs through a wrapper (mesh_platform/dbt/guard.py) that
+  dies with the process that started it, so a killed run leaves no dbt writing the domain's
+  DuckDB; gives dbt only an allowlisted environment (no credential of the run worker); and
+  starts dbt warm from a worker that imported it ahead (mesh_platform/dbt/warm.py).
 
 DuckDB refuses ``allowed_directories`` before the database has started and after external
 access is off, so the order of :func:`lockdown_statements` is the only one that works; DuckDB
@@ -14,18 +16,22 @@ adds the database's own temporary directory (``<file>.tmp``) to the allowed ones
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
+import json
 import os
 import shutil
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mesh_platform.addressing import quote_literal
+from mesh_platform.dbt import guard, warm
 from mesh_platform.files import write_atomically
 
 if TYPE_CHECKING:
@@ -122,60 +128,125 @@ def lock_down(
         conn.execute(statement)
 
 
-# -- run time: dbt dies with the process that started it ----------------------------------------
+# -- run time: how dbt is started ---------------------------------------------------------------
 #
 # dagster-dbt starts `dbt` with a plain subprocess.Popen (no preexec_fn, no process group of its
-# own): killing the process that runs the step (SIGKILL of `mesh build`, the OOM killer) left
-# dbt running, still writing the domain's DuckDB while the next build started. The guard is a
-# tiny executable given to DbtCliResource as its ``dbt_executable``: it asks the kernel to
-# SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG, kept across execve), checks that the
-# process that started it is still there (it may have died before the request), then becomes
-# dbt (execv): nothing stays in between, dbt's exit code, output and signals are unchanged.
-# The kernel delivers the signal when the *thread* that started dbt exits: dagster-dbt starts it
-# from the step's thread, which lives as long as the step. Linux only; elsewhere dbt runs
-# unguarded (the guard says so on stderr).
+# own) and the run worker's whole environment: killing the process that runs the step (SIGKILL
+# of `mesh build`, the OOM killer) left dbt running, still writing the domain's DuckDB while the
+# next build started, and a domain's Jinja could read the worker's credentials with env_var().
+# The guard (mesh_platform/dbt/guard.py) is the executable given to DbtCliResource as its
+# ``dbt_executable``: dbt dies with the thread that started it (dagster-dbt starts it from the
+# step's thread, which lives as long as the step), sees only the allowlisted environment below,
+# and starts warm when a warm worker serves (mesh_platform/dbt/warm.py).
 
 DBT_PARENT_ENV = "MESH_DBT_PARENT_PID"  # the process that starts dbt (set by mesh_platform.build)
 
-_GUARD = """#!{python} -IS
-# dbt, guarded: it dies with the process that started it. Written by
-# mesh_platform/dbt/isolation.py (guarded_dbt_executable); edits are replaced.
-import ctypes, os, signal, sys
+# What dbt may see of the environment it is started with: dbt's own settings (DBT_*: the target
+# and log paths dagster-dbt sets, the profile folder, DBT_ENV_SECRET_* an operator gives dbt on
+# purpose), the domains' profiles' MESH_STATE_DIR, and what a process needs to run. Not the
+# catalog's, the warehouse's or Dagster's credentials (AWS_*, MESH_POSTGRES_URL,
+# MESH_CATALOG__*, PG*): the run worker holds them, dbt never needs them.
+DBT_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "NO_COLOR",
+    "COLUMNS", "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8", "DAGSTER_DBT_CLI",
+    "MESH_STATE_DIR", DBT_PARENT_ENV,
+})  # fmt: skip
+DBT_ENV_PREFIXES = ("DBT_", "LC_")
+WARM_IDLE_SECONDS = 600  # a warm worker unused this long exits
+_GUARD_SOURCE = Path(guard.__file__)
 
-DBT = {dbt!r}
-parent = os.getppid()
-expected = int(os.environ.get({env!r}) or parent)
-try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-except (OSError, AttributeError) as exc:
-    sys.stderr.write(f"mesh: dbt runs without its parent-death guard ({{exc}})\\n")
-else:
+
+def dbt_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` dbt may see (the allowlist above)."""
+    return guard.allowed_env(environ, DBT_ENV_NAMES, DBT_ENV_PREFIXES)
+
+
+@contextlib.contextmanager
+def only_dbt_environment() -> Iterator[None]:
+    """This process's environment cut to the allowlist for an in-process dbt call (``mesh
+    prepare``'s dbtRunner), then restored."""
+    saved = dict(os.environ)
+    kept = dbt_environment(saved)
+    for key in set(saved) - set(kept):
+        del os.environ[key]
     try:
-        os.kill(expected, 0)
-        gone = False
-    except ProcessLookupError:
-        gone = True
-    except PermissionError:
-        gone = False
-    if os.getppid() != parent or (expected != parent and gone):
-        sys.stderr.write(f"mesh: dbt's parent ({{expected}}) is gone; dbt not run\\n")
-        sys.exit(70)
-os.execv(DBT, [DBT, *sys.argv[1:]])
-"""
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
-def dbt_guard_script(dbt_executable: str, python: str | None = None) -> str:
-    """The guard's text for ``dbt_executable`` (run by ``python``, default this one)."""
-    return _GUARD.format(python=python or sys.executable, dbt=dbt_executable, env=DBT_PARENT_ENV)
+def warm_config(python: str | None = None) -> dict[str, Any] | None:
+    """Where the warm dbt worker of this user and this installation of dbt listens, and how the
+    guard starts it; None when no private folder can hold its socket (the guard then runs dbt
+    cold, as before)."""
+    python = python or sys.executable
+    folder = _private_runtime_dir()
+    if folder is None:
+        return None
+    versions = []
+    for dist in ("dbt-core", "dbt-duckdb", "dbt-adapters", "dbt-common"):
+        try:
+            versions.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} missing")
+    worker = Path(warm.__file__).read_bytes()
+    key = hashlib.sha256(
+        json.dumps([os.path.realpath(python), versions]).encode() + worker
+    ).hexdigest()[:16]
+    path = folder / f"dbt-{key}.sock"
+    if len(str(path)) > 100:  # AF_UNIX paths are at most 107 bytes
+        return None
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TZ"}}
+    env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    return {"socket": str(path), "python": python, "module": warm.__name__,
+            "idle": WARM_IDLE_SECONDS, "env": env}  # fmt: skip
 
 
-def guarded_dbt_executable(dbt_executable: str, directory: Path) -> str:
-    """An executable in ``directory`` that runs ``dbt_executable`` guarded (see above); named
-    by its content, written once, atomically."""
+def _private_runtime_dir() -> Path | None:
+    """This user's folder for the worker's socket: $XDG_RUNTIME_DIR/mesh_platform, else
+    ~/.cache/mesh_platform; created 0700, refused unless it is a real folder of this user that
+    no one else can enter (a socket elsewhere could be another user's)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path.home() / ".cache"
+    folder = base / "mesh_platform"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return folder
+
+
+def dbt_guard_script(
+    dbt_executable: str, python: str | None = None, warm: Mapping[str, Any] | None = None
+) -> str:
+    """The guard's text for ``dbt_executable`` (run by ``python``, default this one), started
+    warm through ``warm`` (:func:`warm_config`) when given."""
+    config = {
+        "dbt": dbt_executable,
+        "parent_env": DBT_PARENT_ENV,
+        "env_names": sorted(DBT_ENV_NAMES),
+        "env_prefixes": list(DBT_ENV_PREFIXES),
+        "warm": dict(warm) if warm else None,
+    }
+    return (
+        f"#!{python or sys.executable} -IS\n"
+        "# dbt, guarded. Written by mesh_platform/dbt/lockdown.py (guarded_dbt_executable) from\n"
+        "# mesh_platform/dbt/guard.py; edits are replaced.\n"
+        f"CONFIG = {config!r}\n\n" + _GUARD_SOURCE.read_text()
+    )
+
+
+def guarded_dbt_executable(
+    dbt_executable: str, directory: Path, warm: Mapping[str, Any] | None = None
+) -> str:
+    """An executable in ``directory`` that runs ``dbt_executable`` guarded (see above), warm
+    through ``warm`` when given; named by its content, written once, atomically."""
     real = shutil.which(dbt_executable) or dbt_executable
-    text = dbt_guard_script(real)
+    text = dbt_guard_script(real, warm=warm)
     path = directory / f"dbt-guard-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     if not path.is_file() or path.read_text() != text:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -56,7 +56,12 @@ from mesh_platform.dbt.dependencies import (
     write_deps_project,
 )
 from mesh_platform.dbt.isolation import text_problems
-from mesh_platform.dbt.lockdown import domain_directories, pinned_files, seed_files
+from mesh_platform.dbt.lockdown import (
+    domain_directories,
+    only_dbt_environment,
+    pinned_files,
+    seed_files,
+)
 from mesh_platform.domain import Domain
 from mesh_platform.errors import DbtExecutableNotFoundError, DomainError
 from mesh_platform.files import write_atomically
@@ -286,7 +291,7 @@ def _invoke(
     env = {**mesh.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     logs = make_private_dir(dbt_state_dir(mesh, domain) / "logs")
     try:
-        with environment(env):
+        with environment(env), only_dbt_environment():  # no credential reaches the Jinja
             result = dbtRunner(callbacks=[_collect]).invoke(
                 [
                     command,
