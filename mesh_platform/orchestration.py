@@ -69,9 +69,8 @@ def inputs_sensor(
             name = key.to_user_string()
             latest[name] = record.storage_id
             materialization = record.asset_materialization
-            if (
-                name in seen
-                and record.storage_id > seen[name]
+            if (  # newer than the last one seen; a product never seen before: its first one
+                record.storage_id > seen.get(name, 0)
                 and materialization is not None
                 and SNAPSHOT_METADATA in materialization.metadata
             ):

@@ -12,7 +12,7 @@ work on a copy of the sample mesh the way a user does.
   published snapshot through the public read path's storage layer;
 - the production profile: ``services_env`` (the loopback servers of scripts/services.sh),
   ``fresh_profile`` / ``drop_profile`` (a database and warehouse prefix of one's own);
-- the UI: ``free_port``, ``graphql``, ``LOCATIONS``;
+- the UI: ``free_port``, ``graphql``, ``LOCATIONS`` (from mesh_platform/deploy/topology.py);
 - the adversarial suite's attacker (``add_attacker``, ``ATTACKER``) and its long query
   (``HEAVY``, ``start_heavy_query``, ``audit_lines``, ``wait_until_started``).
 
@@ -25,11 +25,9 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import pytest
 
 from mesh_platform.addressing import ProductAddress, quote_ident
 from mesh_platform.config import Mesh, load_mesh
+from mesh_platform.deploy.topology import LOCATIONS, free_port, graphql  # noqa: F401 - the UI's
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.sources.landing import LANDING_FILE, describe_file
 from mesh_platform.storage.metadata import Catalog, data_files, scan_sql
@@ -292,28 +291,6 @@ def _admin(services: dict[str, str], statement: str) -> None:
 
 
 # -- the Dagster UI --------------------------------------------------------------------------------
-
-LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
-  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
-"""The UI's GraphQL query for every code location and whether it loaded."""
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def graphql(port: int, query: str) -> dict:
-    """The ``data`` of ``query`` sent to the Dagster UI's GraphQL endpoint on ``port``."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["data"]
 
 
 # -- the adversarial suite's attacker --------------------------------------------------------------

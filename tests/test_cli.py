@@ -13,7 +13,8 @@ COMMANDS = [
     ["products"], ["describe"], ["audit"], ["catalog"], ["export"], ["new"], ["new", "domain"],
     ["new", "product"], ["sla"], ["doctor"], ["repair"], ["deploy"], ["deploy", "trino"], ["deploy", "helm"],
     ["deploy", "s3-policies"], ["serve"], ["token"], ["token", "create"], ["token", "list"],
-    ["token", "revoke"], ["diff"], ["adopt"], ["usage"], ["retire"], ["deprecations"],
+    ["token", "revoke"], ["diff"], ["adopt"], ["usage"], ["retire"], ["deprecations"], ["up"],
+    ["status"], ["down"],
 ]  # fmt: skip
 
 

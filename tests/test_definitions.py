@@ -351,3 +351,21 @@ def test_consumer_sensor_runs_only_on_published_snapshots_of_its_inputs(loaded):
         assert request.tags["mesh/domain"] == "marketing"
         again = _sensor_result(sensor, instance, fired.cursor)
         assert not again.run_requests  # one run per published snapshot
+
+
+def test_consumer_sensor_runs_on_the_first_publication_of_an_input_it_never_saw(loaded):
+    """The producer had published nothing when the sensor first ticked: its first published
+    snapshot starts the consumer (found by the topology's daemon: it waited for a second one)."""
+    sensor = {s.name: s for s in loaded["marketing"].sensors}["marketing_on_inputs_published"]
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = _sensor_result(sensor, instance, None)
+        assert not first.run_requests and first.cursor == "{}"
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                dg.AssetKey(["sales", "orders"]), metadata={"mesh/iceberg_snapshot_id": "7"}
+            )
+        )
+        fired = _sensor_result(sensor, instance, first.cursor)
+        (request,) = fired.run_requests
+        assert request.run_key == "sales/orders@7"
+        assert not _sensor_result(sensor, instance, fired.cursor).run_requests

@@ -45,7 +45,7 @@ COMMANDS: Mapping[str, str] = {
     "products": "discover", "describe": "discover", "catalog": "discover", "export": "discover",
     "query": "query", "serve": "serve", "token": "token",
     "new": "scaffold", "adopt": "adopt",
-    "deploy": "deploy",
+    "deploy": "deploy", "up": "topology", "status": "topology", "down": "topology",
 }  # fmt: skip
 
 

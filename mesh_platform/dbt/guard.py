@@ -9,7 +9,8 @@ dagster-dbt runs it as its ``dbt_executable``; it gives dbt three properties:
 - **dbt sees an allowlisted environment**: the variables dbt and the domains' profiles use
   (``MESH_STATE_DIR``, ``DBT_*``, locale, ``PATH``, ``HOME``...), never the run worker's
   credentials (``AWS_*``, ``MESH_POSTGRES_URL``, ``MESH_CATALOG__URI``, a PostgreSQL password):
-  a domain's Jinja ``env_var()`` cannot read what dbt was never given;
+  a domain's Jinja ``env_var()`` cannot read what dbt was never given; and dbt's anonymous
+  usage statistics are off (nothing leaves the machine);
 - **dbt starts warm**: when the mesh runs a warm dbt worker (:mod:`mesh_platform.dbt.warm`, a
   process that has imported dbt ahead), the guard hands it the invocation (arguments, the
   allowlisted environment, working directory, umask and its own stdin/stdout/stderr) and a
@@ -135,7 +136,8 @@ def _exit_like(status):
 
 def main(config):
     _die_with_parent(config["parent_env"])
-    env = allowed_env(os.environ, config["env_names"], config["env_prefixes"])
+    env = {**allowed_env(os.environ, config["env_names"], config["env_prefixes"]),
+           **config.get("env_forced", {})}  # fmt: skip
     argv = sys.argv[1:]
     warm = config.get("warm")
     if warm:

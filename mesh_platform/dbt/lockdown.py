@@ -230,6 +230,7 @@ def dbt_guard_script(
         "parent_env": DBT_PARENT_ENV,
         "env_names": sorted(DBT_ENV_NAMES),
         "env_prefixes": list(DBT_ENV_PREFIXES),
+        "env_forced": {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},  # nothing leaves the machine
         "warm": dict(warm) if warm else None,
     }
     return (

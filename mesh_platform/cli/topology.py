@@ -1,0 +1,89 @@
+"""``mesh up``, ``mesh status``, ``mesh down``: the production topology on one machine
+(mesh_platform/deploy/topology.py)."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from mesh_platform.cli.common import console, load_context_mesh, out
+from mesh_platform.cli.main import mesh_command
+from mesh_platform.deploy import topology
+from mesh_platform.instance import prepare_dagster_home
+
+
+@click.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster webserver.")
+@click.option("--serve-port", type=int, help="Port of the query service (default: a free one).")
+@click.option("--no-query", is_flag=True, help="Leave the query service (`mesh serve`) out.")
+@click.option(
+    "--restart", "restart", metavar="DOMAIN",
+    help="Restart only DOMAIN's code server (its new code); the rest keeps serving.",
+)  # fmt: skip
+@click.pass_context
+@mesh_command
+def up(
+    ctx: click.Context, port: int, serve_port: int | None, no_query: bool, restart: str | None
+) -> None:
+    """Start what a cluster runs, as processes of this machine: a gRPC code server per domain,
+    the Dagster daemon, the webserver and the query service. They run in the background until
+    `mesh down`; `mesh status` shows them.
+
+        mesh up --port 3000
+        mesh up --restart sales      # sales' new code; the other domains keep serving
+    """
+    mesh = load_context_mesh(ctx)
+    home = prepare_dagster_home(mesh)  # the servers checked first on the production profile
+    if restart:
+        service = topology.restart_domain(mesh, restart, home)
+        out.print(f"{service.name} restarted (pid {service.pid}, port {service.port})")
+        return
+    started = topology.up(
+        mesh,
+        home,
+        webserver_port=port,
+        serve_port=serve_port,
+        query_service=not no_query,
+        progress=lambda message: console.print(message, highlight=False),
+    )
+    out.print(
+        f"mesh up: {len(started.services)} processes; Dagster UI on "
+        f"http://{topology.HOST}:{port}; logs in {topology.topology_dir(mesh) / 'logs'}; "
+        "`mesh down` stops them"
+    )
+
+
+@click.command()
+@click.pass_context
+@mesh_command
+def status(ctx: click.Context) -> None:
+    """Show each process `mesh up` started: pid, port, running, healthy. Exit 1 unless all
+    are healthy."""
+    mesh = load_context_mesh(ctx)
+    rows = topology.status(mesh)
+    if not rows:
+        out.print("nothing is up (`mesh up` starts the topology)")
+        raise SystemExit(1)
+    table = Table("service", "pid", "port", "running", "healthy", "detail")
+    for row in rows:
+        table.add_row(
+            row.name, str(row.pid or "-"), str(row.port or "-"), "yes" if row.alive else "no",
+            "yes" if row.healthy else "no", row.detail,
+        )  # fmt: skip
+    out.print(table)
+    raise SystemExit(0 if all(r.healthy for r in rows) else 1)
+
+
+@click.command()
+@click.option("--grace", default=topology.GRACE_SECONDS, show_default=True,
+              help="Seconds each process has to stop after SIGTERM before SIGKILL.")  # fmt: skip
+@click.pass_context
+@mesh_command
+def down(ctx: click.Context, grace: float) -> None:
+    """Stop every process `mesh up` started (SIGTERM, then SIGKILL after --grace seconds)."""
+    mesh = load_context_mesh(ctx)
+    killed = topology.down(mesh, grace=grace)
+    if killed:
+        out.print(f"stopped; {', '.join(killed)} needed SIGKILL after {grace:.0f} s")
+    else:
+        out.print("stopped")
