@@ -113,8 +113,8 @@ def load_topology(mesh: Mesh) -> Topology:
     except (ValueError, KeyError, TypeError) as exc:
         raise MeshError(
             f"{path} is not a record of `mesh up` ({exc})",
-            fix="stop what runs with `mesh down --force` (it reads no record: it stops the "
-            "processes started from this mesh's state folder), then `mesh up`",
+            fix="stop the processes `mesh up` started by hand (`ps -ef | grep dagster` lists "
+            f"them, with {mesh.root} in their command line), delete this file, then `mesh up`",
             path=path,
         ) from exc
 
