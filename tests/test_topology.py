@@ -20,7 +20,15 @@ from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.specs import SNAPSHOT_METADATA
 from mesh_platform.config import load_mesh
 from mesh_platform.deploy.topology import LOCATIONS, graphql, load_topology
-from mesh_platform.testing import SF, copy_mesh, drop_profile, free_port, fresh_profile, why
+from mesh_platform.testing import (
+    SF,
+    copy_mesh,
+    drop_profile,
+    free_port,
+    fresh_profile,
+    process_running,
+    why,
+)
 from tests.test_production import run_mesh
 
 pytestmark = pytest.mark.production
@@ -84,13 +92,6 @@ def _stop_schedule(port: int, location: str, name: str) -> str:
     state = graphql(port, SCHEDULE, {"s": selector})["scheduleOrError"]["scheduleState"]
     result = graphql(port, STOP, {"id": state["id"]})["stopRunningSchedule"]
     return result.get("scheduleState", {}).get("status") or str(result)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _timing(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
@@ -169,6 +170,6 @@ def test_mesh_down_stops_every_process(topology):
     assert pids
     stopped = run_mesh(root, env, "down", "--grace", "20")
     assert stopped.returncode == 0, why(stopped)
-    assert not [pid for pid in pids if _running(pid)]  # gone, or a zombie no one reaped yet
+    assert not [pid for pid in pids if process_running(pid)]  # gone, or a zombie no one reaped yet
     assert run_mesh(root, env, "status").returncode == 1
     assert not (mesh.state_dir / "topology" / "services.json").exists()

@@ -155,15 +155,20 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def process_running(pid: int) -> bool:
+    """``pid`` is a process that has not ended (a zombie no one reaped yet counts as ended:
+    processes reparented to a container's pid 1 may stay zombies)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _alive(service: Service) -> bool:
     """The recorded process still runs (same pid and start time, not a zombie)."""
     if service.pid is None:
         return False
-    try:
-        state = Path(f"/proc/{service.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and _start_time(service.pid) == service.started
+    return process_running(service.pid) and _start_time(service.pid) == service.started
 
 
 def _spawn(mesh: Mesh, service: Service, env: dict[str, str]) -> None:

@@ -23,6 +23,7 @@ import duckdb
 import pytest
 
 from mesh_platform.dbt.lockdown import guarded_dbt_executable, warm_config
+from mesh_platform.testing import process_running
 
 DBT = str(Path(sys.executable).with_name("dbt"))
 PROJECT_YML = "name: tiny\nversion: '1.0.0'\nprofile: tiny\nconfig-version: 2\n"
@@ -82,13 +83,6 @@ def worker_pids(socket_path: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for(what: str, condition, seconds: float = 60):
@@ -202,7 +196,7 @@ def test_killing_the_guard_kills_the_warm_dbt_and_a_signal_reaches_it(tmp_path, 
         (dbt,) = wait_for("warm dbt of the slow model", slow_dbt)
         os.kill(guard.pid, sig)
         code = guard.wait(timeout=60)
-        wait_for(f"the end of dbt after {sig.name}", lambda pid=dbt: not running(pid), 30)
+        wait_for(f"the end of dbt after {sig.name}", lambda pid=dbt: not process_running(pid), 30)
         if sig == signal.SIGKILL:
             assert code == -signal.SIGKILL
         else:  # forwarded: dbt stopped and the guard says how

@@ -54,7 +54,14 @@ from mesh_platform.leases import (
     read_lease,
 )
 from mesh_platform.pools import reap_expired_runs, wait_for_domain
-from mesh_platform.testing import MESH, SF, copy_mesh, published_scan, user_env
+from mesh_platform.testing import (
+    MESH,
+    SF,
+    copy_mesh,
+    process_running,
+    published_scan,
+    user_env,
+)
 
 pytestmark = pytest.mark.e2e  # module-scoped builds of the sample mesh
 
@@ -339,16 +346,9 @@ def test_the_dbt_guard_dies_with_its_parent_and_passes_everything_else_through(t
         time.sleep(0.05)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    while time.monotonic() < deadline and _running(child):
+    while time.monotonic() < deadline and process_running(child):
         time.sleep(0.05)
-    assert not _running(child), "the guarded process outlived its parent"
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert not process_running(child), "the guarded process outlived its parent"
 
 
 # -- the real thing: one mesh built with `mesh build --domain sales` ----------------------------
@@ -380,7 +380,7 @@ def _processes(root: Path) -> list[tuple[int, str]]:
         if (
             not entry.name.isdigit()
             or int(entry.name) == os.getpid()
-            or not _running(int(entry.name))
+            or not process_running(int(entry.name))
         ):
             continue
         try:
@@ -423,9 +423,9 @@ def _dbt_of(mesh: Mesh, build: subprocess.Popen, log: Path) -> list[int]:
 
 def _gone(pids: list[int], seconds: float = 30) -> bool:
     deadline = time.monotonic() + seconds
-    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not any(_running(p) for p in pids)
+    return not any(process_running(p) for p in pids)
 
 
 def _instance(mesh: Mesh) -> dg.DagsterInstance:
