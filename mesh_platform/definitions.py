@@ -306,10 +306,11 @@ def domain_definitions(
     job_name = build_job_name(domain.name)
     consumed = [a for a, _ in consumed_products(manifest)]
     consumed += [a for product, _ in python for a in product.inputs if a.domain != domain.name]
+    intervals = mesh.settings.orchestration
     triggers = [
         domain_schedule(domain, job_name),
-        inputs_sensor(domain, job_name, consumed),
-        sla_monitor(domain),
+        inputs_sensor(domain, job_name, consumed, intervals.sensor_interval_seconds),
+        sla_monitor(domain, intervals.sla_interval_seconds),
     ]
     return dg.Definitions(
         assets=assets,

@@ -31,12 +31,19 @@ run_retries:
   enabled: true
   max_retries: 2
   retry_on_asset_or_op_failure: false
-# The daemon fails runs whose worker died; a `mesh build` run holds a lease (mesh/heartbeat,
-# renewed by its process) and is reaped by the platform once it expired (mesh_platform/leases.py).
+# Every run holds a lease (mesh/heartbeat, renewed by the process that runs it: a `mesh build`,
+# or the worker the daemon launched, mesh_platform/leases.py). The daemon's run monitoring asks
+# the launcher whether a worker lives (its lease: mesh_platform/launcher.py) and fails the run
+# of a dead one (then retried); the platform reaps `mesh build` runs whose lease expired. The
+# slots of ended runs are freed (a killed worker never released its domain's).
+run_launcher:
+  module: mesh_platform.launcher
+  class: MeshRunLauncher
 run_monitoring:
   enabled: true
   start_timeout_seconds: 300
-  poll_interval_seconds: 60
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 5
 """
 
 

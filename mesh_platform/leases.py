@@ -269,12 +269,14 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name=f"mesh-lease-{run_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
+        _RENEWING.add(self.run_id)
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._done.set()
         self._thread.join(timeout=30)
+        _RENEWING.discard(self.run_id)
 
     def beat(self) -> dg.DagsterRun | None:
         """Renew the lease; returns the run once it is no longer in progress (ended, or reaped:
@@ -322,6 +324,25 @@ class Heartbeat:
         if self.on_lost is not None:
             by = run.tags.get(REAPED_BY_TAG, "another process")
             _quietly(self.on_lost, f"{run.status.value} by {by}")
+
+
+# The runs whose lease a Heartbeat of this process renews.
+_RENEWING: set[str] = set()
+
+
+def take_lease(instance: dg.DagsterInstance, run_id: str | None) -> Heartbeat | None:
+    """In a run worker the Dagster daemon launched: take the run's lease (this process) and
+    renew it until the returned Heartbeat exits, so a worker that dies is judged dead as a
+    `mesh build` is: at once on its own kernel, after its lease elsewhere (``launcher`` fails
+    the run, the daemon retries it, its slots are freed). None when this process renews it
+    already (a `mesh build` run, a second resource of the same run) or there is no run."""
+    if run_id is None or run_id in _RENEWING or instance.get_run_by_id(run_id) is None:
+        return None
+    seconds = lease_seconds()
+    tags = lease_tags(Owner.current(), now=time.time(), seconds=seconds)
+    del tags[MAX_RETRIES_TAG]  # the daemon can re-execute it (it has a code-location origin)
+    instance.add_run_tags(run_id, tags)
+    return Heartbeat(instance, run_id, seconds).__enter__()
 
 
 def _quietly(callback: Callable[..., Any], *args: Any) -> None:

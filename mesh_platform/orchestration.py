@@ -42,7 +42,10 @@ def domain_schedule(domain: Domain, job_name: str) -> dg.ScheduleDefinition | No
 
 
 def inputs_sensor(
-    domain: Domain, job_name: str, inputs: Sequence[ProductAddress]
+    domain: Domain,
+    job_name: str,
+    inputs: Sequence[ProductAddress],
+    minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition | None:
     """Run ``job_name`` when any of ``inputs`` publishes a new snapshot."""
     if not inputs:
@@ -52,7 +55,7 @@ def inputs_sensor(
     @dg.sensor(
         name=f"{domain.name}_on_inputs_published",
         job_name=job_name,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=minimum_interval_seconds,
         description=f"Runs the {domain.name} domain when a product it consumes publishes: "
         + ", ".join(k.to_user_string() for k in keys),
         default_status=dg.DefaultSensorStatus.RUNNING,

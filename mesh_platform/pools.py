@@ -141,9 +141,12 @@ def reap_run(
     free every slot and queued claim it has, so its domain's pool is usable again."""
     domain = run.tags.get(DOMAIN_TAG, "<domain>")
     owner = lease.owner
+    launched = run.remote_job_origin is not None  # by the daemon: it can re-execute it
     then = (
         f"mesh build run {retried_by} rebuilds the domain"
         if retried_by
+        else "the Dagster daemon retries it (its retry policy)"
+        if launched
         else f"re-run the domain: mesh build --domain {domain}"
     )
     message = (
@@ -165,8 +168,8 @@ def reap_run(
         else:
             message = message.format(status="failed")
             instance.report_run_failed(current, message=message)
-        # Dagster's daemon cannot re-execute it (no code-location origin): say so
-        instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+        if not launched:  # Dagster's daemon cannot re-execute it (no code-location origin)
+            instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
     else:
         message = message.format(status="finished")
     instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

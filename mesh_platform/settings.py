@@ -233,6 +233,27 @@ class TableSettings(BaseModel):
         return parse_duration(self.rejected_batch_retention)
 
 
+class OrchestrationSettings(BaseModel):
+    """How often the Dagster daemon evaluates each domain's sensors (orchestration.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sensor_interval_seconds: int = Field(
+        default=60,
+        ge=5,
+        description="A consuming domain's sensor looks for new publications of its inputs at "
+        "most this often: the longest a consumer waits for a publication to start its run.",
+        examples=[60, 30],
+    )
+    sla_interval_seconds: int = Field(
+        default=300,
+        ge=5,
+        description="Each domain's SLA monitor evaluates freshness (and acknowledges batches a "
+        "dead run committed) at most this often.",
+        examples=[300, 60],
+    )
+
+
 class MeshSettings(BaseSettings):
     """Typed view of mesh.yaml. Environment variables (MESH_*) win over the file."""
 
@@ -268,6 +289,7 @@ class MeshSettings(BaseSettings):
     query: QuerySettings = Field(default_factory=QuerySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     tables: TableSettings = Field(default_factory=TableSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     profile: Literal["local", "production"] = Field(
         default="local",
         description="Deployment profile. local: the embedded default (sqlite files, local "

@@ -72,6 +72,21 @@ def test_dagster_step_failure_error_source():
     )
 
 
+def test_dagster_run_worker_health_answers():
+    used_by = "mesh_platform.launcher (fails the runs of dead workers through run monitoring)"
+    result = private("dagster._core.launcher", "CheckRunHealthResult", used_by)
+    status = private("dagster._core.launcher", "WorkerStatus", used_by)
+    assert {"RUNNING", "FAILED"} <= set(status.__members__), list(status.__members__)
+    expect_parameters(
+        result, ["status", "msg", "transient", "run_worker_id"], "CheckRunHealthResult"
+    )
+    import dagster as dg
+
+    base = dg.DefaultRunLauncher
+    assert isinstance(base.supports_check_run_worker_health, property)
+    expect_parameters(base.check_run_worker_health, ["self", "run"], "check_run_worker_health")
+
+
 def test_dagster_failure_message_prefix():
     import dagster as dg
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from mesh_platform.cli.common import console, load_context_mesh, out
+from mesh_platform.cli.common import console, fail, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
+from mesh_platform.config import Mesh
+from mesh_platform.dbt.project import prepare as prepare_domain
 from mesh_platform.deploy import topology
+from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.instance import prepare_dagster_home
 
 
@@ -17,8 +20,9 @@ from mesh_platform.instance import prepare_dagster_home
 @click.option("--serve-port", type=int, help="Port of the query service (default: a free one).")
 @click.option("--no-query", is_flag=True, help="Leave the query service (`mesh serve`) out.")
 @click.option(
-    "--restart", "restart", metavar="DOMAIN",
-    help="Restart only DOMAIN's code server (its new code); the rest keeps serving.",
+    "--restart", "restart", metavar="DOMAIN|SERVICE",
+    help="Restart only DOMAIN's code server (its dbt manifest prepared first: its new code), "
+    "or the daemon, the webserver or the query service; the rest keeps serving.",
 )  # fmt: skip
 @click.pass_context
 @mesh_command
@@ -31,12 +35,12 @@ def up(
 
         mesh up --port 3000
         mesh up --restart sales      # sales' new code; the other domains keep serving
+        mesh up --restart daemon     # after the daemon died
     """
     mesh = load_context_mesh(ctx)
     home = prepare_dagster_home(mesh)  # the servers checked first on the production profile
     if restart:
-        service = topology.restart_domain(mesh, restart, home)
-        out.print(f"{service.name} restarted (pid {service.pid}, port {service.port})")
+        _restart(mesh, restart, home)
         return
     started = topology.up(
         mesh,
@@ -51,6 +55,22 @@ def up(
         f"http://{topology.HOST}:{port}; logs in {topology.topology_dir(mesh) / 'logs'}; "
         "`mesh down` stops them"
     )
+
+
+def _restart(mesh: Mesh, name: str, home: str) -> None:
+    """Restart one service; a domain's manifest is prepared first, and a domain whose dbt
+    project cannot be prepared keeps its running code server (its old code)."""
+    if name in list_domain_names(mesh):
+        prepare_domain(mesh, load_domain(mesh, name))  # DomainError: nothing was stopped
+    service, load_error = topology.restart(mesh, name, home)
+    out.print(f"{service.name} restarted (pid {service.pid}, port {service.port})")
+    if load_error:
+        fail(
+            f"code location {name} serves no definitions: its code does not load (the UI shows "
+            f"this error on the location; the other domains keep serving):\n{load_error}\n"
+            f"fix: correct domains/{name}/ (`mesh check` names the problem), then "
+            f"`mesh up --restart {name}`"
+        )
 
 
 @click.command()

@@ -10,6 +10,9 @@
 - ``FAILURE_PREFIX``: what Dagster puts before the message of a ``dg.Failure`` in a step
   failure's error (the class's module path, private), stripped so the failure reads as the
   platform's own message.
+- ``CheckRunHealthResult``, ``WorkerStatus`` (``dagster._core.launcher``): what a run launcher
+  answers Dagster's run monitoring about a run's worker (:mod:`mesh_platform.launcher` judges
+  it by the run's lease; the methods it overrides are the public RunLauncher's).
 """
 
 from __future__ import annotations
@@ -17,8 +20,16 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.objects import ErrorSource
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._utils.interrupts import pop_captured_interrupt
 
-__all__ = ["FAILURE_PREFIX", "ActiveExecution", "ErrorSource", "pop_captured_interrupt"]
+__all__ = [
+    "FAILURE_PREFIX",
+    "ActiveExecution",
+    "CheckRunHealthResult",
+    "ErrorSource",
+    "WorkerStatus",
+    "pop_captured_interrupt",
+]
 
 FAILURE_PREFIX = f"{dg.Failure.__module__}.{dg.Failure.__qualname__}: "

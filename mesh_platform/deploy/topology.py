@@ -386,22 +386,29 @@ def down(mesh: Mesh, *, grace: float = GRACE_SECONDS) -> list[str]:
     return killed
 
 
-def restart_domain(
-    mesh: Mesh, domain: str, home: str, *, wait_seconds: float = 180.0, grace: float = GRACE_SECONDS
-) -> Service:
-    """Restart one domain's code server on its port (its new code), then have the webserver
-    reload that location; nothing else restarts."""
+def restart(
+    mesh: Mesh, name: str, home: str, *, wait_seconds: float = 180.0, grace: float = GRACE_SECONDS
+) -> tuple[Service, str | None]:
+    """Restart one service: a domain's code server (by the domain's name: its new code, on its
+    port; then the webserver reloads that location), or ``daemon``, ``webserver``, ``query``.
+    Nothing else restarts. Returns the service and, for a domain, the load error its code
+    location shows (None when it loaded)."""
     topology = load_topology(mesh)
-    service = topology.get(f"{CODE_SERVER}{domain}")
+    service = topology.get(f"{CODE_SERVER}{name}") or topology.get(name)
     if service is None:
+        names = [s.domain or s.name for s in topology.services]
         raise MeshError(
-            f"domain {domain} has no code server in this topology",
+            f"{name!r} is neither a domain with a code server nor a service of this topology "
+            f"(it runs: {', '.join(names) or 'nothing'})",
             fix="`mesh status` lists the services; a new domain needs `mesh down` and `mesh up`",
         )
     _stop([service], grace)
     _spawn(mesh, service, _env(mesh, home))
     _save(mesh, topology)
     _wait(service, lambda: _health(service), wait_seconds)
-    if (port := topology.webserver_port) is not None and _alive(topology.get("webserver")):
-        graphql(port, RELOAD, {"name": domain})
-    return service
+    web = topology.get("webserver")
+    if service.domain is None or web is None or web.port is None or not _alive(web):
+        return service, None
+    entry = graphql(web.port, RELOAD, {"name": service.domain})["reloadRepositoryLocation"]
+    loaded = entry.get("locationOrLoadError") or entry
+    return service, loaded.get("message") if loaded.get("__typename") == "PythonError" else None
