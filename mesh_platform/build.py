@@ -329,7 +329,7 @@ def build_domain(
         DOMAIN_TAG: domain,
         "mesh/trigger": "mesh build",
         # who runs it, and its lease: a run whose process died is reaped (mesh_platform.leases)
-        **lease_tags(Owner.current(), now=time.time(), seconds=lease),
+        **lease_tags(Owner.current(), now=time.time(), seconds=lease, run_id=run_id),
     }
     if retry_of:
         tags[RETRY_OF_TAG] = ",".join(retry_of)

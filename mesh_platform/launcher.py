@@ -28,7 +28,7 @@ class MeshRunLauncher(dg.DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
-        lease = read_lease(run.tags)
+        lease = read_lease(run.tags, run.run_id)
         if lease is None:  # between the worker's start and its first step: its own run event
             return CheckRunHealthResult(WorkerStatus.RUNNING, "its worker has no lease yet")
         verdict = judge(lease, now=time.time(), here=Owner.current())

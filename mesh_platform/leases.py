@@ -7,7 +7,11 @@ process (``execute_in_process``): if that process dies, nothing frees the slot, 
 build of the domain waits for it forever.
 
 So a `mesh build` run carries a lease in its run tags, kept where every host of the mesh sees
-it (the Dagster instance's run storage: sqlite locally, PostgreSQL in production):
+it (the Dagster instance's run storage: sqlite locally, PostgreSQL in production), and so does
+a run the daemon launched: Dagster's DefaultRunLauncher cannot tell whether its worker lives,
+so the worker takes the lease when the run starts (:func:`take_lease`) and the instance's
+launcher (:mod:`mesh_platform.launcher`) judges it for Dagster's run monitoring. A lease names
+its run (``mesh/lease_run``): a re-execution inherits its parent's tags, not its lease.
 
 - ``mesh/process``: who runs it: the kernel (boot id and pid namespace), the pid and the
   process's start time. On the same kernel this decides at once (a pid that is gone, or reused
@@ -45,6 +49,9 @@ HOST_TAG = "mesh/host"
 PROCESS_TAG = "mesh/process"
 HEARTBEAT_TAG = "mesh/heartbeat"
 LEASE_TAG = "mesh/lease_seconds"
+# The run a lease was taken for: a re-execution (Dagster's retry, the UI's) inherits its
+# parent's tags, and a lease of another run holds nothing.
+LEASE_RUN_TAG = "mesh/lease_run"
 # Lineage of a reaped run and the `mesh build` run that rebuilt its domain.
 RETRY_OF_TAG = "mesh/retry_of"
 RETRIED_BY_TAG = "mesh/retried_by"
@@ -160,9 +167,12 @@ class Lease:
     seconds: float
 
 
-def lease_tags(owner: Owner, *, now: float, seconds: float) -> dict[str, str]:
-    """The tags a `mesh build` run starts with."""
+def lease_tags(
+    owner: Owner, *, now: float, seconds: float, run_id: str | None = None
+) -> dict[str, str]:
+    """The tags a `mesh build` run starts with (``run_id``: the run they are for)."""
     return {
+        **({LEASE_RUN_TAG: run_id} if run_id else {}),
         PID_TAG: str(owner.pid),
         HOST_TAG: owner.host,
         PROCESS_TAG: owner.process_tag(),
@@ -172,10 +182,13 @@ def lease_tags(owner: Owner, *, now: float, seconds: float) -> dict[str, str]:
     }
 
 
-def read_lease(tags: Mapping[str, str]) -> Lease | None:
-    """The lease in a run's tags; None for a run without one (launched by the Dagster daemon)."""
+def read_lease(tags: Mapping[str, str], run_id: str | None = None) -> Lease | None:
+    """The lease in the tags of run ``run_id``; None for a run without one (its worker has not
+    taken it yet), or whose lease is another run's (inherited by a re-execution)."""
     pid, host = tags.get(PID_TAG, ""), tags.get(HOST_TAG)
     if not pid.isdigit() or host is None:
+        return None
+    if run_id is not None and tags.get(LEASE_RUN_TAG, run_id) != run_id:
         return None
     kernel, start = "", ""
     parts = tags.get(PROCESS_TAG, "").split("|")
@@ -339,7 +352,7 @@ def take_lease(instance: dg.DagsterInstance, run_id: str | None) -> Heartbeat | 
     if run_id is None or run_id in _RENEWING or instance.get_run_by_id(run_id) is None:
         return None
     seconds = lease_seconds()
-    tags = lease_tags(Owner.current(), now=time.time(), seconds=seconds)
+    tags = lease_tags(Owner.current(), now=time.time(), seconds=seconds, run_id=run_id)
     del tags[MAX_RETRIES_TAG]  # the daemon can re-execute it (it has a code-location origin)
     instance.add_run_tags(run_id, tags)
     return Heartbeat(instance, run_id, seconds).__enter__()

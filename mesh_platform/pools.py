@@ -115,7 +115,7 @@ def inspect_domain(
             instance.event_log_storage.free_concurrency_slots_for_run(other)
             continue
         run = record.dagster_run
-        lease = read_lease(run.tags)
+        lease = read_lease(run.tags, run.run_id)
         if lease is None:
             if run.status != dg.DagsterRunStatus.NOT_STARTED or other in in_pools:
                 holders.append(Holder(other, run.status.value, None))
@@ -193,7 +193,7 @@ def reap_expired_runs(
         filters=dg.RunsFilter(statuses=list(ACTIVE_STATUSES), tags=tags)
     ):
         run = record.dagster_run
-        lease = read_lease(run.tags)
+        lease = read_lease(run.tags, run.run_id)
         if lease is None or run.tags.get(DOMAIN_TAG) in exclude:
             continue
         started = record.start_time or record.create_timestamp.timestamp()

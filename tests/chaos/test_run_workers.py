@@ -29,6 +29,7 @@ from mesh_platform.leases import (
     read_lease,
     take_lease,
 )
+from mesh_platform.pools import reap_expired_runs
 from mesh_platform.resources import MeshResource
 
 
@@ -78,6 +79,19 @@ def test_a_worker_is_judged_by_its_lease(instance):
     assert health[unleased].status.name == "RUNNING"  # not started its steps yet
 
 
+def test_a_re_execution_is_not_judged_by_the_lease_it_inherited(instance):
+    """Dagster's retry (and the UI's re-execution) copies the parent's tags: the dead parent's
+    lease must neither fail the new run before its worker starts nor let a reaper take it."""
+    parent = str(uuid.uuid4())
+    inherited = lease_tags(_dead_owner(), now=time.time() - 600, seconds=60, run_id=parent)
+    child = _run(instance, {**inherited, "dagster/parent_run_id": parent})
+    run = instance.get_run_by_id(child)
+    assert read_lease(run.tags, child) is None
+    assert instance.run_launcher.check_run_worker_health(run).status.name == "RUNNING"
+    assert reap_expired_runs(instance) == []
+    assert instance.get_run_by_id(child).status == dg.DagsterRunStatus.STARTED
+
+
 def test_a_worker_takes_its_runs_lease_and_renews_it(instance, monkeypatch):
     monkeypatch.setenv("MESH_RUN_LEASE_SECONDS", "3")
     run_id = _run(instance)
@@ -85,7 +99,7 @@ def test_a_worker_takes_its_runs_lease_and_renews_it(instance, monkeypatch):
     assert heartbeat is not None
     try:
         tags = instance.get_run_by_id(run_id).tags
-        lease = read_lease(tags)
+        lease = read_lease(tags, run_id)
         assert lease is not None and lease.owner == Owner.current() and lease.seconds == 3
         assert MAX_RETRIES_TAG not in tags  # the daemon may retry it: it has an origin
         assert take_lease(instance, run_id) is None  # renewed here already
