@@ -14,6 +14,7 @@ import yaml
 from mesh_platform.config import Mesh
 from mesh_platform.definitions import domain_definitions
 from mesh_platform.domain import list_domain_names
+from mesh_platform.errors import MeshError
 from mesh_platform.products.python import PythonProduct
 
 DOMAINS = ["logistics", "marketing", "sales"]
@@ -369,3 +370,17 @@ def test_consumer_sensor_runs_on_the_first_publication_of_an_input_it_never_saw(
         (request,) = fired.run_requests
         assert request.run_key == "sales/orders@7"
         assert not _sensor_result(sensor, instance, fired.cursor).run_requests
+
+
+def test_sensor_and_sla_monitor_intervals_come_from_the_settings(prepared_mesh, monkeypatch):
+    defaults = {
+        s.name: s.minimum_interval_seconds for s in _load(prepared_mesh, "marketing").sensors
+    }
+    assert defaults == {"marketing_on_inputs_published": 60, "marketing_sla_monitor": 300}
+    monkeypatch.setenv("MESH_ORCHESTRATION__SENSOR_INTERVAL_SECONDS", "20")
+    monkeypatch.setenv("MESH_ORCHESTRATION__SLA_INTERVAL_SECONDS", "15")
+    tuned = {s.name: s.minimum_interval_seconds for s in _load(prepared_mesh, "marketing").sensors}
+    assert tuned == {"marketing_on_inputs_published": 20, "marketing_sla_monitor": 15}
+    monkeypatch.setenv("MESH_ORCHESTRATION__SENSOR_INTERVAL_SECONDS", "1")
+    with pytest.raises(MeshError, match="sensor_interval_seconds"):
+        _load(prepared_mesh, "marketing")
