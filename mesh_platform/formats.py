@@ -73,6 +73,15 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 ErrorFactory = Callable[..., MeshError]
 
 
+def describe_duration(delta: dt.timedelta) -> str:
+    """A duration as people read it beside an SLA: minutes under an hour (a ``2m`` SLA), hours
+    under two days, days beyond."""
+    hours = delta.total_seconds() / 3600
+    if hours < 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
 def read_yaml(
     path: Path,
     *,

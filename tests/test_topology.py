@@ -28,7 +28,7 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.specs import SNAPSHOT_METADATA
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.deploy.topology import LOCATIONS, graphql, load_topology
+from mesh_platform.deploy.topology import LOCATIONS, error_text, graphql, load_topology
 from mesh_platform.leases import PID_TAG
 from mesh_platform.storage.metadata import BATCH_PROPERTY, COMPACTION_PROPERTY, Catalog
 from mesh_platform.testing import (
@@ -53,6 +53,7 @@ INTERVALS = {
 }
 SALES = ("sales.customers", "sales.order_lines", "sales.orders")
 CONSUMER = {"dagster/sensor_name": "marketing_on_inputs_published"}
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 def _every_minute(root: Path, domain: str) -> None:
@@ -310,6 +311,8 @@ def test_the_daemon_started_again_launches_the_queued_run_and_a_domain_redeploys
     before = _pids(mesh)
     assert NEW_PRODUCT not in {k.split("/")[-1] for k in _asset_keys(port, "sales")}
     _add_sales_product(root, env)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+    redeploying = time.time()
     redeployed = run_mesh(root, env, "up", "--restart", "sales")
     assert redeployed.returncode == 0, why(redeployed)
     after = _pids(mesh)
@@ -318,9 +321,11 @@ def test_the_daemon_started_again_launches_the_queued_run_and_a_domain_redeploys
         k: v for k, v in before.items() if k != "code-server:sales"
     }  # nothing else restarted
     assert f"sales/{NEW_PRODUCT}" in _asset_keys(port, "sales")  # what the UI shows
-    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
-    run = _wait_for_status(instance, run_id, dg.FINISHED_STATUSES, 600)
+    run = _wait_for_status(instance, run_id, FINISHED, 600)
     assert run.status == dg.DagsterRunStatus.SUCCESS, run_id
+    ended = instance.get_run_record_by_id(run_id).end_time
+    print(f"logistics ran on for {ended - redeploying:.0f} s after sales' redeployment began")
+    assert ended > redeploying  # in progress while sales was redeployed
     _timing(instance, run)
     assert run_mesh(root, env, "status").returncode == 0
 
@@ -341,7 +346,7 @@ def test_a_domain_whose_code_breaks_shows_its_error_and_the_others_keep_serving(
         assert "broken on purpose" in broken.stdout + broken.stderr
         locations = _locations(port)
         assert locations["marketing"]["__typename"] == "PythonError"
-        assert "broken on purpose" in locations["marketing"]["message"]
+        assert "broken on purpose" in error_text(locations["marketing"])
         assert {locations[d]["__typename"] for d in ("sales", "logistics")} == {
             "RepositoryLocation"
         }
@@ -426,7 +431,7 @@ def test_a_worker_killed_mid_publication_fails_its_run_frees_its_domain_and_lose
     os.kill(worker, signal.SIGKILL)
     killed_at, committed = time.time(), heads[moved[0]]
     print(f"killed worker {worker} of run {run_id[:8]} after {moved} committed")
-    run = _wait_for_status(instance, run_id, dg.FINISHED_STATUSES, 180)
+    run = _wait_for_status(instance, run_id, FINISHED, 180)
     assert run.status == dg.DagsterRunStatus.FAILURE
     failed_in = instance.get_run_record_by_id(run_id).end_time - killed_at
     print(f"run failed {failed_in:.0f} s after the kill")
@@ -467,9 +472,11 @@ def test_the_sla_monitors_alert_once_per_incident(topology, monkeypatch):
     assert told and max(told.values()) == 1, told.most_common(3)
     kinds = {n["incident"].split(":")[1] for n in sales}
     assert {"freshness_breached", "gate_failed"} <= kinds, kinds
+    # two batches in a row blocked by order_lines' uniqueness test (orders' and customers'
+    # duplicate keys fail dbt's enforced primary keys before any gate): one incident
     blocked = {n["incident"] for n in sales
-               if n["product"] == "sales.orders" and ":gate_failed:" in n["incident"]}  # fmt: skip
-    assert len(blocked) == 1  # two blocked batches in a row: one incident
+               if n["product"] == "sales.order_lines" and ":gate_failed:" in n["incident"]}  # fmt: skip
+    assert len(blocked) == 1, blocked
     for incident in blocked:
         assert {n["event"] for n in sales if n["incident"] == incident} == {
             "gate_failed", "recovered"

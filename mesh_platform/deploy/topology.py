@@ -46,12 +46,13 @@ HOST = "127.0.0.1"
 CODE_SERVER = "code-server:"  # service name prefix: code-server:<domain>
 GRACE_SECONDS = 30.0
 
-LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
-  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+_ERROR = "... on PythonError { message errorChain { error { message } } }"
+LOCATIONS = f"""{{ workspaceOrError {{ __typename ... on Workspace {{ locationEntries {{
+  name loadStatus locationOrLoadError {{ __typename {_ERROR} }} }} }} }} }}"""
 DAEMONS = """{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
-RELOAD = """mutation($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) {
-  __typename ... on WorkspaceLocationEntry { name loadStatus locationOrLoadError {
-  __typename ... on PythonError { message } } } ... on PythonError { message } } }"""
+RELOAD = f"""mutation($name: String!) {{ reloadRepositoryLocation(repositoryLocationName: $name) {{
+  __typename ... on WorkspaceLocationEntry {{ name loadStatus locationOrLoadError {{
+  __typename {_ERROR} }} }} {_ERROR} }} }}"""
 
 
 @dataclass
@@ -411,4 +412,11 @@ def restart(
         return service, None
     entry = graphql(web.port, RELOAD, {"name": service.domain})["reloadRepositoryLocation"]
     loaded = entry.get("locationOrLoadError") or entry
-    return service, loaded.get("message") if loaded.get("__typename") == "PythonError" else None
+    return service, error_text(loaded) if loaded.get("__typename") == "PythonError" else None
+
+
+def error_text(error: dict) -> str:
+    """A GraphQL PythonError as people read it: its message, then each error that caused it
+    (a location's load error says where it loaded; its cause says what broke)."""
+    chain = [link["error"]["message"] for link in error.get("errorChain") or []]
+    return "\n".join(m.strip() for m in [error.get("message") or "", *chain] if m.strip())

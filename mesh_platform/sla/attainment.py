@@ -17,6 +17,8 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mesh_platform.formats import describe_duration
+
 
 @dataclass(frozen=True)
 class Breach:
@@ -91,15 +93,10 @@ def freshness_attainment(
             last_breach = Breach(
                 max(gap_start, start),
                 "freshness",
-                f"stale for {_hours(gap_end - gap_start)} (no snapshot published within "
-                f"{_hours(max_age)} of {t.isoformat(timespec='seconds')})",
+                f"stale for {describe_duration(gap_end - gap_start)} (no snapshot published within "
+                f"{describe_duration(max_age)} of {t.isoformat(timespec='seconds')})",
             )
     return covered / (until - start), last_breach
-
-
-def _hours(delta: dt.timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
 
 
 def quality_attainment(

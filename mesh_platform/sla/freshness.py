@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING
 
 from mesh_platform.config import Mesh
 from mesh_platform.errors import ProductNotPublishedError
+from mesh_platform.formats import describe_duration
 from mesh_platform.products.registry import load_directory
 from mesh_platform.sla.events import INFRASTRUCTURE_ERROR, GateEvent
 from mesh_platform.storage.metadata import Catalog
 
 if TYPE_CHECKING:
     from mesh_platform.products.descriptor import ProductDescriptor
-
-
-def _hours(delta: dt.timedelta) -> str:
-    return f"{delta.total_seconds() / 3600:.1f} h"
 
 
 def evaluate_freshness(
@@ -66,7 +63,7 @@ def _evaluate(catalog: Catalog, d: ProductDescriptor, now: dt.datetime, run_id: 
         published = dt.datetime.fromtimestamp(current.timestamp_ms / 1000, dt.UTC)
         age = now - published
         fresh, snapshot = age <= sla.timedelta, current.snapshot_id
-        detail = f"snapshot {snapshot} is {_hours(age)} old, max age {sla.max_age}"
+        detail = f"snapshot {snapshot} is {describe_duration(age)} old, max age {sla.max_age}"
     failed = () if fresh else ("freshness",)
     return GateEvent(now, address, run_id, fresh, snapshot, {"freshness": fresh}, failed, None,
                      0.0, detail, kind="freshness")  # fmt: skip
