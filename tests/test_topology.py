@@ -30,6 +30,7 @@ from mesh_platform.assets.specs import SNAPSHOT_METADATA
 from mesh_platform.config import Mesh, load_mesh
 from mesh_platform.deploy.topology import LOCATIONS, error_text, graphql, load_topology
 from mesh_platform.leases import PID_TAG
+from mesh_platform.sla.history import read_history
 from mesh_platform.storage.metadata import BATCH_PROPERTY, COMPACTION_PROPERTY, Catalog
 from mesh_platform.testing import (
     SF,
@@ -486,6 +487,10 @@ def test_the_sla_monitors_alert_once_per_incident(topology, monkeypatch):
     breaches = {n["incident"] for n in sales
                 if n["product"] == "sales.orders" and ":freshness_breached:" in n["incident"]}  # fmt: skip
     assert len(stale) > len(breaches) >= 1, (len(stale), breaches)  # evaluated, told once
+    recorded = read_history(mesh, addresses=["sales.orders"]).to_pylist()
+    evaluations = [r for r in recorded if r["kind"] == "freshness"]
+    assert len(evaluations) >= len(stale), (len(evaluations), len(stale))  # each one recorded
+    assert {r["passed"] for r in evaluations} == {True, False}
 
 
 def test_mesh_down_stops_every_process(topology):

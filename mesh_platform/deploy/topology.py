@@ -339,9 +339,13 @@ def up(
     again)."""
     current = load_topology(mesh)
     if running := [s.name for s in current.services if _alive(s)]:
+        stopped = [s.domain or s.name for s in current.services if not _alive(s)]
+        again = "; ".join(f"`mesh up --restart {name}`" for name in stopped)
         raise MeshError(
-            f"the topology of this mesh is already up ({', '.join(running)})",
-            fix="`mesh status` shows it; `mesh down` stops it",
+            f"the topology of this mesh is already up ({', '.join(running)})"
+            + (f"; not running: {', '.join(stopped)}" if stopped else ""),
+            fix=(f"start what stopped: {again}; " if stopped else "")
+            + "`mesh status` shows it; `mesh down` stops it",
         )
     domains = [loc.name for loc in check_workspace(mesh)]
     env = _env(mesh, home)
