@@ -413,10 +413,10 @@ def test_blocked_batches_take_turns_on_their_domain_and_trigger_nothing(topology
 def test_a_worker_killed_mid_publication_fails_its_run_frees_its_domain_and_loses_nothing(
     topology, monkeypatch
 ):
-    """SIGKILL the sales run's worker the moment its first product's commit lands: Dagster's
-    run monitoring fails the run (its lease: the worker is gone), the daemon retries it, the
-    retry gets the domain and publishes; the killed run's commit is reported exactly once and
-    marketing's sensor runs on it; no batch is on main twice."""
+    """SIGKILL the sales run's worker the moment its first product's commit lands: the run is
+    failed, the daemon retries it, the retry gets the domain and publishes; the killed run's
+    commit is reported exactly once and marketing's sensor runs on it; no batch is on main
+    twice."""
     root, env, port, _started = topology
     mesh, instance = _mesh(root, env, monkeypatch), _instance(root, env, monkeypatch)
     before = _heads(mesh)
@@ -437,7 +437,8 @@ def test_a_worker_killed_mid_publication_fails_its_run_frees_its_domain_and_lose
     failed_in = instance.get_run_record_by_id(run_id).end_time - killed_at
     print(f"run failed {failed_in:.0f} s after the kill")
     messages = " ".join(e.message or "" for e in instance.all_logs(run_id))
-    assert "gone (killed or crashed)" in messages, messages[-2000:]
+    # its code server saw its child die (with the server gone too: the next test)
+    assert "terminated by signal 9" in messages, messages[-2000:]
 
     retry = _wait_for_run(instance, {"dagster/parent_run_id": run_id}, 900)
     assert retry.status == dg.DagsterRunStatus.SUCCESS, retry.run_id
@@ -458,6 +459,45 @@ def test_a_worker_killed_mid_publication_fails_its_run_frees_its_domain_and_lose
         where=lambda r: moved[0] in r.tags.get("mesh/trigger", ""),
     )  # fmt: skip
     print(f"marketing triggered by {consumer.tags['mesh/trigger']}")
+
+
+def test_a_code_server_killed_mid_run_fails_the_run_by_its_lease_and_the_domain_runs_again(
+    topology, monkeypatch
+):
+    """SIGKILL sales' whole code server (its run's worker is its process) while a sales run
+    builds: nobody is left to report the run, so the daemon's run monitoring asks the launcher,
+    whose lease check finds the worker gone and fails the run in bounded time; the other
+    domains keep serving; restarted, sales runs again (its slot freed)."""
+    root, env, port, _started = topology
+    mesh, instance = _mesh(root, env, monkeypatch), _instance(root, env, monkeypatch)
+    run_id = _launch(port, "sales")
+    deadline = time.monotonic() + 300
+    while PID_TAG not in (run := instance.get_run_by_id(run_id)).tags:  # its worker runs
+        assert time.monotonic() < deadline and not run.is_finished, run.status
+        time.sleep(0.5)
+    time.sleep(3)  # into its dbt
+    server = load_topology(mesh).get("code-server:sales")
+    os.killpg(server.pid, signal.SIGKILL)
+    killed_at = time.time()
+    run = _wait_for_status(instance, run_id, FINISHED, 180)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    failed_in = instance.get_run_record_by_id(run_id).end_time - killed_at
+    print(f"run of a killed code server failed {failed_in:.0f} s after the kill")
+    messages = " ".join(e.message or "" for e in instance.all_logs(run_id))
+    assert "gone (killed or crashed)" in messages, messages[-2000:]
+    status = run_mesh(root, env, "status")
+    assert status.returncode == 1, why(status)
+    assert re.search(r"^\W*code-server:sales\W.*\bno\W+no\b", status.stdout, re.M), status.stdout
+    locations = _locations(port)
+    assert {locations[d]["__typename"] for d in ("logistics", "marketing")} == {
+        "RepositoryLocation"
+    }
+    restarted = run_mesh(root, env, "up", "--restart", "sales")
+    assert restarted.returncode == 0, why(restarted)
+    again = _launch(port, "sales")
+    run = _wait_for_status(instance, again, FINISHED, 900)
+    assert run.status == dg.DagsterRunStatus.SUCCESS, again
+    _timing(instance, run)
 
 
 def test_the_sla_monitors_alert_once_per_incident(topology, monkeypatch):
