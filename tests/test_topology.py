@@ -312,7 +312,7 @@ def test_the_daemon_started_again_launches_the_queued_run_and_a_domain_redeploys
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.QUEUED
     restarted = run_mesh(root, env, "up", "--restart", "daemon")
     assert restarted.returncode == 0, why(restarted)
-    _wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, 120)
+    _wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, 300)
 
     before = _pids(mesh)
     assert NEW_PRODUCT not in {k.split("/")[-1] for k in _asset_keys(port, "sales")}
