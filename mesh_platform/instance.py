@@ -72,6 +72,15 @@ def prepare_dagster_home(mesh: Mesh) -> str:
     return str(home)
 
 
+def create_instance_storage(home: str) -> None:
+    """Create the instance's storage (its sqlite files and tables, or its PostgreSQL tables)
+    once, from this process. Every Dagster process creates what is missing when it opens the
+    instance; ``mesh up`` starts a code server per domain at once, and on a fresh sqlite
+    instance they raced (one of three failed to load with ``table alembic_version already
+    exists``)."""
+    dg.DagsterInstance.from_config(home).dispose()
+
+
 def get_instance(mesh: Mesh) -> dg.DagsterInstance:
     prepare_dagster_home(mesh)
     return dg.DagsterInstance.get()

@@ -9,7 +9,7 @@ from rich.table import Table
 from mesh_platform.cli.common import console, load_context_mesh, out
 from mesh_platform.cli.main import mesh_command
 from mesh_platform.deploy import topology
-from mesh_platform.instance import prepare_dagster_home
+from mesh_platform.instance import create_instance_storage, prepare_dagster_home
 
 
 @click.command()
@@ -38,6 +38,7 @@ def up(
         service = topology.restart_domain(mesh, restart, home)
         out.print(f"{service.name} restarted (pid {service.pid}, port {service.port})")
         return
+    create_instance_storage(home)  # before a code server per domain opens it at once
     started = topology.up(
         mesh,
         home,

@@ -1,0 +1,307 @@
+"""The mesh at 3, 10, 25 and 50 domains: what `mesh up` costs as domains are added.
+
+For each size N, in one run, a mesh of N scaffolded domains in three layers (layer k reads from
+layer k - 1; mesh_platform/testing_scale.py) on the embedded default profile, then:
+
+- `mesh prepare` (dbt parse of every project);
+- `mesh up --no-query`: until every code server answers gRPC's health check, the webserver's
+  own start, and until every code location is loaded according to the webserver's GraphQL
+  API (``LOCATIONS``), with the count that loaded;
+- an asset-graph query (``assetNodes`` with their dependencies) through GraphQL, and
+  `mesh status`;
+- the daemon's sensor ticks, from the instance's tick records: the first tick of each SLA
+  monitor (N of them) and each consumer sensor, and how long the daemon took to evaluate
+  every sensor once;
+- memory: RSS and PSS of each code server's process tree (the server and the subprocess that
+  loads the domain), from /proc;
+- end to end: `mesh build --domain d000` publishes a producer of layer 0; the latency from its
+  materialisation to each consumer's sensor-launched run being created and started (the
+  consumers' sensors run every 60 s, the product's interval, not shortened);
+- `mesh down`, always.
+
+Every figure is printed per N and as a ratio to the first size's (the baseline, measured in
+the same run). A size whose code servers would not fit in memory (extrapolated from the sizes
+measured before it) is skipped and said so.
+
+    .venv/bin/python benchmarks/bench_mesh_scale.py [--sizes 3,10,25,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+from _common import BIN
+from dagster._core.scheduler.instigation import InstigatorType
+
+from mesh_platform.config import load_mesh
+from mesh_platform.deploy.topology import LOCATIONS, free_port, graphql, load_topology
+from mesh_platform.testing import user_env
+from mesh_platform.testing_scale import ScaleMesh, scale_mesh
+
+ASSET_GRAPH = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName opName } }"
+SF = "0.001"  # TPC-H's nation and region (25 and 5 rows) are all the domains read
+SENSOR = "{}_on_inputs_published"
+
+
+def mesh_cmd(made: ScaleMesh, *args: str, check: bool = True, timeout: float = 3600):
+    env = {**user_env(), "MESH_SCALE_FACTOR": SF, "COLUMNS": "1000"}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(BIN / "mesh"), "--root", str(made.root), *args], env=env, cwd=made.root,
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if check and done.returncode != 0:
+        raise RuntimeError(f"mesh {' '.join(args)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return time.perf_counter() - start, done
+
+
+# -- memory from /proc ---------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _field_kb(path: Path, name: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            if line.startswith(name):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_memory_mb(pid: int, tree: dict[int, list[int]]) -> tuple[float, float]:
+    """(RSS, PSS) in MB of ``pid`` and its descendants."""
+    rss = pss = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        rss += _field_kb(Path(f"/proc/{p}/status"), "VmRSS:")
+        pss += _field_kb(Path(f"/proc/{p}/smaps_rollup"), "Pss:")
+        stack.extend(tree.get(p, []))
+    return rss / 1024, pss / 1024
+
+
+def mem_available_mb() -> float:
+    return _field_kb(Path("/proc/meminfo"), "MemAvailable:") / 1024
+
+
+# -- the steps -----------------------------------------------------------------------------------
+
+
+def start_topology(made: ScaleMesh, port: int, fig: dict) -> None:
+    """`mesh up --no-query`, its progress lines timed as they come; then every location."""
+    env = {**user_env(), "MESH_SCALE_FACTOR": SF, "COLUMNS": "1000"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(BIN / "mesh"), "--root", str(made.root), "up", "--no-query", "--port", str(port)],
+        env=env, cwd=made.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: dict[str, float] = {}
+    lines = []
+    for line in proc.stdout or []:
+        lines.append(line)
+        for mark in ("serving on", "daemon up", "webserver up"):
+            if mark in line:
+                seen[mark] = time.perf_counter() - start
+    if proc.wait() != 0:
+        raise RuntimeError("mesh up failed:\n" + "".join(lines)[-4000:])
+    fig["up: code servers healthy s"] = seen["serving on"]
+    fig["up: webserver start s"] = seen["webserver up"] - seen["daemon up"]
+    fig["up: command s"] = time.perf_counter() - start
+    deadline = time.monotonic() + 900
+    while True:
+        entries = graphql(port, LOCATIONS)["workspaceOrError"]["locationEntries"]
+        if all(e["loadStatus"] == "LOADED" for e in entries) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    fig["up: every location loaded s"] = time.perf_counter() - start
+    loaded = [e for e in entries if e["locationOrLoadError"]["__typename"] == "RepositoryLocation"]
+    fig["locations loaded (of N)"] = len(loaded)
+    for e in entries:
+        if e["locationOrLoadError"]["__typename"] != "RepositoryLocation":
+            print(f"  {e['name']} did not load: {str(e['locationOrLoadError'])[:300]}")
+
+
+def query_graph(port: int, fig: dict) -> None:
+    times, nodes = [], 0
+    for _ in range(3):
+        start = time.perf_counter()
+        nodes = len(graphql(port, ASSET_GRAPH)["assetNodes"])
+        times.append(time.perf_counter() - start)
+    fig["asset graph query s"] = statistics.median(times)
+    fig["asset nodes"] = nodes
+
+
+def measure_memory(made: ScaleMesh, fig: dict) -> float:
+    """Per code server (RSS, PSS) and the whole topology's; the largest server's RSS."""
+    tree = _children()
+    servers, total = [], 0.0
+    for service in load_topology(load_mesh(made.root)).services:
+        rss, pss = tree_memory_mb(service.pid or 0, tree)
+        total += rss
+        if service.domain:
+            servers.append((rss, pss))
+    fig["code server RSS MB (median)"] = statistics.median(r for r, _ in servers)
+    fig["code server PSS MB (median)"] = statistics.median(p for _, p in servers)
+    fig["topology RSS GB (all processes)"] = total / 1024
+    return max(r for r, _ in servers)
+
+
+def _ticks(instance: dg.DagsterInstance) -> dict[str, list]:
+    found = {}
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=50)
+        found[state.instigator_name] = sorted(
+            (t for t in ticks if t.end_timestamp), key=lambda t: t.timestamp
+        )
+    return found
+
+
+def measure_ticks(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) -> None:
+    """Wait for every sensor's first tick; durations from the tick records."""
+    expected = {f"{d}_sla_monitor" for d in made.domains} | {SENSOR.format(c) for c in made.inputs}
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:
+        ticks = _ticks(instance)
+        if all(ticks.get(name) for name in expected):
+            break
+        time.sleep(2)
+    missing = sorted(n for n in expected if not ticks.get(n))
+    if missing:
+        print(f"  no tick in 20 min for {len(missing)} sensor(s): {', '.join(missing[:5])}...")
+    firsts = {n: t[0] for n, t in ticks.items() if t and n in expected}
+    monitors = [t.end_timestamp - t.timestamp for n, t in firsts.items() if n.endswith("_monitor")]
+    sensors = [t.end_timestamp - t.timestamp for n, t in firsts.items() if n.endswith("published")]
+    fig["SLA monitor tick s (median)"] = statistics.median(monitors)
+    fig["SLA monitor tick s (max)"] = max(monitors)
+    fig["consumer sensor tick s (median)"] = statistics.median(sensors) if sensors else 0.0
+    fig["sensor round s (every sensor once)"] = max(t.end_timestamp for t in firsts.values()) - min(
+        t.timestamp for t in firsts.values()
+    )
+
+
+def measure_latency(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) -> None:
+    """Publish the producer d000; its consumers' sensor-launched runs, created and started."""
+    producer = made.domains[0]
+    consumers = made.consumers_of(producer)
+    fig["producer build s"], _ = mesh_cmd(made, "build", "--domain", producer)
+    key = dg.AssetKey([producer, "regions"])
+    event = instance.get_latest_materialization_event(key)
+    assert event is not None, f"{producer}.regions was not materialised"
+    published = event.timestamp
+    created, started = {}, {}
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and len(started) < len(consumers):
+        for consumer in consumers:
+            filters = dg.RunsFilter(tags={"dagster/sensor_name": SENSOR.format(consumer)})
+            for record in instance.get_run_records(filters=filters, limit=1):
+                created[consumer] = record.create_timestamp.timestamp() - published
+                if record.start_time:
+                    started[consumer] = record.start_time - published
+        time.sleep(1)
+    if len(started) < len(consumers):
+        print(f"  consumers without a started run after 15 min: {set(consumers) - set(started)}")
+    fig["publish -> consumer run created s (max)"] = max(created.values(), default=float("nan"))
+    fig["publish -> consumer run started s (max)"] = max(started.values(), default=float("nan"))
+
+
+def measure(n: int, folder: Path) -> dict:
+    fig: dict[str, float] = {}
+    start = time.perf_counter()
+    made = scale_mesh(folder / "mesh", n)
+    fig["scaffold s"] = time.perf_counter() - start
+    fig["prepare s"], _ = mesh_cmd(made, "prepare")
+    port = free_port()
+    try:
+        start_topology(made, port, fig)
+        query_graph(port, fig)
+        fig["mesh status s"], _ = mesh_cmd(made, "status", check=False)
+        fig["_largest server RSS MB"] = measure_memory(made, fig)
+        home = str(load_mesh(made.root).dagster_home)
+        instance = dg.DagsterInstance.from_config(home)
+        measure_ticks(made, instance, fig)
+        measure_latency(made, instance, fig)
+        fig["mesh status s"], _ = mesh_cmd(made, "status", check=False)
+    finally:
+        fig["mesh down s"], _ = mesh_cmd(made, "down", "--grace", "10", check=False)
+    return fig
+
+
+def fits(n: int, measured: dict[int, dict], budget_mb: float) -> tuple[bool, float]:
+    """Whether N code servers fit in ``budget_mb``, extrapolated linearly from the largest
+    server's RSS at the sizes measured so far (a server's own memory may grow with N)."""
+    if not measured:
+        return True, 0.0
+    sizes = sorted(measured)
+    per = [measured[s]["_largest server RSS MB"] for s in sizes]
+    slope = (per[-1] - per[0]) / (sizes[-1] - sizes[0]) if len(sizes) > 1 else 0.0
+    predicted = (per[-1] + slope * (n - sizes[-1])) * n + 1500  # + daemon, webserver, a run
+    return predicted < budget_mb, predicted
+
+
+def table(measured: dict[int, dict], skipped: dict[int, str]) -> None:
+    sizes = sorted(measured)
+    base = sizes[0]
+    names = [k for k in measured[base] if not k.startswith("_")]
+    head = f"{'figure':<42}" + "".join(f"{f'N={n}':>10}" for n in sizes)
+    head += "".join(f"{f'{n}/{base}':>9}" for n in sizes[1:])
+    print(head)
+    for name in names:
+        row = f"{name:<42}" + "".join(f"{measured[n].get(name, float('nan')):>10.2f}" for n in sizes)
+        b = measured[base].get(name) or float("nan")
+        row += "".join(f"{measured[n].get(name, float('nan')) / b:>9.2f}" for n in sizes[1:])
+        print(row)
+    for n, why in skipped.items():
+        print(f"N={n}: not run: {why}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="3,10,25,50")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    budget = mem_available_mb() * 0.8
+    measured: dict[int, dict] = {}
+    skipped: dict[int, str] = {}
+    for n in [int(s) for s in args.sizes.split(",")]:
+        ok, predicted = fits(n, measured, budget)
+        if not ok:
+            skipped[n] = f"{predicted / 1024:.1f} GB predicted for the topology, {budget / 1024:.1f} GB available"
+            print(f"N={n}: skipped ({skipped[n]})", flush=True)
+            continue
+        print(f"N={n}: measuring", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"scale{n}-") as tmp:
+            try:
+                measured[n] = measure(n, Path(tmp))
+            except Exception as exc:  # a size that breaks is reported; the others still run
+                skipped[n] = f"failed: {type(exc).__name__}: {str(exc)[:2000]}"
+                print(f"N={n}: {skipped[n]}", flush=True)
+                continue
+        print(json.dumps({n: measured[n]}, indent=1), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"measured": measured, "skipped": skipped}, indent=1))
+    if measured:
+        table(measured, skipped)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    os.environ.pop("DAGSTER_HOME", None)
+    main()
