@@ -61,7 +61,9 @@ def mesh_cmd(made: ScaleMesh, *args: str, check: bool = True, timeout: float = 3
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     if check and done.returncode != 0:
-        raise RuntimeError(f"mesh {' '.join(args)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"mesh {' '.join(args)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
     return time.perf_counter() - start, done
 
 
@@ -264,7 +266,9 @@ def table(measured: dict[int, dict], skipped: dict[int, str]) -> None:
     head += "".join(f"{f'{n}/{base}':>9}" for n in sizes[1:])
     print(head)
     for name in names:
-        row = f"{name:<42}" + "".join(f"{measured[n].get(name, float('nan')):>10.2f}" for n in sizes)
+        row = f"{name:<42}" + "".join(
+            f"{measured[n].get(name, float('nan')):>10.2f}" for n in sizes
+        )
         b = measured[base].get(name) or float("nan")
         row += "".join(f"{measured[n].get(name, float('nan')) / b:>9.2f}" for n in sizes[1:])
         print(row)
@@ -283,7 +287,8 @@ def main() -> None:
     for n in [int(s) for s in args.sizes.split(",")]:
         ok, predicted = fits(n, measured, budget)
         if not ok:
-            skipped[n] = f"{predicted / 1024:.1f} GB predicted for the topology, {budget / 1024:.1f} GB available"
+            need, have = predicted / 1024, budget / 1024
+            skipped[n] = f"{need:.1f} GB predicted for the topology, {have:.1f} GB available"
             print(f"N={n}: skipped ({skipped[n]})", flush=True)
             continue
         print(f"N={n}: measuring", flush=True)

@@ -37,6 +37,15 @@ run_monitoring:
   enabled: true
   start_timeout_seconds: 300
   poll_interval_seconds: 60
+# Sensors and schedules of different code locations are evaluated side by side: every domain
+# has an SLA monitor, every consumer a sensor, and one after another a tick of all of them
+# took the sum of their durations (the consumers' sensors waited for every SLA monitor).
+sensors:
+  use_threads: true
+  num_workers: 4
+schedules:
+  use_threads: true
+  num_workers: 4
 """
 
 

@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,17 +262,20 @@ def _daemon_health(topology: Topology) -> tuple[bool, str]:
 
 
 def status(mesh: Mesh) -> list[ServiceStatus]:
-    """Each recorded service: alive (its process), healthy (it answers)."""
+    """Each recorded service: alive (its process), healthy (it answers). The services are
+    asked side by side: one after another, N code servers that do not answer cost N times
+    the health check's timeout."""
     topology = load_topology(mesh)
-    result = []
-    for service in topology.services:
+
+    def ask(service: Service) -> ServiceStatus:
         alive = _alive(service)
         healthy, detail = (False, "not running") if not alive else _health(service)
         if alive and service.name == "daemon":
             healthy, detail = _daemon_health(topology)
-        result.append(ServiceStatus(service.name, service.pid, service.port, alive, healthy,
-                                    detail))  # fmt: skip
-    return result
+        return ServiceStatus(service.name, service.pid, service.port, alive, healthy, detail)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # each check waits on a socket
+        return list(pool.map(ask, topology.services))
 
 
 def _wait(service: Service, check: Callable[[], tuple[bool, str]], seconds: float) -> None:
