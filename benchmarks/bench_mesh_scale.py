@@ -10,10 +10,11 @@ layer k - 1; mesh_platform/testing_scale.py) on the embedded default profile, th
 - an asset-graph query (``assetNodes`` with their dependencies) through GraphQL, and
   `mesh status`;
 - the daemon's sensor ticks, from the instance's tick records: the first tick of each SLA
-  monitor (N of them) and each consumer sensor, and how long the daemon took to evaluate
-  every sensor once;
-- memory: RSS and PSS of each code server's process tree (the server and the subprocess that
-  loads the domain), from /proc;
+  monitor (N of them) and each consumer sensor, how long the daemon took to evaluate every
+  sensor once, and the warm ticks (each SLA monitor's second, 5 minutes later; the consumer
+  sensors' later ones);
+- memory, once every sensor ticked: RSS and PSS of each code server's process tree (the server
+  and the subprocess that loads the domain), from /proc;
 - end to end: `mesh build --domain d000` publishes a producer of layer 0; the latency from its
   materialisation to each consumer's sensor-launched run being created and started (the
   consumers' sensors run every 60 s, the product's interval, not shortened);
@@ -21,7 +22,8 @@ layer k - 1; mesh_platform/testing_scale.py) on the embedded default profile, th
 
 Every figure is printed per N and as a ratio to the first size's (the baseline, measured in
 the same run). A size whose code servers would not fit in memory (extrapolated from the sizes
-measured before it) is skipped and said so.
+measured before it) is skipped and said so; if the machine runs short of memory anyway, the
+topology is stopped and the size reported as not fitting.
 
     .venv/bin/python benchmarks/bench_mesh_scale.py [--sizes 3,10,25,50]
 """
@@ -36,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -151,8 +154,9 @@ def query_graph(port: int, fig: dict) -> None:
     fig["asset nodes"] = nodes
 
 
-def measure_memory(made: ScaleMesh, fig: dict) -> float:
-    """Per code server (RSS, PSS) and the whole topology's; the largest server's RSS."""
+def measure_memory(made: ScaleMesh, fig: dict) -> None:
+    """Per code server (RSS, PSS) and the whole topology's, once every SLA monitor ticked (its
+    first tick imports pyiceberg and writes the SLA history)."""
     tree = _children()
     servers, total = [], 0.0
     for service in load_topology(load_mesh(made.root)).services:
@@ -162,8 +166,8 @@ def measure_memory(made: ScaleMesh, fig: dict) -> float:
             servers.append((rss, pss))
     fig["code server RSS MB (median)"] = statistics.median(r for r, _ in servers)
     fig["code server PSS MB (median)"] = statistics.median(p for _, p in servers)
+    fig["code server RSS MB (max)"] = max(r for r, _ in servers)
     fig["topology RSS GB (all processes)"] = total / 1024
-    return max(r for r, _ in servers)
 
 
 def _ticks(instance: dg.DagsterInstance) -> dict[str, list]:
@@ -199,6 +203,26 @@ def measure_ticks(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) -> N
     )
 
 
+def measure_steady_ticks(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) -> None:
+    """The SLA monitors' second ticks (their interval is 5 minutes) and the consumer sensors'
+    later ticks: what a tick costs once the code server is warm."""
+    monitors = {f"{d}_sla_monitor" for d in made.domains}
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        ticks = _ticks(instance)
+        if all(len(ticks.get(name, [])) >= 2 for name in monitors):
+            break
+        time.sleep(5)
+    later = [t for n in monitors for t in ticks.get(n, [])[1:2]]
+    sensors = [t for c in made.inputs for t in ticks.get(SENSOR.format(c), [])[1:]]
+    fig["SLA monitor tick s, warm (median)"] = statistics.median(
+        [t.end_timestamp - t.timestamp for t in later] or [float("nan")]
+    )
+    fig["consumer sensor tick s, warm (median)"] = statistics.median(
+        [t.end_timestamp - t.timestamp for t in sensors] or [float("nan")]
+    )
+
+
 def measure_latency(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) -> None:
     """Publish the producer d000; its consumers' sensor-launched runs, created and started."""
     producer = made.domains[0]
@@ -224,38 +248,61 @@ def measure_latency(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) ->
     fig["publish -> consumer run started s (max)"] = max(started.values(), default=float("nan"))
 
 
-def measure(n: int, folder: Path) -> dict:
+def measure(n: int, folder: Path, guard: MemoryGuard) -> dict:
     fig: dict[str, float] = {}
     start = time.perf_counter()
     made = scale_mesh(folder / "mesh", n)
     fig["scaffold s"] = time.perf_counter() - start
     fig["prepare s"], _ = mesh_cmd(made, "prepare")
     port = free_port()
+    guard.root = made.root
     try:
         start_topology(made, port, fig)
         query_graph(port, fig)
         fig["mesh status s"], _ = mesh_cmd(made, "status", check=False)
-        fig["_largest server RSS MB"] = measure_memory(made, fig)
         home = str(load_mesh(made.root).dagster_home)
         instance = dg.DagsterInstance.from_config(home)
         measure_ticks(made, instance, fig)
+        measure_memory(made, fig)
         measure_latency(made, instance, fig)
-        fig["mesh status s"], _ = mesh_cmd(made, "status", check=False)
+        measure_steady_ticks(made, instance, fig)
     finally:
         fig["mesh down s"], _ = mesh_cmd(made, "down", "--grace", "10", check=False)
+        guard.root = None
+    if guard.tripped:
+        raise MemoryError(f"less than {guard.floor_mb:.0f} MB available: the topology was stopped")
     return fig
 
 
 def fits(n: int, measured: dict[int, dict], budget_mb: float) -> tuple[bool, float]:
-    """Whether N code servers fit in ``budget_mb``, extrapolated linearly from the largest
-    server's RSS at the sizes measured so far (a server's own memory may grow with N)."""
+    """Whether N code servers fit in ``budget_mb``: a server's PSS (its share of the pages it
+    shares with the others: what N of them take together), extrapolated linearly over the
+    sizes measured so far (a server's own memory may grow with N), plus 2.5 GB for the
+    daemon, the webserver and the consumers' runs."""
     if not measured:
         return True, 0.0
     sizes = sorted(measured)
-    per = [measured[s]["_largest server RSS MB"] for s in sizes]
-    slope = (per[-1] - per[0]) / (sizes[-1] - sizes[0]) if len(sizes) > 1 else 0.0
-    predicted = (per[-1] + slope * (n - sizes[-1])) * n + 1500  # + daemon, webserver, a run
+    per = [measured[s]["code server PSS MB (median)"] for s in sizes]
+    slope = max(0.0, (per[-1] - per[0]) / (sizes[-1] - sizes[0])) if len(sizes) > 1 else 0.0
+    predicted = (per[-1] + slope * (n - sizes[-1])) * n + 2500
     return predicted < budget_mb, predicted
+
+
+class MemoryGuard:
+    """Stops the topology (`mesh down`) if the machine runs short of memory while a size
+    runs: a size that does not fit is reported, the machine is not brought down."""
+
+    def __init__(self, floor_mb: float = 1500) -> None:
+        self.floor_mb, self.tripped, self.root = floor_mb, False, None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            if self.root is not None and mem_available_mb() < self.floor_mb:
+                self.tripped = True
+                subprocess.run([str(BIN / "mesh"), "--root", str(self.root), "down", "--grace",
+                                "2"], env=user_env(), capture_output=True, check=False)  # fmt: skip
+            time.sleep(1)
 
 
 def table(measured: dict[int, dict], skipped: dict[int, str]) -> None:
@@ -281,10 +328,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="3,10,25,50")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    budget = mem_available_mb() * 0.8
     measured: dict[int, dict] = {}
     skipped: dict[int, str] = {}
+    guard = MemoryGuard()
     for n in [int(s) for s in args.sizes.split(",")]:
+        budget = mem_available_mb() - 2000
         ok, predicted = fits(n, measured, budget)
         if not ok:
             need, have = predicted / 1024, budget / 1024
@@ -294,7 +342,7 @@ def main() -> None:
         print(f"N={n}: measuring", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"scale{n}-") as tmp:
             try:
-                measured[n] = measure(n, Path(tmp))
+                measured[n] = measure(n, Path(tmp), guard)
             except Exception as exc:  # a size that breaks is reported; the others still run
                 skipped[n] = f"failed: {type(exc).__name__}: {str(exc)[:2000]}"
                 print(f"N={n}: {skipped[n]}", flush=True)
