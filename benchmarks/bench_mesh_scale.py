@@ -305,12 +305,24 @@ class MemoryGuard:
             time.sleep(1)
 
 
-def table(measured: dict[int, dict], skipped: dict[int, str]) -> None:
+def linear_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line through ``points``."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return my - slope * mx, slope
+
+
+def table(measured: dict[int, dict], skipped: dict[int, str], at: int = 500) -> None:
+    """Each figure per N, as a ratio to the first size's, and a linear fit's value at ``at``
+    domains (least squares over the sizes measured)."""
     sizes = sorted(measured)
     base = sizes[0]
     names = [k for k in measured[base] if not k.startswith("_")]
     head = f"{'figure':<42}" + "".join(f"{f'N={n}':>10}" for n in sizes)
-    head += "".join(f"{f'{n}/{base}':>9}" for n in sizes[1:])
+    head += "".join(f"{f'{n}/{base}':>9}" for n in sizes[1:]) + f"{'per +1':>9}{f'fit {at}':>10}"
     print(head)
     for name in names:
         row = f"{name:<42}" + "".join(
@@ -318,7 +330,9 @@ def table(measured: dict[int, dict], skipped: dict[int, str]) -> None:
         )
         b = measured[base].get(name) or float("nan")
         row += "".join(f"{measured[n].get(name, float('nan')) / b:>9.2f}" for n in sizes[1:])
-        print(row)
+        points = [(n, measured[n][name]) for n in sizes if name in measured[n]]
+        intercept, slope = linear_fit(points) if len(points) > 1 else (float("nan"),) * 2
+        print(row + f"{slope:>9.3f}{intercept + slope * at:>10.1f}")
     for n, why in skipped.items():
         print(f"N={n}: not run: {why}")
 
@@ -327,7 +341,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="3,10,25,50")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--table", type=Path, help="only print the table of a --json file")
     args = parser.parse_args()
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        table({int(n): f for n, f in saved["measured"].items()},
+              {int(n): w for n, w in saved["skipped"].items()})  # fmt: skip
+        return
     measured: dict[int, dict] = {}
     skipped: dict[int, str] = {}
     guard = MemoryGuard()
