@@ -54,6 +54,7 @@ from mesh_platform.testing_scale import ScaleMesh, scale_mesh
 ASSET_GRAPH = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName opName } }"
 SF = "0.001"  # TPC-H's nation and region (25 and 5 rows) are all the domains read
 SENSOR = "{}_on_inputs_published"
+TERMINATE = """mutation($runId: String!) { terminateRun(runId: $runId) { __typename } }"""
 
 
 def mesh_cmd(made: ScaleMesh, *args: str, check: bool = True, timeout: float = 3600):
@@ -223,8 +224,10 @@ def measure_steady_ticks(made: ScaleMesh, instance: dg.DagsterInstance, fig: dic
     )
 
 
-def measure_latency(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) -> None:
-    """Publish the producer d000; its consumers' sensor-launched runs, created and started."""
+def measure_latency(made: ScaleMesh, instance: dg.DagsterInstance, port: int, fig: dict) -> None:
+    """Publish the producer d000; its consumers' sensor-launched runs, created and started
+    (then terminated through GraphQL: their builds and the layers after them are not what is
+    measured, and each run worker takes half a GB)."""
     producer = made.domains[0]
     consumers = made.consumers_of(producer)
     fig["producer build s"], _ = mesh_cmd(made, "build", "--domain", producer)
@@ -232,16 +235,20 @@ def measure_latency(made: ScaleMesh, instance: dg.DagsterInstance, fig: dict) ->
     event = instance.get_latest_materialization_event(key)
     assert event is not None, f"{producer}.regions was not materialised"
     published = event.timestamp
-    created, started = {}, {}
+    created, started, runs = {}, {}, set()
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and len(started) < len(consumers):
         for consumer in consumers:
             filters = dg.RunsFilter(tags={"dagster/sensor_name": SENSOR.format(consumer)})
             for record in instance.get_run_records(filters=filters, limit=1):
                 created[consumer] = record.create_timestamp.timestamp() - published
+                runs.add(record.dagster_run.run_id)
                 if record.start_time:
                     started[consumer] = record.start_time - published
         time.sleep(1)
+    for run_id in runs:
+        with contextlib.suppress(Exception):  # it may have ended already
+            graphql(port, TERMINATE, {"runId": run_id})
     if len(started) < len(consumers):
         print(f"  consumers without a started run after 15 min: {set(consumers) - set(started)}")
     fig["publish -> consumer run created s (max)"] = max(created.values(), default=float("nan"))
@@ -264,7 +271,7 @@ def measure(n: int, folder: Path, guard: MemoryGuard) -> dict:
         instance = dg.DagsterInstance.from_config(home)
         measure_ticks(made, instance, fig)
         measure_memory(made, fig)
-        measure_latency(made, instance, fig)
+        measure_latency(made, instance, port, fig)
         measure_steady_ticks(made, instance, fig)
     finally:
         fig["mesh down s"], _ = mesh_cmd(made, "down", "--grace", "10", check=False)
@@ -277,14 +284,14 @@ def measure(n: int, folder: Path, guard: MemoryGuard) -> dict:
 def fits(n: int, measured: dict[int, dict], budget_mb: float) -> tuple[bool, float]:
     """Whether N code servers fit in ``budget_mb``: a server's PSS (its share of the pages it
     shares with the others: what N of them take together), extrapolated linearly over the
-    sizes measured so far (a server's own memory may grow with N), plus 2.5 GB for the
-    daemon, the webserver and the consumers' runs."""
+    sizes measured so far (a server's own memory may grow with N), plus 1.5 GB for the
+    daemon, the webserver and the consumers' runs (terminated once started)."""
     if not measured:
         return True, 0.0
     sizes = sorted(measured)
     per = [measured[s]["code server PSS MB (median)"] for s in sizes]
     slope = max(0.0, (per[-1] - per[0]) / (sizes[-1] - sizes[0])) if len(sizes) > 1 else 0.0
-    predicted = (per[-1] + slope * (n - sizes[-1])) * n + 2500
+    predicted = (per[-1] + slope * (n - sizes[-1])) * n + 1500
     return predicted < budget_mb, predicted
 
 
@@ -292,7 +299,7 @@ class MemoryGuard:
     """Stops the topology (`mesh down`) if the machine runs short of memory while a size
     runs: a size that does not fit is reported, the machine is not brought down."""
 
-    def __init__(self, floor_mb: float = 1500) -> None:
+    def __init__(self, floor_mb: float = 2000) -> None:
         self.floor_mb, self.tripped, self.root = floor_mb, False, None
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -301,7 +308,7 @@ class MemoryGuard:
             if self.root is not None and mem_available_mb() < self.floor_mb:
                 self.tripped = True
                 subprocess.run([str(BIN / "mesh"), "--root", str(self.root), "down", "--grace",
-                                "2"], env=user_env(), capture_output=True, check=False)  # fmt: skip
+                                "0"], env=user_env(), capture_output=True, check=False)  # fmt: skip
             time.sleep(1)
 
 
@@ -352,7 +359,7 @@ def main() -> None:
     skipped: dict[int, str] = {}
     guard = MemoryGuard()
     for n in [int(s) for s in args.sizes.split(",")]:
-        budget = mem_available_mb() - 2000
+        budget = mem_available_mb() - 1500
         ok, predicted = fits(n, measured, budget)
         if not ok:
             need, have = predicted / 1024, budget / 1024
