@@ -46,6 +46,7 @@ from mesh_platform.workspace import check_workspace, module_for
 HOST = "127.0.0.1"
 CODE_SERVER = "code-server:"  # service name prefix: code-server:<domain>
 GRACE_SECONDS = 30.0
+LOADING_PER_CORE = 2  # code servers loading their domain at once, per core (mesh up)
 
 LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -288,6 +289,11 @@ def _wait(service: Service, check: Callable[[], tuple[bool, str]], seconds: floa
         if ok:
             return
         time.sleep(0.5)
+    _fail(service, seconds, detail)
+
+
+def _fail(service: Service, seconds: float, detail: str) -> None:
+    """Raise: ``service`` exited, or did not answer within ``seconds``; the end of its log."""
     tail = Path(service.log).read_text(errors="replace")[-1500:] if service.log else ""
     state = "exited" if not _alive(service) else f"not ready after {seconds:.0f} s ({detail})"
     raise MeshError(
@@ -364,12 +370,7 @@ def up(
             _bin("mesh"), "--root", str(mesh.root), "serve", "--host", HOST, "--port", str(port),
         ], port))  # fmt: skip
     try:
-        for service in servers:  # all at once: each loads its domain in parallel
-            _spawn(mesh, service, env)
-        _save(mesh, topology)
-        for service in servers:
-            _wait(service, lambda s=service: _health(s), wait_seconds)
-            progress(f"{service.name} serving on {HOST}:{service.port}")
+        _start_servers(mesh, topology, servers, env, wait_seconds, progress)
         for service in topology.services[len(servers) :]:
             _spawn(mesh, service, env)
             _save(mesh, topology)
@@ -380,6 +381,36 @@ def up(
         _record(mesh).unlink(missing_ok=True)
         raise
     return topology
+
+
+def _start_servers(
+    mesh: Mesh,
+    topology: Topology,
+    servers: list[Service],
+    env: dict[str, str],
+    wait_seconds: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Start the code servers, at most ``LOADING_PER_CORE`` per core loading at a time, each
+    given ``wait_seconds`` from its own start. All at once, N servers shared the cores and
+    none was ready before nearly all were: on 2 cores, 50 domains' servers outlasted the
+    wait."""
+    window = max(2, LOADING_PER_CORE * (os.cpu_count() or 1))
+    waiting, loading = list(servers), {}  # loading: name -> monotonic start
+    while waiting or loading:
+        while waiting and len(loading) < window:
+            service = waiting.pop(0)
+            _spawn(mesh, service, env)
+            loading[service.name] = time.monotonic()
+            _save(mesh, topology)
+        for service in [s for s in servers if s.name in loading]:
+            ok, detail = _health(service) if _alive(service) else (False, "")
+            if ok:
+                del loading[service.name]
+                progress(f"{service.name} serving on {HOST}:{service.port}")
+            elif not _alive(service) or time.monotonic() - loading[service.name] > wait_seconds:
+                _fail(service, wait_seconds, detail)
+        time.sleep(0.2)
 
 
 def down(mesh: Mesh, *, grace: float = GRACE_SECONDS) -> list[str]:
