@@ -14,6 +14,7 @@ import pytest
 
 from mesh_platform.config import load_mesh
 from mesh_platform.dbt.project import _read_manifest
+from mesh_platform.deploy import topology
 from mesh_platform.governance.policy import GovernanceError, load_policy_set
 from mesh_platform.instance import create_instance_storage, dagster_yaml
 from mesh_platform.products.registry import load_directory
@@ -113,3 +114,38 @@ def test_a_generated_consumer_reads_its_producers_under_their_grants(tmp_path):
     assert "TODO(mesh)" not in grants
     assert "kind: consumer-aligned" in (made.root / "domains/d003/domain.yaml").read_text()
     assert "schedule:" not in (made.root / "domains/d003/domain.yaml").read_text()
+
+
+def test_mesh_up_loads_a_few_code_servers_per_core_at_a_time(tmp_path, monkeypatch):
+    """All at once, N servers share the cores and none is ready before nearly all are."""
+    mesh = load_mesh(Path(__file__).resolve().parents[1], state_dir=tmp_path / "state")
+    (tmp_path / "state" / "topology").mkdir(parents=True)  # services.json is saved there
+    servers = [
+        topology.Service(f"{topology.CODE_SERVER}d{i:03d}", ["x"], 1000 + i) for i in range(9)
+    ]
+    loading: set[str] = set()
+    most = 0
+    checks: dict[str, int] = {}
+
+    def spawn(_mesh, service, _env):
+        nonlocal most
+        service.pid = 1
+        loading.add(service.name)
+        most = max(most, len(loading))
+
+    def health(service):
+        checks[service.name] = checks.get(service.name, 0) + 1
+        if checks[service.name] < 3:
+            return False, "loading"
+        loading.discard(service.name)
+        return True, "serving"
+
+    monkeypatch.setattr(topology, "_spawn", spawn)
+    monkeypatch.setattr(topology, "_health", health)
+    monkeypatch.setattr(topology, "_alive", lambda service: service.pid is not None)
+    monkeypatch.setattr(topology.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(topology.time, "sleep", lambda _s: None)
+    said: list[str] = []
+    topology._start_servers(mesh, topology.Topology(servers), servers, {}, 60.0, said.append)
+    assert most == 2 * topology.LOADING_PER_CORE
+    assert len(said) == len(servers) and all("serving on" in s for s in said)
