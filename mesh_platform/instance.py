@@ -44,6 +44,15 @@ run_monitoring:
   start_timeout_seconds: 300
   poll_interval_seconds: 30
   free_slots_after_run_end_seconds: 5
+# Sensors and schedules of different code locations are evaluated side by side: every domain
+# has an SLA monitor, every consumer a sensor, and one after another a tick of all of them
+# took the sum of their durations (the consumers' sensors waited for every SLA monitor).
+sensors:
+  use_threads: true
+  num_workers: 4
+schedules:
+  use_threads: true
+  num_workers: 4
 """
 
 
@@ -77,6 +86,15 @@ def prepare_dagster_home(mesh: Mesh) -> str:
         config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)
+
+
+def create_instance_storage(home: str) -> None:
+    """Create the instance's storage (its sqlite files and tables, or its PostgreSQL tables)
+    once, from this process. Every Dagster process creates what is missing when it opens the
+    instance; ``mesh up`` starts a code server per domain at once, and on a fresh sqlite
+    instance they raced (one of three failed to load with ``table alembic_version already
+    exists``)."""
+    dg.DagsterInstance.from_config(home).dispose()
 
 
 def get_instance(mesh: Mesh) -> dg.DagsterInstance:

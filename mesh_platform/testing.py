@@ -38,12 +38,8 @@ import pytest
 
 from mesh_platform.addressing import ProductAddress, quote_ident
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.deploy.topology import (  # noqa: F401 - the UI's, and processes'
-    LOCATIONS,
-    free_port,
-    graphql,
-    process_running,
-)
+from mesh_platform.deploy.dagster_api import LOCATIONS, graphql  # noqa: F401 - the UI's
+from mesh_platform.deploy.topology import free_port, process_running  # noqa: F401 - processes'
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.sources.landing import LANDING_FILE, describe_file
 from mesh_platform.storage.metadata import Catalog, data_files, scan_sql

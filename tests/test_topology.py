@@ -28,7 +28,8 @@ from mesh_platform.addressing import ProductAddress
 from mesh_platform.assets.keys import product_key
 from mesh_platform.assets.specs import SNAPSHOT_METADATA
 from mesh_platform.config import Mesh, load_mesh
-from mesh_platform.deploy.topology import LOCATIONS, error_text, graphql, load_topology
+from mesh_platform.deploy.dagster_api import LOCATIONS, error_text, graphql
+from mesh_platform.deploy.topology import load_topology
 from mesh_platform.leases import PID_TAG
 from mesh_platform.sla.history import read_history
 from mesh_platform.storage.metadata import BATCH_PROPERTY, COMPACTION_PROPERTY, Catalog

@@ -38,7 +38,8 @@ def consumption_problems(
     if not consumed:
         return []
     principal = load_principals(mesh.root, set(list_domain_names(mesh))).resolve(domain)
-    directory = load_directory(mesh, refresh=refresh)
+    producers = {address.domain for address, _ in consumed}
+    directory = load_directory(mesh, refresh=refresh, domains=producers)
     problems = []
     for address, node in consumed:
         source = f"dbt_projects/{domain}/{node.get('original_file_path', '')}"

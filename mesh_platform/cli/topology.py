@@ -12,7 +12,7 @@ from mesh_platform.config import Mesh
 from mesh_platform.dbt.project import prepare as prepare_domain
 from mesh_platform.deploy import topology
 from mesh_platform.domain import list_domain_names, load_domain
-from mesh_platform.instance import prepare_dagster_home
+from mesh_platform.instance import create_instance_storage, prepare_dagster_home
 
 
 @click.command()
@@ -42,6 +42,7 @@ def up(
     if restart:
         _restart(mesh, restart, home)
         return
+    create_instance_storage(home)  # before a code server per domain opens it at once
     started = topology.up(
         mesh,
         home,

@@ -378,8 +378,13 @@ def _read_manifest(path: Path, mtime_ns: int) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_manifest(domain: Domain) -> dict[str, Any]:
-    """The prepared manifest (read, never parsed here); a clear error when it is missing."""
+def load_manifest(domain: Domain, *, cache: bool = True) -> dict[str, Any]:
+    """The prepared manifest (read, never parsed here); a clear error when it is missing.
+
+    ``cache``: keep it for this process (about 1.6 MB per manifest, for as long as the process
+    lives); readers that keep only what they extract (the product registry, the consumers of
+    a product) pass False, so a process that reads every domain once does not hold N
+    manifests."""
     path = manifest_path(domain)
     if not path.is_file():
         raise DomainError(
@@ -389,6 +394,8 @@ def load_manifest(domain: Domain) -> dict[str, Any]:
             path=path,
         )
     try:
+        if not cache:
+            return json.loads(path.read_text())
         return _read_manifest(path, path.stat().st_mtime_ns)
     except ValueError as exc:
         raise DomainError(

@@ -31,28 +31,21 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from mesh_platform.config import Mesh, make_private_dir
+from mesh_platform.deploy.dagster_api import DAEMONS, HOST, RELOAD, error_text, graphql
 from mesh_platform.errors import MeshError
 from mesh_platform.files import write_atomically
 from mesh_platform.workspace import check_workspace, module_for
 
-HOST = "127.0.0.1"
 CODE_SERVER = "code-server:"  # service name prefix: code-server:<domain>
 GRACE_SECONDS = 30.0
-
-_ERROR = "... on PythonError { message errorChain { error { message } } }"
-LOCATIONS = f"""{{ workspaceOrError {{ __typename ... on Workspace {{ locationEntries {{
-  name loadStatus locationOrLoadError {{ __typename {_ERROR} }} }} }} }} }}"""
-DAEMONS = """{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"""
-RELOAD = f"""mutation($name: String!) {{ reloadRepositoryLocation(repositoryLocationName: $name) {{
-  __typename ... on WorkspaceLocationEntry {{ name loadStatus locationOrLoadError {{
-  __typename {_ERROR} }} }} {_ERROR} }} }}"""
+LOADING_PER_CORE = 2  # code servers loading their domain at once, per core (mesh up)
 
 
 @dataclass
@@ -130,20 +123,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
-
-
-def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict:
-    """The ``data`` of ``query`` sent to the webserver's GraphQL API on ``port``."""
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = json.loads(response.read())
-    if body.get("errors"):
-        raise MeshError(f"the Dagster GraphQL API refused the query: {body['errors'][0]}")
-    return body["data"]
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -262,17 +241,20 @@ def _daemon_health(topology: Topology) -> tuple[bool, str]:
 
 
 def status(mesh: Mesh) -> list[ServiceStatus]:
-    """Each recorded service: alive (its process), healthy (it answers)."""
+    """Each recorded service: alive (its process), healthy (it answers). The services are
+    asked side by side: one after another, N code servers that do not answer cost N times
+    the health check's timeout."""
     topology = load_topology(mesh)
-    result = []
-    for service in topology.services:
+
+    def ask(service: Service) -> ServiceStatus:
         alive = _alive(service)
         healthy, detail = (False, "not running") if not alive else _health(service)
         if alive and service.name == "daemon":
             healthy, detail = _daemon_health(topology)
-        result.append(ServiceStatus(service.name, service.pid, service.port, alive, healthy,
-                                    detail))  # fmt: skip
-    return result
+        return ServiceStatus(service.name, service.pid, service.port, alive, healthy, detail)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # each check waits on a socket
+        return list(pool.map(ask, topology.services))
 
 
 def _wait(service: Service, check: Callable[[], tuple[bool, str]], seconds: float) -> None:
@@ -285,6 +267,11 @@ def _wait(service: Service, check: Callable[[], tuple[bool, str]], seconds: floa
         if ok:
             return
         time.sleep(0.5)
+    _fail(service, seconds, detail)
+
+
+def _fail(service: Service, seconds: float, detail: str) -> None:
+    """Raise: ``service`` exited, or did not answer within ``seconds``; the end of its log."""
     tail = Path(service.log).read_text(errors="replace")[-1500:] if service.log else ""
     state = "exited" if not _alive(service) else f"not ready after {seconds:.0f} s ({detail})"
     raise MeshError(
@@ -365,12 +352,7 @@ def up(
             _bin("mesh"), "--root", str(mesh.root), "serve", "--host", HOST, "--port", str(port),
         ], port))  # fmt: skip
     try:
-        for service in servers:  # all at once: each loads its domain in parallel
-            _spawn(mesh, service, env)
-        _save(mesh, topology)
-        for service in servers:
-            _wait(service, lambda s=service: _health(s), wait_seconds)
-            progress(f"{service.name} serving on {HOST}:{service.port}")
+        _start_servers(mesh, topology, servers, env, wait_seconds, progress)
         for service in topology.services[len(servers) :]:
             _spawn(mesh, service, env)
             _save(mesh, topology)
@@ -381,6 +363,36 @@ def up(
         _record(mesh).unlink(missing_ok=True)
         raise
     return topology
+
+
+def _start_servers(
+    mesh: Mesh,
+    topology: Topology,
+    servers: list[Service],
+    env: dict[str, str],
+    wait_seconds: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Start the code servers, at most ``LOADING_PER_CORE`` per core loading at a time, each
+    given ``wait_seconds`` from its own start. All at once, N servers shared the cores and
+    none was ready before nearly all were: on 2 cores, 50 domains' servers outlasted the
+    wait."""
+    window = max(2, LOADING_PER_CORE * (os.cpu_count() or 1))
+    waiting, loading = list(servers), {}  # loading: name -> monotonic start
+    while waiting or loading:
+        while waiting and len(loading) < window:
+            service = waiting.pop(0)
+            _spawn(mesh, service, env)
+            loading[service.name] = time.monotonic()
+            _save(mesh, topology)
+        for service in [s for s in servers if s.name in loading]:
+            ok, detail = _health(service) if _alive(service) else (False, "")
+            if ok:
+                del loading[service.name]
+                progress(f"{service.name} serving on {HOST}:{service.port}")
+            elif not _alive(service) or time.monotonic() - loading[service.name] > wait_seconds:
+                _fail(service, wait_seconds, detail)
+        time.sleep(0.2)
 
 
 def down(mesh: Mesh, *, grace: float = GRACE_SECONDS) -> list[str]:
@@ -417,10 +429,3 @@ def restart(
     entry = graphql(web.port, RELOAD, {"name": service.domain})["reloadRepositoryLocation"]
     loaded = entry.get("locationOrLoadError") or entry
     return service, error_text(loaded) if loaded.get("__typename") == "PythonError" else None
-
-
-def error_text(error: dict) -> str:
-    """A GraphQL PythonError as people read it: its message, then each error that caused it
-    (a location's load error says where it loaded; its cause says what broke)."""
-    chain = [link["error"]["message"] for link in error.get("errorChain") or []]
-    return "\n".join(m.strip() for m in [error.get("message") or "", *chain] if m.strip())

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from mesh_platform.access.consumption import consumption_problems
@@ -29,13 +29,15 @@ from mesh_platform.products.inventory import (
 )
 
 
-def all_product_addresses(mesh: Mesh) -> set[str]:
-    """Addresses declared anywhere in the mesh (prepared manifests), for waiver validation."""
+def all_product_addresses(mesh: Mesh, domains: Collection[str] | None = None) -> set[str]:
+    """Addresses declared in the mesh (prepared manifests; of ``domains`` only, if given), for
+    waiver validation."""
 
     found: set[str] = set()
-    for name in list_domain_names(mesh):
+    names = list_domain_names(mesh)
+    for name in names if domains is None else [n for n in names if n in domains]:
         try:
-            manifest = load_manifest(load_domain(mesh, name))
+            manifest = load_manifest(load_domain(mesh, name), cache=False)
         except MeshError:
             continue
         for node in manifest.get("nodes", {}).values():
@@ -60,7 +62,9 @@ def evaluate_domain(
 ) -> list[Violation]:
     """Every static policy on one domain's products (``complete``: False when some of them
     failed to load, so their absence is not a finding)."""
-    policy_set = load_policy_set(mesh.root, known_products=all_product_addresses(mesh))
+    policy_set = load_policy_set(
+        mesh.root, known_products=lambda named: all_product_addresses(mesh, named)
+    )
 
     ctx = PolicyContext(
         domain,

@@ -17,7 +17,7 @@ The platform team adds a policy by subclassing :class:`Policy` and decorating it
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -212,8 +212,15 @@ def _located_problems(exc: ValidationError, lines: Mapping[tuple[str, int], int]
     return "; ".join(problems)
 
 
-def load_policy_set(root: Path, *, known_products: Iterable[str] | None = None) -> PolicySet:
-    """Read and validate ``governance.yaml`` (missing file: every policy at its default)."""
+def load_policy_set(
+    root: Path, *, known_products: Iterable[str] | Callable[[set[str]], Iterable[str]] | None = None
+) -> PolicySet:
+    """Read and validate ``governance.yaml`` (missing file: every policy at its default).
+
+    ``known_products``: the products a waiver may name, or a function giving those of the
+    domains the waivers name (asked only if there are waivers: a code location loading
+    checks its own domain, and reading every domain's products for it cost N x N manifests
+    across the mesh)."""
     path = root / GOVERNANCE_FILE
     shown = GOVERNANCE_FILE
     if not path.is_file():
@@ -235,7 +242,11 @@ def load_policy_set(root: Path, *, known_products: Iterable[str] | None = None) 
                 f"line {lines.get(('policies', i), '?')}: unknown policy {policy_id!r} "
                 f"(known: {', '.join(sorted(known_ids))})"
             )
-    products = set(known_products) if known_products is not None else None
+    if callable(known_products):
+        named = {w.product.split(".")[0] for w in parsed.waivers}
+        products: set[str] | None = set(known_products(named)) if named else set()
+    else:
+        products = set(known_products) if known_products is not None else None
     for i, waiver in enumerate(parsed.waivers):
         line = lines.get(("waivers", i), "?")
         if waiver.policy not in known_ids:

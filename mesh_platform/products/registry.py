@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -138,23 +138,32 @@ def watch_directory(mesh: Mesh) -> bool:
     return watch.active
 
 
-def load_directory(mesh: Mesh, *, refresh: bool = True) -> Directory:
+def load_directory(
+    mesh: Mesh, *, refresh: bool = True, domains: Collection[str] | None = None
+) -> Directory:
     """Descriptors of every domain's products. ``refresh``: re-prepare a dbt project whose files
     changed (an edited grant applies at once); else read the manifests as prepared.
 
+    ``domains``: only these domains' products (and the platform's): what a code location or
+    its SLA monitor needs (its own, its producers'). Each of N code servers reading every
+    domain cost N x N manifests across the mesh, and the memory to hold them.
+
     One domain's broken file (domain.yaml, dbt YAML, a Python product's YAML) never fails the
     whole directory: it is recorded as that domain's problem (see :class:`Directory`)."""
-    watch = _WATCHED.get(str(mesh.root)) if refresh else None
+    watch = _WATCHED.get(str(mesh.root)) if refresh and domains is None else None
     if watch is not None:
         return watch.current(lambda: _read_directory(mesh, refresh=True))
-    return _read_directory(mesh, refresh=refresh)
+    return _read_directory(mesh, refresh=refresh, domains=domains)
 
 
-def _read_directory(mesh: Mesh, *, refresh: bool) -> Directory:
+def _read_directory(
+    mesh: Mesh, *, refresh: bool, domains: Collection[str] | None = None
+) -> Directory:
     descriptors: dict[str, ProductDescriptor] = {}
     problems: dict[str, str] = {}
     fixes: dict[str, str] = {}
-    for name in list_domain_names(mesh):
+    names = list_domain_names(mesh)
+    for name in names if domains is None else [n for n in names if n in domains]:
         key = (str(mesh.root), name)
         try:
             stamp = _domain_stamp(mesh, name)
@@ -219,7 +228,7 @@ def _domain_products(
                 # A failed parse leaves the previous manifest behind: never read it (its
                 # grants may be the ones just revoked).
                 prepare(mesh, domain)
-            nodes = load_manifest(domain).get("nodes", {})
+            nodes = load_manifest(domain, cache=False).get("nodes", {})  # descriptors cached
         except MeshError as exc:  # a broken dbt project, or not prepared
             domain_wide.extend([*_unparsable_yaml(mesh, domain.dbt_project_dir), exc])
         for node in nodes.values():

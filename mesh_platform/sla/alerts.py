@@ -28,6 +28,7 @@ import os
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from mesh_platform.config import Mesh
@@ -57,8 +58,8 @@ class Notification:
 def recipients(mesh: Mesh, address: str) -> list[tuple[str, str | None]]:
     """(recipient, contact) for the product's owner and every consumer domain."""
 
-    directory = load_directory(mesh, refresh=False)
-    descriptor = directory.descriptors.get(address)
+    owner = address.split(".")[0]
+    descriptor = load_directory(mesh, refresh=False, domains={owner}).descriptors.get(address)
     found: list[tuple[str, str | None]] = []
     if descriptor is not None:
         found.append((f"team:{descriptor.body.owner.team}", descriptor.body.owner.contact))
@@ -70,16 +71,28 @@ def recipients(mesh: Mesh, address: str) -> list[tuple[str, str | None]]:
     return found
 
 
-def _consumer_domains(mesh: Mesh) -> dict[str, set[str]]:
+# (domain.yaml, manifest) -> ((their mtimes), the products the domain consumes): a process asks
+# for a product's consumers per alert; it reads a domain's manifest again only after a prepare,
+# and keeps the addresses, not the manifests (every SLA monitor asks, in every code server).
+_CONSUMED: dict[tuple[Path, Path], tuple[tuple[int, int], frozenset[str]]] = {}
 
+
+def _consumer_domains(mesh: Mesh) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for name in list_domain_names(mesh):
+        files = (mesh.domains_dir / name / "domain.yaml",
+                 mesh.dbt_projects_dir / name / "target" / "manifest.json")  # fmt: skip
         try:
-            manifest = load_manifest(load_domain(mesh, name))
-        except MeshError:
+            stamp = (files[0].stat().st_mtime_ns, files[1].stat().st_mtime_ns)
+            hit = _CONSUMED.get(files)
+            if hit is None or hit[0] != stamp:
+                manifest = load_manifest(load_domain(mesh, name), cache=False)
+                hit = (stamp, frozenset(str(a) for a, _ in consumed_products(manifest)))
+                _CONSUMED[files] = hit
+        except (MeshError, OSError):  # not prepared, or a broken domain.yaml: no consumer
             continue
-        for address, _ in consumed_products(manifest):
-            found.setdefault(str(address), set()).add(name)
+        for address in hit[1]:
+            found.setdefault(address, set()).add(name)
     return found
 
 
@@ -89,11 +102,14 @@ def _locked_state(mesh: Mesh) -> Iterator[dict[str, Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with (path.parent / ".incidents.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        state = json.loads(path.read_text()) if path.is_file() else {}
+        before = path.read_text() if path.is_file() else ""
+        state = json.loads(before) if before else {}
         state.setdefault("open", {})
         state.setdefault("sent", [])
         yield state
-        write_atomically(path, json.dumps(state, indent=1, sort_keys=True), mode=0o600)
+        after = json.dumps(state, indent=1, sort_keys=True)
+        if after != before:  # every SLA monitor evaluates every few minutes; most change nothing
+            write_atomically(path, after, mode=0o600)
 
 
 CONSUMER_INFRASTRUCTURE_CAUSE = (
@@ -166,7 +182,12 @@ def incidents_from(mesh: Mesh, events: Iterable[GateEvent]) -> list[Notification
                         event.run_id,
                     )
                 )  # fmt: skip
-        state["sent"] = sorted(sent)[-10_000:]
+        # What was told about a closed incident is never looked up again (a new incident has a
+        # new id); keeping only the open ones' bounds the file without forgetting any of them
+        # (a cap at the 10,000 alphabetically last forgot the first domains' on a large mesh:
+        # their consumers were told again on every evaluation).
+        still_open = {o["id"] for o in state["open"].values()}
+        state["sent"] = sorted(k for k in sent if k.split("|", 1)[0] in still_open)
     return out
 
 

@@ -128,7 +128,9 @@ def notify_deprecations(
     """Send the deprecation notices due for ``domain``'s products (all domains: None)."""
     descriptors = [
         d
-        for d in load_directory(mesh, refresh=False).descriptors.values()
+        for d in load_directory(
+            mesh, refresh=False, domains=None if domain is None else {domain}
+        ).descriptors.values()
         if domain is None or d.domain == domain
     ]
     notes = deprecation_notices(mesh, descriptors, today=today, run_id=run_id)

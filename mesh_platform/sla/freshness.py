@@ -34,7 +34,8 @@ def evaluate_freshness(
     catalog = Catalog(mesh)
     events = []
     try:
-        for _, d in sorted(load_directory(mesh, refresh=False).descriptors.items()):
+        own = load_directory(mesh, refresh=False, domains={domain}).descriptors  # not the mesh's
+        for _, d in sorted(own.items()):
             if d.domain == domain and d.body.sla.freshness is not None:
                 events.append(_evaluate(catalog, d, now, run_id))
     finally:
