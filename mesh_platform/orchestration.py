@@ -23,7 +23,7 @@ from mesh_platform.config import load_mesh
 from mesh_platform.domain import Domain
 from mesh_platform.pools import reap_expired_runs
 from mesh_platform.sla.deprecation import notify_safely
-from mesh_platform.sla.freshness import evaluate_freshness
+from mesh_platform.sla.freshness import evaluate_freshness, recorded, to_record
 from mesh_platform.sla.record import record_safely
 
 
@@ -117,12 +117,15 @@ def sla_monitor(domain: Domain, minimum_interval_seconds: int = 300) -> dg.Senso
         # sensors fire on it), history row and cut, exactly once (assets.acknowledge).
         late = acknowledge_committed(context.instance, mesh, domain.name, context.log)
         events = evaluate_freshness(mesh, domain.name)
-        record_safely(mesh, events, context.log)
+        changed = to_record(mesh, domain.name, events)  # the history gets the changes
+        if record_safely(mesh, events, context.log, record_only=changed):
+            recorded(mesh, domain.name, changed)
         notify_safely(mesh, context.log, domain=domain.name)
         stale = [e.address for e in events if e.status == "stale"]
         unknown = [e.address for e in events if e.infrastructure_error]
         return dg.SkipReason(
-            f"{len(events)} product(s) evaluated; stale: {', '.join(stale) or 'none'}"
+            f"{len(events)} product(s) evaluated ({len(changed)} recorded); stale: "
+            f"{', '.join(stale) or 'none'}"
             + (
                 f"; freshness unknown (infrastructure error): {', '.join(unknown)}"
                 if unknown

@@ -9,7 +9,8 @@ import logging
 
 from mesh_platform.duckdb_ext import connect
 from mesh_platform.sla.alerts import alert_on
-from mesh_platform.sla.freshness import evaluate_freshness
+from mesh_platform.sla.events import GateEvent
+from mesh_platform.sla.freshness import evaluate_freshness, recorded, to_record
 from mesh_platform.sla.history import read_history, record
 from mesh_platform.storage.catalog import open_catalog
 from mesh_platform.testing import ORDERS, declare_orders, publish_from_duckdb
@@ -54,3 +55,34 @@ def test_breach_and_recovery_with_a_controlled_clock(mesh):
               (mesh.state_dir / "alerts/alerts.jsonl").read_text().splitlines()]  # fmt: skip
     assert [a["event"] for a in alerts] == ["freshness_breached", "recovered"]
     catalog.engine.dispose()
+
+
+def _evaluation(at: dt.datetime, fresh: bool, snapshot: int | None, address="sales.orders"):
+    return GateEvent(at, address, "sla_monitor", fresh, snapshot, {"freshness": fresh},
+                     () if fresh else ("freshness",), None, 0.0, "", kind="freshness")  # fmt: skip
+
+
+def test_the_monitor_records_a_change_of_freshness_not_every_tick(mesh):
+    """Each tick of each domain's monitor was a commit of mesh.sla_history under its one lock;
+    an unchanged evaluation is now recorded once an hour, a change at once."""
+    t0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    minutes = lambda n: t0 + dt.timedelta(minutes=n)  # noqa: E731
+
+    def tick(*events):
+        chosen = to_record(mesh, "sales", events)
+        recorded(mesh, "sales", chosen)
+        return [(e.address, e.published, e.snapshot_id) for e in chosen]
+
+    assert tick(_evaluation(t0, False, None)) == [("sales.orders", False, None)]  # first
+    assert tick(_evaluation(minutes(5), False, None)) == []  # the same: not again
+    assert tick(_evaluation(minutes(10), True, 7), _evaluation(minutes(10), True, 1, "sales.c")) \
+        == [("sales.orders", True, 7), ("sales.c", True, 1)]  # fmt: skip
+    assert tick(_evaluation(minutes(15), True, 8)) == [("sales.orders", True, 8)]  # new snapshot
+    assert tick(_evaluation(minutes(20), False, 8)) == [("sales.orders", False, 8)]  # stale
+    assert tick(_evaluation(minutes(79), False, 8)) == []
+    assert tick(_evaluation(minutes(80), False, 8)) == [("sales.orders", False, 8)]  # an hour on
+    assert to_record(mesh, "logistics", [_evaluation(t0, True, 1)])  # each domain its own
+    state = mesh.state_dir / "sla" / "freshness" / "sales.json"
+    state.write_text("{not json")  # damaged: everything is recorded again, nothing lost
+    assert tick(_evaluation(minutes(81), False, 8)) == [("sales.orders", False, 8)]
+    assert json.loads(state.read_text())["sales.orders"]["outcome"] == [False, 8, "stale"]
