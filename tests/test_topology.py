@@ -180,6 +180,16 @@ def _heads(mesh: Mesh) -> dict[str, int | None]:
     return {a: s.current.snapshot_id if s.current else None for a, s in states.items()}
 
 
+def _failed_after_kill(instance, run_id: str, killed_at: float, why: str) -> None:
+    """The run ends FAILURE within the bound (run monitoring polls every 30 s), saying ``why``."""
+    run = _wait_for_status(instance, run_id, FINISHED, 180)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    failed_in = instance.get_run_record_by_id(run_id).end_time - killed_at
+    print(f"run {run_id[:8]} failed {failed_in:.0f} s after the kill")
+    messages = " ".join(e.message or "" for e in instance.all_logs(run_id))
+    assert why in messages, messages[-2000:]
+
+
 def _key(address: str) -> str:
     """How a sensor's trigger tag names a product: its asset key (``sales/orders``)."""
     return product_key(ProductAddress.parse(address)).to_user_string()
@@ -439,13 +449,8 @@ def test_a_worker_killed_mid_publication_fails_its_run_frees_its_domain_and_lose
     os.kill(worker, signal.SIGKILL)
     killed_at, committed = time.time(), heads[moved[0]]
     print(f"killed worker {worker} of run {run_id[:8]} after {moved} committed")
-    run = _wait_for_status(instance, run_id, FINISHED, 180)
-    assert run.status == dg.DagsterRunStatus.FAILURE
-    failed_in = instance.get_run_record_by_id(run_id).end_time - killed_at
-    print(f"run failed {failed_in:.0f} s after the kill")
-    messages = " ".join(e.message or "" for e in instance.all_logs(run_id))
     # its code server saw its child die (with the server gone too: the next test)
-    assert "terminated by signal 9" in messages, messages[-2000:]
+    _failed_after_kill(instance, run_id, killed_at, "terminated by signal 9")
 
     retry = _wait_for_run(instance, {"dagster/parent_run_id": run_id}, 900)
     assert retry.status == dg.DagsterRunStatus.SUCCESS, retry.run_id
@@ -490,12 +495,7 @@ def test_a_code_server_killed_mid_run_fails_the_run_by_its_lease_and_the_domain_
     server = load_topology(mesh).get("code-server:sales")
     os.killpg(server.pid, signal.SIGKILL)
     killed_at = time.time()
-    run = _wait_for_status(instance, run_id, FINISHED, 180)
-    assert run.status == dg.DagsterRunStatus.FAILURE
-    failed_in = instance.get_run_record_by_id(run_id).end_time - killed_at
-    print(f"run of a killed code server failed {failed_in:.0f} s after the kill")
-    messages = " ".join(e.message or "" for e in instance.all_logs(run_id))
-    assert "gone (killed or crashed)" in messages, messages[-2000:]
+    _failed_after_kill(instance, run_id, killed_at, "gone (killed or crashed)")
     status = run_mesh(root, env, "status")
     assert status.returncode == 1, why(status)
     assert re.search(r"^\W*code-server:sales\W.*\bno\W+no\b", status.stdout, re.M), status.stdout
