@@ -88,9 +88,7 @@ def topology(services, tmp_path_factory):
 
 
 def _instance(root: Path, env: dict[str, str], monkeypatch) -> dg.DagsterInstance:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return dg.DagsterInstance.from_config(str(load_mesh(root).dagster_home))
+    return dg.DagsterInstance.from_config(str(_mesh(root, env, monkeypatch).dagster_home))
 
 
 def _mesh(root: Path, env: dict[str, str], monkeypatch) -> Mesh:

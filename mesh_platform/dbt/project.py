@@ -219,8 +219,12 @@ def resolve_dbt_executable(mesh: Mesh) -> str:
     )
 
 
+# Where `mesh prepare` leaves a project's manifest, inside the project.
+MANIFEST_FILE = Path("target", "manifest.json")
+
+
 def manifest_path(domain: Domain) -> Path:
-    return domain.dbt_project_dir / "target" / "manifest.json"
+    return domain.dbt_project_dir / MANIFEST_FILE
 
 
 def fingerprint(domain: Domain) -> str:

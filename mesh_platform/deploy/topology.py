@@ -325,8 +325,9 @@ def up(
     raises MeshError naming the service that did not start (what had started is stopped
     again)."""
     current = load_topology(mesh)
-    if running := [s.name for s in current.services if _alive(s)]:
-        stopped = [s.domain or s.name for s in current.services if not _alive(s)]
+    alive = {s.name: _alive(s) for s in current.services}  # each process looked at once
+    if running := [s.name for s in current.services if alive[s.name]]:
+        stopped = [s.domain or s.name for s in current.services if not alive[s.name]]
         again = "; ".join(f"`mesh up --restart {name}`" for name in stopped)
         raise MeshError(
             f"the topology of this mesh is already up ({', '.join(running)})"

@@ -21,7 +21,7 @@ import yaml
 from mesh_platform.addressing import ProductAddress
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.nodes import is_product
-from mesh_platform.dbt.project import load_manifest, prepare
+from mesh_platform.dbt.project import MANIFEST_FILE, load_manifest, prepare
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
 from mesh_platform.products.descriptor import (
@@ -185,7 +185,7 @@ def _read_directory(
 def _domain_stamp(mesh: Mesh, name: str) -> Any:
     project = mesh.dbt_projects_dir / name
     return _project_stamp(
-        [mesh.domains_dir / name / "domain.yaml", project, project / "target" / "manifest.json",
+        [mesh.domains_dir / name / "domain.yaml", project, project / MANIFEST_FILE,
          mesh.domains_dir / name / "products"]
     )  # fmt: skip
 

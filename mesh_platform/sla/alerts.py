@@ -33,7 +33,7 @@ from typing import Any
 
 from mesh_platform.config import Mesh
 from mesh_platform.dbt.nodes import consumed_products
-from mesh_platform.dbt.project import load_manifest
+from mesh_platform.dbt.project import MANIFEST_FILE, load_manifest
 from mesh_platform.domain import list_domain_names, load_domain
 from mesh_platform.errors import MeshError
 from mesh_platform.files import write_atomically
@@ -81,7 +81,7 @@ def _consumer_domains(mesh: Mesh) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for name in list_domain_names(mesh):
         files = (mesh.domains_dir / name / "domain.yaml",
-                 mesh.dbt_projects_dir / name / "target" / "manifest.json")  # fmt: skip
+                 mesh.dbt_projects_dir / name / MANIFEST_FILE)  # fmt: skip
         try:
             stamp = (files[0].stat().st_mtime_ns, files[1].stat().st_mtime_ns)
             hit = _CONSUMED.get(files)
